@@ -1,0 +1,51 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agegender.errors import InputError
+from agegender.params import Params, as_dict, load_params, params_from_dict
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_project_params_load():
+    params = load_params(ROOT / "params.yaml")
+    assert params.profile == "demo"
+    assert set(params.study.datasets) <= set(params.prepare_data.datasets) | set(params.prepare_data.subsets)
+    assert params.report.caption_note == "demo data"
+    # round trip through the plain form
+    assert params_from_dict(as_dict(params)) == params
+
+
+def test_defaults_when_sections_are_missing():
+    assert params_from_dict({}) == Params()
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"prepare_data": {"demo": {"n_trian": 3}}}, "prepare_data.demo.n_trian: unknown key"),
+        ({"evaluate": {"n_resamples": "many"}}, "evaluate.n_resamples: expected an integer"),
+        ({"evaluate": {"ci": 1}}, "evaluate.ci: expected true/false"),
+        ({"study": {"inputs": ["torso"]}}, "study.inputs"),
+        ({"study": {"datasets": ["nope"]}}, "'nope'"),
+        ({"prepare_data": {"datasets": {"x": {"root": "r"}}}}, "prepare_data.datasets.x.reader: required key"),
+        ({"prepare_data": {"subsets": {"n": {"source": "zz"}}}}, "unknown data set 'zz'"),
+    ],
+)
+def test_bad_params_name_the_key(data, message, tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(InputError) as info:
+        load_params(path)
+    assert message in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_missing_and_broken_files(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        load_params(tmp_path / "params.yaml")
+    (tmp_path / "params.yaml").write_text("a: [1,")
+    with pytest.raises(InputError, match="not valid YAML"):
+        load_params(tmp_path / "params.yaml")
