@@ -1,0 +1,609 @@
+"""Readers that turn a data set's annotation files into the sample table of DESIGN.md.
+
+Two formats:
+
+- `read_mivolo`: the MiVOLO authors' annotation CSVs (LAGENDA, IMDB-clean, UTKFace, FairFace, Adience,
+  CACD, AgeDB): `img_name, age, gender, face_x0..face_y1[, person_x0..person_y1]`, -1 = missing.
+- `read_folder`: a folder a user collects (Wild104-style): `image, age, gender[, boxes]`.
+
+Both check every row and either raise `InputError` (file, 1-based data row, column) or, with
+`on_bad_row="skip"`, drop the row and count it per reason in the report. Image sizes come from the
+image headers (no pixel decoding), each distinct image opened once.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from agegender.data.crops import image_size
+from agegender.data.schema import AGE_RANGE, FACE_BOX, PERSON_BOX, validate_samples
+from agegender.errors import InputError
+
+#: Reasons a row can be skipped for; each has a `skipped_<reason>` counter in the report.
+SKIP_REASONS: tuple[str, ...] = (
+    "missing_image_name",
+    "bad_age",
+    "bad_gender",
+    "bad_box",
+    "missing_image",
+    "unreadable_image",
+    "no_box",
+    "degenerate_box",
+    "no_label",
+    "duplicate_id",
+)
+
+#: Columns of the side table of persons that exist only to be masked out.
+MASKED_COLUMNS: dict[str, str] = {
+    "dataset": "string",
+    "split": "string",
+    "image_path": "string",
+    **{c: "Float64" for c in FACE_BOX},
+    **{c: "Float64" for c in PERSON_BOX},
+}
+
+MIVOLO_REQUIRED: tuple[str, ...] = ("img_name", "age", "gender", *FACE_BOX)
+FOLDER_REQUIRED: tuple[str, ...] = ("image", "age", "gender")
+
+_MISSING_TOKENS = frozenset({"", "-1", "-1.0", "nan", "none", "null", "na", "n/a"})
+_GENDER_TOKENS: dict[str, str] = {
+    "m": "male",
+    "male": "male",
+    "man": "male",
+    "0": "male",
+    "0.0": "male",
+    "f": "female",
+    "female": "female",
+    "woman": "female",
+    "1": "female",
+    "1.0": "female",
+}
+# "25;32" (MiVOLO), also "(25, 32)" (Adience's own files) and "30-39" (FairFace's own files).
+_AGE_CLASS = re.compile(r"^\(?\s*([0-9]+(?:\.[0-9]+)?)\s*[;,-]\s*([0-9]+(?:\.[0-9]+)?)\s*\)?$")
+_ON_BAD_ROW = ("raise", "skip")
+
+_SAMPLE_ORDER = (
+    "sample_id",
+    "dataset",
+    "split",
+    "image_path",
+    "image_width",
+    "image_height",
+    *FACE_BOX,
+    *PERSON_BOX,
+    "age",
+    "age_class",
+    "gender",
+)
+
+
+@dataclass
+class ReadResult:
+    """What a reader returns.
+
+    Attributes:
+        samples: the sample table (validated, `schema.SAMPLE_COLUMNS`).
+        masked: persons that exist only to be masked out (`MASKED_COLUMNS`).
+        report: counts: `rows` read, `samples`, `masked`, `boxes_clamped`, `skipped` and
+            `skipped_<reason>` for each of `SKIP_REASONS`.
+    """
+
+    samples: pd.DataFrame
+    masked: pd.DataFrame
+    report: dict[str, int] = field(default_factory=dict)
+
+
+def empty_report() -> dict[str, int]:
+    """Return a report with every counter at zero, in a fixed key order."""
+    return {
+        "rows": 0,
+        "samples": 0,
+        "masked": 0,
+        "boxes_clamped": 0,
+        "skipped": 0,
+        **{f"skipped_{r}": 0 for r in SKIP_REASONS},
+    }
+
+
+def empty_masked() -> pd.DataFrame:
+    """Return an empty masked-persons side table with the canonical dtypes."""
+    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in MASKED_COLUMNS.items()})
+
+
+# ----------------------------------------------------------------------------------------------
+# Value parsing (one string in, a value or an error message out)
+
+
+def _is_missing(text: str) -> bool:
+    return text.strip().lower() in _MISSING_TOKENS
+
+
+def _fmt_number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def parse_age(text: Any) -> tuple[float | None, str | None]:
+    """Parse an age cell: a number of years, a class `"a;b"`, or missing (-1 / empty).
+
+    Args:
+        text: the cell as read.
+
+    Returns:
+        (age, age_class): at most one is set; both None when the age is missing.
+
+    Raises:
+        ValueError: with a readable message for a non-numeric age, a malformed class or a value
+            outside `schema.AGE_RANGE`.
+    """
+    s = "" if text is None or (isinstance(text, float) and math.isnan(text)) else str(text).strip()
+    if _is_missing(s):
+        return None, None
+    lo, hi = AGE_RANGE
+    match = _AGE_CLASS.match(s)
+    if match:
+        a, b = float(match.group(1)), float(match.group(2))
+        if not (lo <= a <= b <= hi):
+            raise ValueError(f"age class {s!r} must be 'a;b' with {lo:g} <= a <= b <= {hi:g}")
+        return None, f"{_fmt_number(a)};{_fmt_number(b)}"
+    try:
+        age = float(s)
+    except ValueError:
+        raise ValueError(f"age {s!r} is not a number or an 'a;b' class") from None
+    if not math.isfinite(age) or not (lo <= age <= hi):
+        raise ValueError(f"age {s!r} is outside [{lo:g}, {hi:g}]")
+    return age, None
+
+
+def parse_gender(text: Any) -> str | None:
+    """Parse a gender cell: M/F, male/female, 0/1 (0 = male, 1 = female), any case; -1 / empty = missing.
+
+    Args:
+        text: the cell as read.
+
+    Returns:
+        `male`, `female` or None.
+
+    Raises:
+        ValueError: for any other value.
+    """
+    s = "" if text is None or (isinstance(text, float) and math.isnan(text)) else str(text).strip().lower()
+    if _is_missing(s):
+        return None
+    if s not in _GENDER_TOKENS:
+        raise ValueError(f"gender {str(text).strip()!r} is not one of M/F, male/female, 0/1")
+    return _GENDER_TOKENS[s]
+
+
+# ----------------------------------------------------------------------------------------------
+# The shared row checker
+
+
+class _Rows:
+    """Bad rows of one CSV: raised at once (`raise`) or counted per reason (`skip`); a row's first problem wins."""
+
+    def __init__(self, n: int, *, csv: Path, on_bad_row: str, report: dict[str, int]) -> None:
+        self.reason: list[str | None] = [None] * n
+        self.csv, self.on_bad_row, self.report = csv, on_bad_row, report
+
+    def flag(self, i: int, reason: str, column: str, message: str) -> None:
+        if self.reason[i] is not None:
+            return
+        if self.on_bad_row == "raise":
+            raise InputError(message, file=self.csv, row=i + 1, field=column)
+        self.reason[i] = reason
+        self.report["skipped"] += 1
+        self.report[f"skipped_{reason}"] += 1
+
+    def ok(self, i: int) -> bool:
+        return self.reason[i] is None
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:
+        # Everything as text: this module decides what -1, empty and "25;32" mean.
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except pd.errors.EmptyDataError as exc:
+        raise InputError("the CSV file is empty (no header)", file=path) from exc
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise InputError(f"cannot be read as a CSV ({type(exc).__name__}: {exc})", file=path) from exc
+    frame.columns = [str(c).strip() for c in frame.columns]
+    return frame
+
+
+def _parse_box(row: Mapping[str, str], cols: tuple[str, ...]) -> tuple[list[float] | None, str | None]:
+    """Return (box, bad column): box None when missing (any -1 or empty coordinate)."""
+    values = []
+    for col in cols:
+        s = row.get(col, "")
+        s = "" if s is None else str(s).strip()
+        if _is_missing(s):
+            return None, None
+        try:
+            v = float(s)
+        except ValueError:
+            return None, col
+        if not math.isfinite(v):
+            return None, col
+        values.append(v)
+    return values, None
+
+
+def _clamp(box: list[float], width: int, height: int) -> tuple[list[float], bool]:
+    x0, y0, x1, y1 = box
+    out = [min(max(x0, 0.0), width), min(max(y0, 0.0), height), min(max(x1, 0.0), width), min(max(y1, 0.0), height)]
+    return out, out != box
+
+
+def _degenerate(box: list[float], cols: tuple[str, ...]) -> str | None:
+    if box[0] >= box[2]:
+        return cols[0]
+    if box[1] >= box[3]:
+        return cols[1]
+    return None
+
+
+def _box_key(box: list[float]) -> str:
+    return ",".join(str(int(math.floor(v + 0.5))) for v in box)
+
+
+@dataclass
+class _Table:
+    """Rows of one CSV that passed the checks, before they are joined with other CSVs."""
+
+    csv: Path
+    samples: list[dict[str, Any]]
+    rows: list[int]
+    masked: list[dict[str, Any]]
+
+
+def _check_rows(
+    frame: pd.DataFrame,
+    *,
+    csv: Path,
+    root: Path,
+    dataset: str,
+    split: str,
+    image_col: str,
+    allow_masked: bool,
+    whole_image_person: bool,
+    on_bad_row: str,
+    report: dict[str, int],
+    sizes: dict[Path, tuple[int, int] | InputError],
+) -> _Table:
+    """Check and convert every row of one CSV; raise or count the bad ones."""
+    n = len(frame)
+    report["rows"] += n
+    state = _Rows(n, csv=csv, on_bad_row=on_bad_row, report=report)
+    records = frame.to_dict(orient="records")
+    has_person = all(c in frame.columns for c in PERSON_BOX)
+    has_face = all(c in frame.columns for c in FACE_BOX)
+    table = _Table(csv=csv, samples=[], rows=[], masked=[])
+    for i, rec in enumerate(records):
+        image_name = str(rec.get(image_col, "")).strip()
+        if not image_name:
+            state.flag(i, "missing_image_name", image_col, "image name is empty")
+            continue
+        try:
+            age, age_class = parse_age(rec.get("age"))
+        except ValueError as exc:
+            state.flag(i, "bad_age", "age", str(exc))
+            continue
+        try:
+            gender = parse_gender(rec.get("gender"))
+        except ValueError as exc:
+            state.flag(i, "bad_gender", "gender", str(exc))
+            continue
+        face, bad_col = _parse_box(rec, FACE_BOX) if has_face else (None, None)
+        if bad_col is None and has_person:
+            person, bad_col = _parse_box(rec, PERSON_BOX)
+        else:
+            person = None
+        if bad_col is not None:
+            state.flag(i, "bad_box", bad_col, f"box coordinate {str(rec.get(bad_col)).strip()!r} is not a number")
+            continue
+        path = root / image_name
+        if path not in sizes:
+            try:
+                sizes[path] = image_size(path)
+            except InputError as exc:
+                sizes[path] = exc
+        size = sizes[path]
+        if isinstance(size, InputError):
+            missing = not path.is_file()
+            state.flag(i, "missing_image" if missing else "unreadable_image", image_col, f"{size.message}: {path}")
+            continue
+        width, height = size
+        if face is None and person is None:
+            if whole_image_person:
+                person = [0.0, 0.0, float(width), float(height)]
+            else:
+                state.flag(i, "no_box", FACE_BOX[0], "row has neither a face box nor a person box")
+                continue
+        boxes: dict[str, list[float] | None] = {"face": face, "person": person}
+        clamped = 0
+        for name, cols in (("face", FACE_BOX), ("person", PERSON_BOX)):
+            box = boxes[name]
+            if box is None:
+                continue
+            bad = _degenerate(box, cols)
+            if bad is None:
+                box, changed = _clamp(box, width, height)
+                bad = _degenerate(box, cols)
+                clamped += changed
+                boxes[name] = box
+            if bad is not None:
+                message = f"{name} box is empty (needs x0 < x1 and y0 < y1 inside the {width}x{height} image)"
+                state.flag(i, "degenerate_box", bad, message)
+                break
+        if not state.ok(i):
+            continue
+        masked = age is None and age_class is None and gender is None
+        if masked and not allow_masked:
+            state.flag(i, "no_label", "age", "row has neither an age nor a gender")
+            continue
+        report["boxes_clamped"] += clamped
+        out: dict[str, Any] = {"dataset": dataset, "split": split, "image_path": image_name}
+        for name, cols in (("face", FACE_BOX), ("person", PERSON_BOX)):
+            box = boxes[name]
+            out.update(dict(zip(cols, box if box is not None else [None] * 4, strict=True)))
+        if masked:
+            table.masked.append(out)
+            continue
+        id_box = boxes["face"] if boxes["face"] is not None else boxes["person"]
+        assert id_box is not None  # a row without any box was flagged above
+        out.update(
+            sample_id=f"{dataset}/{image_name}@{_box_key(id_box)}",
+            image_width=width,
+            image_height=height,
+            age=age,
+            age_class=age_class,
+            gender=gender,
+        )
+        table.samples.append(out)
+        table.rows.append(i + 1)
+    return table
+
+
+def _assemble(
+    tables: list[_Table], *, source: Path, on_bad_row: str, report: dict[str, int]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Join the tables of several CSVs, resolve duplicate ids, validate."""
+    seen: dict[str, tuple[Path, int]] = {}
+    rows: list[dict[str, Any]] = []
+    for table in tables:
+        for rec, row in zip(table.samples, table.rows, strict=True):
+            sid = rec["sample_id"]
+            if sid in seen:
+                first_csv, first_row = seen[sid]
+                if on_bad_row == "raise":
+                    raise InputError(
+                        f"duplicate sample_id {sid!r} (same image and box as {first_csv}, row {first_row})",
+                        file=table.csv,
+                        row=row,
+                        field="sample_id",
+                    )
+                report["skipped"] += 1
+                report["skipped_duplicate_id"] += 1
+                continue
+            seen[sid] = (table.csv, row)
+            rows.append(rec)
+    samples = validate_samples(pd.DataFrame(rows, columns=list(_SAMPLE_ORDER)), source=source)
+    masked_rows = [m for t in tables for m in t.masked]
+    masked = pd.DataFrame(masked_rows, columns=list(MASKED_COLUMNS)) if masked_rows else empty_masked()
+    masked = masked.astype(MASKED_COLUMNS).reset_index(drop=True)
+    report["samples"] = len(samples)
+    report["masked"] = len(masked)
+    return samples, masked
+
+
+def _check_on_bad_row(on_bad_row: str) -> None:
+    if on_bad_row not in _ON_BAD_ROW:
+        raise InputError(f"on_bad_row must be one of {list(_ON_BAD_ROW)}, got {on_bad_row!r}", field="on_bad_row")
+
+
+def _require(frame: pd.DataFrame, columns: tuple[str, ...], csv: Path) -> None:
+    for col in columns:
+        if col not in frame.columns:
+            raise InputError(f"required column is missing (columns found: {list(frame.columns)})", file=csv, field=col)
+    # A box given by only some of its columns would otherwise be ignored without a word.
+    for cols in (FACE_BOX, PERSON_BOX):
+        present = [c for c in cols if c in frame.columns]
+        if present and len(present) < len(cols):
+            missing = next(c for c in cols if c not in frame.columns)
+            raise InputError(f"box columns {list(cols)} must all be present or all absent", file=csv, field=missing)
+
+
+# ----------------------------------------------------------------------------------------------
+# Public readers
+
+
+def _split_files(folder: Path, splits: Mapping[str, str] | None) -> list[tuple[Path, str]]:
+    """Assign every CSV of the folder to a split by the tokens in its file name."""
+    if not folder.is_dir():
+        raise InputError("annotation folder not found", file=folder)
+    csvs = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".csv")
+    if not csvs:
+        raise InputError("annotation folder holds no .csv file", file=folder)
+    if splits is None:
+        return [(p, "test") for p in csvs]
+    if not splits:
+        raise InputError("splits is empty: give at least one split name -> file-name token", field="splits")
+    out: list[tuple[Path, str]] = []
+    for csv in csvs:
+        hits = [name for name, token in splits.items() if str(token) in csv.name]
+        if len(hits) > 1:
+            raise InputError(f"file name matches the tokens of several splits {hits}", file=csv, field="splits")
+        if hits:
+            out.append((csv, hits[0]))
+    for name, token in splits.items():
+        if not any(split == name for _, split in out):
+            raise InputError(f"no CSV file name contains {token!r} (split {name!r})", file=folder, field="splits")
+    return out
+
+
+def read_mivolo(
+    root: str | Path,
+    dataset: str,
+    *,
+    annotations: str | Path = "annotations",
+    splits: Mapping[str, str] | None = None,
+    on_bad_row: str = "raise",
+) -> ReadResult:
+    """Read a data set annotated in the MiVOLO authors' CSV format.
+
+    Columns `img_name, age, gender, face_x0, face_y0, face_x1, face_y1` and optionally
+    `person_x0..person_y1` (other columns are ignored). Boxes are absolute xyxy pixels; a box with
+    any -1 coordinate is missing. Age -1 / gender -1 are missing labels; a row with both missing is
+    a person who exists only to be masked and goes to `ReadResult.masked`. Class data sets give the
+    age as `"a;b"`, stored in `age_class`. Boxes are clamped to the image (counted in
+    `report["boxes_clamped"]`).
+
+    Args:
+        root: the data set's folder; `img_name` is relative to it.
+        dataset: the data set name, written into every row and sample id.
+        annotations: folder of the CSVs, relative to `root` or absolute.
+        splits: split name -> token; a split is every CSV whose file name contains the token
+            (CSVs matching no token are ignored). None: every CSV, all in split `test`.
+        on_bad_row: `raise` an InputError at the first bad row, or `skip` bad rows and count them.
+
+    Returns:
+        The sample table, the masked side table and the report.
+
+    Raises:
+        InputError: naming the file, 1-based data row and column of a bad row (with `raise`), a missing
+            column or folder, a CSV matched by two split tokens, or a duplicate sample id.
+    """
+    _check_on_bad_row(on_bad_row)
+    root = Path(root)
+    folder = Path(annotations) if Path(annotations).is_absolute() else root / annotations
+    report = empty_report()
+    sizes: dict[Path, tuple[int, int] | InputError] = {}
+    tables = []
+    for csv, split in _split_files(folder, splits):
+        frame = _read_csv(csv)
+        _require(frame, MIVOLO_REQUIRED, csv)
+        tables.append(
+            _check_rows(
+                frame,
+                csv=csv,
+                root=root,
+                dataset=dataset,
+                split=split,
+                image_col="img_name",
+                allow_masked=True,
+                whole_image_person=False,
+                on_bad_row=on_bad_row,
+                report=report,
+                sizes=sizes,
+            )
+        )
+    samples, masked = _assemble(tables, source=folder, on_bad_row=on_bad_row, report=report)
+    return ReadResult(samples=samples, masked=masked, report=report)
+
+
+def read_folder(
+    root: str | Path,
+    dataset: str,
+    *,
+    csv: str | Path = "labels.csv",
+    split: str = "test",
+    on_bad_row: str = "raise",
+) -> ReadResult:
+    """Read a folder of photos a user collected (Wild104-style) with one labels CSV.
+
+    Columns `image, age, gender` and optionally `face_x0..face_y1` / `person_x0..person_y1` (empty or
+    -1 = missing). A row without any box is a photo of one person: its person box is the whole image.
+    Gender accepts male/female, M/F, 0/1 (0 = male); age a number of years or an `"a;b"` class.
+    Every row needs an age or a gender.
+
+    Args:
+        root: the folder; `image` is relative to it.
+        dataset: the data set name.
+        csv: the labels file, relative to `root` or absolute.
+        split: the split written into every row.
+        on_bad_row: `raise` or `skip` (see `read_mivolo`).
+
+    Returns:
+        The sample table, an empty masked table, and the report.
+
+    Raises:
+        InputError: naming the file, row and column of a bad row (with `raise`), a missing file or
+            column, or a duplicate sample id.
+    """
+    _check_on_bad_row(on_bad_row)
+    root = Path(root)
+    path = Path(csv) if Path(csv).is_absolute() else root / csv
+    if not path.is_file():
+        raise InputError("labels file not found", file=path)
+    frame = _read_csv(path)
+    _require(frame, FOLDER_REQUIRED, path)
+    report = empty_report()
+    table = _check_rows(
+        frame,
+        csv=path,
+        root=root,
+        dataset=dataset,
+        split=split,
+        image_col="image",
+        allow_masked=False,
+        whole_image_person=True,
+        on_bad_row=on_bad_row,
+        report=report,
+        sizes={},
+    )
+    samples, masked = _assemble([table], source=path, on_bad_row=on_bad_row, report=report)
+    return ReadResult(samples=samples, masked=masked, report=report)
+
+
+READERS: dict[str, Callable[..., ReadResult]] = {"mivolo": read_mivolo, "folder": read_folder}
+
+
+def read_dataset(dataset: str, reader: str, root: str | Path, **options: Any) -> ReadResult:
+    """Read a data set with a registered reader.
+
+    Args:
+        dataset: the data set name.
+        reader: a key of `READERS` (`mivolo`, `folder`).
+        root: the data set's folder.
+        **options: keyword options of that reader (e.g. `splits`, `on_bad_row`).
+
+    Returns:
+        The reader's `ReadResult`.
+
+    Raises:
+        InputError: for an unknown reader name (listing the known ones) or an option the reader lacks.
+    """
+    if reader not in READERS:
+        raise InputError(f"unknown reader {reader!r}; known readers: {sorted(READERS)}", field="reader")
+    func = READERS[reader]
+    try:
+        return func(root, dataset, **options)
+    except TypeError as exc:
+        # A misspelt option from params.yaml should read as a config error, not a traceback.
+        if "unexpected keyword argument" in str(exc):
+            raise InputError(f"reader {reader!r}: {exc}", field="reader options") from exc
+        raise
+
+
+__all__ = [
+    "FOLDER_REQUIRED",
+    "MASKED_COLUMNS",
+    "MIVOLO_REQUIRED",
+    "READERS",
+    "SKIP_REASONS",
+    "ReadResult",
+    "empty_masked",
+    "empty_report",
+    "parse_age",
+    "parse_gender",
+    "read_dataset",
+    "read_folder",
+    "read_mivolo",
+]

@@ -1,0 +1,275 @@
+"""Crops: clamping, letterbox, body-without-face masking and drop rules, iter_crops order and loading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from agegender.data import crops
+from agegender.data.crops import (
+    CROP_KINDS,
+    ImageBoxes,
+    body_without_face,
+    clamp_box,
+    crop,
+    crop_sample,
+    image_size,
+    iter_crops,
+    letterbox,
+    load_image,
+)
+from agegender.errors import InputError
+
+NAN = float("nan")
+
+
+def _save(path: Path, array: np.ndarray, **kwargs) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, **kwargs)
+    return path
+
+
+def _flat(h: int, w: int, value: int | tuple[int, int, int] = 200) -> np.ndarray:
+    return np.full((h, w, 3), value, dtype=np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def test_load_image_rgb_and_errors(tmp_path: Path) -> None:
+    gray = _save(tmp_path / "g.png", np.full((6, 4), 7, dtype=np.uint8))
+    img = load_image(gray)
+    assert img.shape == (6, 4, 3) and img.dtype == np.uint8 and (img == 7).all()
+    assert image_size(gray) == (4, 6)
+    with pytest.raises(InputError) as err:
+        load_image(tmp_path / "missing.jpg")
+    assert err.value.file == str(tmp_path / "missing.jpg")
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(InputError, match="cannot be decoded"):
+        load_image(bad)
+    with pytest.raises(InputError, match="cannot be read as an image"):
+        image_size(bad)
+
+
+def test_exif_orientation_swaps_size_like_load_image(tmp_path: Path) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees when displayed
+    path = _save(tmp_path / "rot.jpg", _flat(10, 30), exif=exif)
+    assert image_size(path) == (10, 30)
+    assert load_image(path).shape == (30, 10, 3)
+
+
+# ---------------------------------------------------------------------------------------------- boxes
+
+
+def test_clamp_box() -> None:
+    assert clamp_box((-5, 2.4, 12.6, 30), 10, 20) == (0, 2, 10, 20)
+    assert clamp_box((0.5, 1.5, 3.49, 4.5), 10, 20) == (1, 2, 3, 5)  # half up, not half to even
+    assert clamp_box((12, 0, 20, 5), 10, 20) is None  # entirely right of the image
+    assert clamp_box((3, 3, 3, 8), 10, 20) is None
+    assert clamp_box((1, NAN, 3, 4), 10, 20) is None
+    assert clamp_box(None, 10, 20) is None
+    assert all(isinstance(v, int) for v in clamp_box(np.array([1.0, 2.0, 3.0, 4.0]), 10, 20))
+
+
+def test_crop_clamps_without_margin_and_copies() -> None:
+    image = np.arange(8 * 10 * 3, dtype=np.uint8).reshape(8, 10, 3)
+    out = crop(image, (-3, -3, 4, 5))
+    np.testing.assert_array_equal(out, image[0:5, 0:4])
+    out[:] = 0
+    assert image[0, 0, 1] == 1  # the source is untouched
+    np.testing.assert_array_equal(crop(image, (7, 6, 50, 50)), image[6:8, 7:10])
+    assert crop(image, None) is None
+    assert crop(image, (NAN, 0, 3, 3)) is None
+    assert crop(image, (20, 20, 30, 30)) is None
+
+
+# ---------------------------------------------------------------------------------------------- letterbox
+
+
+def test_letterbox_wide_is_centred_vertically() -> None:
+    out = letterbox(_flat(50, 100, 255), 64)  # scale 0.64 -> 64 x 32, 16 rows of padding each side
+    assert out.shape == (64, 64, 3) and out.dtype == np.uint8
+    assert (out[16:48] == 255).all()
+    assert (out[:16] == 0).all() and (out[48:] == 0).all()
+
+
+def test_letterbox_tall_is_centred_horizontally_and_upscales() -> None:
+    out = letterbox(_flat(90, 30, (10, 20, 30)), 60)  # scale 2/3 -> 20 wide x 60 high, 20 columns each side
+    assert out.shape == (60, 60, 3)
+    np.testing.assert_array_equal(out[:, 20:40], np.broadcast_to(np.array([10, 20, 30], np.uint8), (60, 20, 3)))
+    assert (out[:, :20] == 0).all() and (out[:, 40:] == 0).all()
+    up = letterbox(_flat(3, 6, 9), 12)  # scale 2 -> 12 x 6, 3 rows of padding each side
+    assert (up[3:9] == 9).all() and (up[:3] == 0).all() and (up[9:] == 0).all()
+
+
+def test_letterbox_odd_padding_and_identity() -> None:
+    out = letterbox(_flat(7, 10, 50), 10)  # no resize; 3 rows of padding: 1 on top, 2 below
+    assert (out[1:8] == 50).all() and (out[0] == 0).all() and (out[8:] == 0).all()
+    image = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(letterbox(image, 16), image)
+    with pytest.raises(ValueError):
+        letterbox(np.zeros((0, 5, 3), np.uint8), 8)
+
+
+# ---------------------------------------------------------------------------------------------- body without face
+
+
+def test_body_without_face_masks_own_face_and_overlapping_person() -> None:
+    image = _flat(200, 200, 200)
+    person = (0, 0, 100, 200)
+    faces = np.array([[30, 10, 70, 50], [150, 10, 190, 50]])  # own face, and a face far outside the crop
+    # The second person overlaps the crop; its bottom (150) is within 30% of the crop's bottom edge
+    # (200 - 0.3 * 200 = 140), so it is extended to 200; its left (60) is not within 30 px of the left edge.
+    persons = np.array([person, [60, 80, 150, 150]])
+    out = body_without_face(image, person, faces, persons)
+    assert out is not None and out.shape == (200, 100, 3)
+    expected = _flat(200, 100, 200)
+    expected[10:50, 30:70] = 0
+    expected[80:200, 60:100] = 0
+    np.testing.assert_array_equal(out, expected)
+    assert (image == 200).all()  # source untouched
+
+
+def test_body_without_face_extends_near_left_and_top_edges() -> None:
+    image = _flat(100, 100, 200)
+    # Other person's box starts at x=20 (< 0.3 * 100) and y=25 (< 30) inside the crop: snapped to 0 and 0.
+    out = body_without_face(image, (0, 0, 100, 100), None, np.array([[20, 25, 40, 60]]), min_nonzero=0.0)
+    expected = _flat(100, 100, 200)
+    expected[0:60, 0:40] = 0
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_body_without_face_drop_rules() -> None:
+    image = _flat(200, 200, 200)
+    other = np.array([[50, 0, 200, 100]])  # masks columns 50..99 of a 100 x 100 crop: 50% stays non-zero
+    kept = body_without_face(image, (0, 0, 100, 100), None, other)
+    assert kept is not None and np.count_nonzero(kept.any(axis=2)) == 5000
+    assert body_without_face(image, (0, 0, 100, 100), None, other, min_nonzero=0.6) is None
+    # Shorter side 40 < 50.
+    assert body_without_face(image, (0, 0, 40, 100), None, None) is None
+    assert body_without_face(image, (0, 0, 40, 100), None, None, min_size=40) is not None
+    # Black pixels of the photo itself count as zero too.
+    assert body_without_face(_flat(100, 100, 0), (0, 0, 100, 100), None, None) is None
+    assert body_without_face(image, None, None, None) is None
+    # A neighbour that only touches the crop (IoU 0) is not masked.
+    touching = body_without_face(image, (0, 0, 100, 100), None, np.array([[100, 0, 200, 100]]))
+    assert (touching == 200).all()
+
+
+def test_crop_sample_kinds() -> None:
+    image = np.arange(60 * 80 * 3, dtype=np.uint32).reshape(60, 80, 3).astype(np.uint8)
+    row = pd.Series(
+        {"face_x0": 10.0, "face_y0": 5.0, "face_x1": 20.0, "face_y1": 25.0}
+        | {"person_x0": 0.0, "person_y0": 0.0, "person_x1": 60.0, "person_y1": 60.0}
+    ).astype("Float64")
+    np.testing.assert_array_equal(crop_sample(image, row, "face"), image[5:25, 10:20])
+    np.testing.assert_array_equal(crop_sample(image, row, "body"), image[0:60, 0:60])
+    body = crop_sample(image, row, "body_wo_face", ImageBoxes(np.array([[10, 5, 20, 25]]), np.zeros((0, 4))))
+    expected = image[0:60, 0:60].copy()
+    expected[5:25, 10:20] = 0
+    np.testing.assert_array_equal(body, expected)
+    # Without neighbours the own face is still masked.
+    np.testing.assert_array_equal(crop_sample(image, row, "body_wo_face"), expected)
+    no_face = row.copy()
+    no_face["face_x0"] = pd.NA
+    assert crop_sample(image, no_face, "face") is None
+    with pytest.raises(InputError, match="unknown crop kind"):
+        crop_sample(image, row, "face_body")
+    assert CROP_KINDS == ("face", "body", "body_wo_face")
+
+
+# ---------------------------------------------------------------------------------------------- iter_crops
+
+
+def _table(rows: list[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows)
+    for c in ("face_x0", "face_y0", "face_x1", "face_y1", "person_x0", "person_y0", "person_x1", "person_y1"):
+        frame[c] = frame.get(c, pd.Series(pd.NA, index=frame.index)).astype("Float64")
+    return frame
+
+
+def _row(sid: str, image: str, face=None, person=None, dataset: str = "ds") -> dict:
+    out = {"sample_id": sid, "dataset": dataset, "image_path": image}
+    for prefix, box in (("face", face), ("person", person)):
+        for name, v in zip(("x0", "y0", "x1", "y1"), box or (None,) * 4, strict=True):
+            out[f"{prefix}_{name}"] = v
+    return out
+
+
+@pytest.fixture
+def photo_dir(tmp_path: Path) -> Path:
+    _save(tmp_path / "a.png", _flat(100, 100, (255, 0, 0)))
+    _save(tmp_path / "sub" / "b.png", _flat(100, 100, (0, 255, 0)))
+    _save(tmp_path / "c.png", _flat(100, 100, (0, 0, 255)))
+    return tmp_path
+
+
+def test_iter_crops_order_and_single_load(photo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    loads: list[Path] = []
+    real = crops.load_image
+
+    def counting(path):
+        loads.append(Path(path))
+        return real(path)
+
+    monkeypatch.setattr(crops, "load_image", counting)
+    samples = _table(
+        [
+            _row("s1", "a.png", face=(0, 0, 10, 20)),
+            _row("s2", "sub/b.png", face=(0, 0, 30, 10)),
+            _row("s3", "a.png", face=(5, 5, 15, 15)),
+            _row("s4", "c.png"),  # no face box -> None
+            _row("s5", "sub/b.png", face=(10, 10, 20, 20)),
+        ]
+    )
+    out = list(iter_crops(samples, None, photo_dir, "face"))
+    assert [sid for sid, _ in out] == ["s1", "s2", "s3", "s4", "s5"]
+    assert sorted(p.name for p in loads) == ["a.png", "b.png", "c.png"]  # each image decoded once
+    shapes = {sid: None if c is None else c.shape for sid, c in out}
+    assert shapes == {"s1": (20, 10, 3), "s2": (10, 30, 3), "s3": (10, 10, 3), "s4": None, "s5": (10, 10, 3)}
+    assert tuple(out[0][1][0, 0]) == (255, 0, 0) and tuple(out[1][1][0, 0]) == (0, 255, 0)
+
+    sized = dict(iter_crops(samples, None, photo_dir, "face", size=32))
+    assert sized["s4"] is None and all(c.shape == (32, 32, 3) for k, c in sized.items() if k != "s4")
+    # s2 is 30 x 10 -> 32 wide x 11 high (10 * 32/30 = 10.67 -> 11), 10 padding rows on top.
+    assert (sized["s2"][:10] == 0).all() and tuple(sized["s2"][10, 0]) == (0, 255, 0)
+
+
+def test_iter_crops_masks_side_table_and_subset_neighbours(photo_dir: Path) -> None:
+    full = _table(
+        [
+            _row("ds/a1", "a.png", face=(10, 10, 30, 30), person=(0, 0, 60, 100)),
+            _row("ds/a2", "a.png", face=(70, 10, 90, 30), person=(50, 0, 100, 100)),
+        ]
+    )
+    masked = _table([_row("", "a.png", face=(40, 60, 50, 70))]).drop(columns="sample_id")
+    # A subset: a new data set name over the same image folder; ds/a2 is not in it but is a neighbour.
+    subset = full.iloc[[0]].assign(dataset="nano", sample_id="nano/ds/a1")
+    roots = {"ds": photo_dir, "nano": photo_dir}
+    ((sid, body),) = list(iter_crops(subset, masked, roots, "body_wo_face", context=full))
+    assert sid == "nano/ds/a1" and body.shape == (100, 60, 3)
+    expected = _flat(100, 60, (255, 0, 0))
+    expected[10:30, 10:30] = 0  # own face
+    expected[60:70, 40:50] = 0  # masked-only person's face
+    expected[0:100, 50:60] = 0  # ds/a2's body: x0 = 50 is not within 18 px of the left edge
+    np.testing.assert_array_equal(body, expected)
+    # Without the context the neighbour is unknown and only the faces are masked.
+    ((_, alone),) = list(iter_crops(subset, masked, roots, "body_wo_face"))
+    assert alone[:, 50:60].any(axis=2).all()
+    with pytest.raises(InputError, match="no image folder"):
+        list(iter_crops(subset, masked, {"ds": photo_dir}, "face"))
+    with pytest.raises(InputError, match="unknown crop kind"):
+        list(iter_crops(subset, masked, photo_dir, "whole"))
+
+
+def test_iter_crops_missing_image_names_file(tmp_path: Path) -> None:
+    samples = _table([_row("x", "nope.png", face=(0, 0, 5, 5))])
+    with pytest.raises(InputError) as err:
+        list(iter_crops(samples, None, tmp_path, "face"))
+    assert err.value.file == str(tmp_path / "nope.png")
