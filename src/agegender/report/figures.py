@@ -1,0 +1,509 @@
+"""Figures of the report (png and pdf): MAE by age group, predicted vs true age, gender confusion, gallery.
+
+Figures are drawn on `matplotlib.figure.Figure` objects directly (the Agg canvas), not through
+pyplot, so that the module neither changes the global backend of a notebook nor leaks open
+figures. Files are written without creation dates or software versions so that the same input
+gives the same bytes (DVC then sees no change on a second run).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+from PIL import Image
+
+from agegender.data.crops import crop, load_image
+from agegender.data.schema import FACE_BOX, GENDERS, PERSON_BOX, validate_predictions, validate_samples
+from agegender.errors import InputError
+from agegender.report.paper import INPUT_NAMES, model_display_name
+
+log = logging.getLogger(__name__)
+
+DPI = 150
+FIGURE_NAMES: tuple[str, ...] = ("age_group_mae", "pred_vs_true", "gender_confusion", "gallery")
+#: above this many points a panel of pred_vs_true is a hexbin instead of a scatter (readability).
+HEXBIN_MIN_POINTS = 2000
+#: the longest side of a gallery crop after downscaling; keeps files small for large photos.
+GALLERY_MAX_SIDE = 256
+AGE_GROUP_COLUMNS: tuple[str, ...] = ("dataset", "input", "model", "age_lo", "age_hi", "group", "n", "mae")
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def _title(text: str, caption_note: str | None) -> str:
+    return f"{text} ({caption_note})" if caption_note else text
+
+
+def _label(model: str, input_kind: str, model_names: Mapping[str, str] | None) -> str:
+    return f"{model_display_name(model, dict(model_names or {}))} [{INPUT_NAMES.get(input_kind, input_kind)}]"
+
+
+def _save(fig: Figure, out_dir: Path, name: str) -> list[Path]:
+    png, pdf = out_dir / f"{name}.png", out_dir / f"{name}.pdf"
+    # Software / dates in the metadata would change the bytes with every matplotlib release or run
+    fig.savefig(png, dpi=DPI, metadata={"Software": None})
+    fig.savefig(pdf, metadata={"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None})
+    return [png, pdf]
+
+
+def _message_figure(title: str, message: str) -> Figure:
+    fig = Figure(figsize=(6, 3), layout="constrained")
+    ax = fig.add_subplot()
+    ax.set_axis_off()
+    ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=12, wrap=True)
+    fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def pick_dataset(candidates: Sequence[str], preferred: str | None = None) -> str | None:
+    """Choose the data set a figure is drawn for.
+
+    Args:
+        candidates: data set ids that have data.
+        preferred: the caller's choice; returned as is (even when absent, so the figure can say so).
+
+    Returns:
+        `preferred`, else the first (sorted) id containing "nano" (the paper draws figure 3 on
+        NanoLAGENDA), else the first sorted id, else None.
+    """
+    if preferred is not None:
+        return preferred
+    ordered = sorted(set(candidates))
+    nano = [d for d in ordered if "nano" in d.lower()]
+    if nano:
+        return nano[0]
+    return ordered[0] if ordered else None
+
+
+def _grid(n: int, max_cols: int = 3) -> tuple[int, int]:
+    cols = max(1, min(max_cols, n))
+    return math.ceil(n / cols), cols
+
+
+def _pairs(frame: pd.DataFrame) -> list[tuple[str, str]]:
+    """(model, input) pairs in a stable order: model id, then the schema's input order."""
+    order = {k: i for i, k in enumerate(INPUT_NAMES)}
+    pairs = {(str(m), str(i)) for m, i in zip(frame["model"], frame["input"], strict=True)}
+    return sorted(pairs, key=lambda p: (p[0], order.get(p[1], 99), p[1]))
+
+
+def _overall_mae(rows: pd.DataFrame | None, dataset: str, model: str, input_kind: str) -> float | None:
+    if rows is None or len(rows) == 0 or not {"dataset", "model", "input", "view", "age_mae"} <= set(rows.columns):
+        return None
+    hit = rows[
+        (rows["dataset"] == dataset)
+        & (rows["model"] == model)
+        & (rows["input"] == input_kind)
+        & (rows["view"] == "answered")
+    ]
+    if hit.empty or pd.isna(hit["age_mae"].iloc[0]):
+        return None
+    return float(hit["age_mae"].iloc[0])
+
+
+def _joined(samples: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame:
+    """Predictions with their sample's data set and ground truth attached (all statuses)."""
+    cols = ["sample_id", "dataset", "age", "gender"]
+    return predictions.merge(samples[cols], on="sample_id", how="inner", validate="many_to_one")
+
+
+# --------------------------------------------------------------------------------------------- figures
+
+
+def age_group_figure(
+    age_groups: pd.DataFrame,
+    dataset: str | None,
+    rows: pd.DataFrame | None = None,
+    *,
+    caption_note: str | None = None,
+    model_names: Mapping[str, str] | None = None,
+) -> Figure:
+    """Figure 3: MAE per 5-year age group, one line per (model, input), on one data set.
+
+    Args:
+        age_groups: long table (dataset, input, model, age_lo, age_hi, group, n, mae), e.g. from
+            `agegender.metrics.age_group_mae`.
+        dataset: the data set to draw.
+        rows: evaluation rows, used to print each line's overall MAE in the legend.
+        caption_note: e.g. "demo data", put in the title.
+        model_names: extra display names.
+
+    Returns:
+        The figure.
+    """
+    title = _title(f"MAE by age group on {dataset or 'no data set'}", caption_note)
+    for col in AGE_GROUP_COLUMNS:
+        if col not in age_groups.columns:
+            raise InputError("required column is missing", file="age groups table", field=col)
+    data = age_groups[age_groups["dataset"] == dataset] if dataset is not None else age_groups.iloc[0:0]
+    data = data[data["mae"].notna()]
+    if data.empty:
+        return _message_figure(title, "no predictions")
+    groups = data[["age_lo", "group"]].drop_duplicates().sort_values("age_lo", kind="stable")
+    groups = groups.drop_duplicates("age_lo")
+    position = {float(lo): i for i, lo in enumerate(groups["age_lo"])}
+    fig = Figure(figsize=(max(6.0, 0.45 * len(groups) + 3), 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    palette = sns.color_palette("tab10", n_colors=max(1, len(_pairs(data))))
+    markers = "osD^vP*Xh<>"
+    for k, (model, input_kind) in enumerate(_pairs(data)):
+        part = data[(data["model"] == model) & (data["input"] == input_kind)].sort_values("age_lo", kind="stable")
+        label = _label(model, input_kind, model_names)
+        overall = _overall_mae(rows, str(dataset), model, input_kind)
+        if overall is not None:
+            label += f" (MAE {overall:.2f})"
+        xs = [position[float(lo)] for lo in part["age_lo"]]
+        ax.plot(xs, part["mae"].astype(float), marker=markers[k % len(markers)], color=palette[k], label=label, lw=1.5)
+    ax.set_xticks(range(len(groups)), [str(g) for g in groups["group"]], rotation=45, ha="right")
+    ax.set_xlabel("true age group, years")
+    ax.set_ylabel("MAE, years")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def pred_vs_true_figure(
+    joined: pd.DataFrame,
+    dataset: str | None,
+    rows: pd.DataFrame | None = None,
+    *,
+    caption_note: str | None = None,
+    model_names: Mapping[str, str] | None = None,
+) -> Figure:
+    """Predicted vs true age, one panel per (model, input), with the identity line.
+
+    Args:
+        joined: predictions joined with their samples (`sample_id, model, input, age_pred, status,
+            dataset, age, ...`); only status "ok" rows with both ages are drawn.
+        dataset: the data set to draw.
+        rows: evaluation rows, for the MAE in panel titles.
+        caption_note: e.g. "demo data".
+        model_names: extra display names.
+
+    Returns:
+        The figure.
+    """
+    title = _title(f"Predicted vs true age on {dataset or 'no data set'}", caption_note)
+    data = joined[(joined["dataset"] == dataset) & (joined["status"] == "ok")]
+    data = data[data["age"].notna() & data["age_pred"].notna()]
+    if data.empty:
+        return _message_figure(title, "no predictions")
+    pairs = _pairs(data)
+    nrows, ncols = _grid(len(pairs))
+    fig = Figure(figsize=(3.4 * ncols, 3.3 * nrows + 0.5), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    top = float(max(data["age"].max(), data["age_pred"].max())) + 5.0
+    for ax, (model, input_kind) in zip(axes, pairs, strict=False):
+        part = data[(data["model"] == model) & (data["input"] == input_kind)]
+        true, pred = part["age"].to_numpy(dtype=float), part["age_pred"].to_numpy(dtype=float)
+        if len(part) >= HEXBIN_MIN_POINTS:
+            ax.hexbin(true, pred, gridsize=40, extent=(0, top, 0, top), mincnt=1, cmap="viridis", bins="log")
+        else:
+            ax.scatter(true, pred, s=10, alpha=0.6, color="tab:blue", edgecolors="none")
+        ax.plot([0, top], [0, top], color="tab:red", lw=1, ls="--")
+        ax.set_xlim(0, top)
+        ax.set_ylim(0, top)
+        ax.set_aspect("equal")
+        mae = _overall_mae(rows, str(dataset), model, input_kind)
+        mae = float(np.mean(np.abs(pred - true))) if mae is None else mae
+        ax.set_title(f"{_label(model, input_kind, model_names)}\nMAE {mae:.2f}, n={len(part)}", fontsize=8)
+        ax.set_xlabel("true age")
+        ax.set_ylabel("predicted age")
+    for ax in axes[len(pairs) :]:
+        ax.set_axis_off()
+    fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def confusion_counts(true: Sequence[str], pred: Sequence[str]) -> np.ndarray:
+    """2x2 gender confusion counts, rows = true (male, female), columns = predicted.
+
+    Args:
+        true: true genders (`male`/`female`).
+        pred: predicted genders.
+
+    Returns:
+        int64 array of shape (2, 2).
+    """
+    index = {g: i for i, g in enumerate(GENDERS)}
+    counts = np.zeros((2, 2), dtype=np.int64)
+    for t, p in zip(true, pred, strict=True):
+        counts[index[t], index[p]] += 1
+    return counts
+
+
+def gender_confusion_figure(
+    joined: pd.DataFrame,
+    dataset: str | None,
+    *,
+    caption_note: str | None = None,
+    model_names: Mapping[str, str] | None = None,
+) -> Figure:
+    """Gender confusion matrix per (model, input): colour = row-normalised share, text = count and share.
+
+    Args:
+        joined: predictions joined with their samples; status "ok" rows with both genders are used.
+        dataset: the data set to draw.
+        caption_note: e.g. "demo data".
+        model_names: extra display names.
+
+    Returns:
+        The figure.
+    """
+    title = _title(f"Gender confusion on {dataset or 'no data set'}", caption_note)
+    data = joined[(joined["dataset"] == dataset) & (joined["status"] == "ok")]
+    data = data[data["gender"].notna() & data["gender_pred"].notna()]
+    if data.empty:
+        return _message_figure(title, "no predictions")
+    pairs = _pairs(data)
+    nrows, ncols = _grid(len(pairs))
+    fig = Figure(figsize=(3.3 * ncols, 3.0 * nrows + 0.5), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    for ax, (model, input_kind) in zip(axes, pairs, strict=False):
+        part = data[(data["model"] == model) & (data["input"] == input_kind)]
+        counts = confusion_counts(part["gender"].astype(str).tolist(), part["gender_pred"].astype(str).tolist())
+        totals = counts.sum(axis=1, keepdims=True)
+        shares = np.divide(counts, totals, out=np.zeros((2, 2)), where=totals > 0)
+        text = np.array([[f"{counts[i, j]}\n{100 * shares[i, j]:.1f}%" for j in range(2)] for i in range(2)])
+        sns.heatmap(
+            shares,
+            ax=ax,
+            annot=text,
+            fmt="",
+            vmin=0.0,
+            vmax=1.0,
+            cmap="Blues",
+            cbar=False,
+            square=True,
+            xticklabels=list(GENDERS),
+            yticklabels=list(GENDERS),
+            annot_kws={"fontsize": 9},
+        )
+        acc = float(np.trace(counts)) / max(1, int(counts.sum()))
+        ax.set_title(
+            f"{_label(model, input_kind, model_names)}\nacc {100 * acc:.2f}%, n={int(counts.sum())}", fontsize=8
+        )
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+    for ax in axes[len(pairs) :]:
+        ax.set_axis_off()
+    fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def _gallery_box(sample: Mapping[str, object], input_kind: str) -> tuple[float, float, float, float] | None:
+    face = tuple(sample[c] for c in FACE_BOX)
+    person = tuple(sample[c] for c in PERSON_BOX)
+    order = (face, person) if input_kind == "face" else (person, face)
+    for box in order:
+        if all(v is not None and v is not pd.NA and not (isinstance(v, float) and math.isnan(v)) for v in box):
+            return tuple(float(v) for v in box)  # type: ignore[return-value]
+    return None
+
+
+def _shrink(image: np.ndarray) -> np.ndarray:
+    h, w = image.shape[:2]
+    scale = GALLERY_MAX_SIDE / max(h, w)
+    if scale >= 1.0:
+        return image
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
+
+
+def _prediction_text(pred: Mapping[str, object], model_names: Mapping[str, str] | None) -> str:
+    label = _label(str(pred["model"]), str(pred["input"]), model_names)
+    if pred["status"] != "ok":
+        return f"{label}: ({pred['status']})"
+    gender = "?" if pd.isna(pred["gender_pred"]) else str(pred["gender_pred"])
+    age = "?" if pd.isna(pred["age_pred"]) else f"{float(pred['age_pred']):.0f}"
+    return f"{label}: {gender}, {age}"
+
+
+def gallery_figure(
+    samples: pd.DataFrame,
+    predictions: pd.DataFrame,
+    dataset: str | None,
+    image_roots: Mapping[str, str | Path],
+    *,
+    input_kind: str = "body",
+    n: int = 6,
+    seed: int = 0,
+    caption_note: str | None = None,
+    model_names: Mapping[str, str] | None = None,
+) -> Figure:
+    """Figure 1 style gallery: `n` random samples, each crop with its truth and every model's answer.
+
+    The crop shown is the person box for body-like inputs (face box as fallback) and the face box
+    for `face`. Under it: the true gender and age, then one line per (model, input) prediction of
+    that sample, non-"ok" answers shown by their status. Samples are drawn (seeded) among those with
+    at least one "ok" prediction; samples whose image is missing or whose boxes are empty are
+    skipped, counted, logged and noted in the title.
+
+    Args:
+        samples: validated sample table.
+        predictions: validated prediction table.
+        dataset: the data set to draw from.
+        image_roots: data set id -> folder the sample table's `image_path` is relative to.
+        input_kind: which crop to show (`body`, `face`, `face_body`, `body_wo_face`).
+        n: number of samples.
+        seed: seed of the sample draw.
+        caption_note: e.g. "demo data".
+        model_names: extra display names.
+
+    Returns:
+        The figure.
+
+    Raises:
+        InputError: when `image_roots` has no folder for `dataset`.
+    """
+    title = _title(f"Samples from {dataset or 'no data set'} with predictions", caption_note)
+    in_set = samples[samples["dataset"] == dataset]
+    ok_ids = set(predictions.loc[predictions["status"] == "ok", "sample_id"].astype(str))
+    candidates = sorted(sid for sid in in_set["sample_id"].astype(str) if sid in ok_ids)
+    if not candidates or n <= 0:
+        return _message_figure(title, "no predictions")
+    if dataset not in image_roots:
+        raise InputError(f"no image folder given for data set {dataset!r}", file="image_roots", field=str(dataset))
+    root = Path(image_roots[dataset])
+    by_id = in_set.set_index(in_set["sample_id"].astype(str)).to_dict("index")
+    order = np.random.default_rng(seed).permutation(len(candidates))
+    chosen: list[tuple[str, np.ndarray]] = []
+    skipped = 0
+    for idx in order:
+        if len(chosen) == n:
+            break
+        sid = candidates[int(idx)]
+        sample = by_id[sid]
+        path = root / str(sample["image_path"])
+        if not path.is_file():
+            skipped += 1
+            continue
+        patch = crop(load_image(path), _gallery_box(sample, input_kind))
+        if patch is None:
+            skipped += 1
+            continue
+        chosen.append((sid, _shrink(patch)))
+    if skipped:
+        log.warning("gallery: %d sample(s) of %s skipped (image missing or empty box)", skipped, dataset)
+        title += f"; {skipped} skipped (image missing or empty box)"
+    if not chosen:
+        return _message_figure(title, "no sample with an image on disk")
+    chosen.sort(key=lambda item: (float(by_id[item[0]]["age"]) if pd.notna(by_id[item[0]]["age"]) else -1.0, item[0]))
+    preds = predictions[predictions["sample_id"].isin([sid for sid, _ in chosen])]
+    lines: dict[str, list[str]] = {}
+    for sid, _ in chosen:
+        sample = by_id[sid]
+        gender = "?" if pd.isna(sample["gender"]) else str(sample["gender"])
+        age = "?" if pd.isna(sample["age"]) else f"{float(sample['age']):.0f}"
+        text = [f"true: {gender}, {age}"]
+        mine = preds[preds["sample_id"] == sid]
+        for model, inp in _pairs(mine):
+            row = mine[(mine["model"] == model) & (mine["input"] == inp)].iloc[0]
+            text.append(_prediction_text(row, model_names))
+        lines[sid] = text
+    nrows, ncols = _grid(len(chosen), max_cols=min(6, len(chosen)))
+    n_lines = max(len(t) for t in lines.values())
+    fig = Figure(figsize=(2.6 * ncols, (2.4 + 0.16 * n_lines) * nrows + 0.4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    for ax, (sid, patch) in zip(axes, chosen, strict=False):
+        ax.imshow(patch, interpolation="bilinear")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        # the xlabel (not free text) so that the constrained layout reserves room for the lines
+        ax.set_xlabel("\n".join(lines[sid]), fontsize=6.5, loc="left")
+    for ax in axes[len(chosen) :]:
+        ax.set_axis_off()
+    fig.suptitle(title, fontsize=11)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------- writer
+
+
+def write_figures(
+    samples: pd.DataFrame,
+    predictions: pd.DataFrame,
+    rows: pd.DataFrame | None,
+    age_groups: pd.DataFrame | None,
+    out_dir: str | Path,
+    *,
+    image_roots: Mapping[str, str | Path],
+    caption_note: str | None = None,
+    age_group_dataset: str | None = None,
+    gallery_dataset: str | None = None,
+    gallery_input: str = "body",
+    gallery_n: int = 6,
+    seed: int = 0,
+    model_names: Mapping[str, str] | None = None,
+) -> list[Path]:
+    """Write the report figures as png and pdf.
+
+    Figures: `age_group_mae` (the paper's figure 3), `pred_vs_true`, `gender_confusion` (all three
+    on the data set `age_group_dataset`, default: the first data set whose id contains "nano", else
+    the first one) and `gallery` (figure 1 style, on `gallery_dataset`, default the same data set).
+    A figure without data says "no predictions" instead of failing.
+
+    Args:
+        samples: sample table (schema.SAMPLE_COLUMNS).
+        predictions: prediction table (schema.PREDICTION_COLUMNS); only status "ok" rows are plotted.
+        rows: evaluation rows (for overall MAE in legends and titles); may be None.
+        age_groups: MAE per age group (dataset, input, model, age_lo, age_hi, group, n, mae); may be None.
+        out_dir: folder to write into (created).
+        image_roots: data set id -> folder that the sample table's `image_path` is relative to.
+        caption_note: e.g. "demo data", put in every title.
+        age_group_dataset: the data set of figures 3, pred_vs_true and gender_confusion.
+        gallery_dataset: the data set of the gallery.
+        gallery_input: which crop the gallery shows.
+        gallery_n: number of gallery samples.
+        seed: seed of the gallery draw.
+        model_names: display names for model ids the paper does not have.
+
+    Returns:
+        The files written: `<name>.png` and `<name>.pdf` for each name of `FIGURE_NAMES`.
+
+    Raises:
+        InputError: for a malformed sample, prediction or age-group table, or a missing image root.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    samples = validate_samples(samples, source="samples")
+    predictions = validate_predictions(predictions, source="predictions", known_ids=samples["sample_id"])
+    if age_groups is None:
+        age_groups = pd.DataFrame({c: pd.Series(dtype="object") for c in AGE_GROUP_COLUMNS})
+    joined = _joined(samples, predictions)
+    ok_sets = joined.loc[joined["status"] == "ok", "dataset"].astype(str).tolist()
+    main = pick_dataset(
+        list(age_groups["dataset"].dropna().astype(str)) + ok_sets if age_group_dataset is None else [],
+        age_group_dataset,
+    )
+    gallery_set = gallery_dataset if gallery_dataset is not None else main
+    figures = {
+        "age_group_mae": age_group_figure(age_groups, main, rows, caption_note=caption_note, model_names=model_names),
+        "pred_vs_true": pred_vs_true_figure(joined, main, rows, caption_note=caption_note, model_names=model_names),
+        "gender_confusion": gender_confusion_figure(joined, main, caption_note=caption_note, model_names=model_names),
+        "gallery": gallery_figure(
+            samples,
+            predictions,
+            gallery_set,
+            image_roots,
+            input_kind=gallery_input,
+            n=gallery_n,
+            seed=seed,
+            caption_note=caption_note,
+            model_names=model_names,
+        ),
+    }
+    written: list[Path] = []
+    for name in FIGURE_NAMES:
+        written += _save(figures[name], out, name)
+    return written

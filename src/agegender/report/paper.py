@@ -1,0 +1,373 @@
+"""The paper's reported numbers (tables 1-10) as data, and the layout of each table.
+
+The numbers live in `paper_results.csv` next to this module (long format, one row per printed
+number, rates as fractions) so that they can be diffed, reviewed and joined to our own metrics
+without parsing the paper again. `PAPER_TABLES` describes how the paper lays each table out
+(which rows, in which order, which metric columns), which is what `agegender.report.tables`
+fills with our rows.
+
+Transcription choices that the paper leaves implicit:
+
+- Table 1's FP-Age row is a face-only model (input `face`); table 4's ResNet-50 (Paplham et al.)
+  and table 7's OrdinalCLIP / L2RCLIP are face models too.
+- Table 7's "Age MAE, %" is the MAE on class indices (stored as printed, `class_mae` 0.47), and
+  "Age Acc" of tables 5 and 7 is the class accuracy (`class_acc`).
+- Table 7's "ShareGPT4V 7B FT / Face" row is the face-fine-tuned model (`sharegpt4v-7b-ft-face`,
+  the caption says FT models are fine-tuned on the corresponding input).
+- Table 10 prints no input column; the MLLMs are taken as evaluated on the body crop and
+  MiVOLO-384 in face + body mode, as in every other table.
+- `train_dataset` is filled only where the table prints it (tables 1-3); MiVOLO-384 was trained
+  on the extended LAGENDA train set (`lagenda_ext`).
+- Table 6 (ShareGPT4V-7b 0.4 epoch on LAGENDA: MAE 3.87) and table 9 (the same model on
+  LAGENDA: MAE 3.52) disagree in the paper itself; both are stored under their own table number.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+
+import pandas as pd
+
+from agegender.errors import InputError
+
+#: the file inside this package that holds the numbers.
+PAPER_RESULTS_FILE = "paper_results.csv"
+
+PAPER_COLUMNS: tuple[str, ...] = ("table", "model", "train_dataset", "dataset", "input", "metric", "value")
+
+#: canonical ids used in `paper_results.csv`.
+PAPER_DATASETS: tuple[str, ...] = ("lagenda", "imdb_clean", "nanolagenda", "adience", "fairface", "cacd", "wild104")
+PAPER_TRAIN_DATASETS: tuple[str, ...] = ("lagenda", "lagenda_ext", "imdb_clean")
+PAPER_METRICS: tuple[str, ...] = ("age_mae", "age_cs5", "age_mape", "gender_acc", "class_acc", "class_mae")
+
+#: metrics stored (and computed by `agegender.metrics`) as fractions; shown as percent.
+RATE_METRICS: frozenset[str] = frozenset({"age_cs5", "age_mape", "age_ce20", "gender_acc", "class_acc", "coverage"})
+
+#: model id -> the name the paper prints.
+MODEL_NAMES: dict[str, str] = {
+    "mivolo_d1_224": "MiVOLO-224",
+    "mivolo_d1_384": "MiVOLO-384",
+    "fp_age": "FP-Age",
+    "resnet50_paplham": "ResNet-50",
+    "ordinalclip": "OrdinalCLIP",
+    "l2rclip": "L2RCLIP",
+    "llava-1.5-7b": "LLaVA 1.5 7B",
+    "llava-next-34b": "LLaVA-NeXT 34B",
+    "sharegpt4v-7b": "ShareGPT4V 7B",
+    "sharegpt4v-7b-ft": "ShareGPT4V 7B FT",
+    "sharegpt4v-7b-ft-1ep": "ShareGPT4V 7B FT 1 epoch",
+    "sharegpt4v-13b-ft": "ShareGPT4V 13B FT",
+    "llava-1.5-7b-ft": "LLaVA 1.5 7B FT",
+    "sharegpt4v-7b-ft-face": "ShareGPT4V 7B FT (face)",
+    "gpt-4v": "ChatGPT4V",
+    "gpt-4o": "ChatGPT4O",
+}
+
+#: data set id -> the name the paper prints.
+DATASET_NAMES: dict[str, str] = {
+    "lagenda": "LAGENDA",
+    "lagenda_ext": "LAGENDA_ext",
+    "imdb_clean": "IMDB-clean",
+    "nanolagenda": "NanoLAGENDA",
+    "adience": "Adience",
+    "fairface": "FairFace",
+    "cacd": "CACD",
+    "wild104": "Wild104",
+}
+
+#: input kind -> the paper's wording.
+INPUT_NAMES: dict[str, str] = {
+    "face_body": "Body & face",
+    "body": "Entire body",
+    "body_wo_face": "W/o face",
+    "face": "Face",
+}
+
+#: metric -> column header as the paper prints it.
+METRIC_HEADERS: dict[str, str] = {
+    "age_mape": "Age MAPE, % ↓",
+    "age_mae": "Age MAE ↓",
+    "age_cs5": "Age CS@5, % ↑",
+    "age_ce20": "Age CE@20, % ↓",
+    "gender_acc": "Gender Acc, % ↑",
+    "class_acc": "Age Acc, % ↑",
+    "class_mae": "Age class MAE ↓",
+}
+
+
+@dataclass(frozen=True)
+class PaperRow:
+    """One row of a paper table: which model, on which data, with which input."""
+
+    model: str
+    dataset: str
+    input: str
+    train_dataset: str | None = None
+
+
+@dataclass(frozen=True)
+class PaperTable:
+    """The layout of one paper table.
+
+    Attributes:
+        number: 1..10.
+        caption: the paper's caption.
+        datasets: paper data set ids the table reports on, in the paper's order.
+        inputs: input kinds shown, in the paper's order.
+        metrics: metric columns, in the paper's order.
+        key_columns: which of `model`, `train_dataset`, `dataset`, `input` the table prints as
+            row labels (the paper's row grouping: rows are grouped by model, then these keys).
+        rows: the paper's rows, in the paper's order, including rows printed only as "-".
+    """
+
+    number: int
+    caption: str
+    datasets: tuple[str, ...]
+    inputs: tuple[str, ...]
+    metrics: tuple[str, ...]
+    key_columns: tuple[str, ...]
+    rows: tuple[PaperRow, ...]
+
+
+def _rows(model_specs: list[tuple[str, str | None]], datasets: tuple[str, ...], inputs: tuple[str, ...]) -> tuple:
+    """Cross (model, train set) with data sets and inputs in the paper's nesting order: model, data set, input."""
+    return tuple(
+        PaperRow(model=m, dataset=d, input=i, train_dataset=t) for m, t in model_specs for d in datasets for i in inputs
+    )
+
+
+_AGE3 = ("age_mape", "age_mae", "age_cs5")
+_AGE3_GENDER = (*_AGE3, "gender_acc")
+
+PAPER_TABLES: dict[int, PaperTable] = {
+    1: PaperTable(
+        1,
+        "Comparison of MiVOLO-224 and MiVOLO-384. Age performance in face + body mode.",
+        ("imdb_clean", "lagenda"),
+        ("face_body",),
+        _AGE3,
+        ("model", "train_dataset", "dataset"),
+        (
+            PaperRow("fp_age", "imdb_clean", "face", "imdb_clean"),
+            *_rows(
+                [("mivolo_d1_224", "lagenda"), ("mivolo_d1_384", "lagenda_ext")],
+                ("imdb_clean", "lagenda"),
+                ("face_body",),
+            ),
+        ),
+    ),
+    2: PaperTable(
+        2,
+        "Comparison of MiVOLO-224 and MiVOLO-384. Age performance in body only mode. LAGENDA in the train column "
+        "refers to a part of the dataset used for training.",
+        ("imdb_clean", "lagenda"),
+        ("body_wo_face",),
+        _AGE3,
+        ("model", "train_dataset", "dataset"),
+        _rows(
+            [("mivolo_d1_224", "lagenda"), ("mivolo_d1_384", "lagenda_ext")],
+            ("imdb_clean", "lagenda"),
+            ("body_wo_face",),
+        ),
+    ),
+    3: PaperTable(
+        3,
+        "Comparison of MiVOLO-224 and MiVOLO-384. Gender Accuracy.",
+        ("imdb_clean", "lagenda"),
+        ("face_body",),
+        ("gender_acc",),
+        ("model", "train_dataset", "dataset"),
+        (
+            PaperRow("fp_age", "imdb_clean", "face", "imdb_clean"),
+            *_rows(
+                [("mivolo_d1_224", "lagenda"), ("mivolo_d1_384", "lagenda_ext")],
+                ("imdb_clean", "lagenda"),
+                ("face_body",),
+            ),
+        ),
+    ),
+    4: PaperTable(
+        4,
+        "Comparison of models using the CACD test split. MiVOLO models are evaluated in face + body mode.",
+        ("cacd",),
+        ("face_body", "face"),
+        ("age_mae", "age_cs5"),
+        ("model",),
+        (
+            PaperRow("resnet50_paplham", "cacd", "face"),
+            PaperRow("mivolo_d1_224", "cacd", "face_body"),
+            PaperRow("mivolo_d1_384", "cacd", "face_body"),
+        ),
+    ),
+    5: PaperTable(
+        5,
+        "Comparison of models using the FairFace validation margin125 split. MiVOLO models are evaluated in "
+        "face + body mode.",
+        ("fairface",),
+        ("face_body",),
+        ("class_acc", "gender_acc"),
+        ("model",),
+        _rows([("mivolo_d1_224", None), ("mivolo_d1_384", None)], ("fairface",), ("face_body",)),
+    ),
+    6: PaperTable(
+        6,
+        "Comparison of fine-tuned MLLMs on LAGENDA benchmark.",
+        ("lagenda",),
+        ("body", "face"),
+        ("age_mae", "age_cs5", "gender_acc"),
+        ("model", "input"),
+        (
+            PaperRow("llava-1.5-7b-ft", "lagenda", "body"),
+            PaperRow("sharegpt4v-7b-ft", "lagenda", "body"),
+            PaperRow("sharegpt4v-7b-ft-1ep", "lagenda", "body"),
+            PaperRow("sharegpt4v-13b-ft", "lagenda", "body"),
+            PaperRow("sharegpt4v-7b-ft-face", "lagenda", "face"),
+        ),
+    ),
+    7: PaperTable(
+        7,
+        "Comparison of models using Adience benchmark. MAE here is calculated on classification labels. FT denotes "
+        "models that are fine-tuned version on the corresponding input.",
+        ("adience",),
+        ("face", "face_body", "body"),
+        ("class_acc", "class_mae", "gender_acc"),
+        ("model", "input"),
+        (
+            PaperRow("ordinalclip", "adience", "face"),
+            PaperRow("l2rclip", "adience", "face"),
+            PaperRow("mivolo_d1_224", "adience", "face_body"),
+            PaperRow("mivolo_d1_384", "adience", "face_body"),
+            PaperRow("sharegpt4v-7b-ft", "adience", "body"),
+            PaperRow("sharegpt4v-7b-ft-face", "adience", "face"),
+        ),
+    ),
+    8: PaperTable(
+        8,
+        "Comparison of performance on NanoLAGENDA benchmark. Models are evaluated with different type of input "
+        "information.",
+        ("nanolagenda",),
+        ("body", "face_body", "body_wo_face"),
+        _AGE3_GENDER,
+        ("model", "input"),
+        (
+            *_rows(
+                [(m, None) for m in ("llava-1.5-7b", "llava-next-34b", "sharegpt4v-7b", "gpt-4v", "gpt-4o")],
+                ("nanolagenda",),
+                ("body", "body_wo_face"),
+            ),
+            *_rows([("mivolo_d1_384", None)], ("nanolagenda",), ("face_body", "body_wo_face")),
+            *_rows(
+                [("sharegpt4v-7b-ft", None), ("sharegpt4v-13b-ft", None)], ("nanolagenda",), ("body", "body_wo_face")
+            ),
+        ),
+    ),
+    9: PaperTable(
+        9,
+        "Comparison of performance on IMDB and LAGENDA benchmarks.",
+        ("imdb_clean", "lagenda"),
+        ("face_body", "body"),
+        _AGE3_GENDER,
+        ("model", "dataset"),
+        (
+            *_rows([("mivolo_d1_384", None)], ("imdb_clean", "lagenda"), ("face_body",)),
+            *_rows([("llava-next-34b", None), ("sharegpt4v-7b-ft", None)], ("imdb_clean", "lagenda"), ("body",)),
+        ),
+    ),
+    10: PaperTable(
+        10,
+        "Comparison of performance on the Wild104 benchmark.",
+        ("wild104",),
+        ("body", "face_body"),
+        _AGE3_GENDER,
+        ("model",),
+        (
+            PaperRow("gpt-4v", "wild104", "body"),
+            PaperRow("gpt-4o", "wild104", "body"),
+            PaperRow("llava-next-34b", "wild104", "body"),
+            PaperRow("mivolo_d1_384", "wild104", "face_body"),
+            PaperRow("sharegpt4v-7b-ft", "wild104", "body"),
+            PaperRow("sharegpt4v-13b-ft", "wild104", "body"),
+        ),
+    ),
+}
+
+
+def load_paper_results() -> pd.DataFrame:
+    """Load the paper's reported numbers (tables 1-10) shipped with the package.
+
+    Returns:
+        A long table with columns `table` (int), `model`, `train_dataset` (null where the table does
+        not print it), `dataset`, `input`, `metric` (str) and `value` (float; rates as fractions,
+        e.g. CS@5 69.84 % -> 0.6984), one row per number printed in the paper, in the paper's order.
+
+    Raises:
+        InputError: if the packaged file is damaged (missing column, unknown id, bad value).
+    """
+    source = resources.files("agegender.report").joinpath(PAPER_RESULTS_FILE)
+    with resources.as_file(source) as path:
+        frame = pd.read_csv(path, dtype={"train_dataset": "string"}, keep_default_na=False, na_values=[""])
+        for col in PAPER_COLUMNS:
+            if col not in frame.columns:
+                raise InputError("required column is missing", file=path, field=col)
+        frame = frame.loc[:, list(PAPER_COLUMNS)]
+        frame["table"] = frame["table"].astype("int64")
+        frame["value"] = frame["value"].astype("float64")
+        for col in ("model", "dataset", "input", "metric"):
+            frame[col] = frame[col].astype("string")
+        frame["train_dataset"] = frame["train_dataset"].astype("string")
+        vocab = {
+            "dataset": PAPER_DATASETS,
+            "input": tuple(INPUT_NAMES),
+            "metric": PAPER_METRICS,
+            "model": tuple(MODEL_NAMES),
+        }
+        for col, allowed in vocab.items():
+            bad = ~frame[col].isin(allowed)
+            if bad.any():
+                row = int(bad.to_numpy().argmax()) + 1
+                raise InputError(
+                    f"{frame[col].iloc[row - 1]!r} is not one of {list(allowed)}", file=path, row=row, field=col
+                )
+    return frame
+
+
+def paper_value(
+    results: pd.DataFrame, table: int, model: str, dataset: str, input_kind: str, metric: str
+) -> float | None:
+    """Look up one reported number.
+
+    Args:
+        results: the frame from `load_paper_results`.
+        table: paper table number.
+        model: model id.
+        dataset: paper data set id.
+        input_kind: input kind.
+        metric: metric id.
+
+    Returns:
+        The value (fraction for rates), or None where the paper prints none.
+    """
+    hit = results[
+        (results["table"] == table)
+        & (results["model"] == model)
+        & (results["dataset"] == dataset)
+        & (results["input"] == input_kind)
+        & (results["metric"] == metric)
+    ]
+    return None if hit.empty else float(hit["value"].iloc[0])
+
+
+def model_display_name(model: str, overrides: dict[str, str] | None = None) -> str:
+    """Return the paper's name for a model id (or the id itself for models the paper lacks).
+
+    Args:
+        model: model id.
+        overrides: extra or replacement names, e.g. for demo models.
+
+    Returns:
+        The display name.
+    """
+    if overrides and model in overrides:
+        return overrides[model]
+    return MODEL_NAMES.get(model, model)

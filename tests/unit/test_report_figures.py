@@ -1,0 +1,237 @@
+"""Report figures: files written, "no predictions" figures, only "ok" rows drawn, gallery, same bytes twice."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from agegender.data.schema import validate_predictions, validate_samples
+from agegender.errors import InputError
+from agegender.report.figures import (
+    FIGURE_NAMES,
+    _save,
+    age_group_figure,
+    confusion_counts,
+    gallery_figure,
+    gender_confusion_figure,
+    pick_dataset,
+    pred_vs_true_figure,
+    write_figures,
+)
+
+AGES = [3.0, 12.0, 27.0, 33.0, 48.0, 61.0]
+GENDERS = ["male", "female", "female", "male", "female", "male"]
+
+
+def _all_text(fig) -> str:
+    texts = [t.get_text() for t in fig.texts]
+    if fig._suptitle is not None:  # the suptitle is not in fig.texts
+        texts.append(fig._suptitle.get_text())
+    for ax in fig.axes:
+        texts += [t.get_text() for t in ax.texts]
+        texts += [ax.get_title(), ax.get_xlabel(), ax.get_ylabel()]
+    return "\n".join(texts)
+
+
+@pytest.fixture
+def images(tmp_path):
+    root = tmp_path / "images"
+    root.mkdir()
+    for k in range(3):
+        pixels = np.zeros((40, 30, 3), dtype=np.uint8)
+        pixels[..., k] = 200
+        pixels[5:15, 8:22] = 255  # a "face"
+        Image.fromarray(pixels).save(root / f"im{k}.png")
+    return root
+
+
+@pytest.fixture
+def samples() -> pd.DataFrame:
+    rows = []
+    for i, (age, gender) in enumerate(zip(AGES, GENDERS, strict=True)):
+        rows.append(
+            {
+                "sample_id": f"s{i}",
+                "dataset": "nanodemo",
+                "split": "test",
+                "image_path": f"im{i % 3}.png",
+                "image_width": 30,
+                "image_height": 40,
+                "face_x0": 8.0,
+                "face_y0": 5.0,
+                "face_x1": 22.0,
+                "face_y1": 15.0,
+                "person_x0": 1.0,
+                "person_y0": 1.0,
+                "person_x1": 29.0,
+                "person_y1": 39.0,
+                "age": age,
+                "gender": gender,
+            }
+        )
+    return validate_samples(pd.DataFrame(rows))
+
+
+@pytest.fixture
+def predictions() -> pd.DataFrame:
+    rows = []
+    for i, (age, gender) in enumerate(zip(AGES, GENDERS, strict=True)):
+        # MiVOLO: all ok, one gender error (s1: female -> male)
+        rows.append(
+            {
+                "sample_id": f"s{i}",
+                "model": "mivolo_d1_384",
+                "input": "face_body",
+                "age_pred": age + 2.0,
+                "gender_pred": "male" if i == 1 else gender,
+                "status": "ok",
+            }
+        )
+        # an MLLM that refuses s0 and s5
+        refused = i in (0, 5)
+        rows.append(
+            {
+                "sample_id": f"s{i}",
+                "model": "tiny_llava",
+                "input": "body",
+                "age_pred": None if refused else age - 4.0,
+                "gender_pred": None if refused else gender,
+                "status": "refused" if refused else "ok",
+            }
+        )
+    return validate_predictions(pd.DataFrame(rows))
+
+
+@pytest.fixture
+def age_groups() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "dataset": ["nanodemo"] * 4,
+            "input": ["face_body", "face_body", "body", "body"],
+            "model": ["mivolo_d1_384", "mivolo_d1_384", "tiny_llava", "tiny_llava"],
+            "age_lo": [0.0, 25.0, 10.0, 25.0],
+            "age_hi": [5.0, 30.0, 15.0, 30.0],
+            "group": ["0-5", "25-30", "10-15", "25-30"],
+            "n": [1, 1, 1, 1],
+            "mae": [2.0, 2.0, 4.0, 4.0],
+        }
+    )
+
+
+def _joined(samples, predictions):
+    return predictions.merge(samples[["sample_id", "dataset", "age", "gender"]], on="sample_id")
+
+
+def test_confusion_counts_by_hand():
+    counts = confusion_counts(
+        ["male", "male", "female", "female", "female"], ["male", "female", "female", "female", "male"]
+    )
+    assert counts.tolist() == [[1, 1], [1, 2]]
+
+
+def test_pick_dataset():
+    assert pick_dataset(["demo", "nanodemo", "demo"]) == "nanodemo"
+    assert pick_dataset(["b", "a"]) == "a"
+    assert pick_dataset([]) is None
+    assert pick_dataset(["nanodemo"], "other") == "other"
+
+
+def test_write_figures_files(tmp_path, images, samples, predictions, age_groups):
+    kwargs = {"image_roots": {"nanodemo": images}, "caption_note": "demo data", "gallery_n": 3}
+    paths = write_figures(samples, predictions, None, age_groups, tmp_path, **kwargs)
+    assert [p.name for p in paths] == [f"{n}.{ext}" for n in FIGURE_NAMES for ext in ("png", "pdf")]
+    for path in paths:
+        head = path.read_bytes()[:8]
+        assert head == (b"\x89PNG\r\n\x1a\n" if path.suffix == ".png" else b"%PDF-1.4")
+    png = Image.open(tmp_path / "gallery.png")
+    assert png.size[0] > 300 and png.size[1] > 200
+    assert "Software" not in png.info
+    assert b"CreationDate" not in (tmp_path / "gallery.pdf").read_bytes()
+
+
+def test_same_input_same_bytes(tmp_path, images, samples, predictions):
+    # the gallery holds images, text and several axes: the richest of the four figures
+    written = []
+    for run in ("a", "b"):
+        (tmp_path / run).mkdir()
+        fig = gallery_figure(samples, predictions, "nanodemo", {"nanodemo": images}, n=2, caption_note="demo data")
+        written.append(_save(fig, tmp_path / run, "gallery"))
+    assert [p.read_bytes() for p in written[0]] == [p.read_bytes() for p in written[1]]
+
+
+def test_empty_predictions_give_no_predictions_figures(tmp_path, images, samples, predictions):
+    empty = predictions.iloc[0:0]
+    paths = write_figures(samples, empty, None, None, tmp_path, image_roots={}, caption_note="demo data")
+    assert len(paths) == 2 * len(FIGURE_NAMES)
+    assert all(p.stat().st_size > 0 for p in paths)
+    joined = _joined(samples, empty)
+    for fig in (
+        pred_vs_true_figure(joined, "nanodemo", caption_note="demo data"),
+        gender_confusion_figure(joined, "nanodemo", caption_note="demo data"),
+        gallery_figure(samples, empty, "nanodemo", {}, caption_note="demo data"),
+    ):
+        text = _all_text(fig)
+        assert "no predictions" in text
+        assert "(demo data)" in text
+
+
+def test_age_group_figure_lines(age_groups):
+    rows = pd.DataFrame(
+        [{"dataset": "nanodemo", "input": "body", "model": "tiny_llava", "view": "answered", "age_mae": 4.0}]
+    )
+    fig = age_group_figure(age_groups, "nanodemo", rows, caption_note="demo data", model_names={"tiny_llava": "Tiny"})
+    (ax,) = fig.axes
+    lines = ax.get_lines()
+    assert len(lines) == 2
+    # three distinct groups on the x axis, ordered by age
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0-5", "10-15", "25-30"]
+    assert lines[0].get_xydata().tolist() == [[0.0, 2.0], [2.0, 2.0]]
+    assert lines[1].get_xydata().tolist() == [[1.0, 4.0], [2.0, 4.0]]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["MiVOLO-384 [Body & face]", "Tiny [Entire body] (MAE 4.00)"]
+    assert "MAE by age group on nanodemo (demo data)" in _all_text(fig)
+    assert "no predictions" in _all_text(age_group_figure(age_groups, "other"))
+
+
+def test_pred_vs_true_draws_only_ok_rows(samples, predictions):
+    fig = pred_vs_true_figure(_joined(samples, predictions), "nanodemo")
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["MiVOLO-384 [Body & face]\nMAE 2.00, n=6", "tiny_llava [Entire body]\nMAE 4.00, n=4"]
+    offsets = fig.axes[1].collections[0].get_offsets()
+    assert sorted(np.asarray(offsets)[:, 1].tolist()) == [8.0, 23.0, 29.0, 44.0]
+
+
+def test_gender_confusion_counts_in_cells(samples, predictions):
+    fig = gender_confusion_figure(_joined(samples, predictions), "nanodemo")
+    first = fig.axes[0]
+    cells = [t.get_text() for t in first.texts]
+    # true male: 3 right; true female: 1 called male, 2 right
+    assert cells == ["3\n100.0%", "0\n0.0%", "1\n33.3%", "2\n66.7%"]
+    assert "acc 83.33%, n=6" in first.get_title()
+
+
+def test_gallery_texts_and_skips(tmp_path, images, samples, predictions):
+    (images / "im2.png").unlink()  # s2 and s5 lose their image
+    fig = gallery_figure(samples, predictions, "nanodemo", {"nanodemo": images}, n=6, seed=0)
+    labels = [ax.get_xlabel() for ax in fig.axes if ax.get_xlabel()]
+    assert len(labels) == 4  # s0, s1, s3, s4 (sorted by true age)
+    assert labels[0].splitlines() == [
+        "true: male, 3",
+        "MiVOLO-384 [Body & face]: male, 5",
+        "tiny_llava [Entire body]: (refused)",
+    ]
+    assert labels[1].splitlines()[1] == "MiVOLO-384 [Body & face]: male, 14"
+    assert "2 skipped" in fig._suptitle.get_text()
+    with pytest.raises(InputError) as info:
+        gallery_figure(samples, predictions, "nanodemo", {}, n=2)
+    assert info.value.field == "nanodemo"
+
+
+def test_gallery_crop_is_the_person_box(images, samples, predictions):
+    fig = gallery_figure(samples, predictions, "nanodemo", {"nanodemo": images}, n=1, seed=3)
+    (image,) = fig.axes[0].get_images()
+    assert image.get_array().shape == (38, 28, 3)
+    face = gallery_figure(samples, predictions, "nanodemo", {"nanodemo": images}, n=1, seed=3, input_kind="face")
+    assert face.axes[0].get_images()[0].get_array().shape == (10, 14, 3)

@@ -1,0 +1,242 @@
+"""Tables in the paper's layouts: cells, paper comparison, roles, captions, LaTeX, summary, errors."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from agegender.errors import InputError
+from agegender.report.tables import (
+    NO_PREDICTIONS,
+    format_delta,
+    format_metric,
+    latex_escape,
+    render_markdown,
+    write_tables,
+)
+
+
+def _row(dataset: str, input_kind: str, model: str, view: str = "answered", **metrics: float) -> dict:
+    base = {
+        "dataset": dataset,
+        "input": input_kind,
+        "model": model,
+        "view": view,
+        "n_total": 100,
+        "n_answered": 100,
+        "coverage": 1.0,
+        "age_n": 100,
+        "age_mae": 5.0,
+        "age_cs5": 0.5,
+        "age_mape": 0.2,
+        "age_ce20": 0.05,
+        "gender_n": 100,
+        "gender_acc": 0.9,
+        "class_scheme": None,
+        "class_n": 0,
+        "class_acc": float("nan"),
+        "class_mae": float("nan"),
+    }
+    base.update(metrics)
+    return base
+
+
+@pytest.fixture
+def rows() -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            _row(
+                "nanolagenda",
+                "face_body",
+                "mivolo_d1_384",
+                age_mae=4.40,
+                age_mae_ci_low=4.10,
+                age_mae_ci_high=4.57,
+                age_mape=0.12,
+                age_cs5=0.70,
+                gender_acc=0.97,
+            ),
+            _row("nanolagenda", "body", "tiny_llava", n_answered=80, coverage=0.8, age_mae=9.0),
+            _row("nanolagenda", "body", "tiny_llava", view="common", n_answered=80, coverage=0.8, age_mae=9.25),
+            _row("nanodemo", "face_body", "mivolo_d1_384", age_mae=6.5),
+        ]
+    )
+
+
+def _table_lines(path) -> list[str]:
+    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.startswith("| ")]
+
+
+def test_format_metric_and_delta():
+    assert format_metric("age_mae", 4.333) == "4.33"
+    assert format_metric("age_cs5", 0.6984) == "69.84"
+    assert format_metric("gender_acc", 0.975) == "97.50"
+    assert format_metric("class_mae", 0.3456) == "0.346"
+    assert format_metric("age_mae", float("nan")) == "-"
+    assert format_metric("age_mae", None) == "-"
+    assert format_delta("age_mae", 4.40, 4.33) == "+0.07"
+    assert format_delta("gender_acc", 0.97, 0.9771) == "-0.71"
+    assert format_delta("class_mae", 0.35, 0.345) == "+0.005"
+    assert format_delta("age_mae", 4.33, 4.33) == "+0.00"
+
+
+def test_latex_escape():
+    assert latex_escape("tiny_llava 50% & more") == r"tiny\_llava 50\% \& more"
+    assert latex_escape("MAE ↓ Δ") == r"MAE $\downarrow$ $\Delta$"
+
+
+def test_render_markdown_escapes_pipes():
+    text = render_markdown(["a", "b"], [["x|y", "1"]], "cap")
+    assert text == "cap\n\n| a | b |\n|---|---|\n| x\\|y | 1 |\n"
+
+
+def test_writes_all_files(tmp_path, rows):
+    paths = write_tables(rows, tmp_path)
+    names = [p.name for p in paths]
+    assert names == [f"table{n}.{ext}" for n in range(1, 11) for ext in ("md", "tex")] + ["summary.md"]
+    assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
+
+
+def test_same_dataset_shows_paper_value_and_difference(tmp_path, rows):
+    write_tables(rows, tmp_path)
+    lines = _table_lines(tmp_path / "table8.md")
+    ours = [line for line in lines if line.startswith("| MiVOLO-384 | Body & face |")]
+    assert len(ours) == 1
+    cells = [c.strip() for c in ours[0].strip("|").split("|")]
+    assert cells[2] == "12.00; paper 11.61 (Δ +0.39)"
+    assert cells[3] == "4.40 [4.10, 4.57]; paper 4.33 (Δ +0.07)"
+    assert cells[4] == "70.00; paper 69.90 (Δ +0.10)"
+    assert cells[5] == "97.00; paper 97.71 (Δ -0.71)"
+    assert cells[6] == "100/100 (100.00%)"
+    assert cells[7] == "ours vs paper"
+
+
+def test_paper_rows_without_predictions_and_our_extra_models(tmp_path, rows):
+    write_tables(rows, tmp_path)
+    lines = _table_lines(tmp_path / "table8.md")
+    header, body = lines[0], lines[1:]
+    assert header.startswith("| Model | Input | Age MAPE, % ↓ | Age MAE ↓ | Age CS@5, % ↑ | Gender Acc, % ↑ |")
+    # 16 paper rows (one of them ours vs paper) + our tiny_llava row, in the paper's order then ours
+    assert len(body) == 17
+    assert body[0] == "| LLaVA 1.5 7B | Entire body | 16.86 | 7.59 | 48.79 | 99.38 | - | " + NO_PREDICTIONS + " |"
+    assert sum(NO_PREDICTIONS in line for line in body) == 15
+    assert body[-1].startswith("| tiny_llava | Entire body | 20.00 | 9.00 | 50.00 | 90.00 | 80/100 (80.00%) |")
+    # the "common" view is not in the paper's layout
+    assert "9.25" not in (tmp_path / "table8.md").read_text(encoding="utf-8")
+
+
+def test_role_mapping_and_caption_note(tmp_path, rows):
+    write_tables(rows, tmp_path, roles={"nanolagenda": "nanodemo"}, caption_note="demo data")
+    text = (tmp_path / "table8.md").read_text(encoding="utf-8")
+    assert text.startswith("Table 8 layout on demo data (nanodemo): Comparison of performance on NanoLAGENDA")
+    lines = _table_lines(tmp_path / "table8.md")
+    mivolo = [line for line in lines if line.startswith("| MiVOLO-384 | Body & face |")]
+    # our demo row (no comparison: another data set) and the paper's row right after it
+    assert mivolo[0].startswith("| MiVOLO-384 | Body & face | 20.00 | 6.50 | 50.00 | 90.00 | 100/100 (100.00%) | ours")
+    assert "paper 4.33" not in mivolo[0]
+    assert mivolo[1] == "| MiVOLO-384 | Body & face | 11.61 | 4.33 | 69.90 | 97.71 | - | paper (NanoLAGENDA) |"
+    # every table and the summary carry the note
+    for n in range(1, 11):
+        assert "demo data" in (tmp_path / f"table{n}.md").read_text(encoding="utf-8").splitlines()[0]
+        assert "demo data" in (tmp_path / f"table{n}.tex").read_text(encoding="utf-8")
+    assert "demo data" in (tmp_path / "summary.md").read_text(encoding="utf-8").splitlines()[0]
+
+
+def test_role_without_data_still_writes_the_table(tmp_path, rows):
+    write_tables(rows, tmp_path, roles={"adience": None, "lagenda": "demo"}, caption_note="demo data")
+    seven = (tmp_path / "table7.md").read_text(encoding="utf-8")
+    assert "No predictions exist yet for the Adience role (no data set mapped)." in seven
+    assert sum(NO_PREDICTIONS in line for line in _table_lines(tmp_path / "table7.md")) == 6
+    six = (tmp_path / "table6.md").read_text(encoding="utf-8")
+    assert "No predictions exist yet for demo." in six
+    assert "(demo)" in six.splitlines()[0]
+
+
+def test_two_paper_sets_on_one_of_ours_show_our_row_once(tmp_path):
+    rows = pd.DataFrame([_row("demo", "face_body", "mivolo_d1_384", age_mae=6.5)])
+    write_tables(rows, tmp_path, roles={"imdb_clean": "demo", "lagenda": "demo"})
+    lines = _table_lines(tmp_path / "table9.md")
+    assert sum("| ours (demo) |" in line for line in lines) == 1
+    assert sum("paper (IMDB-clean)" in line or "paper (LAGENDA)" in line for line in lines) == 2
+
+
+def test_class_table_cells(tmp_path):
+    rows = pd.DataFrame(
+        [
+            _row(
+                "adience",
+                "face_body",
+                "mivolo_d1_384",
+                class_scheme="adience",
+                class_n=100,
+                class_acc=0.7,
+                class_mae=0.3456,
+                gender_acc=0.97,
+            )
+        ]
+    )
+    write_tables(rows, tmp_path)
+    line = next(x for x in _table_lines(tmp_path / "table7.md") if x.startswith("| MiVOLO-384 |"))
+    assert "70.00; paper 69.43 (Δ +0.57)" in line
+    assert "0.346; paper 0.333 (Δ +0.013)" in line
+    assert "97.00; paper 97.39 (Δ -0.39)" in line
+
+
+def test_latex_output(tmp_path, rows):
+    write_tables(rows, tmp_path, caption_note="demo data")
+    tex = (tmp_path / "table8.tex").read_text(encoding="utf-8")
+    assert tex.startswith("\\begin{table}[ht]\n\\centering\n\\caption{Table 8 layout on demo data (nanolagenda): ")
+    assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex
+    assert "\\label{tab:paper-table8}" in tex
+    assert "tiny\\_llava" in tex
+    assert "Age MAPE, \\% $\\downarrow$" in tex
+    body = [line for line in tex.splitlines() if line.endswith("\\\\")]
+    assert len(body) == 1 + 17  # header + rows
+    assert all(line.count(" & ") == 7 for line in body)
+
+
+def test_summary_lists_both_views_side_by_side(tmp_path, rows):
+    write_tables(rows, tmp_path)
+    lines = _table_lines(tmp_path / "summary.md")
+    body = lines[1:]
+    assert len(body) == 4
+    order = [tuple(c.strip() for c in line.strip("|").split("|")[:4]) for line in body]
+    assert order == [
+        ("nanodemo", "face_body", "mivolo_d1_384", "answered"),
+        ("nanolagenda", "body", "tiny_llava", "answered"),
+        ("nanolagenda", "body", "tiny_llava", "common"),
+        ("nanolagenda", "face_body", "mivolo_d1_384", "answered"),
+    ]
+    assert "| 4.40 [4.10, 4.57] |" in body[3]
+    assert "| 9.25 |" in body[2]
+
+
+def test_deterministic_bytes(tmp_path, rows):
+    a = write_tables(rows, tmp_path / "a", caption_note="demo data")
+    b = write_tables(rows.iloc[::-1], tmp_path / "b", caption_note="demo data")
+    assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
+
+
+def test_no_rows_writes_paper_only_tables(tmp_path):
+    paths = write_tables(None, tmp_path)
+    assert len(paths) == 21
+    lines = _table_lines(tmp_path / "table10.md")
+    assert len(lines) == 1 + 6
+    assert all(NO_PREDICTIONS in line for line in lines[1:])
+    assert "No predictions exist yet." in (tmp_path / "summary.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (lambda df: df.drop(columns=["view"]), "view"),
+        (lambda df: df.assign(view=["answered", "answered", "all", "answered"]), "view"),
+        (lambda df: df.assign(age_mae=["x", 1.0, 1.0, 1.0]), "age_mae"),
+        (lambda df: pd.concat([df, df.iloc[[0]]], ignore_index=True), "model"),
+    ],
+)
+def test_bad_rows_raise_input_error(tmp_path, rows, change, field):
+    with pytest.raises(InputError) as info:
+        write_tables(change(rows), tmp_path)
+    assert info.value.field == field
+    assert info.value.file == "evaluation rows"
