@@ -154,7 +154,7 @@ def letterbox(image: np.ndarray, size: int) -> np.ndarray:
     """Resize to fit a size x size square keeping the aspect ratio, centred on black padding.
 
     The longer side becomes `size` (up- or down-scaling, bilinear); an odd padding puts the extra
-    pixel at the bottom / right.
+    pixel at the bottom / right, as the official MiVOLO preprocessing does.
 
     Args:
         image: RGB array (H, W, 3) with H, W > 0.
@@ -168,9 +168,10 @@ def letterbox(image: np.ndarray, size: int) -> np.ndarray:
     height, width = image.shape[:2]
     if height == 0 or width == 0:
         raise ValueError("cannot letterbox an empty image")
-    scale = size / max(height, width)
-    new_w = min(size, max(1, _round_half_up(width * scale)))
-    new_h = min(size, max(1, _round_half_up(height * scale)))
+    scale = min(size / height, size / width)
+    # Python's round (half to even), as the official MiVOLO letterbox: a .5 size must match it bit for bit.
+    new_w = min(size, max(1, round(width * scale)))
+    new_h = min(size, max(1, round(height * scale)))
     if (new_w, new_h) != (width, height):
         image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
     out = np.zeros((size, size, 3), dtype=np.uint8)
