@@ -1,0 +1,128 @@
+"""`agegender ...`: the package's functions from the shell.
+
+Errors in the user's input end the command with a one-line message naming the file, row and
+field, and exit code 2; a traceback means a bug in agegender.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from agegender import __version__
+from agegender.errors import AgegenderError
+
+STAGES = ("prepare_data", "predict", "evaluate", "report")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from agegender.evaluate import evaluate_files, write_rows_json
+    from agegender.metrics import flat_metrics
+
+    result = evaluate_files(
+        args.samples,
+        args.predictions,
+        split=None if args.split == "all" else args.split,
+        datasets=args.datasets,
+        ci=args.ci,
+        n_resamples=args.n_resamples,
+        ci_level=args.ci_level,
+        seed=args.seed,
+    )
+    write_rows_json(result.rows, args.out)
+    if args.flat:
+        flat = flat_metrics(result.rows, views=("answered", "common"))
+        Path(args.flat).write_text(json.dumps(flat, indent=1, sort_keys=True) + "\n")
+    if args.age_groups:
+        result.age_groups.to_csv(args.age_groups, index=False)
+    print(
+        f"{len(result.rows)} rows -> {args.out}"
+        + (f" ({result.n_ignored} predictions outside the split ignored)" if result.n_ignored else "")
+    )
+    return 0
+
+
+def _cmd_stage(args: argparse.Namespace) -> int:
+    from agegender import pipeline
+
+    params, paths = pipeline.setup(args.root, args.params)
+    getattr(pipeline, args.name)(params, paths)
+    print(f"stage {args.name} done; metrics/{args.name}.json written")
+    return 0
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from agegender.data.sampling import nano_sample
+    from agegender.data.schema import read_table, validate_samples
+
+    samples = validate_samples(read_table(args.samples), source=args.samples)
+    if args.split != "all":
+        samples = samples[samples["split"] == args.split]
+    if args.dataset:
+        samples = samples[samples["dataset"] == args.dataset]
+    drawn = nano_sample(
+        samples, per_bin=args.per_bin, seed=args.seed, bin_width=args.bin_width, max_age=args.max_age,
+        exclude=args.exclude, name=args.name,
+    )  # fmt: skip
+    out = Path(args.out)
+    drawn.to_csv(out, index=False) if out.suffix == ".csv" else drawn.to_parquet(out, index=False)
+    print(f"{len(drawn)} samples -> {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `agegender` command."""
+    parser = argparse.ArgumentParser(prog="agegender", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"agegender {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ev = sub.add_parser("evaluate", help="metrics of prediction tables against a sample table")
+    ev.add_argument("--samples", required=True, help="sample table (.parquet or .csv)")
+    ev.add_argument("--predictions", required=True, nargs="+", help="prediction tables or folders of them")
+    ev.add_argument("--out", required=True, help="output JSON: {'rows': [...]}")
+    ev.add_argument("--split", default="test", help="evaluated split, or 'all' (default: test)")
+    ev.add_argument("--datasets", nargs="*", default=None, help="evaluated data sets (default: all)")
+    ev.add_argument("--ci", action="store_true", help="add bootstrap confidence intervals")
+    ev.add_argument("--n-resamples", type=int, default=1000)
+    ev.add_argument("--ci-level", type=float, default=0.95)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--flat", help="also write DESIGN.md's flat metrics JSON here")
+    ev.add_argument("--age-groups", help="also write MAE per 5-year age group (CSV) here")
+    ev.set_defaults(func=_cmd_evaluate)
+
+    st = sub.add_parser("stage", help="run one pipeline stage without its notebook")
+    st.add_argument("name", choices=STAGES)
+    st.add_argument("--root", default=None, help="project root (default: found above the working directory)")
+    st.add_argument("--params", default="params.yaml")
+    st.set_defaults(func=_cmd_stage)
+
+    sa = sub.add_parser("sample", help="NanoLAGENDA-style subset: N samples per 5-year age bin")
+    sa.add_argument("--samples", required=True)
+    sa.add_argument("--out", required=True, help=".parquet or .csv")
+    sa.add_argument("--per-bin", type=int, required=True)
+    sa.add_argument("--seed", type=int, default=1234)
+    sa.add_argument("--split", default="test")
+    sa.add_argument("--dataset", default=None)
+    sa.add_argument("--bin-width", type=float, default=5.0)
+    sa.add_argument("--max-age", type=float, default=90.0)
+    sa.add_argument("--exclude", default=None, help="file of sample ids to remove (e.g. refusals)")
+    sa.add_argument("--name", default=None, help="name of the new data set")
+    sa.set_defaults(func=_cmd_sample)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `agegender` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (AgegenderError, FileNotFoundError) as exc:
+        print(f"agegender: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

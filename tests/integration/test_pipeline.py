@@ -1,0 +1,95 @@
+"""The DVC pipeline end to end on a tiny demo profile: every notebook runs, numbers check out, rerun is a no-op."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_params():
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["prepare_data"]["demo"].update(n_train=40, n_val=10, n_test=60)
+    params["prepare_data"]["subsets"]["nanodemo"]["per_bin"] = 2
+    params["evaluate"]["n_resamples"] = 50
+    params["report"]["gallery"]["n"] = 3
+    return params
+
+
+def run(cmd, cwd):
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("project")
+    for name in ("dvc.yaml", "pyproject.toml"):
+        shutil.copy(ROOT / name, root / name)
+    for folder in ("notebooks", "src"):
+        shutil.copytree(ROOT / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    run(["git", "init", "-q"], root)
+    run([str(BIN / "dvc"), "init", "-q"], root)
+    run([str(BIN / "dvc"), "config", "core.analytics", "false"], root)
+    log = run([str(BIN / "dvc"), "repro"], root)
+    return root, log
+
+
+def test_every_stage_ran_and_wrote_its_outputs(project):
+    root, log = project
+    for stage in ("prepare_data", "predict", "evaluate", "report"):
+        assert f"Running stage '{stage}'" in log
+        assert (root / "metrics" / f"{stage}.json").is_file()
+    for nb in ("01_prepare_data", "05_predict", "06_evaluate", "07_report"):
+        executed = json.loads((root / "reports" / "notebooks" / f"{nb}.ipynb").read_text())
+        assert all(c.get("outputs") is not None for c in executed["cells"] if c["cell_type"] == "code")
+    assert (root / "dvc.lock").is_file()
+    tables = sorted(p.name for p in (root / "reports" / "tables").iterdir())
+    assert "table8.md" in tables and "table8.tex" in tables
+    figures = {p.name for p in (root / "reports" / "figures").iterdir()}
+    assert {"age_group_mae.png", "age_group_mae.pdf", "gallery.png"} <= figures
+
+
+def test_baseline_numbers_are_the_hand_computed_ones(project):
+    root, _ = project
+    samples = pd.read_parquet(root / "data" / "prepared" / "samples.parquet")
+    train = samples[(samples["dataset"] == "demo") & (samples["split"] == "train")]
+    test = samples[(samples["dataset"] == "demo") & (samples["split"] == "test")]
+    mean_age = train["age"].mean()
+    expected_mae = (test["age"].dropna() - mean_age).abs().mean()
+    flat = json.loads((root / "metrics" / "evaluate.json").read_text())
+    assert flat["demo.face_body.baseline.age_mae"] == pytest.approx(expected_mae, rel=1e-5)
+    assert flat["demo.face_body.baseline.coverage"] == 1.0
+    majority = train["gender"].value_counts().idxmax()
+    assert flat["demo.body.baseline.gender_acc"] == pytest.approx(
+        (test["gender"].dropna() == majority).mean(), rel=1e-5
+    )
+    assert "demoadience.body.baseline.class_acc" in flat
+    assert any(k.startswith("nanodemo.") for k in flat)
+
+
+def test_captions_say_demo_data(project):
+    root, _ = project
+    assert "demo data" in (root / "reports" / "tables" / "table8.md").read_text()
+    assert "demo data" in (root / "reports" / "tables" / "table8.tex").read_text()
+
+
+def test_second_repro_does_nothing(project):
+    root, _ = project
+    log = run([str(BIN / "dvc"), "repro"], root)
+    assert "Running stage" not in log
+    status = run([str(BIN / "dvc"), "status"], root)
+    assert "up to date" in status

@@ -1,0 +1,44 @@
+"""The house rules for pipeline notebooks (DESIGN.md), checked on the committed files."""
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+FORBIDDEN = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.For, ast.While, ast.With)
+
+
+def code_cells(path):
+    return [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+
+
+def test_there_are_notebooks():
+    assert len(NOTEBOOKS) >= 4
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_is_stripped_thin_and_parameterised(path):
+    cells = json.loads(path.read_text())["cells"]
+    assert cells[0]["cell_type"] == "markdown" and "Outputs" in "".join(cells[0]["source"])
+    code = code_cells(path)
+    assert ["parameters" in c["metadata"].get("tags", []) for c in code].count(True) == 1
+    for cell in code:
+        assert not cell["outputs"] and cell["execution_count"] is None, "commit notebooks with outputs stripped"
+        source = "".join(cell["source"])
+        assert not any(line.lstrip().startswith(("!", "%")) for line in source.splitlines()), "no shell escapes"
+        assert "os.chdir" not in source and "open(" not in source and ".to_parquet" not in source
+        for node in ast.walk(ast.parse(source)):
+            assert not isinstance(node, FORBIDDEN), f"{path.name}: {type(node).__name__} belongs in the package"
+
+
+def test_every_stage_runs_its_own_notebook():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        notebook = next(p for p in NOTEBOOKS if p.stem.split("_", 1)[1] == name)
+        assert f"notebooks/{notebook.name}" in stage["cmd"]
+        assert f"notebooks/{notebook.name}" in stage["deps"]
+        assert any(f"metrics/{name}.json" in m for m in stage["metrics"])
