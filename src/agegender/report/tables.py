@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from agegender.errors import InputError
+from agegender.metrics import EVAL_COLUMNS, VIEWS
 from agegender.report.paper import (
     DATASET_NAMES,
     INPUT_NAMES,
@@ -46,27 +47,7 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "class_acc",
     "class_mae",
 )
-SUMMARY_COLUMNS: tuple[str, ...] = (
-    "dataset",
-    "input",
-    "model",
-    "view",
-    "n_total",
-    "n_answered",
-    "coverage",
-    "age_n",
-    "age_mae",
-    "age_cs5",
-    "age_mape",
-    "age_ce20",
-    "gender_n",
-    "gender_acc",
-    "class_scheme",
-    "class_n",
-    "class_acc",
-    "class_mae",
-)
-VIEWS: tuple[str, ...] = ("answered", "common")
+SUMMARY_COLUMNS: tuple[str, ...] = EVAL_COLUMNS
 
 _KEY_HEADERS = {"model": "Model", "train_dataset": "Train Dataset", "dataset": "Test Dataset", "input": "Input"}
 NO_PREDICTIONS = "paper only: no predictions yet"
