@@ -1,0 +1,660 @@
+"""Batch prediction with MiVOLO: a sample table in, DESIGN.md's prediction table out.
+
+Four input kinds, all through the same 6-channel model (face in channels 0-2, body in 3-5; a missing
+crop is a black image, normalised):
+
+- `face_body`: face crop + body-without-face crop, the official MiVOLO inference;
+- `face`: face crop + black body;
+- `body`: black face + the full person crop, face visible (what the MLLMs see as "entire body");
+- `body_wo_face`: black face + body-without-face crop.
+
+A face-only (3-channel) model takes only `face`. A sample whose needed crops are all missing gets no
+row (it is unanswered); the skips are counted in the result's `attrs["skipped"]` and logged.
+
+Speed: crops are made one image at a time (each image is decoded once per input kind, and the
+neighbours of a person are every box on the same image file) in a background thread or DataLoader
+workers while the model runs batched in `inference_mode`, channels-last, with bf16 autocast on CUDA.
+Big runs resume: with `out`, finished rows are appended to part files in that folder and skipped on
+the next run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from agegender.data.crops import (
+    ImageBoxes,
+    _image_boxes,
+    _image_file,
+    body_without_face,
+    crop,
+    letterbox,
+    load_image,
+)
+from agegender.data.schema import (
+    FACE_BOX,
+    GENDERS,
+    INPUT_KINDS,
+    PERSON_BOX,
+    PREDICTION_COLUMNS,
+    empty_predictions,
+    read_table,
+    validate_predictions,
+    validate_samples,
+)
+from agegender.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
+
+    from agegender.mivolo.model import MiVOLOModel
+
+_log = logging.getLogger(__name__)
+
+#: input kind -> (crop kind in the face channels, crop kind in the body channels); None = black image.
+INPUT_CROPS: dict[str, tuple[str | None, str | None]] = {
+    "face_body": ("face", "body_wo_face"),
+    "face": ("face", None),
+    "body": (None, "body"),
+    "body_wo_face": (None, "body_wo_face"),
+}
+assert set(INPUT_CROPS) == set(INPUT_KINDS)
+
+#: suffix of the resume part files: not `.parquet`, so `agegender evaluate` never reads them as predictions.
+PART_SUFFIX = ".parquet-part"
+
+ImageRoots = str | Path | Mapping[str, str | Path]
+
+
+def input_crops(input_kind: str, with_persons: bool = True) -> tuple[str | None, str | None]:
+    """The crops an input kind feeds to the face and body channels.
+
+    Args:
+        input_kind: one of `INPUT_CROPS`.
+        with_persons: whether the model takes a body (6 channels); a face-only model accepts only `face`.
+
+    Returns:
+        (face crop kind or None, body crop kind or None), kinds of `agegender.data.crops.CROP_KINDS`.
+
+    Raises:
+        InputError: an unknown kind, or a kind other than `face` for a face-only model.
+    """
+    if input_kind not in INPUT_CROPS:
+        raise InputError(f"unknown input kind {input_kind!r}; known: {list(INPUT_CROPS)}", field="inputs")
+    if not with_persons and input_kind != "face":
+        raise InputError(
+            f"input kind {input_kind!r} needs a face+body (6-channel) model; this checkpoint is face-only "
+            "and takes only 'face'",
+            field="inputs",
+        )
+    return INPUT_CROPS[input_kind]
+
+
+class CropDataset:
+    """Model inputs of one input kind, one item per image file (a map-style dataset for a DataLoader).
+
+    Item i is `(kept, skipped, pixels)`: positions (into `samples`) of the image's samples that have
+    at least one needed crop, positions of those that have none, and the letterboxed uint8 array
+    (len(kept), S, S, 6 | 3) of the kept ones, face then body (None when none is kept). An image none of
+    whose samples has a needed box is not decoded.
+
+    Args:
+        samples: sample table (sample_id, dataset, image_path, box columns).
+        masked: masked-persons side table (or None): more neighbours to black out.
+        image_roots: folder image paths are relative to, or a mapping data set -> folder.
+        input_kind: one of `INPUT_CROPS`.
+        size: input side S of the model.
+        with_persons: 6-channel (face + body) model.
+        context: a larger sample table whose boxes also count as neighbours (when `samples` is a subset).
+
+    Raises:
+        InputError: missing columns, or a sample whose data set has no folder in `image_roots`.
+    """
+
+    def __init__(
+        self,
+        samples: pd.DataFrame,
+        masked: pd.DataFrame | None,
+        image_roots: ImageRoots,
+        input_kind: str,
+        size: int,
+        with_persons: bool,
+        context: pd.DataFrame | None = None,
+    ) -> None:
+        self.face_kind, self.body_kind = input_crops(input_kind, with_persons)
+        self.size, self.with_persons = int(size), with_persons
+        self.kinds = [k for k in (self.face_kind, self.body_kind) if k is not None]
+        for col in ("sample_id", "dataset", "image_path"):
+            if col not in samples.columns:
+                raise InputError("required column is missing from the sample table", field=col)
+        groups: dict[Path, list[int]] = {}
+        pairs = zip(samples["dataset"].astype(str), samples["image_path"].astype(str), strict=True)
+        for pos, (dataset, image_path) in enumerate(pairs):
+            path = _image_file(image_roots, dataset, image_path)
+            if path is None:
+                sid = samples["sample_id"].iloc[pos]
+                raise InputError(
+                    f"no image folder given for data set {dataset!r}",
+                    row=f"{pos + 1} (sample_id {sid})",
+                    field="dataset",
+                )
+            groups.setdefault(path, []).append(pos)
+        self.groups: list[tuple[Path, list[int]]] = list(groups.items())
+        self.faces, self.persons = _box_array(samples, FACE_BOX), _box_array(samples, PERSON_BOX)
+        self.neighbours: dict[Path, ImageBoxes] = {}
+        if "body_wo_face" in (self.face_kind, self.body_kind):
+            tables = [samples] if context is None else [samples, context]
+            if masked is not None and len(masked):
+                tables.append(masked)
+            self.neighbours = _image_boxes(tables, image_roots, set(groups))
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def _crop(self, image: np.ndarray, pos: int, kind: str | None, path: Path) -> np.ndarray | None:
+        face, person = self.faces[pos], self.persons[pos]
+        face = face if np.isfinite(face).all() else None
+        person = person if np.isfinite(person).all() else None
+        if kind is None:
+            return None
+        if kind == "face":
+            return crop(image, face)
+        if kind == "body":
+            return crop(image, person)
+        boxes = self.neighbours[path]
+        return body_without_face(image, person, boxes.faces, boxes.persons)
+
+    def __getitem__(self, index: int) -> tuple[list[int], list[int], np.ndarray | None]:
+        path, positions = self.groups[index]
+        boxes = [self.faces[p] if k == "face" else self.persons[p] for p in positions for k in self.kinds]
+        if not any(np.isfinite(b).all() for b in boxes):
+            return [], list(positions), None
+        image = load_image(path)
+        kept, skipped, pixels = [], [], []
+        for pos in positions:
+            face = self._crop(image, pos, self.face_kind, path)
+            body = self._crop(image, pos, self.body_kind, path) if self.with_persons else None
+            if face is None and body is None:
+                skipped.append(pos)
+                continue
+            kept.append(pos)
+            pixels.append((face, body))
+        if not kept:
+            return kept, skipped, None
+        # Letterboxed uint8 (N, S, S, C): normalising happens on the model's device, after a 4x smaller copy.
+        channels = 6 if self.with_persons else 3
+        buffer = np.zeros((len(kept), self.size, self.size, channels), dtype=np.uint8)
+        for i, (face, body) in enumerate(pixels):
+            if face is not None:
+                buffer[i, :, :, :3] = letterbox(face, self.size)
+            if body is not None:
+                buffer[i, :, :, 3:] = letterbox(body, self.size)
+        return kept, skipped, buffer
+
+
+def _box_array(frame: pd.DataFrame, cols: tuple[str, ...]) -> np.ndarray:
+    if not set(cols) <= set(frame.columns):
+        return np.full((len(frame), 4), np.nan)
+    return frame[list(cols)].astype("Float64").to_numpy(dtype=np.float64, na_value=np.nan).reshape(-1, 4)
+
+
+def _prefetch(items: Iterator[Any], depth: int) -> Iterator[Any]:
+    """Run an iterator in a background thread, `depth` items ahead (decoding and resizing release the GIL)."""
+    box: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+    done = object()
+
+    def work() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        box.put(("item", item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            box.put(("end", done))
+        except BaseException as exc:  # handed to the consumer, which re-raises it with its traceback
+            box.put(("error", exc))
+
+    thread = threading.Thread(target=work, name="mivolo-crops", daemon=True)
+    thread.start()
+    try:
+        while True:
+            tag, item = box.get()
+            if tag == "error":
+                raise item
+            if tag == "end":
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def _items(dataset: CropDataset, num_workers: int, pin_memory: bool) -> Iterator[Any]:
+    if num_workers <= 0:
+        return _prefetch((dataset[i] for i in range(len(dataset))), depth=8)
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(
+        dataset,  # type: ignore[arg-type]  # any object with __getitem__ and __len__ is a map-style dataset
+        batch_size=None,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        prefetch_factor=4,
+    )
+    return iter(loader)
+
+
+def decode_outputs(model: MiVOLOModel, outputs: torch.Tensor) -> dict[str, np.ndarray | None]:
+    """Raw model outputs -> age in years (clamped at 0), gender index and P(female).
+
+    Args:
+        model: the model (for its age range and whether it predicts gender).
+        outputs: [N, 3] (male logit, female logit, normalised age) or [N, 1] for age-only models.
+
+    Returns:
+        `age` (N,) float; `gender` (N,) int (0 male, 1 female) and `score` (N,) P(female), or None for
+        age-only models.
+    """
+    outputs = outputs.float()
+    age = model.decode_age(outputs[:, -1]).clamp(min=0)
+    if model.no_gender:
+        return {"age": age.cpu().numpy().astype(np.float64), "gender": None, "score": None}
+    probs = outputs[:, :2].softmax(dim=-1)
+    return {
+        "age": age.cpu().numpy().astype(np.float64),
+        "gender": probs.argmax(dim=-1).cpu().numpy(),
+        "score": probs[:, 1].cpu().numpy().astype(np.float64),
+    }
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The torch device to run on: CUDA when available for None, else as given.
+
+    Args:
+        device: a device, a string such as `cuda:1` / `cpu`, or None.
+
+    Returns:
+        The device.
+
+    Raises:
+        InputError: CUDA is asked for but not available.
+    """
+    import torch
+
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InputError(f"not a torch device: {device!r}", field="device") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {str(device)!r} asked for, but CUDA is not available", field="device")
+    return device
+
+
+class _PartStore:
+    """Append-only part files of finished rows in a folder; each part is written atomically (tmp + rename).
+
+    Rows carry an extra boolean `skipped` so that samples without crops are not retried either.
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        if self.folder.exists() and not self.folder.is_dir():
+            raise InputError("resume folder is a file", file=self.folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def _parts(self) -> list[Path]:
+        return sorted(self.folder.glob(f"part-*{PART_SUFFIX}"))
+
+    def load(self) -> pd.DataFrame:
+        frames = []
+        for part in self._parts():
+            try:
+                frames.append(pd.read_parquet(part))
+            except Exception as exc:  # a part is only ever renamed into place complete; this is a foreign file
+                raise InputError(f"cannot be read as a prediction part ({exc}); remove it", file=part) from exc
+        if not frames:
+            return _with_skipped(empty_predictions(), False)
+        return pd.concat(frames, ignore_index=True)
+
+    def write(self, frame: pd.DataFrame) -> None:
+        if not len(frame):
+            return
+        parts = self._parts()
+        index = int(parts[-1].name.split("-")[1].split(".")[0]) + 1 if parts else 0
+        final = self.folder / f"part-{index:06d}{PART_SUFFIX}"
+        tmp = final.with_name(final.name + ".tmp")
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, final)
+
+
+def _with_skipped(frame: pd.DataFrame, skipped: bool) -> pd.DataFrame:
+    return frame.assign(skipped=pd.Series(skipped, index=frame.index, dtype="boolean"))
+
+
+def _rows(ids: Sequence[str], kind: str, model_name: str, decoded: dict[str, np.ndarray | None] | None) -> pd.DataFrame:
+    n = len(ids)
+    frame = pd.DataFrame({"sample_id": pd.array(list(ids), dtype="string")})
+    frame["model"] = pd.array([model_name] * n, dtype="string")
+    frame["input"] = pd.array([kind] * n, dtype="string")
+    if decoded is None:  # skipped samples: kept in the resume parts only
+        for col in ("age_pred", "gender_score"):
+            frame[col] = pd.array([pd.NA] * n, dtype="Float64")
+        frame["gender_pred"] = pd.array([pd.NA] * n, dtype="string")
+        frame["status"] = pd.array(["ok"] * n, dtype="string")
+        frame["raw_answer"] = pd.array([pd.NA] * n, dtype="string")
+        return _with_skipped(frame[list(PREDICTION_COLUMNS)], True)
+    frame["age_pred"] = pd.array(decoded["age"], dtype="Float64")
+    if decoded["gender"] is None:
+        frame["gender_pred"] = pd.array([pd.NA] * n, dtype="string")
+        frame["gender_score"] = pd.array([pd.NA] * n, dtype="Float64")
+    else:
+        frame["gender_pred"] = pd.array([GENDERS[int(g)] for g in decoded["gender"]], dtype="string")
+        frame["gender_score"] = pd.array(decoded["score"], dtype="Float64")
+    frame["status"] = pd.array(["ok"] * n, dtype="string")
+    frame["raw_answer"] = pd.array([pd.NA] * n, dtype="string")
+    return _with_skipped(frame[list(PREDICTION_COLUMNS)], False)
+
+
+def predict_samples(
+    model: MiVOLOModel,
+    samples: pd.DataFrame,
+    masked: pd.DataFrame | None,
+    image_roots: ImageRoots,
+    *,
+    inputs: Sequence[str] = ("face_body",),
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+    num_workers: int = 0,
+    progress: bool = True,
+    model_name: str = "mivolo",
+    context: pd.DataFrame | None = None,
+    out: str | Path | None = None,
+    flush_rows: int = 1024,
+    flush_seconds: float = 60.0,
+    channels_last: bool = True,
+) -> pd.DataFrame:
+    """Predict age and gender of every sample for each input kind.
+
+    The model is put in eval mode and moved to `device` (in place; also to channels-last memory layout
+    unless `channels_last` is False).
+
+    Args:
+        model: a MiVOLO model with its age range set (e.g. from `load_checkpoint`).
+        samples: the sample table (DESIGN.md) to predict.
+        masked: the reader's side table of persons that exist only to be masked (or None).
+        image_roots: folder that image paths are relative to, or a mapping data set -> folder.
+        inputs: input kinds (see the module docstring); a face-only model takes only `face`.
+        batch_size: images per forward pass.
+        device: torch device; None picks CUDA when available, else the CPU.
+        num_workers: DataLoader worker processes making crops; 0 uses one background thread.
+        progress: show a tqdm bar per input kind.
+        model_name: the `model` column.
+        context: a larger sample table whose boxes also count as neighbours for the body-without-face
+            crops (pass the full table when `samples` is a subset).
+        out: resume folder: finished rows are appended there as part files (`part-*.parquet-part`) and
+            rows already there (same model name, input kind and sample id) are not recomputed.
+        flush_rows: with `out`, write a part once this many rows are waiting ...
+        flush_seconds: ... or this many seconds after the last part.
+        channels_last: run convolutions in channels-last layout (faster with cuDNN; compare on a CPU).
+
+    Returns:
+        The prediction table (`PREDICTION_COLUMNS`, validated), ordered by input kind then sample order,
+        with `attrs["skipped"]` = {input kind: samples without any needed crop (no row)} and
+        `attrs["n_samples"]`.
+
+    Raises:
+        InputError: a bad input kind, a missing column or image folder, an unreadable image.
+    """
+    import torch
+
+    from agegender.mivolo.preprocess import normalize_uint8
+
+    if batch_size < 1:
+        raise InputError(f"batch size must be >= 1, got {batch_size}", field="batch_size")
+    kinds = list(dict.fromkeys(inputs))
+    for kind in kinds:
+        input_crops(kind, model.with_persons)
+    if "sample_id" not in samples.columns:
+        raise InputError("required column is missing from the sample table", field="sample_id")
+    samples = samples.reset_index(drop=True)
+    ids = samples["sample_id"].astype(str).tolist()
+    if len(set(ids)) != len(ids):
+        raise InputError("duplicate sample_id in the sample table", field="sample_id")
+    dev = resolve_device(device)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(dev).eval().to(memory_format=layout)
+    amp = dev.type == "cuda"
+    size = int(model.spec.img_size)
+
+    store = _PartStore(out) if out is not None else None
+    previous = store.load() if store is not None else _with_skipped(empty_predictions(), False)
+    previous = previous[previous["model"] == model_name]
+    collected: list[pd.DataFrame] = [previous]
+    pending: list[pd.DataFrame] = []
+    last_flush = time.monotonic()
+
+    def flush() -> None:
+        nonlocal last_flush
+        if store is not None and pending:
+            store.write(pd.concat(pending, ignore_index=True))
+            pending.clear()
+        last_flush = time.monotonic()
+
+    def emit(frame: pd.DataFrame) -> None:
+        collected.append(frame)
+        if store is None:
+            return
+        pending.append(frame)
+        if sum(len(f) for f in pending) >= flush_rows or time.monotonic() - last_flush >= flush_seconds:
+            flush()
+
+    # Neighbours for masking come from every row of the table (and context), not only the rows still to do.
+    neighbour_table = samples if context is None else pd.concat([samples, context], ignore_index=True)
+    for kind in kinds:
+        done = set(previous.loc[previous["input"] == kind, "sample_id"].astype(str))
+        todo = samples[~samples["sample_id"].astype(str).isin(done)] if done else samples
+        if not len(todo):
+            continue
+        todo = todo.reset_index(drop=True)
+        todo_ids = todo["sample_id"].astype(str).tolist()
+        dataset = CropDataset(todo, masked, image_roots, kind, size, model.with_persons, context=neighbour_table)
+        bar = tqdm(total=len(todo), desc=f"{model_name} {kind}", unit="img", disable=not progress)
+        buf_pos: list[int] = []
+        buf_x: list[np.ndarray] = []
+
+        def run(positions: list[int], pixels: np.ndarray, ids: list[str] = todo_ids, kind: str = kind) -> None:
+            x = normalize_uint8(torch.as_tensor(pixels), device=dev).contiguous(memory_format=layout)
+            with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                outputs = model(x)
+            emit(_rows([ids[p] for p in positions], kind, model_name, decode_outputs(model, outputs)))
+
+        try:
+            for kept, skipped, pixels in _items(dataset, num_workers, pin_memory=amp):
+                if skipped:
+                    emit(_rows([todo_ids[p] for p in skipped], kind, model_name, None))
+                    bar.update(len(skipped))
+                if not kept:
+                    continue
+                buf_pos.extend(kept)
+                buf_x.append(np.asarray(pixels))
+                while len(buf_pos) >= batch_size:
+                    stacked = np.concatenate(buf_x) if len(buf_x) > 1 else buf_x[0]
+                    run(buf_pos[:batch_size], stacked[:batch_size])
+                    bar.update(batch_size)
+                    buf_pos, buf_x = buf_pos[batch_size:], [stacked[batch_size:]]
+            if buf_pos:
+                run(buf_pos, np.concatenate(buf_x))
+                bar.update(len(buf_pos))
+        finally:
+            bar.close()
+            flush()  # also on an interruption: what is finished is kept
+
+    frames = [f for f in collected if len(f)]
+    table = pd.concat(frames, ignore_index=True) if frames else _with_skipped(empty_predictions(), False)
+    table = table[table["input"].isin(kinds) & table["sample_id"].isin(ids)]
+    order = {sid: i for i, sid in enumerate(ids)}
+    table = table.assign(
+        _k=table["input"].map({k: i for i, k in enumerate(kinds)}), _s=table["sample_id"].map(order)
+    ).sort_values(["_k", "_s"], kind="stable")
+    skipped = table["skipped"].fillna(False).astype(bool)
+    counts = {k: int((skipped & (table["input"] == k)).sum()) for k in kinds}
+    result = validate_predictions(table[~skipped].drop(columns=["skipped", "_k", "_s"]))
+    result.attrs["skipped"] = counts
+    result.attrs["n_samples"] = len(ids)
+    if any(counts.values()):
+        _log.info("%s: samples without any needed crop (no prediction): %s", model_name, counts)
+    return result
+
+
+def predict_checkpoint(
+    checkpoint_path: str | Path,
+    samples: pd.DataFrame,
+    masked: pd.DataFrame | None,
+    image_roots: ImageRoots,
+    **kwargs: Any,
+) -> pd.DataFrame:
+    """Load a checkpoint (`agegender.mivolo.checkpoint.load_checkpoint`) and run `predict_samples`.
+
+    Args:
+        checkpoint_path: a MiVOLO checkpoint (official release or this project's training).
+        samples: the sample table.
+        masked: the masked-persons side table (or None).
+        image_roots: folder or mapping data set -> folder.
+        **kwargs: keyword arguments of `predict_samples` (`inputs`, `batch_size`, `device`, ...).
+
+    Returns:
+        The prediction table of `predict_samples`.
+    """
+    from agegender.mivolo.checkpoint import load_checkpoint
+
+    device = resolve_device(kwargs.get("device"))
+    kwargs["device"] = device
+    model = load_checkpoint(checkpoint_path, device=device)
+    return predict_samples(model, samples, masked, image_roots, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# `agegender mivolo-predict`
+
+
+def parse_data_roots(values: Sequence[str]) -> ImageRoots:
+    """`--data-root` values -> `image_roots`: one plain folder, or `DATASET=FOLDER` entries.
+
+    Args:
+        values: command-line values.
+
+    Returns:
+        A folder, or a mapping data set -> folder.
+
+    Raises:
+        InputError: a mix of both forms, or several plain folders.
+    """
+    named = [v for v in values if "=" in v]
+    plain = [v for v in values if "=" not in v]
+    if named and plain or len(plain) > 1:
+        raise InputError("give one folder, or DATASET=FOLDER for each data set", field="--data-root")
+    if plain:
+        return Path(plain[0])
+    return {k: Path(v) for k, v in (item.split("=", 1) for item in named)}
+
+
+def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
+    """Write a table as parquet or CSV (by suffix) atomically: a crash never leaves half a file."""
+    path = Path(path)
+    if path.suffix.lower() not in {".parquet", ".csv"}:
+        raise InputError("output must end in .parquet or .csv", file=path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    if path.suffix.lower() == ".csv":
+        frame.to_csv(tmp, index=False)
+    else:
+        frame.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+    return path
+
+
+def mivolo_predict_command(args: argparse.Namespace) -> int:
+    """Run `agegender mivolo-predict` (arguments as in the report's parser code); returns the exit code.
+
+    Finished rows go to `<out>.parts/` while it runs, so an interrupted run resumes; the folder is
+    removed once `out` is written.
+    """
+    samples_path = Path(args.samples)
+    samples = validate_samples(read_table(samples_path), source=samples_path)
+    if getattr(args, "split", "all") not in (None, "all"):
+        samples = samples[samples["split"] == args.split]
+    masked = read_table(args.masked) if getattr(args, "masked", None) else None
+    out = Path(args.out)
+    parts = out.with_name(out.name + ".parts")
+    table = predict_checkpoint(
+        args.checkpoint,
+        samples,
+        masked,
+        parse_data_roots(args.data_root),
+        inputs=args.inputs,
+        batch_size=args.batch_size,
+        device=args.device,
+        num_workers=args.num_workers,
+        model_name=args.model_name,
+        out=parts,
+        progress=not getattr(args, "no_progress", False),
+    )
+    write_table(table, out)
+    shutil.rmtree(parts, ignore_errors=True)
+    skipped = {k: v for k, v in table.attrs.get("skipped", {}).items() if v}
+    note = f" (no crop, so unanswered: {', '.join(f'{k} {v}' for k, v in skipped.items())})" if skipped else ""
+    print(f"{len(table)} predictions -> {out}{note}")
+    return 0
+
+
+def add_mivolo_predict_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register `agegender mivolo-predict --checkpoint CKPT --samples S --data-root R ... --out PRED`.
+
+    This module imports no torch at import time, so registering costs the CLI little.
+
+    Args:
+        subparsers: the object `ArgumentParser.add_subparsers()` returned.
+
+    Returns:
+        The subcommand's parser (its `func` default runs `mivolo_predict_command`).
+    """
+    parser = subparsers.add_parser("mivolo-predict", help="predict a sample table with a MiVOLO checkpoint")
+    parser.add_argument("--checkpoint", required=True, help="MiVOLO checkpoint (official release or trained here)")
+    parser.add_argument("--samples", required=True, help="sample table (.parquet or .csv)")
+    parser.add_argument(
+        "--data-root", required=True, nargs="+", help="the image folder, or DATASET=FOLDER for each data set"
+    )
+    parser.add_argument("--masked", default=None, help="masked-persons side table (more boxes to black out)")
+    parser.add_argument(
+        "--inputs", nargs="+", default=["face_body"], choices=list(INPUT_CROPS), help="input kinds (default: face_body)"
+    )
+    parser.add_argument("--out", required=True, help="prediction table (.parquet or .csv); resumes from <out>.parts/")
+    parser.add_argument("--model-name", default="mivolo", help="the `model` column (default: mivolo)")
+    parser.add_argument("--split", default="all", help="predict only this split (default: all)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
+    parser.add_argument("--device", default=None, help="torch device: cuda, cuda:1, cpu (default: cuda if available)")
+    parser.add_argument("--num-workers", type=int, default=0, help="crop worker processes (default: 0, one thread)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=mivolo_predict_command)
+    return parser
