@@ -1,0 +1,1 @@
+"""Multimodal LLMs: the paper's prompt, answer parsing, backends, response store and runner."""

@@ -1,0 +1,901 @@
+"""Run the paper's zero-shot protocol over a sample table: crops -> queries -> store -> answers -> predictions.
+
+`run_queries` makes one query per sample (the crop of the asked input kind and the paper's prompt), looks each
+up in the response store, sends only the misses through the backend (asynchronously, answers taken as they
+arrive), records every answer in the store before counting it done, parses it, and returns the prediction
+table (one row per sample that has a crop) and a run manifest.
+
+Resuming: a re-run over the same data finds every deterministic answer in the store and sends nothing; failed
+requests are not stored and are sent again. A `kill -9` loses only the requests in flight.
+
+Sharding: `--shard i/n` (1-based: `1/4` is the first of four shards) keeps the samples whose
+`shard_of(sample_id, n) == i - 1`, a hash of the sample id, so adding samples to a data set never moves the
+others to another shard. `merge_predictions` / `merge_manifests` join the shards' outputs.
+
+This module's top level imports only the standard library, so that `agegender --help` stays fast; pandas,
+OpenCV and the backends are imported where they are used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import statistics
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agegender.errors import InputError
+from agegender.mllm.prompt import PROMPT_VERSION, get_prompt, prompt_hash
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+    from agegender.mllm.backends.base import Answer, Backend, Query
+    from agegender.mllm.store import ResponseStore
+
+#: input kinds an MLLM gets (the paper's): the person crop with the face visible, the face, the masked body.
+MLLM_INPUTS: tuple[str, ...] = ("body", "face", "body_wo_face")
+#: backend.describe() keys that never reach a manifest, whatever a backend puts there.
+_SECRET_KEY = re.compile(r"api[_-]?key|secret|password|passwd|authori[sz]ation|bearer|cookie|credential", re.I)
+_EXAMPLES = 20
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Crops -> queries
+
+
+def downscale(image: np.ndarray, max_side: int | None) -> np.ndarray:
+    """Shrink an image so its longer side is at most `max_side` (area interpolation); never enlarges.
+
+    Args:
+        image: RGB array (H, W, 3).
+        max_side: the limit; None returns the image unchanged (the paper sent ChatGPT original-size crops).
+    """
+    if max_side is None:
+        return image
+    height, width = image.shape[:2]
+    longest = max(height, width)
+    if longest <= max_side:
+        return image
+    import cv2
+
+    scale = max_side / longest
+    size = (max(1, min(max_side, round(width * scale))), max(1, min(max_side, round(height * scale))))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def request_id(sample_id: str, input_kind: str) -> str:
+    """The request id of a sample's query: `f"{sample_id}|{input_kind}"`."""
+    return f"{sample_id}|{input_kind}"
+
+
+def _check_input(input_kind: str) -> None:
+    if input_kind not in MLLM_INPUTS:
+        raise InputError(f"unknown MLLM input kind {input_kind!r}; known: {list(MLLM_INPUTS)}", field="input")
+
+
+def crop_queries(
+    samples: pd.DataFrame,
+    masked: pd.DataFrame | None,
+    image_roots: str | Path | Mapping[str, str | Path],
+    input_kind: str,
+    *,
+    max_side: int | None = None,
+    context: pd.DataFrame | None = None,
+    prompt: str | None = None,
+    stats: dict[str, Any] | None = None,
+) -> Iterator[Query]:
+    """Yield one query per sample that has a crop of `input_kind`, in the samples' order.
+
+    Crops follow the official inference rules (`agegender.data.crops`): `body` is the person box with the face
+    visible, `face` the face box, `body_wo_face` the person box with every face and overlapping person masked.
+    Samples without the crop (no box, or a drop rule of `body_without_face`) make no query; they are counted
+    in `stats["no_crop"]` and listed in `stats["no_crop_ids"]`.
+
+    Args:
+        samples: sample table (DESIGN.md).
+        masked: the reader's side table of persons that exist only to be masked (or None).
+        image_roots: the folder image paths are relative to, or a mapping dataset -> folder.
+        input_kind: one of `MLLM_INPUTS`.
+        max_side: downscale so the longer side is at most this; None = original size.
+        context: a larger sample table whose boxes also count as neighbours for `body_wo_face`.
+        prompt: the prompt text (default: the paper's).
+        stats: a dict updated as the queries are made: `queries`, `no_crop`, `no_crop_ids`.
+
+    Yields:
+        `Query(request_id=f"{sample_id}|{input_kind}", image=crop, prompt=prompt)`.
+
+    Raises:
+        InputError: unknown input kind, bad `max_side`, a data set missing from `image_roots`, an unreadable image.
+    """
+    from agegender.data.crops import iter_crops
+    from agegender.mllm.backends.base import Query
+
+    _check_input(input_kind)
+    if max_side is not None and (not isinstance(max_side, int) or max_side < 1):
+        raise InputError(f"max_side must be a positive integer or None, got {max_side!r}", field="max_side")
+    text = get_prompt(PROMPT_VERSION) if prompt is None else prompt
+    if stats is None:
+        stats = {}
+    stats.setdefault("queries", 0)
+    stats.setdefault("no_crop", 0)
+    stats.setdefault("no_crop_ids", [])
+    for sample_id, crop in iter_crops(samples, masked, image_roots, input_kind, context=context):
+        if crop is None:
+            stats["no_crop"] += 1
+            stats["no_crop_ids"].append(sample_id)
+            continue
+        stats["queries"] += 1
+        yield Query(request_id(sample_id, input_kind), downscale(crop, max_side), text)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sharding
+
+
+def parse_shard(spec: str) -> tuple[int, int]:
+    """Read a shard spec `"i/n"`, 1-based (`"1/4"` is the first of four), into a 0-based `(index, count)`.
+
+    Raises:
+        InputError: not of the form i/n with 1 <= i <= n.
+    """
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(spec))
+    if m is None:
+        raise InputError(f"shard must look like i/n (e.g. 1/4), got {spec!r}", field="shard")
+    i, n = int(m[1]), int(m[2])
+    if n < 1 or not 1 <= i <= n:
+        raise InputError(
+            f"shard {spec!r}: need 1 <= i <= n (shards are 1-based: 1/{max(n, 1)} is the first)", field="shard"
+        )
+    return i - 1, n
+
+
+def format_shard(shard: tuple[int, int]) -> str:
+    """`(0, 4)` -> `"1/4"` (the spelling `parse_shard` reads)."""
+    return f"{shard[0] + 1}/{shard[1]}"
+
+
+def _check_shard(shard: tuple[int, int]) -> tuple[int, int]:
+    try:
+        index, count = (int(v) for v in shard)
+    except (TypeError, ValueError):
+        raise InputError(f"shard must be (index, count), got {shard!r}", field="shard") from None
+    if count < 1 or not 0 <= index < count:
+        raise InputError(f"shard index must lie in [0, {count}) (0-based tuple), got {shard!r}", field="shard")
+    return index, count
+
+
+def shard_of(sample_id: str, count: int) -> int:
+    """The 0-based shard of a sample: the first 8 bytes of SHA-256(sample_id) modulo `count` (stable, balanced)."""
+    digest = hashlib.sha256(str(sample_id).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % count
+
+
+def select_shard(samples: pd.DataFrame, shard: tuple[int, int]) -> pd.DataFrame:
+    """The samples of one shard, in their original order (a copy)."""
+    index, count = _check_shard(shard)
+    if count == 1:
+        return samples.copy()
+    mask = [shard_of(s, count) == index for s in samples["sample_id"].astype(str)]
+    return samples.loc[mask].copy()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Running
+
+
+@dataclass
+class RunResult:
+    """What a run produced.
+
+    Attributes:
+        predictions: prediction table (schema.PREDICTION_COLUMNS), one row per sample with a crop.
+        manifest: the run manifest (JSON-serialisable; no secrets).
+        no_crop_ids: samples that had no crop of the input kind (and so no row).
+    """
+
+    predictions: pd.DataFrame
+    manifest: dict[str, Any]
+    no_crop_ids: list[str] = field(default_factory=list)
+
+
+def _scrub(value: Any) -> Any:
+    """Drop secret-looking keys anywhere in a nested structure (a backend may describe more than it should)."""
+    if isinstance(value, Mapping):
+        # `*_env` keys hold the NAME of a variable (e.g. api_key_env="OPENAI_API_KEY"), not its value: kept.
+        return {
+            str(k): _scrub(v) for k, v in value.items() if str(k).endswith("_env") or not _SECRET_KEY.search(str(k))
+        }
+    if isinstance(value, list | tuple):
+        return [_scrub(v) for v in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)
+
+
+def _key_options(backend: Backend) -> dict[str, Any]:
+    options = getattr(backend, "key_options", None)
+    return dict(options()) if callable(options) else {}
+
+
+def _run_coroutine(factory: Any) -> Any:
+    """Run `factory()`'s coroutine to completion, also from inside a running loop (Jupyter, papermill)."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(factory())
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="agegender-run") as pool:
+        return pool.submit(lambda: asyncio.run(factory())).result()
+
+
+def _chunks(queries: Iterator[Query], size: int) -> Iterator[list[Query]]:
+    chunk: list[Query] = []
+    for q in queries:
+        chunk.append(q)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+class _Tally:
+    """Counters of a run, shared by the chunks."""
+
+    def __init__(self) -> None:
+        self.status: Counter[str] = Counter({s: 0 for s in ("ok", "refused", "unparsed", "failed")})
+        self.sent = 0
+        self.hits = 0
+        self.shared = 0
+        self.unexpected = 0
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.cached_prompt_tokens = 0
+        self.cached_completion_tokens = 0
+        self.fingerprints: set[str] = set()
+        self.revisions: set[str] = set()
+        self.errors: Counter[str] = Counter()
+        self.notes: Counter[str] = Counter()
+        self.latencies: list[float] = []
+
+
+def run_queries(
+    samples: pd.DataFrame,
+    masked: pd.DataFrame | None,
+    image_roots: str | Path | Mapping[str, str | Path],
+    *,
+    input_kind: str,
+    backend: Backend,
+    store: ResponseStore,
+    prompt_version: str = PROMPT_VERSION,
+    shard: tuple[int, int] = (0, 1),
+    max_side: int | None = None,
+    model_name: str | None = None,
+    progress: bool = True,
+    context: pd.DataFrame | None = None,
+    chunk_size: int | None = None,
+) -> RunResult:
+    """Ask an MLLM about every sample of a shard and build the prediction table.
+
+    Each query is looked up in the store first (a hit sends nothing). Misses go through `backend.astream` in
+    chunks; identical crops within a chunk share one request when the parameters are deterministic. Every
+    answer is written to the store as it arrives, before it is counted, then parsed (`parse_answer`). Failed
+    requests become `failed` rows, are not stored as answers, and are sent again by the next run. While one
+    chunk's requests are in flight the next chunk's crops are cut in a worker thread.
+
+    Args:
+        samples: the sample table (all shards: a shard's `body_wo_face` crops mask neighbours from every shard).
+        masked: the reader's side table of persons that exist only to be masked (or None).
+        image_roots: the folder image paths are relative to, or a mapping dataset -> folder.
+        input_kind: `body`, `face` or `body_wo_face`.
+        backend: any registered backend.
+        store: the response store (also written to).
+        prompt_version: a registered prompt version (`agegender.mllm.prompt`).
+        shard: 0-based (index, count); see `parse_shard` for the CLI's 1-based spelling.
+        max_side: downscale crops so the longer side is at most this (None = original size).
+        model_name: the `model` column of the predictions (default: the backend's model).
+        progress: show a tqdm bar with counts per status.
+        context: extra samples whose boxes are masked in `body_wo_face` crops.
+        chunk_size: queries handed to the backend at once (default: max(256, 4 * batch size)).
+
+    Returns:
+        The prediction table (one row per sample with a crop, in the samples' order) and the manifest.
+
+    Raises:
+        InputError: bad input kind, shard, prompt version or image root; unreadable images.
+        Exception: whatever the backend raises from `astream` (answers received before are already stored).
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from agegender.data.schema import PREDICTION_COLUMNS, validate_predictions
+    from agegender.mllm.backends.base import Answer
+    from agegender.mllm.parse import parse_answer
+    from agegender.mllm.store import key_fields, make_key
+
+    _check_input(input_kind)
+    shard = _check_shard(shard)
+    prompt = get_prompt(prompt_version)
+    started_at, t0 = _now(), time.perf_counter()
+    subset = select_shard(samples, shard)
+    neighbours = samples if context is None else pd.concat([samples, context], ignore_index=True)
+    stats: dict[str, Any] = {}
+    queries = crop_queries(
+        subset, masked, image_roots, input_kind, max_side=max_side, context=neighbours, prompt=prompt, stats=stats
+    )
+    model = model_name or backend.model
+    deterministic = backend.params.deterministic
+    base_fields = {
+        "backend": backend.name,
+        "model": backend.model,
+        "model_revision": backend.model_revision,
+        "prompt_version": prompt_version,
+        "params": backend.params.as_key(),
+        "options": _key_options(backend),
+    }
+    size = chunk_size or max(256, 4 * int(getattr(backend, "batch_size", 1) or 1))
+    tally = _Tally()
+    rows: dict[str, dict[str, Any]] = {}
+    order: list[str] = []
+    bar = tqdm(total=len(subset), desc=f"{model} [{input_kind}]", unit="sample", disable=not progress)
+    shown_no_crop = 0
+
+    def add_row(rid: str, answer: Answer) -> None:
+        nonlocal shown_no_crop
+        row: dict[str, Any] = {
+            "sample_id": rid[: -len(input_kind) - 1],
+            "model": model,
+            "input": input_kind,
+            "age_pred": None,
+            "gender_pred": None,
+            "gender_score": None,
+            "raw_answer": None,
+        }
+        if answer.status == "answered":
+            parsed = parse_answer(answer.text, finish_reason=answer.finish_reason, refusal=answer.refusal)
+            row.update(status=parsed.status, age_pred=parsed.age, gender_pred=parsed.gender)
+            row["raw_answer"] = answer.text if answer.text is not None else answer.refusal
+            tally.notes[f"{parsed.status}: {_note_kind(parsed.note)}"] += 1
+            if answer.system_fingerprint:
+                tally.fingerprints.add(answer.system_fingerprint)
+            if answer.model_revision:
+                tally.revisions.add(answer.model_revision)
+        else:
+            row["status"] = "failed"
+            tally.errors[(answer.error or "unknown error")[:200]] += 1
+        tally.status[row["status"]] += 1
+        rows[rid] = row
+        no_crop = stats.get("no_crop", 0)
+        bar.update(1 + no_crop - shown_no_crop)
+        shown_no_crop = no_crop
+        bar.set_postfix({**tally.status, "sent": tally.sent, "hits": tally.hits}, refresh=False)
+
+    async def process(chunk: list[Query]) -> None:
+        misses: dict[str, list[Query]] = {}
+        fields_of: dict[str, dict[str, Any]] = {}
+        for q in chunk:
+            order.append(q.request_id)
+            fields = key_fields(**base_fields, image_hash=q.image_hash)
+            key = make_key(**fields)
+            stored = store.get(key) if deterministic else None
+            if stored is not None:
+                tally.hits += 1
+                tally.cached_prompt_tokens += stored.answer.prompt_tokens or 0
+                tally.cached_completion_tokens += stored.answer.completion_tokens or 0
+                add_row(q.request_id, stored.answer)
+                continue
+            misses.setdefault(key, []).append(q)
+            fields_of[key] = fields
+        to_send: list[Query] = []
+        fanout: dict[str, tuple[str, list[str]]] = {}
+        for key, group in misses.items():
+            senders = group[:1] if deterministic else group
+            for q in senders:
+                to_send.append(q)
+                fanout[q.request_id] = (key, [q.request_id] if not deterministic else [g.request_id for g in group])
+            tally.shared += len(group) - len(senders)
+        if not to_send:
+            return
+        pending = {q.request_id for q in to_send}
+        async for answer in backend.astream(to_send):
+            if answer.request_id not in pending:
+                tally.unexpected += 1
+                continue
+            pending.discard(answer.request_id)
+            key, rids = fanout[answer.request_id]
+            store.put(key, fields_of[key], answer, reusable=deterministic)
+            tally.sent += 1
+            tally.prompt_tokens += answer.prompt_tokens or 0
+            tally.completion_tokens += answer.completion_tokens or 0
+            if answer.latency_s is not None:
+                tally.latencies.append(float(answer.latency_s))
+            for rid in rids:
+                add_row(rid, answer)
+        for rid in sorted(pending):
+            # A backend that drops a request must not drop a row: the sample is `failed` and retried next run.
+            missing = Answer(rid, "failed", error="the backend returned no answer for this request")
+            key, rids = fanout[rid]
+            store.put(key, fields_of[key], missing)
+            tally.sent += 1
+            for shared_rid in rids:
+                add_row(shared_rid, missing)
+
+    async def main() -> None:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        chunks = _chunks(queries, size)
+        # Crops of the next chunk are cut in a worker thread while this chunk's requests are in flight.
+        upcoming = loop.run_in_executor(None, next, chunks, None)
+        while (chunk := await upcoming) is not None:
+            upcoming = loop.run_in_executor(None, next, chunks, None)
+            await process(chunk)
+
+    try:
+        _run_coroutine(main)
+    finally:
+        bar.update(max(0, stats.get("no_crop", 0) - shown_no_crop))
+        bar.close()
+        store.sync()
+
+    predictions = validate_predictions(pd.DataFrame([rows[rid] for rid in order], columns=list(PREDICTION_COLUMNS)))
+    duration = time.perf_counter() - t0
+    no_crop_ids = list(stats.get("no_crop_ids", []))
+    manifest = {
+        "kind": "agegender.mllm.run",
+        "backend": _scrub(backend.describe()),
+        "key_options": _scrub(base_fields["options"]),
+        "model_name": model,
+        "input": input_kind,
+        "prompt": {"version": prompt_version, "sha256": prompt_hash(prompt_version)},
+        "max_side": max_side,
+        "shard": {"index": shard[0], "count": shard[1], "spec": format_shard(shard)},
+        "samples": len(subset),
+        "sample_ids_sha256": _ids_digest(subset["sample_id"].astype(str)),
+        "queries": stats.get("queries", 0),
+        "no_crop": len(no_crop_ids),
+        "no_crop_examples": no_crop_ids[:_EXAMPLES],
+        "rows": len(predictions),
+        "counts": dict(tally.status),
+        "notes": dict(tally.notes.most_common()),
+        "requests_sent": tally.sent,
+        "cache_hits": tally.hits,
+        "shared_requests": tally.shared,
+        "unexpected_answers": tally.unexpected,
+        "deterministic": deterministic,
+        "tokens": {"prompt": tally.prompt_tokens, "completion": tally.completion_tokens},
+        "tokens_cached": {"prompt": tally.cached_prompt_tokens, "completion": tally.cached_completion_tokens},
+        "fingerprints": sorted(tally.fingerprints),
+        "model_revisions_seen": sorted(tally.revisions),
+        "errors": dict(tally.errors.most_common(_EXAMPLES)),
+        "latency_s": _latency_summary(tally.latencies),
+        "store": {
+            "folder": str(store.folder),
+            "loaded": store.stats.as_dict(),
+            "answers_written": store.written,
+            "failures_written": store.failures_written,
+        },
+        "started_at": started_at,
+        "finished_at": _now(),
+        "duration_s": round(duration, 3),
+        "requests_per_s": round(tally.sent / duration, 3) if duration > 0 else None,
+    }
+    return RunResult(predictions=predictions, manifest=manifest, no_crop_ids=no_crop_ids)
+
+
+def _note_kind(note: str) -> str:
+    """A parser note without its quoted text and numbers, so the manifest counts kinds, not answers."""
+    return re.sub(r"'[^']*'|\d+(?:\.\d+)?", "_", note)
+
+
+def _ids_digest(ids: Iterable[str]) -> str:
+    h = hashlib.sha256()
+    for sample_id in sorted(ids):
+        h.update(sample_id.encode("utf-8") + b"\n")
+    return h.hexdigest()
+
+
+def _latency_summary(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return {
+        "mean": round(statistics.fmean(ordered), 4),
+        "p50": round(ordered[len(ordered) // 2], 4),
+        "p95": round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 4),
+        "max": round(ordered[-1], 4),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Writing and merging
+
+
+def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
+    """Write a table as parquet or CSV (by suffix), atomically (a temporary file renamed into place).
+
+    Raises:
+        InputError: a suffix other than .parquet/.pq/.csv.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in {".parquet", ".pq", ".csv"}:
+        raise InputError("unknown table format (expected .parquet or .csv)", file=path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    if suffix == ".csv":
+        frame.to_csv(tmp, index=False)
+    else:
+        frame.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+    return path
+
+
+def write_json(data: Mapping[str, Any], path: str | Path) -> Path:
+    """Write JSON (indented, sorted keys) atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def default_manifest_path(out_predictions: str | Path) -> Path:
+    """`preds/x.parquet` -> `preds/x.manifest.json`."""
+    out = Path(out_predictions)
+    return out.with_name(out.name[: -len(out.suffix)] + ".manifest.json" if out.suffix else out.name + ".manifest.json")
+
+
+def write_run(
+    result: RunResult, out_predictions: str | Path, out_manifest: str | Path | None = None
+) -> tuple[Path, Path]:
+    """Write a run's prediction table (parquet/CSV by suffix) and manifest (JSON; default next to the table).
+
+    Returns:
+        (predictions path, manifest path).
+    """
+    preds = write_table(result.predictions, out_predictions)
+    manifest = write_json(result.manifest, out_manifest or default_manifest_path(out_predictions))
+    return preds, manifest
+
+
+def _expand(paths: Iterable[str | Path]) -> list[Path]:
+    out: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            out.extend(sorted(x for x in p.iterdir() if x.suffix.lower() in {".parquet", ".pq", ".csv"}))
+        else:
+            out.append(p)
+    return out
+
+
+def merge_predictions(paths: Sequence[str | Path], out: str | Path | None = None) -> pd.DataFrame:
+    """Join shard prediction tables into one.
+
+    Args:
+        paths: prediction tables (or folders of them).
+        out: also write the merged table here (parquet/CSV by suffix).
+
+    Returns:
+        The merged table, validated, in file order.
+
+    Raises:
+        InputError: an unreadable or invalid file, no files, or a (sample_id, model, input) row present in two
+            files (both are named).
+    """
+    import pandas as pd
+
+    from agegender.data.schema import read_table, validate_predictions
+
+    files = _expand(paths)
+    if not files:
+        raise InputError("no prediction tables to merge", field="predictions")
+    frames = []
+    first_file: dict[tuple[str, str, str], Path] = {}
+    for path in files:
+        frame = validate_predictions(read_table(path), source=path)
+        keys = zip(frame["sample_id"], frame["model"], frame["input"], strict=True)
+        for pos, key in enumerate(keys):
+            if key in first_file:
+                raise InputError(
+                    f"row (sample_id {key[0]!r}, model {key[1]!r}, input {key[2]!r}) is also in {first_file[key]}; "
+                    "were shards run twice or with different shard counts?",
+                    file=path,
+                    row=pos + 1,
+                    field="sample_id",
+                )
+            first_file[key] = path
+        frames.append(frame)
+    merged = validate_predictions(pd.concat(frames, ignore_index=True))
+    if out is not None:
+        write_table(merged, out)
+    return merged
+
+
+def merge_manifests(manifests: Sequence[Mapping[str, Any] | str | Path]) -> dict[str, Any]:
+    """Join shard manifests: sums of counts, requests and tokens, union of fingerprints, overall time span.
+
+    Args:
+        manifests: manifest dicts or JSON files.
+
+    Returns:
+        A manifest with `shards` (the shard specs merged), `complete` (every shard of the count is present) and
+        the summed fields.
+
+    Raises:
+        InputError: unreadable file, or manifests of different backends, models, prompts, inputs or shard counts,
+            or the same shard twice.
+    """
+    loaded: list[tuple[str, Mapping[str, Any]]] = []
+    for m in manifests:
+        if isinstance(m, Mapping):
+            loaded.append(("<manifest>", m))
+            continue
+        path = Path(m)
+        try:
+            loaded.append((str(path), json.loads(path.read_text(encoding="utf-8"))))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputError(f"cannot be read as a manifest ({type(exc).__name__}: {exc})", file=path) from exc
+    if not loaded:
+        raise InputError("no manifests to merge", field="manifest")
+    ref_src, ref = loaded[0]
+
+    def same(m: Mapping[str, Any]) -> tuple[Any, ...]:
+        b = m.get("backend", {})
+        return (
+            b.get("backend"),
+            b.get("model"),
+            json.dumps(b.get("params"), sort_keys=True),
+            m.get("model_name"),
+            m.get("input"),
+            json.dumps(m.get("prompt"), sort_keys=True),
+            (m.get("shard") or {}).get("count"),
+        )
+
+    seen: dict[int, str] = {}
+    for src, m in loaded:
+        if same(m) != same(ref):
+            raise InputError(
+                f"manifest differs from {ref_src} in backend, model, params, input, prompt or shard count",
+                file=src,
+            )
+        index = (m.get("shard") or {}).get("index", 0)
+        if index in seen:
+            raise InputError(f"shard {index + 1} appears twice (also in {seen[index]})", file=src, field="shard")
+        seen[index] = src
+
+    def total(*path: str) -> int:
+        out = 0
+        for _, m in loaded:
+            value: Any = m
+            for part in path:
+                value = value.get(part, {}) if isinstance(value, Mapping) else {}
+            out += value if isinstance(value, int | float) else 0
+        return out
+
+    count = int((ref.get("shard") or {}).get("count", 1))
+    statuses = sorted({s for _, m in loaded for s in m.get("counts", {})})
+    merged: dict[str, Any] = {
+        "kind": "agegender.mllm.run",
+        "backend": ref.get("backend"),
+        "key_options": ref.get("key_options"),
+        "model_name": ref.get("model_name"),
+        "input": ref.get("input"),
+        "prompt": ref.get("prompt"),
+        "max_side": ref.get("max_side"),
+        "shards": sorted(format_shard((i, count)) for i in seen),
+        "complete": sorted(seen) == list(range(count)),
+        "shard": {"index": None, "count": count, "spec": "merged"},
+        "counts": {s: total("counts", s) for s in statuses},
+        "fingerprints": sorted({f for _, m in loaded for f in m.get("fingerprints", [])}),
+        "model_revisions_seen": sorted({r for _, m in loaded for r in m.get("model_revisions_seen", [])}),
+        "tokens": {"prompt": total("tokens", "prompt"), "completion": total("tokens", "completion")},
+        "tokens_cached": {
+            "prompt": total("tokens_cached", "prompt"),
+            "completion": total("tokens_cached", "completion"),
+        },
+        "started_at": min(str(m.get("started_at", "")) for _, m in loaded),
+        "finished_at": max(str(m.get("finished_at", "")) for _, m in loaded),
+        "duration_s_sum": round(sum(float(m.get("duration_s") or 0) for _, m in loaded), 3),
+        "sources": [src for src, _ in loaded],
+    }
+    for name in ("samples", "queries", "no_crop", "rows", "requests_sent", "cache_hits", "shared_requests"):
+        merged[name] = total(name)
+    errors: Counter[str] = Counter()
+    for _, m in loaded:
+        errors.update(m.get("errors", {}))
+    merged["errors"] = dict(errors.most_common(_EXAMPLES))
+    return merged
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CLI glue (`agegender query`, `agegender merge`)
+
+
+def parse_data_roots(values: Sequence[str]) -> Path | dict[str, Path]:
+    """`--data-root`: one folder, or several `dataset=folder` pairs.
+
+    Raises:
+        InputError: a mix of both forms, several bare folders, or an empty name or folder.
+    """
+    if not values:
+        raise InputError("--data-root needs a folder or dataset=folder pairs", field="data_root")
+    pairs = [v for v in values if "=" in v and not Path(v).exists()]
+    if not pairs:
+        if len(values) > 1:
+            raise InputError("give one folder, or dataset=folder pairs, to --data-root", field="data_root")
+        return Path(values[0])
+    if len(pairs) != len(values):
+        raise InputError("--data-root mixes a bare folder with dataset=folder pairs", field="data_root")
+    roots: dict[str, Path] = {}
+    for value in pairs:
+        name, _, folder = value.partition("=")
+        if not name.strip() or not folder.strip():
+            raise InputError(f"--data-root {value!r}: expected dataset=folder", field="data_root")
+        roots[name.strip()] = Path(folder.strip())
+    return roots
+
+
+def _option_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def backend_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Backend options from the `query` arguments (`--base-url`, `--concurrency`, `--api-key-env`, `--option`).
+
+    The API key itself never passes through here: only the NAME of the environment variable that holds it.
+
+    Raises:
+        InputError: a malformed `--option`, or an `--api-key-env` variable that is not set.
+    """
+    options: dict[str, Any] = {}
+    for item in args.option or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise InputError(f"--option {item!r}: expected name=value", field="option")
+        if _SECRET_KEY.search(name):
+            raise InputError(
+                f"--option {name}: secrets are never given on the command line; use --api-key-env VAR", field="option"
+            )
+        options[name.strip()] = _option_value(value)
+    if args.base_url:
+        options["base_url"] = args.base_url
+    if args.concurrency is not None:
+        if args.concurrency < 1:
+            raise InputError("--concurrency must be at least 1", field="concurrency")
+        options["concurrency"] = args.concurrency
+    if args.api_key_env:
+        if args.api_key_env not in os.environ:
+            raise InputError(f"environment variable {args.api_key_env} (--api-key-env) is not set", field="api_key_env")
+        options["api_key_env"] = args.api_key_env
+    return options
+
+
+def _cmd_query(args: argparse.Namespace) -> int:
+    from agegender.data.schema import read_table, validate_samples
+    from agegender.mllm.backends.base import GenerationParams, create_backend
+    from agegender.mllm.store import ResponseStore
+
+    samples = validate_samples(read_table(args.samples), source=args.samples)
+    if args.split != "all":
+        samples = samples[samples["split"] == args.split].reset_index(drop=True)
+    if args.datasets:
+        samples = samples[samples["dataset"].isin(args.datasets)].reset_index(drop=True)
+    masked = read_table(args.masked) if args.masked else None
+    roots = parse_data_roots(args.data_root)
+    shard = parse_shard(args.shard) if args.shard else (0, 1)
+    get_prompt(args.prompt_version)
+    detail = None if args.detail == "none" else args.detail
+    params = GenerationParams(
+        temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed, n=1, detail=detail
+    )
+    backend = create_backend(args.backend, args.model, params=params, **backend_options(args))
+    out = Path(args.out)
+    store_dir = Path(args.store) if args.store else out.parent / "mllm_responses"
+    try:
+        with ResponseStore(store_dir, tag=f"s{shard[0] + 1}of{shard[1]}") as store:
+            result = run_queries(
+                samples,
+                masked,
+                roots,
+                input_kind=args.input,
+                backend=backend,
+                store=store,
+                prompt_version=args.prompt_version,
+                shard=shard,
+                max_side=args.max_side,
+                model_name=args.model_name,
+                progress=not args.quiet,
+            )
+    finally:
+        backend.close()
+    preds, manifest = write_run(result, out, args.manifest)
+    m = result.manifest
+    counts = ", ".join(f"{k} {v}" for k, v in m["counts"].items())
+    print(
+        f"{m['rows']} rows -> {preds} ({counts}; {m['requests_sent']} requests, {m['cache_hits']} cached, "
+        f"{m['no_crop']} without a {args.input} crop); manifest -> {manifest}"
+    )
+    return 0
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    merged = merge_predictions(args.predictions, args.out)
+    line = f"{len(merged)} rows from {len(_expand(args.predictions))} files -> {args.out}"
+    if args.manifests:
+        manifest = merge_manifests(args.manifests)
+        path = write_json(manifest, args.manifest_out or default_manifest_path(args.out))
+        line += f"; manifest -> {path}" + ("" if manifest["complete"] else " (NOT every shard is present)")
+    print(line)
+    return 0
+
+
+def add_query_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add `agegender query` to a subparsers object (from `ArgumentParser.add_subparsers`).
+
+    The command sets `func` (returns the exit code). API keys are read by the backend from the environment
+    variable named by `--api-key-env`; there is deliberately no option that takes a key.
+    """
+    p = subparsers.add_parser(
+        "query",
+        help="ask an MLLM for [gender; age] on every sample (resumable, shardable)",
+        description="Zero-shot MLLM queries with the paper's prompt; answers are stored and reused.",
+    )
+    p.add_argument("--samples", required=True, help="sample table (.parquet or .csv)")
+    p.add_argument("--data-root", required=True, nargs="+", help="image folder, or dataset=folder pairs")
+    p.add_argument("--masked", default=None, help="the reader's masked-persons side table (for body_wo_face)")
+    p.add_argument("--input", required=True, choices=MLLM_INPUTS, help="crop sent to the model")
+    p.add_argument("--backend", required=True, help="registered backend: openai, transformers, vllm, ...")
+    p.add_argument("--model", required=True, help="model id (server) or folder (local)")
+    p.add_argument("--model-name", default=None, help="name in the prediction table's model column")
+    p.add_argument("--out", required=True, help="prediction table (.parquet or .csv)")
+    p.add_argument("--manifest", default=None, help="run manifest (default: <out>.manifest.json)")
+    p.add_argument("--store", default=None, help="response store folder (default: mllm_responses/ beside --out)")
+    p.add_argument("--shard", default=None, help="i/n, 1-based: run the i-th of n shards")
+    p.add_argument("--split", default="test", help="split to query, or 'all' (default: test)")
+    p.add_argument("--datasets", nargs="*", default=None, help="data sets to query (default: all)")
+    p.add_argument("--max-side", type=int, default=None, help="downscale crops to this longer side (default: none)")
+    p.add_argument("--prompt-version", default=PROMPT_VERSION, help=f"registered prompt (default: {PROMPT_VERSION})")
+    p.add_argument("--base-url", default=None, help="server URL (OpenAI-compatible backends)")
+    p.add_argument("--concurrency", type=int, default=None, help="requests in flight (server backends)")
+    p.add_argument("--api-key-env", default=None, help="NAME of the environment variable holding the API key")
+    p.add_argument("--option", action="append", default=None, help="backend option name=value (JSON values)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy, the paper's (and cacheable)")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--seed", type=int, default=1234, help="sent where the endpoint takes it (paper: 1234)")
+    p.add_argument("--detail", default="high", choices=("high", "low", "auto", "none"), help="OpenAI image detail")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_query)
+    return p
+
+
+def add_merge_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add `agegender merge` (join shard prediction tables, and optionally their manifests)."""
+    p = subparsers.add_parser("merge", help="join shard prediction tables (and manifests) into one")
+    p.add_argument("--predictions", required=True, nargs="+", help="shard prediction tables or folders of them")
+    p.add_argument("--out", required=True, help="merged table (.parquet or .csv)")
+    p.add_argument("--manifests", nargs="*", default=None, help="shard manifests to merge too")
+    p.add_argument("--manifest-out", default=None, help="merged manifest (default: <out>.manifest.json)")
+    p.set_defaults(func=_cmd_merge)
+    return p

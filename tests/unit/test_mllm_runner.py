@@ -1,0 +1,348 @@
+"""The query runner with fake backends: one row per sample, resuming, retries, sharding, merging, CLI glue."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/mllm_fakes.py
+
+from mllm_fakes import BatchBackend, ScriptedBackend, make_dataset  # noqa: E402
+
+from agegender.data.schema import PREDICTION_COLUMNS  # noqa: E402
+from agegender.errors import InputError  # noqa: E402
+from agegender.mllm.backends.base import GenerationParams, create_backend  # noqa: E402
+from agegender.mllm.prompt import PROMPT, PROMPT_VERSION, prompt_hash  # noqa: E402
+from agegender.mllm.runner import (  # noqa: E402
+    add_merge_parser,
+    add_query_parser,
+    crop_queries,
+    downscale,
+    merge_manifests,
+    merge_predictions,
+    parse_data_roots,
+    parse_shard,
+    run_queries,
+    select_shard,
+    shard_of,
+    write_run,
+)
+from agegender.mllm.store import ResponseStore  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
+    root = tmp_path_factory.mktemp("fake_data")
+    samples = make_dataset(root, n_images=12)
+    samples.to_parquet(root / "samples.parquet", index=False)
+    return root, samples
+
+
+def run(data, store, backend, **kw):
+    root, samples = data
+    return run_queries(
+        samples, None, root, backend=backend, store=store, progress=False, **{"input_kind": "body", **kw}
+    )
+
+
+def with_crop(data, kind: str) -> list[str]:
+    root, samples = data
+    stats: dict = {}
+    ids = [q.request_id.rsplit("|", 1)[0] for q in crop_queries(samples, None, root, kind, stats=stats)]
+    assert len(ids) == stats["queries"] and len(ids) + stats["no_crop"] == len(samples)
+    return ids
+
+
+# -- crops -> queries ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["body", "face", "body_wo_face"])
+def test_crop_queries(data, kind: str) -> None:
+    root, samples = data
+    stats: dict = {}
+    queries = list(crop_queries(samples, None, root, kind, stats=stats))
+    assert 0 < len(queries) < len(samples)  # the data set has samples without each kind of box
+    assert stats["no_crop"] == len(samples) - len(queries) == len(stats["no_crop_ids"])
+    assert all(q.request_id.endswith(f"|{kind}") and q.prompt == PROMPT for q in queries)
+    assert all(q.image.dtype == np.uint8 and q.image.ndim == 3 and len(q.image_hash) == 64 for q in queries)
+    small = list(crop_queries(samples, None, root, kind, max_side=32))
+    assert [q.request_id for q in small] == [q.request_id for q in queries]
+    assert all(max(q.image.shape[:2]) <= 32 for q in small)
+
+
+def test_downscale_never_enlarges() -> None:
+    image = np.zeros((100, 40, 3), dtype=np.uint8)
+    assert downscale(image, None) is image and downscale(image, 200) is image
+    assert downscale(image, 50).shape == (50, 20, 3)
+
+
+def test_crop_queries_rejects_bad_arguments(data) -> None:
+    root, samples = data
+    with pytest.raises(InputError, match="input kind"):
+        list(crop_queries(samples, None, root, "face_body"))
+    with pytest.raises(InputError, match="max_side"):
+        list(crop_queries(samples, None, root, "body", max_side=0))
+    with pytest.raises(InputError, match="no image folder"):
+        list(crop_queries(samples, None, {"other": root}, "body"))
+
+
+# -- running ------------------------------------------------------------------------------------------------------
+
+
+def test_every_sample_gets_one_row_with_the_right_status(data, tmp_path: Path) -> None:
+    ids = with_crop(data, "body")
+    script = {
+        ids[0]: "I'm sorry, I can't help with that.",
+        ids[1]: "[non-binary; 30]",
+        ids[2]: {"text": None, "refusal": "I can't assist with that request."},
+        ids[3]: {"text": "[female; 3", "finish_reason": "content_filter"},
+        ids[4]: "Sure: [female; 30-40] years",
+    }
+    backend = ScriptedBackend("fake-model", script=script, fail=[ids[5]], drop=[ids[6]], leak=True)
+    with ResponseStore(tmp_path / "store") as store:
+        result = run(data, store, backend)
+    preds = result.predictions
+    assert list(preds.columns) == list(PREDICTION_COLUMNS)
+    assert preds["sample_id"].tolist() == ids  # exactly one row per sample with a crop, in order
+    status = dict(zip(preds["sample_id"], preds["status"], strict=True))
+    assert [status[i] for i in ids[:7]] == ["refused", "unparsed", "refused", "refused", "ok", "failed", "failed"]
+    assert all(status[i] == "ok" for i in ids[7:])
+    row = preds.set_index("sample_id").loc[ids[4]]
+    assert (
+        row["age_pred"] == 35.0
+        and row["gender_pred"] == "female"
+        and row["raw_answer"] == "Sure: [female; 30-40] years"
+    )
+    assert preds.set_index("sample_id").loc[ids[2], "raw_answer"] == "I can't assist with that request."
+    failed = preds[preds["status"] == "failed"]
+    assert failed["age_pred"].isna().all() and failed["raw_answer"].isna().all()
+    assert (preds["model"] == "fake-model").all() and (preds["input"] == "body").all()
+    assert preds["gender_score"].isna().all()
+
+    m = result.manifest
+    assert m["counts"] == {"ok": len(ids) - 6, "refused": 3, "unparsed": 1, "failed": 2}
+    assert sum(m["counts"].values()) == m["rows"] == m["queries"] == len(ids)
+    assert m["samples"] == len(data[1]) and m["no_crop"] == len(data[1]) - len(ids)
+    assert m["requests_sent"] == len(ids) and m["cache_hits"] == 0
+    answered = len(ids) - 2
+    assert m["tokens"] == {"prompt": 100 * answered, "completion": 6 * answered}
+    assert m["fingerprints"] == ["fp_fake"]
+    assert m["prompt"] == {"version": PROMPT_VERSION, "sha256": prompt_hash()}
+    assert m["backend"]["model"] == "fake-model" and m["backend"]["model_revision"] == "rev-1"
+    assert m["shard"] == {"index": 0, "count": 1, "spec": "1/1"}
+    assert m["started_at"] <= m["finished_at"] and m["duration_s"] >= 0
+    assert "HTTP 500: injected by the fake" in m["errors"] and m["store"]["answers_written"] == answered
+    text = json.dumps(m)
+    assert "sk-secret" not in text and "api_key" not in text  # describe() leaked a key: scrubbed
+    assert "base_url" in text
+
+
+def test_rerun_sends_nothing_and_retries_the_failed(data, tmp_path: Path) -> None:
+    ids = with_crop(data, "body")
+    first = ScriptedBackend("fake-model", fail=ids[:3], script={ids[3]: "I cannot determine that."})
+    with ResponseStore(tmp_path / "store") as store:
+        r1 = run(data, store, first)
+        assert r1.manifest["counts"]["failed"] == 3 and len(first.requests) == len(ids)
+        second = ScriptedBackend("fake-model")
+        r2 = run(data, store, second)  # same store object
+    assert sorted(second.requests) == sorted(f"{i}|body" for i in ids[:3])
+    assert r2.manifest["requests_sent"] == 3 and r2.manifest["cache_hits"] == len(ids) - 3
+    assert r2.manifest["counts"]["failed"] == 0 and r2.manifest["counts"]["refused"] == 1  # a refusal is an answer
+    third = ScriptedBackend("fake-model")
+    r3 = run(data, ResponseStore(tmp_path / "store"), third)  # a fresh process: the store is read from disk
+    assert third.requests == [] and r3.manifest["requests_sent"] == 0 and r3.manifest["cache_hits"] == len(ids)
+    pd.testing.assert_frame_equal(r2.predictions, r3.predictions)
+    assert r3.manifest["tokens"] == {"prompt": 0, "completion": 0}
+    assert r3.manifest["tokens_cached"]["prompt"] == 100 * len(ids)
+
+
+def test_other_model_prompt_or_params_are_not_served_from_the_cache(data, tmp_path: Path) -> None:
+    store = ResponseStore(tmp_path / "store")
+    run(data, store, ScriptedBackend("fake-model"))
+    n = len(with_crop(data, "body"))
+    for backend, kw in [
+        (ScriptedBackend("other-model"), {}),
+        (ScriptedBackend("fake-model", revision="rev-2"), {}),
+        (ScriptedBackend("fake-model", params=GenerationParams(seed=1)), {}),
+        (ScriptedBackend("fake-model"), {"max_side": 32}),
+    ]:
+        assert run(data, store, backend, **kw).manifest["requests_sent"] == n
+    hot = ScriptedBackend("fake-model", params=GenerationParams(temperature=0.7))
+    assert run(data, store, hot).manifest["requests_sent"] == n
+    again = ScriptedBackend("fake-model", params=GenerationParams(temperature=0.7))
+    assert run(data, store, again).manifest["requests_sent"] == n  # non-deterministic: never reused
+    assert run(data, store, ScriptedBackend("fake-model"), model_name="shown-name").manifest["requests_sent"] == 0
+
+
+def test_identical_crops_share_one_request(data, tmp_path: Path) -> None:
+    root, samples = data
+    twin = samples.iloc[[0]].copy()
+    twin["sample_id"] = "fake/test/twin"
+    both = pd.concat([samples, twin], ignore_index=True)
+    backend = ScriptedBackend("fake-model")
+    result = run_queries(
+        both, None, root, input_kind="face", backend=backend, store=ResponseStore(tmp_path), progress=False
+    )
+    rows = result.predictions.set_index("sample_id")
+    assert rows.loc["fake/test/twin", "age_pred"] == rows.loc[samples["sample_id"].iloc[0], "age_pred"]
+    assert result.manifest["shared_requests"] == 1 and len(backend.requests) == result.manifest["rows"] - 1
+
+
+def test_batch_backend_and_small_chunks(data, tmp_path: Path) -> None:
+    backend = create_backend("test-batch", "local-folder")
+    assert isinstance(backend, BatchBackend)
+    result = run(data, ResponseStore(tmp_path), backend, input_kind="body_wo_face", chunk_size=5)
+    ids = with_crop(data, "body_wo_face")
+    assert result.predictions["sample_id"].tolist() == ids and (result.predictions["status"] == "ok").all()
+    assert max(backend.batches) <= 3 and sum(backend.batches) == len(ids)
+
+
+def test_runs_inside_a_running_event_loop(data, tmp_path: Path) -> None:
+    async def notebook_cell() -> pd.DataFrame:  # Jupyter and papermill run cells inside an event loop
+        return run(data, ResponseStore(tmp_path), ScriptedBackend("fake-model")).predictions
+
+    assert len(asyncio.run(notebook_cell())) == len(with_crop(data, "body"))
+
+
+def test_backend_exceptions_propagate_after_storing_what_arrived(data, tmp_path: Path) -> None:
+    class Broken(ScriptedBackend):
+        async def astream(self, queries):
+            async for answer in super().astream(queries[:4]):
+                yield answer
+            raise RuntimeError("401 Unauthorized")
+
+    store = ResponseStore(tmp_path)
+    with pytest.raises(RuntimeError, match="401"):
+        run(data, store, Broken("fake-model", concurrency=1))
+    assert len(ResponseStore(tmp_path)) == 4
+
+
+# -- sharding and merging -----------------------------------------------------------------------------------------
+
+
+def test_parse_shard() -> None:
+    assert parse_shard("1/4") == (0, 4) and parse_shard(" 4 / 4 ") == (3, 4) and parse_shard("1/1") == (0, 1)
+    for bad in ["0/4", "5/4", "1/0", "a/b", "1", "1/2/3", "-1/2"]:
+        with pytest.raises(InputError, match="shard"):
+            parse_shard(bad)
+
+
+def test_shard_assignment_is_stable_and_complete() -> None:
+    ids = [f"ds/test/img{i}/0" for i in range(2000)]
+    shards = [shard_of(i, 4) for i in ids]
+    assert shards == [shard_of(i, 4) for i in ids]
+    assert all(350 < shards.count(k) < 650 for k in range(4))  # roughly balanced
+    frame = pd.DataFrame({"sample_id": ids})
+    parts = [select_shard(frame, (k, 4)) for k in range(4)]
+    assert sorted(pd.concat(parts)["sample_id"]) == sorted(ids)
+    grown = pd.DataFrame({"sample_id": ids + [f"new{i}" for i in range(500)]})
+    assert select_shard(grown, (2, 4))["sample_id"].tolist()[: len(parts[2])] == parts[2]["sample_id"].tolist()
+    with pytest.raises(InputError):
+        select_shard(frame, (4, 4))
+
+
+def test_shards_merge_to_the_unsharded_run(data, tmp_path: Path) -> None:
+    full = run(data, ResponseStore(tmp_path / "full"), ScriptedBackend("fake-model"), input_kind="body_wo_face")
+    tables, manifests = [], []
+    for k in range(3):
+        store = ResponseStore(tmp_path / "shared", tag=f"s{k + 1}of3")  # shards share one store folder
+        result = run(data, store, ScriptedBackend("fake-model"), input_kind="body_wo_face", shard=(k, 3))
+        store.close()
+        preds, manifest = write_run(result, tmp_path / f"part{k}.parquet")
+        assert manifest == tmp_path / f"part{k}.manifest.json"
+        tables.append(preds)
+        manifests.append(manifest)
+    merged = merge_predictions(tables, tmp_path / "merged.csv")
+    assert (tmp_path / "merged.csv").is_file()
+    key = ["sample_id", "model", "input"]
+    pd.testing.assert_frame_equal(
+        merged.sort_values(key).reset_index(drop=True), full.predictions.sort_values(key).reset_index(drop=True)
+    )
+    m = merge_manifests(manifests)
+    assert m["complete"] and m["shards"] == ["1/3", "2/3", "3/3"]
+    assert m["counts"] == full.manifest["counts"] and m["rows"] == len(full.predictions)
+    assert m["samples"] == len(data[1]) and m["requests_sent"] == full.manifest["requests_sent"]
+    assert not merge_manifests(manifests[:2])["complete"]
+    with pytest.raises(InputError, match="twice"):
+        merge_manifests([manifests[0], manifests[0]])
+    with pytest.raises(InputError, match="differs"):
+        merge_manifests([manifests[0], {**json.loads(manifests[1].read_text()), "input": "face"}])
+    with pytest.raises(InputError, match="part0.parquet") as err:
+        merge_predictions([tables[0], tables[1], tables[0]])
+    assert "also in" in str(err.value)
+
+
+# -- writing and CLI glue -----------------------------------------------------------------------------------------
+
+
+def test_write_run_formats(data, tmp_path: Path) -> None:
+    result = run(data, ResponseStore(tmp_path / "s"), ScriptedBackend("fake-model"))
+    preds, manifest = write_run(result, tmp_path / "out" / "p.csv", tmp_path / "m.json")
+    assert len(pd.read_csv(preds)) == len(result.predictions)
+    assert json.loads(manifest.read_text())["rows"] == len(result.predictions)
+    with pytest.raises(InputError, match="format"):
+        write_run(result, tmp_path / "p.txt")
+
+
+def test_parse_data_roots(tmp_path: Path) -> None:
+    assert parse_data_roots([str(tmp_path)]) == tmp_path
+    assert parse_data_roots(["a=/x", "b=/y"]) == {"a": Path("/x"), "b": Path("/y")}
+    for bad in [["/x", "a=/y"], ["/x", "/y"], ["=/x"], []]:
+        with pytest.raises(InputError):
+            parse_data_roots(bad)
+
+
+def cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="agegender")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_query_parser(sub)
+    add_merge_parser(sub)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_cli_query_shards_and_merge(data, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root, samples = data
+    base = ["query", "--samples", str(root / "samples.parquet"), "--data-root", f"fake={root}", "--input", "face"]
+    base += ["--backend", "test-scripted", "--model", "fake-model", "--store", str(tmp_path / "store"), "--quiet"]
+    for k in (1, 2):
+        out = tmp_path / f"p{k}.parquet"
+        assert cli([*base, "--out", str(out), "--shard", f"{k}/2", "--option", "latency_s=0.001"]) == 0
+        assert (tmp_path / f"p{k}.manifest.json").is_file()
+    assert "rows ->" in capsys.readouterr().out
+    merged = tmp_path / "all.parquet"
+    manifests = [str(tmp_path / f"p{k}.manifest.json") for k in (1, 2)]
+    assert cli(["merge", "--predictions", str(tmp_path / "p1.parquet"), str(tmp_path / "p2.parquet")]
+               + ["--out", str(merged), "--manifests", *manifests]) == 0  # fmt: skip
+    table = pd.read_parquet(merged)
+    assert sorted(table["sample_id"]) == sorted(with_crop(data, "face"))
+    assert json.loads((tmp_path / "all.manifest.json").read_text())["complete"] is True
+    # a re-run of the whole set is served from the store
+    assert cli([*base, "--out", str(tmp_path / "again.csv")]) == 0
+    again = json.loads((tmp_path / "again.manifest.json").read_text())
+    assert again["requests_sent"] == 0 and again["cache_hits"] == len(table)
+
+
+def test_cli_never_takes_a_key(data, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root, _ = data
+    base = ["query", "--samples", str(root / "samples.parquet"), "--data-root", str(root), "--input", "body"]
+    base += ["--backend", "test-scripted", "--model", "m", "--out", str(tmp_path / "p.csv")]
+    with pytest.raises(InputError, match="AGEGENDER_TEST_KEY"):
+        cli([*base, "--api-key-env", "AGEGENDER_TEST_KEY"])
+    with pytest.raises(InputError, match="never given on the command line"):
+        cli([*base, "--option", "api_key=sk-123"])
+    with pytest.raises(InputError, match="shard"):
+        cli([*base, "--shard", "0/2"])
+    with pytest.raises(InputError, match="unknown MLLM backend"):
+        cli([*base[:-6], "--backend", "nope", "--model", "m", "--out", str(tmp_path / "p.csv")])
+    monkeypatch.setenv("AGEGENDER_TEST_KEY", "sk-very-secret")
+    assert cli([*base, "--api-key-env", "AGEGENDER_TEST_KEY", "--store", str(tmp_path / "st")]) == 0
+    written = "".join(p.read_text() for p in tmp_path.rglob("*") if p.is_file() and p.suffix in {".json", ".jsonl"})
+    assert "sk-very-secret" not in written and written
