@@ -1,0 +1,491 @@
+"""Local image-text-to-text models in Hugging Face format (LLaVA-1.5, LLaVA-NeXT, ...), run with transformers.
+
+Each query becomes one user turn of the model's own chat template (the image, then the prompt), is
+preprocessed by the model's processor and answered greedily. Queries are batched with LEFT padding:
+`generate` derives position ids from the attention mask, so a padded row sees exactly the positions and
+keys it would see alone, and batched answers equal batch-size-1 answers (tested on tiny models, fp32 CPU).
+
+LLaVA-1.5 preprocessing: the original code pads every image to a square with the CLIP mean colour
+before resizing to 336 (`expand2square`); the paper used it. The llava-hf processors default to a plain
+resize + centre crop, which cuts off the top and bottom of a tall body crop. With `pad_to_square` (the
+default for `model_type == "llava"`) the backend switches the image processor's own `do_pad` on where it
+has LLaVA's `pad_to_square` (`LlavaImageProcessor`), and otherwise pads with the mean colour itself before
+the processor (`CLIPImageProcessor`), both placing the image at ((S - w) // 2, (S - h) // 2) like
+`expand2square`. LLaVA-NeXT's any-res tiling is the processor's own.
+
+Model revision (part of the response store's key): the commit hash when the folder is a Hugging Face
+hub snapshot (`.../snapshots/<40 hex>/`); otherwise `local-` + 16 hex of a SHA-256 over config.json
+and, per weights file (name, size, and the file's bytes when the weights total at most
+`FULL_HASH_LIMIT` bytes, else its safetensors header and its first and last MiB). The option
+`model_revision="..."` overrides it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import struct
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from agegender.errors import InputError
+from agegender.mllm.backends.base import Answer, Backend, GenerationParams, Query, register_backend
+
+#: weights up to this size are hashed in full for the revision digest (tiny and fine-tuned small models)
+FULL_HASH_LIMIT = 512 * 1024 * 1024
+_SNAPSHOT = re.compile(r"/snapshots/([0-9a-f]{40})(/|$)")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """`auto` -> cuda when available, else cpu; anything else as torch understands it.
+
+    Raises:
+        InputError: cuda asked for but not available, or an unknown device string.
+    """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise InputError(f"unknown device {device!r}", field="device") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("device 'cuda' asked for but no CUDA GPU is available", field="device")
+    return dev
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """`auto` -> bf16 on CUDA, float32 elsewhere (CPU bf16 is slow and not bit-stable across batch sizes).
+
+    Raises:
+        InputError: unknown dtype name.
+    """
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in _DTYPES:
+        raise InputError(f"unknown dtype {dtype!r}; use auto, {', '.join(_DTYPES)}", field="dtype")
+    return _DTYPES[dtype]
+
+
+def folder_revision(folder: str | Path) -> str:
+    """The revision of a model folder: hub commit hash, or a digest of config and weights (module docs).
+
+    Args:
+        folder: a local model folder (a hub snapshot or any save_pretrained output).
+
+    Returns:
+        A 40-hex commit hash, or `local-<16 hex>`.
+    """
+    path = Path(folder).resolve()
+    # A snapshot folder's files are symlinks into blobs/, so the resolved folder path still names the commit.
+    match = _SNAPSHOT.search(Path(folder).absolute().as_posix() + "/") or _SNAPSHOT.search(path.as_posix() + "/")
+    if match:
+        return match.group(1)
+    digest = hashlib.sha256()
+    config = path / "config.json"
+    if config.is_file():
+        digest.update(b"config.json\0" + config.read_bytes())
+    weights = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(_WEIGHT_SUFFIXES))
+    total = sum(p.stat().st_size for p in weights)
+    for p in weights:
+        size = p.stat().st_size
+        digest.update(f"\0{p.name}\0{size}\0".encode())
+        with p.open("rb") as fh:
+            if total <= FULL_HASH_LIMIT:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+                continue
+            if p.suffix == ".safetensors" and size >= 8:
+                (n,) = struct.unpack("<Q", fh.read(8))
+                digest.update(fh.read(min(n, size - 8)))
+            # Large files: their ends catch most re-saves without reading gigabytes.
+            fh.seek(0)
+            digest.update(fh.read(1 << 20))
+            fh.seek(max(0, size - (1 << 20)))
+            digest.update(fh.read(1 << 20))
+    return "local-" + digest.hexdigest()[:16]
+
+
+def find_model_folder(model: str, *, local_files_only: bool = True) -> Path | None:
+    """The local folder of a model: the folder itself, or the cached hub snapshot of a hub id.
+
+    Args:
+        model: a folder path or a hub id (`owner/name`).
+        local_files_only: when False, a hub id that is not cached gives None (from_pretrained may then
+            download it); when True it is an error.
+
+    Returns:
+        The folder, or None (hub id not cached, downloads allowed).
+
+    Raises:
+        InputError: a path that does not exist, or a hub id that is not cached while downloads are off.
+    """
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists() or model.startswith((".", "/", "~")) or model.count("/") != 1:
+        raise InputError("model folder not found (expected a folder with config.json)", file=model)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(model, local_files_only=True))
+    except Exception as exc:  # several hub error types mean "not cached"
+        if local_files_only:
+            raise InputError(
+                f"not a folder and not in the Hugging Face cache ({type(exc).__name__}); download it first or "
+                "allow downloads (local_files_only=False)",
+                file=model,
+            ) from exc
+        return None
+
+
+def chat_prompt(processor: Any, prompt: str, system: str | None = None) -> str:
+    """The model's chat template applied to one user turn (the image, then `prompt`) + the generation prompt.
+
+    Args:
+        processor: a transformers processor (its chat template, else its tokenizer's, is used).
+        prompt: the text prompt.
+        system: an optional system turn before it. The llava-hf LLaVA-1.5 template has no system sentence
+            of its own; passing `agegender.mllm.tiny.VICUNA_SYSTEM` restores the original vicuna_v1 text.
+
+    Returns:
+        The prompt text with the model's image placeholder, ready for the processor.
+
+    Raises:
+        InputError: the model has no chat template.
+    """
+    conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+    if system:
+        conversation.insert(0, {"role": "system", "content": [{"type": "text", "text": system}]})
+    if getattr(processor, "chat_template", None):
+        return processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    tokenizer = getattr(processor, "tokenizer", None)
+    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    raise InputError("the model has no chat template (processor or tokenizer)", field="chat_template")
+
+
+def square_pad_color(processor: Any) -> tuple[int, int, int]:
+    """LLaVA's padding colour: the image processor's mean, times 255, truncated (as `expand2square` is called)."""
+    ip = getattr(processor, "image_processor", None)
+    mean = getattr(ip, "image_mean", None) or (0.48145466, 0.4578275, 0.40821073)
+    if isinstance(mean, int | float):
+        mean = (mean, mean, mean)
+    return tuple(int(x * 255) for x in mean)  # type: ignore[return-value]
+
+
+def pad_to_square(image: np.ndarray, color: Sequence[int]) -> np.ndarray:
+    """LLaVA's `expand2square`: paste the image centred on a square of `color` (side = the longer side).
+
+    Args:
+        image: RGB uint8 (H, W, 3).
+        color: RGB fill, 0-255.
+
+    Returns:
+        The square image (the input itself when already square).
+    """
+    h, w = image.shape[:2]
+    if h == w:
+        return image
+    side = max(h, w)
+    out = np.empty((side, side, 3), dtype=np.uint8)
+    out[...] = np.asarray(color, dtype=np.uint8)
+    y, x = (side - h) // 2, (side - w) // 2
+    out[y : y + h, x : x + w] = image
+    return out
+
+
+def check_image(image: np.ndarray) -> None:
+    """Raise InputError unless `image` is a non-empty RGB uint8 array (H, W, 3)."""
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        shape = getattr(image, "shape", None)
+        raise InputError(f"image must be an RGB uint8 array (H, W, 3), got {shape} {getattr(image, 'dtype', '')}")
+    if min(image.shape[:2]) < 1:
+        raise InputError(f"empty image {image.shape}")
+
+
+@register_backend
+class TransformersBackend(Backend):
+    """A local Hugging Face image-text-to-text model (`AutoModelForImageTextToText` + `AutoProcessor`).
+
+    Args:
+        model: a local model folder (save_pretrained layout) or a hub id already in the HF cache.
+        params: generation settings; temperature 0 = greedy (the paper), `n` must be 1, `seed` seeds
+            sampling when temperature > 0, `detail` is ignored (the processor decides the resolution).
+        device: `auto` (cuda if available), `cpu`, `cuda`, `cuda:1`, ...
+        batch_size: queries per `generate` call.
+        dtype: `auto` (bf16 on CUDA, float32 on CPU), `bfloat16`, `float16`, `float32`.
+        pad_to_square: LLaVA-1.5's mean-colour pad-to-square before the resize; None = on for
+            `model_type == "llava"`, off otherwise.
+        local_files_only: never download (default); False lets from_pretrained fetch a hub id.
+        model_revision: override the computed revision (e.g. a release tag).
+        attn_implementation: passed to from_pretrained (`sdpa`, `eager`, `flash_attention_2`); None = default.
+        system_prompt: a system turn before each query (None = the template's default, if any).
+
+    Raises:
+        InputError: the model cannot be found or loaded, bad options.
+    """
+
+    name = "transformers"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        params: GenerationParams | None = None,
+        device: str = "auto",
+        batch_size: int = 8,
+        dtype: str = "auto",
+        pad_to_square: bool | None = None,
+        local_files_only: bool = True,
+        model_revision: str | None = None,
+        attn_implementation: str | None = None,
+        system_prompt: str | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(model, params=params, **options)
+        self.system_prompt = system_prompt
+        self._check_options(batch_size)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        folder = find_model_folder(model, local_files_only=local_files_only)
+        source = str(folder) if folder is not None else model
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        kwargs: dict[str, Any] = {"local_files_only": local_files_only}
+        try:
+            processor = AutoProcessor.from_pretrained(source, **kwargs)
+            if attn_implementation:
+                kwargs["attn_implementation"] = attn_implementation
+            hf_model = AutoModelForImageTextToText.from_pretrained(source, dtype=self.dtype, **kwargs)
+        except (OSError, ValueError, KeyError) as exc:
+            raise InputError(f"cannot load as an image-text-to-text model: {exc}", file=source) from exc
+        revision = model_revision or (folder_revision(folder) if folder is not None else None)
+        self._attach(hf_model.to(self.device), processor, source, revision, pad_to_square)
+
+    @classmethod
+    def from_loaded(
+        cls,
+        hf_model: Any,
+        processor: Any,
+        *,
+        name: str = "in-memory",
+        params: GenerationParams | None = None,
+        batch_size: int = 8,
+        pad_to_square: bool | None = None,
+        model_revision: str | None = None,
+        system_prompt: str | None = None,
+    ) -> TransformersBackend:
+        """Wrap a model already in memory (just fine-tuned, or built from a config for a benchmark).
+
+        Args:
+            hf_model: an image-text-to-text model; its device and dtype are used as they are.
+            processor: its processor (with a tokenizer and a chat template).
+            name: what `describe()` reports as the model.
+            params, batch_size, pad_to_square, model_revision, system_prompt: as for the constructor.
+
+        Returns:
+            The backend.
+        """
+        self = cls.__new__(cls)
+        Backend.__init__(self, name, params=params)
+        self.system_prompt = system_prompt
+        self._check_options(batch_size)
+        first = next(hf_model.parameters())
+        self.device, self.dtype = first.device, first.dtype
+        self._attach(hf_model, processor, name, model_revision, pad_to_square)
+        return self
+
+    # ----------------------------------------------------------------------------------------- loading
+
+    def _check_options(self, batch_size: int) -> None:
+        if self.params.n != 1:
+            raise InputError(f"the transformers backend answers one completion per query (n=1), got n={self.params.n}")
+        if int(batch_size) < 1:
+            raise InputError(f"batch_size must be >= 1, got {batch_size}", field="batch_size")
+        self.batch_size = int(batch_size)
+
+    def _attach(
+        self, hf_model: Any, processor: Any, source: str, revision: str | None, pad_to_square: bool | None
+    ) -> None:
+        self.hf_model = hf_model.eval()
+        self.processor = processor
+        self._revision = revision
+        self.tokenizer = getattr(processor, "tokenizer", None)
+        if self.tokenizer is None:
+            raise InputError("the processor has no tokenizer", file=source)
+        # Left padding: every row's last prompt token sits at the end, where generation continues.
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        try:
+            chat_prompt(processor, "")  # fail at load time, not once per query
+        except InputError as exc:
+            raise InputError(exc.message, file=source, field="chat_template") from exc
+        gen = hf_model.generation_config
+        eos = gen.eos_token_id if gen.eos_token_id is not None else self.tokenizer.eos_token_id
+        self.eos_ids: frozenset[int] = frozenset([eos] if isinstance(eos, int) else (eos or []))
+        self.pad_id: int = int(self.tokenizer.pad_token_id)
+        model_type = getattr(hf_model.config, "model_type", "")
+        self.pad_to_square = model_type == "llava" if pad_to_square is None else bool(pad_to_square)
+        self._pad_color: tuple[int, int, int] | None = None
+        self._setup_padding()
+
+    def _setup_padding(self) -> None:
+        ip = getattr(self.processor, "image_processor", None)
+        if not self.pad_to_square:
+            if ip is not None and hasattr(ip, "pad_to_square") and getattr(ip, "do_pad", False):
+                ip.do_pad = False
+            return
+        if ip is not None and hasattr(ip, "pad_to_square") and hasattr(ip, "do_pad"):
+            ip.do_pad = True  # LlavaImageProcessor: pads with its own mean colour, as expand2square does
+            return
+        self._pad_color = square_pad_color(self.processor)
+
+    @property
+    def model_revision(self) -> str | None:
+        """Hub commit hash, or a digest of the local folder's config and weights (see module docs)."""
+        return self._revision
+
+    def key_options(self) -> dict[str, Any]:
+        """Settings that change answers (store key): preprocessing, system turn, weights dtype.
+
+        Batch size and device stay out: batched answers equal batch-size-1 answers.
+        """
+        return {
+            "pad_to_square": self.pad_to_square,
+            "system_prompt": self.system_prompt,
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }
+
+    def describe(self) -> dict[str, Any]:
+        """Backend, model, revision, params, and the local settings that can change answers."""
+        info = super().describe()
+        info.update(
+            {
+                "architecture": type(self.hf_model).__name__,
+                "device": str(self.device),
+                "dtype": str(self.dtype).removeprefix("torch."),
+                "batch_size": self.batch_size,
+                "pad_to_square": self.pad_to_square,
+                "system_prompt": self.system_prompt,
+                "image_processor": type(getattr(self.processor, "image_processor", None)).__name__,
+                "transformers": __import__("transformers").__version__,
+                "torch": torch.__version__,
+            }
+        )
+        return info
+
+    # ------------------------------------------------------------------------------------ generation
+
+    def prompt_text(self, prompt: str) -> str:
+        """The model's chat template applied to one user turn (image, then `prompt`) plus the generation prompt."""
+        return chat_prompt(self.processor, prompt, self.system_prompt)
+
+    def prepare_image(self, image: np.ndarray) -> Image.Image:
+        """The PIL image handed to the processor (mean-colour square padding where the processor cannot pad)."""
+        check_image(image)
+        if self._pad_color is not None:
+            image = pad_to_square(image, self._pad_color)
+        return Image.fromarray(np.ascontiguousarray(image))
+
+    def build_inputs(self, queries: Sequence[Query]) -> Any:
+        """Processor outputs for a batch (left-padded token ids, attention mask, pixel values), on the device."""
+        texts = [self.prompt_text(q.prompt) for q in queries]
+        images = [self.prepare_image(q.image) for q in queries]
+        inputs = self.processor(images=images, text=texts, padding=True, return_tensors="pt")
+        inputs = inputs.to(self.device)
+        if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        return inputs
+
+    def _generation_config(self) -> Any:
+        from transformers import GenerationConfig
+
+        # A fresh config: the checkpoint's own defaults (sampling, repetition penalty) must not leak in.
+        sample = self.params.temperature > 0
+        return GenerationConfig(
+            max_new_tokens=int(self.params.max_new_tokens),
+            do_sample=sample,
+            temperature=float(self.params.temperature) if sample else None,
+            top_p=None,
+            top_k=None,
+            num_beams=1,
+            eos_token_id=sorted(self.eos_ids) or None,
+            pad_token_id=self.pad_id,
+            bos_token_id=self.tokenizer.bos_token_id,
+        )
+
+    @torch.inference_mode()
+    def _run(self, queries: Sequence[Query]) -> list[Answer]:
+        start = time.perf_counter()
+        inputs = self.build_inputs(queries)
+        if self.params.temperature > 0 and self.params.seed is not None:
+            torch.manual_seed(self.params.seed)
+        out = self.hf_model.generate(**inputs, generation_config=self._generation_config())
+        prompt_len = inputs["input_ids"].shape[1]
+        new_tokens = out[:, prompt_len:].tolist()
+        prompt_counts = inputs["attention_mask"].sum(dim=1).tolist()
+        elapsed = time.perf_counter() - start
+        answers = []
+        for query, tokens, n_prompt in zip(queries, new_tokens, prompt_counts, strict=True):
+            stop = next((i for i, t in enumerate(tokens) if t in self.eos_ids), None)
+            kept = tokens if stop is None else tokens[:stop]
+            answers.append(
+                Answer(
+                    request_id=query.request_id,
+                    status="answered",
+                    text=self.tokenizer.decode(kept, skip_special_tokens=True).strip(),
+                    finish_reason="length" if stop is None else "stop",
+                    # the EOS token counts as generated, as in vLLM and OpenAI usage
+                    prompt_tokens=int(n_prompt),
+                    completion_tokens=len(tokens) if stop is None else stop + 1,
+                    model_revision=self._revision,
+                    latency_s=elapsed,
+                )
+            )
+        return answers
+
+    def _run_safely(self, queries: Sequence[Query]) -> list[Answer]:
+        try:
+            return self._run(queries)
+        except torch.cuda.OutOfMemoryError:
+            if len(queries) == 1:
+                torch.cuda.empty_cache()
+                return [self._failed(queries[0], "CUDA out of memory at batch size 1")]
+            torch.cuda.empty_cache()
+        except (InputError, ValueError, RuntimeError, IndexError) as exc:
+            if len(queries) == 1:
+                return [self._failed(queries[0], f"{type(exc).__name__}: {exc}")]
+        # Split so that one bad image (or too large a batch) does not fail its neighbours.
+        half = len(queries) // 2
+        return self._run_safely(queries[:half]) + self._run_safely(queries[half:])
+
+    def _failed(self, query: Query, error: str) -> Answer:
+        return Answer(request_id=query.request_id, status="failed", error=error, model_revision=self._revision)
+
+    def generate_batch(self, queries: Sequence[Query]) -> list[Answer]:
+        """Answer queries in chunks of `batch_size`, greedily; answers in query order.
+
+        A query whose image or generation fails gets a `failed` answer (with the error) instead of
+        stopping the run; a CUDA out-of-memory error halves the batch and retries.
+        """
+        answers: list[Answer] = []
+        for start in range(0, len(queries), self.batch_size):
+            answers.extend(self._run_safely(list(queries[start : start + self.batch_size])))
+        return answers
+
+    def close(self) -> None:
+        """Drop the model and free GPU memory."""
+        for attr in ("hf_model", "processor", "tokenizer"):
+            if hasattr(self, attr):
+                delattr(self, attr)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

@@ -1,0 +1,363 @@
+"""Tiny LLaVA-1.5 and LLaVA-NeXT models built from configs, for the demo profile and the tests.
+
+The models have the architecture of the llava-hf checkpoints (a CLIP vision tower at 336/14, a
+two-layer MLP projector and a Llama decoder) at toy sizes, random weights drawn from a seed, and a
+byte-level BPE tokenizer trained here with the `tokenizers` library on a small corpus that covers
+the paper's prompt and answers such as `[female; 40]`. Everything is written with
+`save_pretrained`, so the folder loads offline exactly like a downloaded checkpoint::
+
+    AutoModelForImageTextToText.from_pretrained(folder)
+    AutoProcessor.from_pretrained(folder)
+
+The pieces (`train_tokenizer`, `tiny_config`, `tiny_processor`) are public so that the fine-tuning
+code can build a tokenizer on its own corpus or start from the same architecture.
+
+Chat template: both kinds use the vicuna_v1 conversation of LLaVA-1.5 and llava-v1.6-vicuna
+(FACTS.md): a system sentence, then ``USER: <image>\\n{prompt} ASSISTANT: {answer}</s>``, turns
+separated by one space; the generation prompt ends with ``ASSISTANT:``. The `<s>` BOS token is added
+by the tokenizer's post-processor, not by the template, so it appears exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from agegender.errors import InputError
+
+TinyKind = Literal["llava", "llava_next"]
+
+#: the vicuna_v1 system sentence of LLaVA-1.5
+VICUNA_SYSTEM = (
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+)
+
+#: vicuna_v1 as a Jinja chat template. Content may be a string or HF's list of
+#: {"type": "image"} / {"type": "text"} parts; images go first, each as `<image>` + newline (LLaVA's order).
+VICUNA_CHAT_TEMPLATE = (
+    "{%- set ns = namespace(system='" + VICUNA_SYSTEM.replace("'", "\\'") + "') -%}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'system' -%}"
+    "{%- if message['content'] is string -%}{%- set ns.system = message['content'] -%}"
+    "{%- else -%}{%- set ns.system = message['content'] | selectattr('type', 'equalto', 'text')"
+    " | map(attribute='text') | join(' ') -%}{%- endif -%}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{{ ns.system }}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] != 'system' -%}"
+    "{%- if message['content'] is string -%}{%- set text = message['content'] -%}{%- set n_images = 0 -%}"
+    "{%- else -%}"
+    "{%- set text = message['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | join(' ') -%}"
+    "{%- set n_images = message['content'] | selectattr('type', 'equalto', 'image') | list | length -%}"
+    "{%- endif -%}"
+    "{%- if message['role'] == 'user' -%}"
+    "{{ ' USER: ' }}{%- for _ in range(n_images) -%}{{ '<image>\n' }}{%- endfor -%}{{ text }}"
+    "{%- elif message['role'] == 'assistant' -%}"
+    "{{ ' ASSISTANT: ' + text + eos_token }}"
+    "{%- endif -%}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ ' ASSISTANT:' }}{%- endif -%}"
+)
+
+#: the special tokens of the tiny tokenizer (Llama's names); `<image>` is LLaVA's placeholder
+SPECIAL_TOKENS: dict[str, str] = {
+    "unk_token": "<unk>",
+    "bos_token": "<s>",
+    "eos_token": "</s>",
+    "pad_token": "<pad>",
+}
+IMAGE_TOKEN = "<image>"
+
+#: LLaVA-NeXT any-res grid for the tiny models: one tile, two tiles tall or two tiles wide
+TINY_GRID_PINPOINTS: tuple[tuple[int, int], ...] = ((336, 336), (336, 672), (672, 336))
+
+# The paper's prompt (section 4.2; equal to agegender.mllm.prompt.PROMPT). A copy, so that the tiny
+# tokenizer, and with it every tiny model, stays the same whatever prompts get registered later.
+_PAPER_PROMPT = (
+    "Please provide the perceived gender and estimated age of the individual in this photo in the format "
+    "'[gender; age]', where the age must be a single integer between 0 and 130. It should not be a range. "
+    "The gender must be one of two options: 'male' or 'female'. I understand that your response will be based "
+    "on visual analysis and may not accurately reflect the actual age or gender identity of the individual."
+)
+
+_FILLER = (
+    "The person in the image is a man or a woman. I am sorry, I cannot determine the age of this person. "
+    "This photo shows a young girl, an old boy, a child, an adult and a teenager. The answer is in years. "
+    "Here is my estimate based on the face and the body. It is not possible to say for sure. "
+    "What is the gender of the individual? How old is he? How old is she? Describe the picture."
+)
+
+
+def default_corpus() -> list[str]:
+    """A small training corpus for the tiny tokenizer.
+
+    It holds the paper's prompt, the vicuna system sentence and role names, answers of every form the
+    parser accepts (`[female; 40]`, ranges, decimals, "years", refusals) and some plain English, so that
+    prompts and answers tokenize into few tokens. Deterministic (no randomness).
+
+    Returns:
+        The corpus as a list of lines.
+    """
+    lines = [_PAPER_PROMPT, VICUNA_SYSTEM, _FILLER, "USER: ASSISTANT: SYSTEM: user assistant system"]
+    for age in range(0, 131):
+        gender = "female" if age % 2 else "male"
+        other = "male" if age % 2 else "female"
+        lines.append(f"USER: <image>\n{_PAPER_PROMPT} ASSISTANT: [{gender}; {age}]")
+        lines.append(f"[{other}; {age}] [{gender.capitalize()}; {age} years] [{gender}, {age}.5] ({other}; {age})")
+        lines.append(f"[{gender}; {age}-{age + 5}] [{other}; {age}\u2013{age + 10}] ```[{gender}; {age}]```")
+    lines.append("0 1 2 3 4 5 6 7 8 9 10 . , ; : [ ] ( ) - ' \" ? ! MALE FEMALE Male Female")
+    return lines
+
+
+def train_tokenizer(corpus: Iterable[str], vocab_size: int = 1000) -> Any:
+    """Train a byte-level BPE tokenizer with Llama's special tokens and LLaVA's `<image>`.
+
+    Byte-level means any text encodes without `<unk>`. The post-processor adds `<s>` in front of every
+    sequence (as Llama's tokenizer does). Training is deterministic for a given corpus.
+
+    Args:
+        corpus: training text, one string per line or document.
+        vocab_size: target vocabulary size, special tokens included.
+
+    Returns:
+        A `transformers.PreTrainedTokenizerFast` with bos/eos/pad/unk set, `<image>` registered as an
+        additional special token and the vicuna chat template set; padding on the left (generation).
+
+    Raises:
+        InputError: when the corpus is empty or the vocabulary is too small for the byte alphabet.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    lines = [line for line in corpus if line]
+    if not lines:
+        raise InputError("the tokenizer corpus is empty", field="text_corpus")
+    specials = [SPECIAL_TOKENS["unk_token"], SPECIAL_TOKENS["bos_token"], SPECIAL_TOKENS["eos_token"]]
+    specials += [SPECIAL_TOKENS["pad_token"], IMAGE_TOKEN]
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    if vocab_size < len(alphabet) + len(specials) + 1:
+        raise InputError(f"vocab_size must be > {len(alphabet) + len(specials)} (byte alphabet)", field="vocab_size")
+
+    tok = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=alphabet, show_progress=False
+    )
+    tok.train_from_iterator(lines, trainer=trainer)
+    bos = SPECIAL_TOKENS["bos_token"]
+    bos_id = tok.token_to_id(bos)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        **SPECIAL_TOKENS,
+        extra_special_tokens=[IMAGE_TOKEN],
+        padding_side="left",
+        clean_up_tokenization_spaces=False,
+    )
+    fast.chat_template = VICUNA_CHAT_TEMPLATE
+    return fast
+
+
+def tiny_config(
+    kind: TinyKind,
+    *,
+    vocab_size: int,
+    image_token_id: int,
+    pad_token_id: int,
+    bos_token_id: int,
+    eos_token_id: int,
+    image_size: int = 336,
+    patch_size: int = 14,
+    vision_hidden: int = 32,
+    text_hidden: int = 64,
+    num_layers: int = 2,
+    grid_pinpoints: Sequence[Sequence[int]] | None = None,
+) -> Any:
+    """The config of a tiny LLaVA-1.5 (`LlavaConfig`) or LLaVA-NeXT (`LlavaNextConfig`).
+
+    Vision: CLIP ViT (`num_layers` layers, `vision_hidden` wide, patch 14, `image_size` input), features
+    from the second-to-last layer without the CLS token ("default" strategy), as in LLaVA-1.5.
+    Text: Llama (`num_layers` layers, `text_hidden` wide, 4 heads, 2 KV heads).
+
+    Args:
+        kind: `llava` or `llava_next`.
+        vocab_size: the tokenizer's full size (special tokens included).
+        image_token_id, pad_token_id, bos_token_id, eos_token_id: the tokenizer's ids.
+        image_size: vision input size (and any-res tile size for NeXT); must be a multiple of patch_size.
+        patch_size: ViT patch size.
+        vision_hidden: CLIP width.
+        text_hidden: Llama width.
+        num_layers: layers of both towers.
+        grid_pinpoints: NeXT any-res resolutions (height, width); default: multiples of image_size
+            following `TINY_GRID_PINPOINTS`.
+
+    Returns:
+        The config object.
+
+    Raises:
+        InputError: unknown kind or an image size that is not a multiple of the patch size.
+    """
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaNextConfig
+
+    if kind not in ("llava", "llava_next"):
+        raise InputError(f"unknown tiny model kind {kind!r}; use 'llava' or 'llava_next'", field="kind")
+    if image_size % patch_size:
+        raise InputError(f"image_size {image_size} is not a multiple of patch_size {patch_size}", field="image_size")
+    vision = CLIPVisionConfig(
+        hidden_size=vision_hidden,
+        intermediate_size=vision_hidden * 2,
+        num_hidden_layers=num_layers,
+        num_attention_heads=2,
+        patch_size=patch_size,
+        image_size=image_size,
+        projection_dim=vision_hidden,
+    )
+    n_image_tokens = (image_size // patch_size) ** 2
+    text = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=text_hidden,
+        intermediate_size=text_hidden * 2,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        # NeXT: base tile + up to two tiles + newlines, plus the text, must fit
+        max_position_embeddings=max(2048, 8 * n_image_tokens),
+        pad_token_id=pad_token_id,
+        bos_token_id=bos_token_id,
+        eos_token_id=eos_token_id,
+        tie_word_embeddings=False,
+    )
+    common: dict[str, Any] = {
+        "vision_config": vision,
+        "text_config": text,
+        "image_token_index": image_token_id,
+        "vision_feature_select_strategy": "default",
+        "vision_feature_layer": -2,
+        "image_seq_length": n_image_tokens,
+    }
+    if kind == "llava":
+        return LlavaConfig(**common)
+    if grid_pinpoints is None:
+        scale = image_size / 336
+        grid_pinpoints = [[round(h * scale), round(w * scale)] for h, w in TINY_GRID_PINPOINTS]
+    return LlavaNextConfig(**common, image_grid_pinpoints=[list(map(int, p)) for p in grid_pinpoints])
+
+
+def tiny_processor(kind: TinyKind, tokenizer: Any, config: Any) -> Any:
+    """The processor of a tiny model: image processor + tokenizer + image-token expansion.
+
+    LLaVA-1.5 gets `LlavaImageProcessor(do_pad=True)`: LLaVA's original pad-to-square with the mean
+    colour before the resize to `image_size` (FACTS.md). NeXT gets `LlavaNextImageProcessor` with the
+    config's grid pinpoints (any-res tiles of `image_size`).
+
+    Args:
+        kind: `llava` or `llava_next`.
+        tokenizer: from `train_tokenizer`.
+        config: from `tiny_config`.
+
+    Returns:
+        A `LlavaProcessor` or `LlavaNextProcessor` with the vicuna chat template.
+    """
+    from transformers import LlavaImageProcessor, LlavaNextImageProcessor, LlavaNextProcessor, LlavaProcessor
+
+    size = int(config.vision_config.image_size)
+    common_img: dict[str, Any] = {"size": {"shortest_edge": size}, "crop_size": {"height": size, "width": size}}
+    common_proc: dict[str, Any] = {
+        "tokenizer": tokenizer,
+        "patch_size": int(config.vision_config.patch_size),
+        "vision_feature_select_strategy": config.vision_feature_select_strategy,
+        "num_additional_image_tokens": 1,  # CLIP's CLS token
+        "chat_template": VICUNA_CHAT_TEMPLATE,
+        "image_token": IMAGE_TOKEN,
+    }
+    if kind == "llava":
+        return LlavaProcessor(image_processor=LlavaImageProcessor(do_pad=True, **common_img), **common_proc)
+    image_processor = LlavaNextImageProcessor(image_grid_pinpoints=config.image_grid_pinpoints, **common_img)
+    return LlavaNextProcessor(image_processor=image_processor, **common_proc)
+
+
+def build_tiny_llava(
+    out_dir: str | Path,
+    *,
+    kind: TinyKind = "llava",
+    seed: int = 0,
+    image_size: int = 336,
+    vocab_size: int = 1000,
+    text_corpus: Iterable[str] | None = None,
+    vision_hidden: int = 32,
+    text_hidden: int = 64,
+    num_layers: int = 2,
+) -> Path:
+    """Build a tiny LLaVA-1.5 or LLaVA-NeXT with random (seeded) weights and save it in HF format.
+
+    The folder holds config.json, generation_config.json, model.safetensors, the tokenizer files, the
+    processor/image-processor configs and the chat template; it loads offline with
+    `AutoModelForImageTextToText.from_pretrained` and `AutoProcessor.from_pretrained`. Same arguments ->
+    byte-identical weights. About 1-3 MB on disk; builds in a second or two.
+
+    Args:
+        out_dir: target folder (created; existing files of the same names are overwritten).
+        kind: `llava` (LlavaForConditionalGeneration) or `llava_next` (LlavaNextForConditionalGeneration).
+        seed: seeds the weights (the global torch RNG is left as it was).
+        image_size: vision input size (336 as LLaVA-1.5; smaller is faster for tests).
+        vocab_size: tokenizer target size.
+        text_corpus: lines to train the tokenizer on; default `default_corpus()`.
+        vision_hidden: CLIP width.
+        text_hidden: Llama width.
+        num_layers: layers of both towers.
+
+    Returns:
+        The output folder.
+
+    Raises:
+        InputError: bad kind, sizes or an empty corpus.
+    """
+    from transformers import GenerationConfig, LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
+
+    out = Path(out_dir)
+    tokenizer = train_tokenizer(default_corpus() if text_corpus is None else text_corpus, vocab_size=vocab_size)
+    config = tiny_config(
+        kind,
+        vocab_size=len(tokenizer),
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        image_size=image_size,
+        vision_hidden=vision_hidden,
+        text_hidden=text_hidden,
+        num_layers=num_layers,
+    )
+    model_cls = LlavaForConditionalGeneration if kind == "llava" else LlavaNextForConditionalGeneration
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_cls(config).to(torch.float32).eval()
+    # Greedy and short by default: what the paper's protocol asks of every model.
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=False,
+        max_new_tokens=32,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tiny_processor(kind, tokenizer, config).save_pretrained(out)
+    (out / "agegender_tiny.json").write_text(
+        json.dumps(
+            {"kind": kind, "seed": seed, "image_size": image_size, "vocab_size": vocab_size, "random_weights": True},
+            indent=2,
+        )
+        + "\n"
+    )
+    return out
