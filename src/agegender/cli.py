@@ -15,7 +15,7 @@ from pathlib import Path
 from agegender import __version__
 from agegender.errors import AgegenderError
 
-STAGES = ("prepare_data", "predict", "evaluate", "report")
+STAGES = ("prepare_data", "train_mivolo", "query_mllms", "predict", "evaluate", "report")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -49,8 +49,13 @@ def _cmd_stage(args: argparse.Namespace) -> int:
     from agegender import pipeline
 
     params, paths = pipeline.setup(args.root, args.params)
-    getattr(pipeline, args.name)(params, paths)
-    print(f"stage {args.name} done; metrics/{args.name}.json written")
+    if args.name == "query_mllms":
+        keys = [args.model] if args.model else list(params.query_mllms.models)
+        for key in keys:
+            pipeline.query_mllms(params, paths, key)
+    else:
+        getattr(pipeline, args.name)(params, paths)
+    print(f"stage {args.name} done")
     return 0
 
 
@@ -71,6 +76,28 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     drawn.to_csv(out, index=False) if out.suffix == ".csv" else drawn.to_parquet(out, index=False)
     print(f"{len(drawn)} samples -> {out}")
     return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from agegender.mivolo.checkpoint import load_checkpoint
+    from agegender.mivolo.export import export_onnx, export_torchscript
+
+    if not args.onnx and not args.torchscript:
+        raise AgegenderError("nothing to do: give --onnx and/or --torchscript")
+    model = load_checkpoint(args.checkpoint, variant=args.variant)
+    if args.onnx:
+        export_onnx(model, args.onnx, opset=args.opset, atol=args.atol, batch_dynamic=not args.static_batch)
+        print(f"ONNX -> {args.onnx} (checked against PyTorch, atol {args.atol:g})")
+    if args.torchscript:
+        export_torchscript(model, args.torchscript, atol=args.atol)
+        print(f"TorchScript -> {args.torchscript} (checked against PyTorch, atol {args.atol:g})")
+    return 0
+
+
+def _cmd_train_mivolo(args: argparse.Namespace) -> int:
+    from agegender.mivolo.train import main as train_main
+
+    return train_main(args.rest)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("name", choices=STAGES)
     st.add_argument("--root", default=None, help="project root (default: found above the working directory)")
     st.add_argument("--params", default="params.yaml")
+    st.add_argument("--model", default=None, help="query_mllms: one model of query_mllms.models (default: all)")
     st.set_defaults(func=_cmd_stage)
 
     sa = sub.add_parser("sample", help="NanoLAGENDA-style subset: N samples per 5-year age bin")
@@ -111,6 +139,29 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--exclude", default=None, help="file of sample ids to remove (e.g. refusals)")
     sa.add_argument("--name", default=None, help="name of the new data set")
     sa.set_defaults(func=_cmd_sample)
+
+    ex = sub.add_parser("export", help="MiVOLO checkpoint -> ONNX and/or TorchScript, checked against PyTorch")
+    ex.add_argument("checkpoint")
+    ex.add_argument("--onnx", default=None, help="output .onnx file")
+    ex.add_argument("--torchscript", default=None, help="output TorchScript file")
+    ex.add_argument("--variant", default=None, help="architecture, when the checkpoint does not say")
+    ex.add_argument("--opset", type=int, default=18)
+    ex.add_argument("--atol", type=float, default=1e-4)
+    ex.add_argument("--static-batch", action="store_true")
+    ex.set_defaults(func=_cmd_export)
+
+    tm = sub.add_parser("train-mivolo", help="two-stage MiVOLO training (resumable; run under torchrun for DDP)")
+    tm.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of python -m agegender.mivolo.train")
+    tm.set_defaults(func=_cmd_train_mivolo)
+
+    from agegender.mivolo.annotate import add_annotate_parser
+    from agegender.mivolo.predict import add_mivolo_predict_parser
+    from agegender.mllm.runner import add_merge_parser, add_query_parser
+
+    add_annotate_parser(sub)
+    add_mivolo_predict_parser(sub)
+    add_query_parser(sub)
+    add_merge_parser(sub)
     return parser
 
 

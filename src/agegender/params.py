@@ -77,6 +77,82 @@ class StudyParams:
 
 
 @dataclass(frozen=True)
+class TrainMivoloParams:
+    """Section `train_mivolo`: which data set trains MiVOLO and how (`agegender.mivolo.train.TrainConfig`).
+
+    `config` is checked by `TrainConfig.from_dict` when the stage runs (it needs torch, params do not).
+    """
+
+    out: str = "models/mivolo"
+    dataset: str = "demo"
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MivoloCheckpointParams:
+    """A MiVOLO checkpoint that `predict` runs, under the model name given by its key."""
+
+    checkpoint: str
+    inputs: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class TinyMllmParams:
+    """An untrained tiny LLaVA built from configs (`agegender.mllm.tiny.build_tiny_llava`), for the demo."""
+
+    kind: str = "llava"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class MllmParams:
+    """One MLLM of `query_mllms.models`.
+
+    Attributes:
+        backend: a registered backend (`openai`, `transformers`, `vllm`, ...).
+        model: model id (server) or local folder; may be omitted when `build_tiny` is set.
+        inputs: crops sent to it (`body`, `face`, `body_wo_face`).
+        datasets: data sets it answers (None: all of `study.datasets`).
+        options: backend options (`base_url`, `concurrency`, `batch_size`, `api_key_env`, `system_prompt`, ...).
+        max_side: downscale crops so that the longer side is at most this (None: original size, the
+            paper's setting for ChatGPT; LLaVA processors resize on their own).
+        serve: start agegender's OpenAI-compatible server on loopback for this local model (transformers) and
+            query it through the `openai` backend, as one would a vLLM or SGLang server.
+        build_tiny: build an untrained tiny LLaVA into the stage's output first (demo profile only).
+    """
+
+    backend: str
+    model: str | None = None
+    inputs: tuple[str, ...] = ("body", "body_wo_face")
+    datasets: tuple[str, ...] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    max_side: int | None = None
+    serve: bool = False
+    build_tiny: TinyMllmParams | None = None
+
+
+@dataclass(frozen=True)
+class GenerationSection:
+    """Generation settings of every MLLM query (`agegender.mllm.backends.GenerationParams`)."""
+
+    temperature: float = 0.0
+    max_new_tokens: int = 32
+    seed: int | None = 1234
+    n: int = 1
+    detail: str | None = "high"
+
+
+@dataclass(frozen=True)
+class QueryMllmsParams:
+    """Section `query_mllms`: zero-shot queries with the paper's prompt, one DVC stage per model."""
+
+    out: str = "predictions/query_mllms"
+    prompt_version: str = "paper-2024-v1"
+    generation: GenerationSection = field(default_factory=GenerationSection)
+    models: dict[str, MllmParams] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class BaselineParams:
     """The constant baseline: train-set mean age and majority gender."""
 
@@ -90,6 +166,9 @@ class PredictParams:
 
     out: str = "predictions/predict"
     baseline: BaselineParams = field(default_factory=BaselineParams)
+    mivolo: dict[str, MivoloCheckpointParams] = field(default_factory=dict)
+    batch_size: int = 64
+    device: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -131,6 +210,8 @@ class Params:
     profile: str = "demo"
     study: StudyParams = field(default_factory=StudyParams)
     prepare_data: PrepareDataParams = field(default_factory=PrepareDataParams)
+    train_mivolo: TrainMivoloParams = field(default_factory=TrainMivoloParams)
+    query_mllms: QueryMllmsParams = field(default_factory=QueryMllmsParams)
     predict: PredictParams = field(default_factory=PredictParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     report: ReportParams = field(default_factory=ReportParams)
@@ -139,6 +220,19 @@ class Params:
         bad = [k for k in self.study.inputs if k not in INPUT_KINDS]
         if bad:
             raise ValueError(f"study.inputs: {bad} not among {list(INPUT_KINDS)}")
+        for name, ckpt in self.predict.mivolo.items():
+            bad = [k for k in ckpt.inputs or () if k not in INPUT_KINDS]
+            if bad:
+                raise ValueError(f"predict.mivolo.{name}.inputs: {bad} not among {list(INPUT_KINDS)}")
+        for name, m in self.query_mllms.models.items():
+            bad = [k for k in m.inputs if k not in ("body", "face", "body_wo_face")]
+            if bad:
+                raise ValueError(f"query_mllms.models.{name}.inputs: {bad} not among ['body', 'face', 'body_wo_face']")
+            if m.model is None and m.build_tiny is None:
+                raise ValueError(f"query_mllms.models.{name}: needs `model` (or `build_tiny` in the demo profile)")
+            unknown = [d for d in m.datasets or () if d not in self.study.datasets]
+            if unknown:
+                raise ValueError(f"query_mllms.models.{name}.datasets: {unknown} are not in study.datasets")
         known = set(self.prepare_data.datasets) | set(self.prepare_data.subsets)
         for name in self.study.datasets:
             if name not in known:

@@ -15,9 +15,10 @@ import pandas as pd
 from agegender.baseline import ConstantBaseline
 from agegender.data.prepare import load_prepared
 from agegender.data.prepare import prepare_data as _prepare_data
+from agegender.errors import InputError
 from agegender.evaluate import evaluate_tables, load_predictions, read_rows_json, write_rows_json
 from agegender.metrics import flat_metrics
-from agegender.params import Params, load_params
+from agegender.params import Params, as_dict, load_params
 from agegender.paths import ProjectPaths
 
 EVALUATION_FILE = "reports/evaluation.json"
@@ -56,8 +57,62 @@ def prepare_data(params: Params, paths: ProjectPaths, *, progress: bool = True) 
     return summary
 
 
-def predict(params: Params, paths: ProjectPaths) -> pd.DataFrame:
+def train_mivolo(params: Params, paths: ProjectPaths, *, progress: bool = True) -> dict:
+    """Stage `train_mivolo`: two-stage MiVOLO training on one data set's splits -> `models/mivolo/`.
+
+    The output folder persists between runs so that an interrupted training resumes; a folder left by
+    other settings or other data is cleared first (DVC reruns the stage exactly when those change).
+    """
+    from agegender.mivolo.train import TrainConfig
+    from agegender.mivolo.train import train_mivolo as _train
+
+    cfg = params.train_mivolo
+    config = TrainConfig.from_dict(cfg.config)
+    data = load_prepared(params, paths)
+    samples = data.samples[data.samples["dataset"] == cfg.dataset].reset_index(drop=True)
+    out = paths(cfg.out)
+    marker = out / "run.json"
+    import agegender.mivolo
+
+    code = sorted(Path(agegender.mivolo.__path__[0]).glob("*.py"))
+    identity = {
+        "config": cfg.config,
+        "dataset": cfg.dataset,
+        "samples": _digest(paths(params.prepare_data.out) / "samples.parquet"),
+        "code": _digest(*code),
+    }
+    if out.exists() and (not marker.is_file() or json.loads(marker.read_text()) != identity):
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(identity, indent=1, sort_keys=True) + "\n")
+    summary = _train(samples, data.masked, data.image_roots(paths), config, out, progress=progress)
+    write_metrics(
+        paths,
+        "train_mivolo",
+        {k: summary[k] for k in ("val_age_mae", "val_gender_acc") if summary.get(k) is not None}
+        | {"steps": sum(int(st.get("steps", 0)) for st in summary.get("stages", {}).values())},
+    )
+    return summary
+
+
+def _digest(*files: Path) -> str:
+    import hashlib
+
+    h = hashlib.md5()
+    for f in files:
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _write_predictions(table: pd.DataFrame, out: Path, name: str) -> None:
+    table.to_parquet(out / f"{name}.parquet", index=False)
+
+
+def predict(params: Params, paths: ProjectPaths, *, progress: bool = True) -> pd.DataFrame:
     """Stage `predict`: every configured model predicts the study's samples -> `predictions/predict/<model>.parquet`.
+
+    Models: the constant baseline, and each MiVOLO checkpoint of `predict.mivolo` (the one `train_mivolo`
+    trained, official releases) for every input kind of the study it can take.
 
     Returns:
         Counts per model, input and status.
@@ -69,24 +124,46 @@ def predict(params: Params, paths: ProjectPaths) -> pd.DataFrame:
     baseline = ConstantBaseline.fit(train)
     targets = samples[samples["dataset"].isin(params.study.datasets) & (samples["split"] == params.study.split)]
     out = _fresh_dir(paths(params.predict.out))
-    table = baseline.predict(targets, params.study.inputs)
-    table.to_parquet(out / f"{baseline.name}.parquet", index=False)
-    counts = table.groupby(["model", "input", "status"]).size().rename("n").reset_index()
-    write_metrics(
-        paths,
-        "predict",
-        {
-            f"{baseline.name}.age": round(baseline.age, 6),
-            f"{baseline.name}.gender": baseline.gender,
-            **{f"{r.model}.{r.input}.{r.status}": int(r.n) for r in counts.itertuples()},
-        },
-    )
+    tables = [baseline.predict(targets, params.study.inputs)]
+    _write_predictions(tables[0], out, baseline.name)
+    extra: dict[str, object] = {
+        f"{baseline.name}.age": round(baseline.age, 6),
+        f"{baseline.name}.gender": baseline.gender,
+    }
+    if params.predict.mivolo:
+        from agegender.mivolo.checkpoint import load_checkpoint
+        from agegender.mivolo.predict import predict_samples, resolve_device
+
+        device = resolve_device(None if params.predict.device == "auto" else params.predict.device)
+        for name, ckpt in params.predict.mivolo.items():
+            model = load_checkpoint(paths(ckpt.checkpoint), device=device)
+            # a face-only checkpoint sees faces only: other input kinds are not its to answer
+            inputs = [k for k in (ckpt.inputs or params.study.inputs) if model.with_persons or k == "face"]
+            table = predict_samples(
+                model,
+                targets.reset_index(drop=True),
+                data.masked,
+                data.image_roots(paths),
+                inputs=inputs,
+                batch_size=params.predict.batch_size,
+                device=device,
+                progress=progress,
+                model_name=name,
+                context=samples,
+            )
+            extra[f"{name}.skipped"] = int(sum(table.attrs.get("skipped", {}).values()))
+            _write_predictions(table, out, name)
+            tables.append(table)
+    counts = pd.concat(tables).groupby(["model", "input", "status"]).size().rename("n").reset_index()
+    write_metrics(paths, "predict", extra | {f"{r.model}.{r.input}.{r.status}": int(r.n) for r in counts.itertuples()})
     return counts
 
 
 def prediction_dirs(params: Params, paths: ProjectPaths) -> list[Path]:
     """The folders of prediction tables that `evaluate` reads (each a DVC output of an earlier stage)."""
-    return [paths(params.predict.out)]
+    dirs = [paths(params.predict.out)]
+    dirs += [paths(params.query_mllms.out) / key for key in params.query_mllms.models]
+    return dirs
 
 
 def evaluate(params: Params, paths: ProjectPaths):
@@ -147,3 +224,90 @@ def report(params: Params, paths: ProjectPaths) -> list[Path]:
     written = [*tables, *figures]
     write_metrics(paths, "report", {"tables": len(tables), "figures": len(figures)})
     return written
+
+
+def query_mllms(params: Params, paths: ProjectPaths, model_key: str, *, progress: bool = True) -> dict:
+    """Stage `query_mllms@<model_key>`: one MLLM, zero-shot with the paper's prompt, over the study's samples.
+
+    Writes `<query_mllms.out>/<model_key>/`: `predictions.parquet` (prediction table), `manifest.json`, the
+    response store `store/` (kept between runs, so a rerun sends only what is missing) and, in the demo
+    profile, the tiny model it builds (`model/`). Local models marked `serve` are queried through the
+    project's OpenAI-compatible server on loopback, started and stopped here.
+
+    Returns:
+        Counts per input kind and status, requests sent and answers reused.
+    """
+    import contextlib
+
+    from agegender.mllm.backends import GenerationParams, create_backend
+    from agegender.mllm.runner import run_queries
+    from agegender.mllm.store import ResponseStore
+
+    cfg = params.query_mllms
+    if model_key not in cfg.models:
+        raise InputError(f"unknown model {model_key!r}; query_mllms.models has {sorted(cfg.models)}", field="model")
+    spec = cfg.models[model_key]
+    out = paths(cfg.out) / model_key
+    out.mkdir(parents=True, exist_ok=True)
+    model = str(paths(spec.model)) if spec.model and (paths.root / spec.model).exists() else spec.model
+    if spec.build_tiny is not None:
+        from agegender.mllm.tiny import build_tiny_llava
+
+        target = out / "model"
+        if target.exists():
+            shutil.rmtree(target)
+        model = str(build_tiny_llava(target, kind=spec.build_tiny.kind, seed=spec.build_tiny.seed))
+    data = load_prepared(params, paths)
+    samples = data.samples
+    datasets = spec.datasets or params.study.datasets
+    targets = samples[samples["dataset"].isin(datasets) & (samples["split"] == params.study.split)].reset_index(
+        drop=True
+    )
+    generation = GenerationParams(**as_dict(cfg.generation))
+    store = ResponseStore(out / "store")
+    results = []
+    with contextlib.ExitStack() as stack:
+        options = dict(spec.options)
+        if spec.serve:
+            from agegender.mllm.server import running_server
+
+            local = {k: v for k, v in options.items() if k not in ("concurrency", "base_url", "api_key_env")}
+            base_url = stack.enter_context(
+                running_server(spec.backend, model, params=generation, backend_options=local, served_model=model_key)
+            )
+            backend = create_backend(
+                "openai", model_key, params=generation, base_url=base_url, concurrency=options.get("concurrency", 8)
+            )
+        else:
+            backend = create_backend(spec.backend, model, params=generation, **options)
+        stack.callback(backend.close)
+        stack.callback(store.close)
+        for kind in spec.inputs:
+            results.append(
+                run_queries(
+                    targets,
+                    data.masked,
+                    data.image_roots(paths),
+                    input_kind=kind,
+                    backend=backend,
+                    store=store,
+                    prompt_version=cfg.prompt_version,
+                    max_side=spec.max_side,
+                    model_name=model_key,
+                    progress=progress,
+                    context=samples,
+                )
+            )
+    table = pd.concat([r.predictions for r in results], ignore_index=True)
+    _write_predictions(table, out, "predictions")
+    manifest = {"model": model_key, "runs": {kind: r.manifest for kind, r in zip(spec.inputs, results, strict=True)}}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str) + "\n")
+    counts = table.groupby(["input", "status"]).size()
+    summary = {f"{kind}.{status}": int(n) for (kind, status), n in counts.items()}
+    summary |= {
+        "requests_sent": sum(int(r.manifest.get("requests_sent", 0)) for r in results),
+        "cache_hits": sum(int(r.manifest.get("cache_hits", 0)) for r in results),
+        "no_crop": sum(len(r.no_crop_ids) for r in results),
+    }
+    write_metrics(paths, f"query_mllms/{model_key}", summary)
+    return summary

@@ -50,10 +50,22 @@ def project(tmp_path_factory):
 
 def test_every_stage_ran_and_wrote_its_outputs(project):
     root, log = project
-    for stage in ("prepare_data", "predict", "evaluate", "report"):
+    for stage in ("prepare_data", "train_mivolo", "predict", "evaluate", "report"):
         assert f"Running stage '{stage}'" in log
         assert (root / "metrics" / f"{stage}.json").is_file()
-    for nb in ("01_prepare_data", "05_predict", "06_evaluate", "07_report"):
+    for key in ("tiny_llava", "tiny_llava_next"):
+        assert f"Running stage 'query_mllms@{key}'" in log
+        assert (root / "metrics" / "query_mllms" / f"{key}.json").is_file()
+        assert (root / "predictions" / "query_mllms" / key / "predictions.parquet").is_file()
+    assert (root / "models" / "mivolo" / "mivolo.pth.tar").is_file()
+    for nb in (
+        "01_prepare_data",
+        "02_train_mivolo",
+        "04_query_mllms_tiny_llava",
+        "05_predict",
+        "06_evaluate",
+        "07_report",
+    ):
         executed = json.loads((root / "reports" / "notebooks" / f"{nb}.ipynb").read_text())
         assert all(c.get("outputs") is not None for c in executed["cells"] if c["cell_type"] == "code")
     assert (root / "dvc.lock").is_file()
@@ -79,6 +91,19 @@ def test_baseline_numbers_are_the_hand_computed_ones(project):
     )
     assert "demoadience.body.baseline.class_acc" in flat
     assert any(k.startswith("nanodemo.") for k in flat)
+
+
+def test_every_model_is_evaluated_and_untrained_mllms_are_reported_honestly(project):
+    root, _ = project
+    flat = json.loads((root / "metrics" / "evaluate.json").read_text())
+    assert "demo.face_body.mivolo_demo.age_mae" in flat and "demo.body_wo_face.mivolo_demo.age_mae" in flat
+    for key in ("tiny_llava", "tiny_llava_next"):
+        queried = json.loads((root / "metrics" / "query_mllms" / f"{key}.json").read_text())
+        rows = sum(v for k, v in queried.items() if k.startswith("body."))
+        # random weights: the statuses say what happened, and coverage counts only the parsed answers
+        assert rows + queried.get("no_crop_body", 0) <= flat[f"nanodemo.body.{key}.n_total"]
+        assert flat[f"nanodemo.body.{key}.n_answered"] == queried.get("body.ok", 0)
+        assert queried["requests_sent"] > 0
 
 
 def test_captions_say_demo_data(project):
