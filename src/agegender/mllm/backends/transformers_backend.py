@@ -74,6 +74,9 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return _DTYPES[dtype]
 
 
+_TRAINING_STATE_PREFIXES = ("optimizer", "scheduler", "rng_state", "scaler", "training_args")
+
+
 def folder_revision(folder: str | Path) -> str:
     """The revision of a model folder: hub commit hash, or a digest of config and weights (module docs).
 
@@ -92,7 +95,12 @@ def folder_revision(folder: str | Path) -> str:
     config = path / "config.json"
     if config.is_file():
         digest.update(b"config.json\0" + config.read_bytes())
-    weights = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(_WEIGHT_SUFFIXES))
+    # Trainer checkpoints also hold optimizer/scheduler/RNG state as .pt/.pth: not weights, so not the revision
+    weights = sorted(
+        p
+        for p in path.iterdir()
+        if p.is_file() and p.name.endswith(_WEIGHT_SUFFIXES) and not p.name.startswith(_TRAINING_STATE_PREFIXES)
+    )
     total = sum(p.stat().st_size for p in weights)
     for p in weights:
         size = p.stat().st_size
