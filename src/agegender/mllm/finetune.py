@@ -1,0 +1,774 @@
+"""Fine-tune a LLaVA-family model on `[gender; age]` answers: the paper's recipe (section 4.3), any scale.
+
+The paper fully fine-tuned ShareGPT4V-7B for one epoch on ~800k persons: learning rate 2e-6, per-device batch
+32, warm-up ratio 0.03, cosine schedule, a checkpoint every 450 steps (the best was at 40% of the epoch), bf16
+and gradient checkpointing, 8 GPUs. `FinetuneConfig()` holds exactly those values; LoRA (peft) is an option
+(the paper found it unnecessary).
+
+`finetune` builds the records (`agegender.mllm.sft_data`: body crop by default, the paper's prompt, answer
+`[female; 40]`, only the answer tokens supervised, LLaVA-1.5's pad-to-square as in zero-shot) and trains any
+image-text-to-text model in Hugging Face format from a local folder with transformers' `Trainer`.
+
+Outputs (`out_dir`)::
+
+    checkpoint-<step>/      Trainer checkpoints, each a complete HF model folder (weights, config, processor,
+                            tokenizer, chat template) plus optimizer/scheduler/RNG state for resuming;
+                            with LoRA the servable merged model is in checkpoint-<step>/merged/
+    final/                  the final model, complete HF folder (LoRA merged), served unchanged by the
+                            transformers and vllm backends
+    checkpoints.json        index: [{"step", "epoch_fraction", "path", "name", "final"}, ...] in step order;
+                            "path" is out_dir/<name> as given, "name" is relative to this file's folder
+    finetune_config.json    the config and data fingerprint (a resumed run must match it)
+    finetune_summary.json   what `finetune` returns
+    sft_crops/              the training crops as PNG files (cache_crops; reused on resume)
+
+Resuming: run the same command again. With checkpoints in `out_dir` the Trainer resumes from the last one
+(weights, optimizer, scheduler, RNG, data order); a run with another config or other data is refused.
+
+One process (CPU or one GPU)::
+
+    python -m agegender.mllm.finetune --samples S.parquet --masked M.parquet --image-root data/demo \\
+        --base-model models/llava --out models/llava_ft --config params.yaml --section finetune_mllm
+
+Several GPUs or nodes, DDP, or DeepSpeed ZeRO-3 (sharded weights, gradients and optimizer state; the engine to
+move to when a 7B model's full fine-tuning does not fit one GPU); the same command under `accelerate launch`::
+
+    accelerate launch --num_processes 8 -m agegender.mllm.finetune ... --set deepspeed=configs/deepspeed_zero3.json
+    # multi-node: add --num_machines N --machine_rank R --main_process_ip HOST --main_process_port 29500
+    # CPU, 2 processes (gloo; what the tests run): accelerate launch --config_file configs/accelerate_cpu_2proc.yaml
+    #   -m agegender.mllm.finetune ...   (or: torchrun --nproc_per_node 2 -m agegender.mllm.finetune ...)
+
+`per_device_train_batch_size` is per process: the global batch is it x processes x gradient_accumulation_steps
+(the paper: 32 x 8 = 256). The ZeRO-3 config uses "auto" values that the Trainer fills from this config and
+gathers 16-bit weights on save, so its checkpoints are ordinary HF folders too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from agegender.errors import InputError
+
+CHECKPOINT_INDEX = "checkpoints.json"
+CONFIG_FILE = "finetune_config.json"
+SUMMARY_FILE = "finetune_summary.json"
+FINAL_DIR = "final"
+MERGED_DIR = "merged"
+CROPS_DIR = "sft_crops"
+
+#: Llama-style projections of the language model (LLaVA's LoRA targets; the vision tower is left alone)
+DEFAULT_LORA_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+#: config keys that do not change what is learnt: a resumed run may change them
+_RESUME_FREE = frozenset({"logging_steps", "dataloader_num_workers", "torch_threads", "save_total_limit"})
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Fine-tuning settings; the defaults are the paper's (section 4.3: full fine-tuning of ShareGPT4V-7B).
+
+    Attributes:
+        learning_rate: peak learning rate (paper: 2e-6).
+        per_device_train_batch_size: batch per process (paper: 32, on 8 GPUs).
+        gradient_accumulation_steps: batches per optimizer step.
+        num_train_epochs: epochs (paper: 1).
+        max_steps: stop after this many optimizer steps (> 0 overrides num_train_epochs; -1 = off).
+        warmup_ratio: linear warm-up share of the steps (paper: 0.03).
+        lr_scheduler_type: transformers scheduler name (paper: cosine).
+        weight_decay: AdamW weight decay (LLaVA: 0).
+        max_grad_norm: gradient clipping.
+        save_steps: a checkpoint every this many steps (paper: 450), and one at the end.
+        save_total_limit: keep at most this many checkpoints (None = all, needed for the paper's selection).
+        logging_steps: log the loss every this many steps.
+        input_kind: the crop the model sees: `body` (paper's default), `face` or `body_wo_face`.
+        max_side: downscale crops so the longer side is at most this (None = as zero-shot, original size).
+        pad_to_square: LLaVA-1.5's pad-to-square; None = the zero-shot backend's default (on for `llava`).
+        system_prompt: system turn, as the backend's option (None = the template's).
+        lora: train LoRA adapters (peft) instead of all weights; merged into the saved models.
+        lora_r, lora_alpha, lora_dropout: LoRA rank, scale and dropout (LLaVA's LoRA: 128, 256, 0.05).
+        lora_target_modules: module names of the LANGUAGE model that get adapters.
+        freeze_vision_tower: keep the vision encoder fixed (LLaVA-1.5's and ShareGPT4V's fine-tuning stage).
+        bf16: bf16 mixed precision; `auto` = on CUDA with bf16 support, off on the CPU.
+        gradient_checkpointing: `auto` = on CUDA (the paper's setting), off on the CPU.
+        deepspeed: a DeepSpeed config file (e.g. configs/deepspeed_zero3.json), used under `accelerate launch`.
+        seed: seeds weights' dropout, data order and the Trainer.
+        cache_crops: write the crops as PNG files under out_dir (large data sets; resumable) instead of memory.
+        dataloader_num_workers: DataLoader worker processes.
+        torch_threads: CPU threads per process (None = torch's default).
+        max_length: refuse rows longer than this many tokens (None = no limit).
+    """
+
+    learning_rate: float = 2e-6
+    per_device_train_batch_size: int = 32
+    gradient_accumulation_steps: int = 1
+    num_train_epochs: float = 1.0
+    max_steps: int = -1
+    warmup_ratio: float = 0.03
+    lr_scheduler_type: str = "cosine"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    save_steps: int = 450
+    save_total_limit: int | None = None
+    logging_steps: int = 10
+    input_kind: str = "body"
+    max_side: int | None = None
+    pad_to_square: bool | None = None
+    system_prompt: str | None = None
+    lora: bool = False
+    lora_r: int = 128
+    lora_alpha: int = 256
+    lora_dropout: float = 0.05
+    lora_target_modules: tuple[str, ...] = DEFAULT_LORA_TARGETS
+    freeze_vision_tower: bool = True
+    bf16: bool | str = "auto"
+    gradient_checkpointing: bool | str = "auto"
+    deepspeed: str | None = None
+    seed: int = 42
+    cache_crops: bool = True
+    dataloader_num_workers: int = 0
+    torch_threads: int | None = None
+    max_length: int | None = None
+
+    def __post_init__(self) -> None:
+        from agegender.mllm.sft_data import SFT_INPUTS
+
+        def bad(name: str, why: str) -> InputError:
+            return InputError(f"finetune setting {name!r} {why}, got {getattr(self, name)!r}", field=name)
+
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "save_steps", "logging_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise bad(name, "must be a positive integer")
+        if not isinstance(self.max_steps, int) or self.max_steps == 0 or self.max_steps < -1:
+            raise bad("max_steps", "must be -1 (off) or a positive integer")
+        for name in ("learning_rate", "num_train_epochs"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+                raise bad(name, "must be a positive number")
+        for name in ("warmup_ratio", "lora_dropout"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not 0.0 <= value < 1.0:
+                raise bad(name, "must lie in [0, 1)")
+        if self.input_kind not in SFT_INPUTS:
+            raise bad("input_kind", f"must be one of {list(SFT_INPUTS)}")
+        for name in ("bf16", "gradient_checkpointing"):
+            if getattr(self, name) not in (True, False, "auto"):
+                raise bad(name, "must be true, false or 'auto'")
+        if self.lora and (self.lora_r < 1 or self.lora_alpha < 1 or not self.lora_target_modules):
+            raise bad("lora_r", "needs lora_r >= 1, lora_alpha >= 1 and target modules when lora is on")
+        if self.max_side is not None and (not isinstance(self.max_side, int) or self.max_side < 1):
+            raise bad("max_side", "must be a positive integer or null")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise bad("torch_threads", "must be a positive integer or null")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> FinetuneConfig:
+        """Build a config from a mapping (e.g. params.yaml's `finetune_mllm.config`); missing keys keep defaults.
+
+        Raises:
+            InputError: an unknown key (a typo would otherwise be ignored) or a bad value.
+        """
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(str(k) for k in d if k not in known)
+        if unknown:
+            raise InputError(f"unknown finetune setting(s) {unknown}; known settings are {known}", field=unknown[0])
+        values = dict(d)
+        if "lora_target_modules" in values and values["lora_target_modules"] is not None:
+            targets = values["lora_target_modules"]
+            values["lora_target_modules"] = (targets,) if isinstance(targets, str) else tuple(targets)
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as a plain, JSON-serialisable dict (the inverse of `from_dict`)."""
+        out = asdict(self)
+        out["lora_target_modules"] = list(self.lora_target_modules)
+        return out
+
+
+@dataclass
+class _RunInfo:
+    out_dir: Path
+    config: FinetuneConfig
+    lora: bool
+    processor: Any
+    num_train_epochs: float
+    entries: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _resolve_bf16(config: FinetuneConfig) -> bool:
+    import torch
+
+    if config.bf16 == "auto":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if config.bf16 and not torch.cuda.is_available():
+        raise InputError("bf16 asks for a CUDA GPU (CPU bf16 is slow and not what the paper did)", field="bf16")
+    return bool(config.bf16)
+
+
+def _resolve_checkpointing(config: FinetuneConfig) -> bool:
+    return _cuda() if config.gradient_checkpointing == "auto" else bool(config.gradient_checkpointing)
+
+
+def _fingerprint(records: Sequence[Any]) -> str:
+    digest = hashlib.sha256()
+    for r in records:
+        digest.update(f"{r.sample_id}\0{r.answer}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _is_zero3(path: str | None) -> bool:
+    if not path:
+        return False
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"cannot read the DeepSpeed config ({exc})", file=path, field="deepspeed") from exc
+    return int((data.get("zero_optimization") or {}).get("stage", 0)) == 3
+
+
+def _atomic_json(data: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def load_model(base_model_dir: str | Path, config: FinetuneConfig) -> tuple[Any, Any]:
+    """Load an image-text-to-text model and its processor from a local folder, prepared for training.
+
+    Full fine-tuning trains every weight (the vision tower too unless `freeze_vision_tower`); with `lora` the
+    language model's `lora_target_modules` get adapters and the multimodal projector is trained fully (as in
+    LLaVA's LoRA recipe).
+
+    Args:
+        base_model_dir: a save_pretrained folder (llava-hf checkpoints, a converted ShareGPT4V, a tiny model).
+        config: the fine-tuning settings.
+
+    Returns:
+        (model, processor); the model is float32 (the Trainer's bf16 autocast keeps float32 master weights).
+
+    Raises:
+        InputError: the folder is missing or does not load as an image-text-to-text model.
+    """
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    folder = Path(base_model_dir)
+    if not (folder / "config.json").is_file():
+        raise InputError("not a Hugging Face model folder (no config.json)", file=folder)
+    try:
+        processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
+        model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32, local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputError(f"cannot load as an image-text-to-text model: {exc}", file=folder) from exc
+    unused = _unused_vision_parameters(model)
+    for name, param in model.named_parameters():
+        # Layers after `vision_feature_layer` (and CLIP's post-layernorm) never get a gradient; left trainable
+        # they would make DDP wait for gradients that never come.
+        if name in unused or (config.freeze_vision_tower and "vision_tower" in name):
+            param.requires_grad_(False)
+    if config.lora:
+        from peft import LoraConfig, get_peft_model
+
+        # Only language-model projections: the vision tower's q/k/v projections share the names.
+        pattern = r".*language_model.*\.(" + "|".join(config.lora_target_modules) + r")$"
+        lora = LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=pattern,
+            modules_to_save=["multi_modal_projector"],
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lora)
+    return model, processor
+
+
+def _unused_vision_parameters(model: Any) -> set[str]:
+    """Names of vision-tower parameters whose outputs LLaVA never reads (after `vision_feature_layer`)."""
+    import re
+
+    cfg = getattr(model, "config", None)
+    layer = getattr(cfg, "vision_feature_layer", None)
+    n_layers = getattr(getattr(cfg, "vision_config", None), "num_hidden_layers", None)
+    if not isinstance(layer, int) or not isinstance(n_layers, int):
+        return set()
+    used = layer % (n_layers + 1)  # hidden_states[0] is the embeddings, [k] the output of layer k - 1
+    if used == n_layers:
+        return set()
+    out = set()
+    pattern = re.compile(r"vision_tower\..*encoder\.layers\.(\d+)\.")
+    for name, _ in model.named_parameters():
+        m = pattern.search(name)
+        if (m and int(m.group(1)) >= used) or ("vision_tower" in name and "post_layernorm" in name):
+            out.add(name)
+    return out
+
+
+def save_servable(model: Any, processor: Any, folder: str | Path, *, lora: bool) -> Path:
+    """Write a complete HF model folder (weights, config, generation config, processor, chat template).
+
+    With LoRA the adapters are merged into a copy of the weights (the training model keeps its adapters).
+
+    Args:
+        model: the trained model (plain or peft-wrapped).
+        processor: its processor.
+        folder: target folder.
+        lora: whether `model` is a peft model whose adapters must be merged.
+
+    Returns:
+        The folder.
+    """
+    import copy
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    if lora:
+        # A deep copy keeps the live model's adapters for further training; fine for the sizes LoRA is used at
+        # on one device. (Merging under ZeRO-3 would need the sharded weights gathered first: refused earlier.)
+        merged = copy.deepcopy(model).merge_and_unload()
+        merged.save_pretrained(out)
+    else:
+        model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+def _scan_checkpoints(run: _RunInfo) -> list[dict[str, Any]]:
+    entries = []
+    for folder in run.out_dir.glob("checkpoint-*"):
+        state_file = folder / "trainer_state.json"
+        if not folder.is_dir() or not state_file.is_file():
+            continue
+        try:
+            state = json.loads(state_file.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue  # being written by the Trainer right now; the next save lists it
+        servable = folder / MERGED_DIR if run.lora else folder
+        if not (servable / "config.json").is_file():
+            continue
+        step = int(state.get("global_step", folder.name.split("-")[-1]))
+        entries.append(
+            {
+                "step": step,
+                "epoch_fraction": round(float(state.get("epoch") or 0.0), 6),
+                "path": str(run.out_dir / servable.relative_to(run.out_dir)),
+                "name": servable.relative_to(run.out_dir).as_posix(),
+                "final": False,
+            }
+        )
+    return sorted(entries, key=lambda e: e["step"])
+
+
+def write_index(run: _RunInfo, final: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Rewrite `checkpoints.json` from the checkpoint folders present (and the final model, when given)."""
+    entries = _scan_checkpoints(run)
+    if final is not None:
+        entries.append(final)
+    _atomic_json(entries, run.out_dir / CHECKPOINT_INDEX)
+    run.entries = entries
+    return entries
+
+
+def _callback(run: _RunInfo) -> Any:
+    from transformers import TrainerCallback
+
+    class CompleteCheckpoints(TrainerCallback):
+        """After each Trainer save: make the checkpoint a complete servable HF folder and index it."""
+
+        def on_save(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+            if not state.is_world_process_zero:
+                return
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if run.lora:
+                save_servable(model, run.processor, folder / MERGED_DIR, lora=True)
+            else:
+                # The Trainer saved weights + processor; the processor again makes sure the chat template is there.
+                run.processor.save_pretrained(folder)
+            write_index(run)
+
+    return CompleteCheckpoints()
+
+
+def _check_resume(out_dir: Path, config: FinetuneConfig, fingerprint: str, base: Path) -> bool:
+    """Whether to resume; refuses a checkpointed run whose config, data or base model differ."""
+    checkpoints = [p for p in out_dir.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    if not checkpoints:
+        return False
+    path = out_dir / CONFIG_FILE
+    if not path.is_file():
+        raise InputError(
+            f"{len(checkpoints)} checkpoints but no {CONFIG_FILE}; remove the folder to restart", file=path
+        )
+    old = json.loads(path.read_text(encoding="utf-8"))
+    new = config.to_dict()
+    changed = sorted(
+        k for k in set(old.get("config", {})) | set(new) if k not in _RESUME_FREE and old["config"].get(k) != new.get(k)
+    )
+    if changed:
+        raise InputError(f"cannot resume: settings changed since the checkpoints were made: {changed}", file=path)
+    if old.get("data_fingerprint") != fingerprint:
+        raise InputError("cannot resume: the training records differ from the checkpointed run's", file=path)
+    if old.get("base_model") != str(base):
+        raise InputError(f"cannot resume: base model was {old.get('base_model')!r}, now {str(base)!r}", file=path)
+    return True
+
+
+def finetune(
+    samples: pd.DataFrame,
+    masked: pd.DataFrame | None,
+    image_roots: str | Path | Mapping[str, str | Path],
+    base_model_dir: str | Path,
+    out_dir: str | Path,
+    config: FinetuneConfig | None = None,
+    *,
+    progress: bool = True,
+    context: pd.DataFrame | None = None,
+) -> dict[str, Any]:
+    """Fine-tune a LLaVA-family model on the labelled persons of a sample table (module docstring).
+
+    Args:
+        samples: the training samples (every row is used; select the split before). Rows without an age or
+            a gender, or without a crop of `config.input_kind`, are skipped and counted.
+        masked: the reader's masked-persons side table (for `body_wo_face`), or None.
+        image_roots: the folder image paths are relative to, or a mapping dataset -> folder.
+        base_model_dir: local HF model folder to start from.
+        out_dir: output folder (checkpoints, final model, index); an existing run there is resumed.
+        config: settings (default: the paper's).
+        progress: tqdm bars for crops and training.
+        context: a larger sample table whose boxes also count as neighbours for `body_wo_face`.
+
+    Returns:
+        Summary: `records`, `data` (record stats), `steps`, `epochs`, `train_loss`, `loss_history`,
+        `runtime_s`, `train_samples_per_second`, `resumed`, `world_size`, `checkpoints` (the index), `final`.
+
+    Raises:
+        InputError: bad data, no trainable records, a model folder that does not load, a run in `out_dir`
+            made with other settings or data, LoRA under ZeRO-3.
+    """
+    import torch
+    from transformers import Trainer, set_seed
+
+    from agegender.mllm.sft_data import SFTCollator, SFTDataset, build_records
+
+    config = config or FinetuneConfig()
+    if config.lora and _is_zero3(config.deepspeed):
+        raise InputError("LoRA with ZeRO-3 is not supported (merging needs the full weights)", field="deepspeed")
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
+    out = Path(out_dir)
+    base = Path(base_model_dir)
+    t0 = time.perf_counter()
+    args = _training_args(config, out, progress)
+    # Rank 0 cuts and writes the crops first; the others then find them on disk (no duplicate work or races).
+    with args.main_process_first(desc="sft crops"):
+        records, data_stats = build_records(
+            samples,
+            masked,
+            image_roots,
+            input_kind=config.input_kind,
+            image_dir=out / CROPS_DIR / config.input_kind if config.cache_crops else None,
+            max_side=config.max_side,
+            context=context,
+            progress=progress and args.process_index == 0,
+        )
+    if not records:
+        raise InputError(f"no trainable records (age and gender known, with a {config.input_kind} crop): {data_stats}")
+    fingerprint = _fingerprint(records)
+    out.mkdir(parents=True, exist_ok=True)
+    resume = _check_resume(out, config, fingerprint, base)
+    if args.process_index == 0 and not resume:
+        meta = {"config": config.to_dict(), "data_fingerprint": fingerprint, "base_model": str(base)}
+        _atomic_json(meta, out / CONFIG_FILE)
+
+    set_seed(config.seed)
+    start = base
+    if resume and not config.lora:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        # The Trainer's own weight restore matches state-dict keys without transformers' checkpoint key
+        # conversion, which misses LLaVA's renamed modules (measured: the weights silently stayed the base
+        # model's); from_pretrained on the checkpoint folder converts them. Optimizer, scheduler, RNG and data
+        # position still come from the Trainer's resume.
+        start = Path(get_last_checkpoint(str(out)))
+    model, processor = load_model(start, config)
+    model_type = getattr(getattr(model, "config", None), "model_type", "")
+    collator = SFTCollator(
+        processor,
+        model_type=model_type,
+        pad_to_square=config.pad_to_square,
+        system_prompt=config.system_prompt,
+        max_length=config.max_length,
+    )
+    if _resolve_checkpointing(config) and (config.freeze_vision_tower or config.lora):
+        # Checkpointed blocks need an input that requires grad when the first layers are frozen.
+        model.enable_input_require_grads()
+    run = _RunInfo(out, config, config.lora, processor, config.num_train_epochs)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=SFTDataset(records),
+        data_collator=collator,
+        processing_class=processor,
+        callbacks=[_callback(run)],
+    )
+    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    state = trainer.state
+    final_entry = None
+    if trainer.is_world_process_zero():
+        final_dir = out / FINAL_DIR
+        if final_dir.exists():
+            shutil.rmtree(final_dir)
+    trainer.accelerator.wait_for_everyone()
+    if config.lora:
+        if trainer.is_world_process_zero():
+            save_servable(trainer.accelerator.unwrap_model(trainer.model), processor, out / FINAL_DIR, lora=True)
+    else:
+        trainer.save_model(str(out / FINAL_DIR))  # all ranks: ZeRO-3 gathers the shards
+        if trainer.is_world_process_zero():
+            processor.save_pretrained(out / FINAL_DIR)
+    summary: dict[str, Any] = {}
+    if trainer.is_world_process_zero():
+        final_entry = {
+            "step": int(state.global_step),
+            "epoch_fraction": round(float(state.epoch or 0.0), 6),
+            "path": str(out / FINAL_DIR),
+            "name": FINAL_DIR,
+            "final": True,
+        }
+        index = write_index(run, final_entry)
+        losses = [{"step": h["step"], "loss": h["loss"]} for h in state.log_history if "loss" in h]
+        metrics = dict(result.metrics)
+        summary = {
+            "records": len(records),
+            "data": data_stats,
+            "data_fingerprint": fingerprint,
+            "base_model": str(base),
+            "steps": int(state.global_step),
+            "epochs": float(state.epoch or 0.0),
+            "train_loss": float(metrics.get("train_loss", math.nan)),
+            "loss_history": losses,
+            "runtime_s": round(time.perf_counter() - t0, 3),
+            "train_runtime_s": float(metrics.get("train_runtime", math.nan)),
+            "train_samples_per_second": float(metrics.get("train_samples_per_second", math.nan)),
+            "resumed": resume,
+            "world_size": int(args.world_size),
+            "global_batch": int(args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps),
+            "device": str(args.device),
+            "bf16": bool(args.bf16),
+            "gradient_checkpointing": _resolve_checkpointing(config),
+            "checkpoints": index,
+            "final": str(out / FINAL_DIR),
+            "config": config.to_dict(),
+        }
+        _atomic_json(summary, out / SUMMARY_FILE)
+    trainer.accelerator.wait_for_everyone()
+    return summary
+
+
+def _training_args(config: FinetuneConfig, out: Path, progress: bool) -> Any:
+    from transformers import TrainingArguments
+
+    bf16 = _resolve_bf16(config)
+    checkpointing = _resolve_checkpointing(config)
+    # transformers 5.x renamed gradient_checkpointing to activation_checkpointing (the old name warns)
+    prefix = "activation" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__ else "gradient"
+    ckpt = {f"{prefix}_checkpointing": checkpointing, f"{prefix}_checkpointing_kwargs": {"use_reentrant": False}}
+    return TrainingArguments(
+        output_dir=str(out),
+        learning_rate=config.learning_rate,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        num_train_epochs=config.num_train_epochs,
+        max_steps=config.max_steps,
+        # transformers 5: a float in [0, 1) is a ratio of the total steps (warmup_ratio is gone)
+        warmup_steps=float(config.warmup_ratio) if config.warmup_ratio > 0 else 0,
+        lr_scheduler_type=config.lr_scheduler_type,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        logging_steps=config.logging_steps,
+        bf16=bf16,
+        **ckpt,
+        deepspeed=config.deepspeed,
+        seed=config.seed,
+        data_seed=config.seed,
+        use_cpu=not _cuda(),
+        dataloader_num_workers=config.dataloader_num_workers,
+        remove_unused_columns=False,  # the collator needs the image and the texts
+        report_to="none",
+        disable_tqdm=not progress,
+        ddp_find_unused_parameters=False,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Evaluation helper (demo goal, notebooks)
+
+
+def evaluate_model(
+    model_dir: str | Path,
+    samples: pd.DataFrame,
+    masked: pd.DataFrame | None,
+    image_roots: str | Path | Mapping[str, str | Path],
+    *,
+    store_dir: str | Path,
+    input_kind: str = "body",
+    model_name: str = "finetuned",
+    batch_size: int = 16,
+    max_new_tokens: int = 16,
+    progress: bool = False,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Query a (fine-tuned) model folder with the zero-shot runner and score it (`agegender.metrics.evaluate`).
+
+    Args:
+        model_dir: a complete HF model folder (e.g. out_dir/final or a checkpoint).
+        samples: the samples to evaluate (e.g. the test split).
+        masked: masked-persons side table, or None.
+        image_roots: image folder(s).
+        store_dir: response store folder.
+        input_kind: crop kind (as trained).
+        model_name: the prediction table's model column.
+        batch_size: generation batch.
+        max_new_tokens: answer length limit.
+        progress: tqdm bar.
+
+    Returns:
+        (prediction table, evaluation table of the `answered` view).
+    """
+    from agegender.metrics import evaluate
+    from agegender.mllm.backends.base import GenerationParams
+    from agegender.mllm.backends.transformers_backend import TransformersBackend
+    from agegender.mllm.runner import run_queries
+    from agegender.mllm.store import ResponseStore
+
+    params = GenerationParams(max_new_tokens=max_new_tokens)
+    backend = TransformersBackend(str(model_dir), params=params, device="auto", batch_size=batch_size)
+    try:
+        with ResponseStore(store_dir) as store:
+            result = run_queries(
+                samples,
+                masked,
+                image_roots,
+                input_kind=input_kind,
+                backend=backend,
+                store=store,
+                model_name=model_name,
+                progress=progress,
+            )
+    finally:
+        backend.close()
+    table = evaluate(samples, result.predictions, views=("answered",))
+    return result.predictions, table
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Entry point (single process, torchrun or accelerate launch)
+
+
+def read_config(path: str | Path | None, section: str | None = None, overrides: Sequence[str] = ()) -> FinetuneConfig:
+    """A config from a YAML file (optionally one section, and its `config` key), then `key=value` overrides.
+
+    Raises:
+        InputError: unreadable file, missing section, malformed override, unknown or bad setting.
+    """
+    import yaml
+
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise InputError(f"cannot read the config ({exc})", file=path) from exc
+        if section:
+            for part in section.split("."):
+                if not isinstance(loaded, dict) or part not in loaded:
+                    raise InputError(f"no section {section!r}", file=path, field=section)
+                loaded = loaded[part]
+        if isinstance(loaded, dict) and isinstance(loaded.get("config"), dict):
+            loaded = loaded["config"]
+        if not isinstance(loaded, dict):
+            raise InputError("the config must be a mapping", file=path)
+        data.update(loaded)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--set {item!r}: expected key=value", field="set")
+        data[key.strip()] = yaml.safe_load(value)
+    try:
+        return FinetuneConfig.from_dict(data)
+    except InputError as exc:
+        raise InputError(exc.message, file=path, field=exc.field) from exc
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m agegender.mllm.finetune ...` (also under torchrun / accelerate launch)."""
+    from agegender.data.schema import read_table, validate_samples
+    from agegender.mllm.runner import parse_data_roots
+
+    p = argparse.ArgumentParser(prog="python -m agegender.mllm.finetune", description=__doc__.split("\n")[0])
+    p.add_argument("--samples", required=True, help="sample table (.parquet or .csv)")
+    p.add_argument("--masked", default=None, help="the reader's masked-persons side table")
+    p.add_argument("--image-root", required=True, nargs="+", help="image folder, or dataset=folder pairs")
+    p.add_argument("--base-model", required=True, help="local HF model folder to fine-tune")
+    p.add_argument("--out", required=True, help="output folder (resumed when it holds checkpoints)")
+    p.add_argument("--config", default=None, help="YAML with FinetuneConfig keys (or params.yaml with --section)")
+    p.add_argument("--section", default=None, help="dotted section of --config, e.g. finetune_mllm")
+    p.add_argument("--set", action="append", default=[], help="override key=value (YAML value)")
+    p.add_argument("--split", default="train", help="split to train on, or 'all' (default: train)")
+    p.add_argument("--datasets", nargs="*", default=None, help="data sets to train on (default: all)")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        config = read_config(args.config, args.section, args.set)
+        samples = validate_samples(read_table(args.samples), source=args.samples)
+        context = samples
+        if args.split != "all":
+            samples = samples[samples["split"] == args.split].reset_index(drop=True)
+        if args.datasets:
+            samples = samples[samples["dataset"].isin(args.datasets)].reset_index(drop=True)
+        masked = read_table(args.masked) if args.masked else None
+        summary = finetune(
+            samples,
+            masked,
+            parse_data_roots(args.image_root),
+            args.base_model,
+            args.out,
+            config,
+            progress=not args.no_progress,
+            context=context,
+        )
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if summary:
+        print(
+            f"{summary['records']} records, {summary['steps']} steps, loss {summary['train_loss']:.4f}, "
+            f"{summary['train_samples_per_second']:.2f} samples/s x {summary['world_size']} processes -> "
+            f"{summary['final']} ({len(summary['checkpoints'])} indexed models)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
