@@ -15,7 +15,7 @@ from pathlib import Path
 from agegender import __version__
 from agegender.errors import AgegenderError
 
-STAGES = ("prepare_data", "train_mivolo", "query_mllms", "predict", "evaluate", "report")
+STAGES = ("prepare_data", "train_mivolo", "finetune_mllm", "query_mllms", "predict", "evaluate", "report")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:

@@ -153,6 +153,43 @@ class QueryMllmsParams:
 
 
 @dataclass(frozen=True)
+class SelectionParams:
+    """How `finetune_mllm` picks its checkpoint (the paper: every saved checkpoint queried, the best kept)."""
+
+    split: str = "val"
+    metric: str = "age_mae"
+    min_coverage: float = 0.5
+
+
+@dataclass(frozen=True)
+class FinetuneMllmParams:
+    """Section `finetune_mllm`: fine-tune an MLLM with the paper's recipe, select a checkpoint, predict.
+
+    Attributes:
+        name: model name of the fine-tuned model in the prediction tables.
+        out: training run, selection and the kept model (`<out>/best`).
+        predictions: where the kept model's zero-shot-style predictions on the study's samples go.
+        dataset: the data set whose train split trains and whose `select.split` selects.
+        base_model: local Hugging Face folder to start from (paper: ShareGPT4V-7B in HF format).
+        build_tiny: demo only: build an untrained tiny LLaVA with these `build_tiny_llava` arguments instead.
+        config: `agegender.mllm.finetune.FinetuneConfig` (checked when the stage runs).
+        inputs: crops the kept model answers on the study's data sets.
+        datasets: data sets it answers (None: all of `study.datasets`).
+    """
+
+    name: str = "llava_ft"
+    out: str = "models/finetune_mllm"
+    predictions: str = "predictions/finetune_mllm"
+    dataset: str = "demo"
+    base_model: str | None = None
+    build_tiny: dict[str, Any] | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    select: SelectionParams = field(default_factory=SelectionParams)
+    inputs: tuple[str, ...] = ("body", "body_wo_face")
+    datasets: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
 class BaselineParams:
     """The constant baseline: train-set mean age and majority gender."""
 
@@ -212,6 +249,7 @@ class Params:
     prepare_data: PrepareDataParams = field(default_factory=PrepareDataParams)
     train_mivolo: TrainMivoloParams = field(default_factory=TrainMivoloParams)
     query_mllms: QueryMllmsParams = field(default_factory=QueryMllmsParams)
+    finetune_mllm: FinetuneMllmParams | None = None
     predict: PredictParams = field(default_factory=PredictParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     report: ReportParams = field(default_factory=ReportParams)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from agegender.baseline import ConstantBaseline
-from agegender.data.prepare import load_prepared
+from agegender.data.prepare import SAMPLES_FILE, load_prepared
 from agegender.data.prepare import prepare_data as _prepare_data
 from agegender.errors import InputError
 from agegender.evaluate import evaluate_tables, load_predictions, read_rows_json, write_rows_json
@@ -71,20 +71,17 @@ def train_mivolo(params: Params, paths: ProjectPaths, *, progress: bool = True) 
     data = load_prepared(params, paths)
     samples = data.samples[data.samples["dataset"] == cfg.dataset].reset_index(drop=True)
     out = paths(cfg.out)
-    marker = out / "run.json"
     import agegender.mivolo
 
-    code = sorted(Path(agegender.mivolo.__path__[0]).glob("*.py"))
-    identity = {
-        "config": cfg.config,
-        "dataset": cfg.dataset,
-        "samples": _digest(paths(params.prepare_data.out) / "samples.parquet"),
-        "code": _digest(*code),
-    }
-    if out.exists() and (not marker.is_file() or json.loads(marker.read_text()) != identity):
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps(identity, indent=1, sort_keys=True) + "\n")
+    _reset_if_changed(
+        out,
+        {
+            "config": cfg.config,
+            "dataset": cfg.dataset,
+            "samples": _digest(paths(params.prepare_data.out) / SAMPLES_FILE),
+        },
+        code=Path(agegender.mivolo.__path__[0]),
+    )
     summary = _train(samples, data.masked, data.image_roots(paths), config, out, progress=progress)
     write_metrics(
         paths,
@@ -93,6 +90,17 @@ def train_mivolo(params: Params, paths: ProjectPaths, *, progress: bool = True) 
         | {"steps": sum(int(st.get("steps", 0)) for st in summary.get("stages", {}).values())},
     )
     return summary
+
+
+def _reset_if_changed(out: Path, identity: dict, *, code: Path) -> None:
+    """Keep `out` (a persisted DVC output that lets an interrupted run resume) only if it was made by the same
+    settings, data and code; otherwise clear it, so that a changed stage starts afresh."""
+    identity = identity | {"code": _digest(*sorted(code.rglob("*.py")))}
+    marker = out / "run.json"
+    if out.exists() and (not marker.is_file() or json.loads(marker.read_text()) != identity):
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(identity, indent=1, sort_keys=True) + "\n")
 
 
 def _digest(*files: Path) -> str:
@@ -163,6 +171,8 @@ def prediction_dirs(params: Params, paths: ProjectPaths) -> list[Path]:
     """The folders of prediction tables that `evaluate` reads (each a DVC output of an earlier stage)."""
     dirs = [paths(params.predict.out)]
     dirs += [paths(params.query_mllms.out) / key for key in params.query_mllms.models]
+    if params.finetune_mllm is not None:
+        dirs.append(paths(params.finetune_mllm.predictions))
     return dirs
 
 
@@ -311,3 +321,109 @@ def query_mllms(params: Params, paths: ProjectPaths, model_key: str, *, progress
     }
     write_metrics(paths, f"query_mllms/{model_key}", summary)
     return summary
+
+
+def finetune_mllm(params: Params, paths: ProjectPaths, *, progress: bool = True) -> dict:
+    """Stage `finetune_mllm`: the paper's fine-tuning recipe, checkpoint selection, predictions of the kept model.
+
+    Trains on the train split of `finetune_mllm.dataset` (`<out>/run`, resumable: the folder persists), queries
+    every saved checkpoint on the `select.split` through the zero-shot runner and keeps the best (`<out>/best`,
+    a Hugging Face folder the `transformers` and `vllm` backends serve unchanged; `<out>/selection.md`), then the
+    kept model answers the study's samples like any zero-shot model (`<predictions>/predictions.parquet`).
+    """
+    from agegender.mllm.backends import GenerationParams, create_backend
+    from agegender.mllm.finetune import FinetuneConfig, finetune
+    from agegender.mllm.runner import run_queries
+    from agegender.mllm.select import keep_best, select_checkpoint
+    from agegender.mllm.store import ResponseStore
+
+    cfg = params.finetune_mllm
+    if cfg is None:
+        raise InputError("params has no finetune_mllm section", field="finetune_mllm")
+    config = FinetuneConfig.from_dict(cfg.config)
+    data = load_prepared(params, paths)
+    samples, roots = data.samples, data.image_roots(paths)
+    pool = samples[samples["dataset"] == cfg.dataset].reset_index(drop=True)
+    out = paths(cfg.out)
+    import agegender.mllm
+
+    _reset_if_changed(
+        out,
+        {"section": as_dict(cfg), "samples": _digest(paths(params.prepare_data.out) / SAMPLES_FILE)},
+        code=Path(agegender.mllm.__path__[0]),
+    )
+    if cfg.build_tiny is not None:
+        from agegender.mllm.tiny import build_tiny_llava
+
+        base = out / "base"
+        if base.exists():
+            shutil.rmtree(base)
+        build_tiny_llava(base, **cfg.build_tiny)
+    elif cfg.base_model is not None:
+        base = paths(cfg.base_model)
+    else:
+        raise InputError("finetune_mllm needs base_model (or build_tiny in the demo profile)", field="base_model")
+    trained = finetune(
+        pool[pool["split"] == "train"].reset_index(drop=True),
+        data.masked,
+        roots,
+        base,
+        out / "run",
+        config,
+        progress=progress,
+        context=samples,
+    )
+    generation = GenerationParams(**as_dict(params.query_mllms.generation))
+    options = {"pad_to_square": config.pad_to_square, "system_prompt": config.system_prompt}
+    options = {k: v for k, v in options.items() if v is not None}
+    selection = select_checkpoint(
+        out / "run",
+        pool,
+        data.masked,
+        roots,
+        split=cfg.select.split,
+        input_kind=config.input_kind,
+        metric=cfg.select.metric,
+        min_coverage=cfg.select.min_coverage,
+        store=out / "selection_store",
+        backend_options=options,
+        generation=generation,
+        progress=progress,
+    )
+    best = keep_best(selection, out / "best", caption=params.report.caption_note)
+
+    preds_dir = paths(cfg.predictions)
+    preds_dir.mkdir(parents=True, exist_ok=True)
+    datasets = cfg.datasets or params.study.datasets
+    targets = samples[samples["dataset"].isin(datasets) & (samples["split"] == params.study.split)]
+    backend = create_backend("transformers", str(best), params=generation, **options)
+    try:
+        with ResponseStore(out / "query_store") as store:
+            results = [
+                run_queries(
+                    targets.reset_index(drop=True),
+                    data.masked,
+                    roots,
+                    input_kind=kind,
+                    backend=backend,
+                    store=store,
+                    prompt_version=params.query_mllms.prompt_version,
+                    model_name=cfg.name,
+                    progress=progress,
+                    context=samples,
+                )  # fmt: skip
+                for kind in cfg.inputs
+            ]
+    finally:
+        backend.close()
+    table = pd.concat([r.predictions for r in results], ignore_index=True)
+    _write_predictions(table, preds_dir, "predictions")
+    summary = {
+        "train_steps": trained.get("steps"),
+        "train_loss": trained.get("train_loss"),
+        "train_samples_per_second": trained.get("train_samples_per_second"),
+        **{f"selection.{k}": v for k, v in selection.summary().items() if v is not None},
+        **{f"{kind}.{status}": int(n) for (kind, status), n in table.groupby(["input", "status"]).size().items()},
+    }
+    write_metrics(paths, "finetune_mllm", summary)
+    return summary | {"selection": selection.table}

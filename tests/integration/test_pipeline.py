@@ -50,7 +50,7 @@ def project(tmp_path_factory):
 
 def test_every_stage_ran_and_wrote_its_outputs(project):
     root, log = project
-    for stage in ("prepare_data", "train_mivolo", "predict", "evaluate", "report"):
+    for stage in ("prepare_data", "train_mivolo", "finetune_mllm", "predict", "evaluate", "report"):
         assert f"Running stage '{stage}'" in log
         assert (root / "metrics" / f"{stage}.json").is_file()
     for key in ("tiny_llava", "tiny_llava_next"):
@@ -58,6 +58,8 @@ def test_every_stage_ran_and_wrote_its_outputs(project):
         assert (root / "metrics" / "query_mllms" / f"{key}.json").is_file()
         assert (root / "predictions" / "query_mllms" / key / "predictions.parquet").is_file()
     assert (root / "models" / "mivolo" / "mivolo.pth.tar").is_file()
+    assert (root / "models" / "finetune_mllm" / "best" / "config.json").is_file()
+    assert (root / "models" / "finetune_mllm" / "selection.md").is_file()
     for nb in (
         "01_prepare_data",
         "02_train_mivolo",
@@ -97,6 +99,7 @@ def test_every_model_is_evaluated_and_untrained_mllms_are_reported_honestly(proj
     root, _ = project
     flat = json.loads((root / "metrics" / "evaluate.json").read_text())
     assert "demo.face_body.mivolo_demo.age_mae" in flat and "demo.body_wo_face.mivolo_demo.age_mae" in flat
+    assert "demo.face.tiny_llava_ft.coverage" in flat
     for key in ("tiny_llava", "tiny_llava_next"):
         queried = json.loads((root / "metrics" / "query_mllms" / f"{key}.json").read_text())
         rows = sum(v for k, v in queried.items() if k.startswith("body."))
