@@ -23,6 +23,9 @@ def tiny_params():
     params["prepare_data"]["subsets"]["nanodemo"]["per_bin"] = 2
     params["evaluate"]["n_resamples"] = 50
     params["report"]["gallery"]["n"] = 3
+    # 40 people: more epochs so that the tiny LLaVA learns the answer format (the learning goal itself is tested
+    # in tests/unit/test_mllm_finetune.py); one save in between so that selection has two checkpoints
+    params["finetune_mllm"]["config"].update(num_train_epochs=30, save_steps=40)
     return params
 
 
