@@ -13,10 +13,10 @@ from pathlib import Path
 import pandas as pd
 
 from agegender.baseline import ConstantBaseline
-from agegender.data.prepare import SAMPLES_FILE, load_prepared
+from agegender.data.prepare import SAMPLES_FILE, PreparedData, load_prepared
 from agegender.data.prepare import prepare_data as _prepare_data
 from agegender.errors import InputError
-from agegender.evaluate import evaluate_tables, load_predictions, read_rows_json, write_rows_json
+from agegender.evaluate import evaluate_tables, load_predictions, read_rows_json, select_samples, write_rows_json
 from agegender.metrics import flat_metrics
 from agegender.params import Params, as_dict, load_params
 from agegender.paths import ProjectPaths
@@ -130,7 +130,7 @@ def predict(params: Params, paths: ProjectPaths, *, progress: bool = True) -> pd
     cfg = params.predict.baseline
     train = samples[(samples["dataset"] == cfg.train_dataset) & (samples["split"] == cfg.train_split)]
     baseline = ConstantBaseline.fit(train)
-    targets = samples[samples["dataset"].isin(params.study.datasets) & (samples["split"] == params.study.split)]
+    targets = select_samples(samples, params.study.split, params.study.datasets)
     out = _fresh_dir(paths(params.predict.out))
     tables = [baseline.predict(targets, params.study.inputs)]
     _write_predictions(tables[0], out, baseline.name)
@@ -236,6 +236,23 @@ def report(params: Params, paths: ProjectPaths) -> list[Path]:
     return written
 
 
+def _query_inputs(
+    data: PreparedData,
+    paths: ProjectPaths,
+    targets: pd.DataFrame,
+    inputs: tuple[str, ...],
+    **run: object,
+) -> list:
+    """`run_queries` once per input kind over the study's samples (neighbours for masking: every sample)."""
+    from agegender.mllm.runner import run_queries
+
+    roots = data.image_roots(paths)
+    return [
+        run_queries(targets, data.masked, roots, input_kind=kind, context=data.samples, **run)  # type: ignore[arg-type]
+        for kind in inputs
+    ]
+
+
 def query_mllms(params: Params, paths: ProjectPaths, model_key: str, *, progress: bool = True) -> dict:
     """Stage `query_mllms@<model_key>`: one MLLM, zero-shot with the paper's prompt, over the study's samples.
 
@@ -250,7 +267,6 @@ def query_mllms(params: Params, paths: ProjectPaths, model_key: str, *, progress
     import contextlib
 
     from agegender.mllm.backends import GenerationParams, create_backend
-    from agegender.mllm.runner import run_queries
     from agegender.mllm.store import ResponseStore
 
     cfg = params.query_mllms
@@ -269,13 +285,9 @@ def query_mllms(params: Params, paths: ProjectPaths, model_key: str, *, progress
         model = str(build_tiny_llava(target, kind=spec.build_tiny.kind, seed=spec.build_tiny.seed))
     data = load_prepared(params, paths)
     samples = data.samples
-    datasets = spec.datasets or params.study.datasets
-    targets = samples[samples["dataset"].isin(datasets) & (samples["split"] == params.study.split)].reset_index(
-        drop=True
-    )
+    targets = select_samples(samples, params.study.split, spec.datasets or params.study.datasets)
     generation = GenerationParams(**as_dict(cfg.generation))
     store = ResponseStore(out / "store")
-    results = []
     with contextlib.ExitStack() as stack:
         options = dict(spec.options)
         if spec.serve:
@@ -292,22 +304,10 @@ def query_mllms(params: Params, paths: ProjectPaths, model_key: str, *, progress
             backend = create_backend(spec.backend, model, params=generation, **options)
         stack.callback(backend.close)
         stack.callback(store.close)
-        for kind in spec.inputs:
-            results.append(
-                run_queries(
-                    targets,
-                    data.masked,
-                    data.image_roots(paths),
-                    input_kind=kind,
-                    backend=backend,
-                    store=store,
-                    prompt_version=cfg.prompt_version,
-                    max_side=spec.max_side,
-                    model_name=model_key,
-                    progress=progress,
-                    context=samples,
-                )
-            )
+        results = _query_inputs(
+            data, paths, targets, spec.inputs, backend=backend, store=store, prompt_version=cfg.prompt_version,
+            model_name=model_key, max_side=spec.max_side, progress=progress,
+        )  # fmt: skip
     table = pd.concat([r.predictions for r in results], ignore_index=True)
     _write_predictions(table, out, "predictions")
     manifest = {"model": model_key, "runs": {kind: r.manifest for kind, r in zip(spec.inputs, results, strict=True)}}
@@ -333,7 +333,6 @@ def finetune_mllm(params: Params, paths: ProjectPaths, *, progress: bool = True)
     """
     from agegender.mllm.backends import GenerationParams, create_backend
     from agegender.mllm.finetune import FinetuneConfig, finetune
-    from agegender.mllm.runner import run_queries
     from agegender.mllm.select import keep_best, select_checkpoint
     from agegender.mllm.store import ResponseStore
 
@@ -394,26 +393,14 @@ def finetune_mllm(params: Params, paths: ProjectPaths, *, progress: bool = True)
 
     preds_dir = paths(cfg.predictions)
     preds_dir.mkdir(parents=True, exist_ok=True)
-    datasets = cfg.datasets or params.study.datasets
-    targets = samples[samples["dataset"].isin(datasets) & (samples["split"] == params.study.split)]
+    targets = select_samples(samples, params.study.split, cfg.datasets or params.study.datasets)
     backend = create_backend("transformers", str(best), params=generation, **options)
     try:
         with ResponseStore(out / "query_store") as store:
-            results = [
-                run_queries(
-                    targets.reset_index(drop=True),
-                    data.masked,
-                    roots,
-                    input_kind=kind,
-                    backend=backend,
-                    store=store,
-                    prompt_version=params.query_mllms.prompt_version,
-                    model_name=cfg.name,
-                    progress=progress,
-                    context=samples,
-                )  # fmt: skip
-                for kind in cfg.inputs
-            ]
+            results = _query_inputs(
+                data, paths, targets, cfg.inputs, backend=backend, store=store,
+                prompt_version=params.query_mllms.prompt_version, model_name=cfg.name, progress=progress,
+            )  # fmt: skip
     finally:
         backend.close()
     table = pd.concat([r.predictions for r in results], ignore_index=True)
