@@ -9,11 +9,19 @@ Two formats:
 Both check every row and either raise `InputError` (file, 1-based data row, column) or, with
 `on_bad_row="skip"`, drop the row and count it per reason in the report. Image sizes come from the
 image headers (no pixel decoding), each distinct image opened once.
+
+Readers are registered by name (`register_reader`); params.yaml may also name one by import path
+(`package.module:attr`, `resolve_reader`), so a new data set format needs no change here. A reader may carry
+a `check(root, **options) -> list[str]` that `check_dataset` runs before any work starts (`agegender check`):
+files and headers only, every problem at once (`check_mivolo`, `check_folder`).
 """
 
 from __future__ import annotations
 
+import csv as csv_module
+import importlib
 import math
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -408,43 +416,66 @@ def _check_on_bad_row(on_bad_row: str) -> None:
         raise InputError(f"on_bad_row must be one of {list(_ON_BAD_ROW)}, got {on_bad_row!r}", field="on_bad_row")
 
 
-def _require(frame: pd.DataFrame, columns: tuple[str, ...], csv: Path) -> None:
-    for col in columns:
-        if col not in frame.columns:
-            raise InputError(f"required column is missing (columns found: {list(frame.columns)})", file=csv, field=col)
+def _column_errors(columns: list[str], required: tuple[str, ...], csv: Path) -> list[InputError]:
+    """Every problem of a CSV header: required columns missing, a box given by only some of its columns."""
+    errors = [
+        InputError(f"required column is missing (columns found: {columns})", file=csv, field=col)
+        for col in required
+        if col not in columns
+    ]
     # A box given by only some of its columns would otherwise be ignored without a word.
     for cols in (FACE_BOX, PERSON_BOX):
-        present = [c for c in cols if c in frame.columns]
-        if present and len(present) < len(cols):
-            missing = next(c for c in cols if c not in frame.columns)
-            raise InputError(f"box columns {list(cols)} must all be present or all absent", file=csv, field=missing)
+        present = [c for c in cols if c in columns]
+        missing = next((c for c in cols if c not in columns), None)
+        if present and missing is not None and missing not in required:  # a required one is reported above
+            errors.append(
+                InputError(f"box columns {list(cols)} must all be present or all absent", file=csv, field=missing)
+            )
+    return errors
+
+
+def _require(frame: pd.DataFrame, columns: tuple[str, ...], csv: Path) -> None:
+    errors = _column_errors(list(frame.columns), columns, csv)
+    if errors:
+        raise errors[0]
 
 
 # ----------------------------------------------------------------------------------------------
 # Public readers
 
 
-def _split_files(folder: Path, splits: Mapping[str, str] | None) -> list[tuple[Path, str]]:
-    """Assign every CSV of the folder to a split by the tokens in its file name."""
+def _assign_splits(folder: Path, splits: Mapping[str, str] | None) -> tuple[list[tuple[Path, str]], list[InputError]]:
+    """Assign every CSV of the folder to a split by the tokens in its file name; collect every problem."""
     if not folder.is_dir():
-        raise InputError("annotation folder not found", file=folder)
+        return [], [InputError("annotation folder not found", file=folder)]
     csvs = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".csv")
     if not csvs:
-        raise InputError("annotation folder holds no .csv file", file=folder)
+        return [], [InputError("annotation folder holds no .csv file", file=folder)]
     if splits is None:
-        return [(p, "test") for p in csvs]
+        return [(p, "test") for p in csvs], []
     if not splits:
-        raise InputError("splits is empty: give at least one split name -> file-name token", field="splits")
+        return [], [InputError("splits is empty: give at least one split name -> file-name token", field="splits")]
     out: list[tuple[Path, str]] = []
+    errors: list[InputError] = []
     for csv in csvs:
         hits = [name for name, token in splits.items() if str(token) in csv.name]
         if len(hits) > 1:
-            raise InputError(f"file name matches the tokens of several splits {hits}", file=csv, field="splits")
-        if hits:
+            message = f"file name matches the tokens of several splits {hits}"
+            errors.append(InputError(message, file=csv, field="splits"))
+        elif hits:
             out.append((csv, hits[0]))
     for name, token in splits.items():
-        if not any(split == name for _, split in out):
-            raise InputError(f"no CSV file name contains {token!r} (split {name!r})", file=folder, field="splits")
+        if not any(str(token) in csv.name for csv in csvs):
+            message = f"no CSV file name contains {token!r} (split {name!r})"
+            errors.append(InputError(message, file=folder, field="splits"))
+    return out, errors
+
+
+def _split_files(folder: Path, splits: Mapping[str, str] | None) -> list[tuple[Path, str]]:
+    """Assign every CSV of the folder to a split by the tokens in its file name (raising the first problem)."""
+    out, errors = _assign_splits(folder, splits)
+    if errors:
+        raise errors[0]
     return out
 
 
@@ -542,7 +573,40 @@ def read_folder(
     path = Path(csv) if Path(csv).is_absolute() else root / csv
     if not path.is_file():
         raise InputError("labels file not found", file=path)
-    frame = _read_csv(path)
+    return read_labels(_read_csv(path), root, dataset, split=split, source=path, on_bad_row=on_bad_row)
+
+
+def read_labels(
+    labels: pd.DataFrame,
+    root: str | Path,
+    dataset: str,
+    *,
+    split: str = "test",
+    source: str | Path | None = None,
+    on_bad_row: str = "raise",
+) -> ReadResult:
+    """The folder reader's checks on a labels table built in memory: the core of a new data set's reader.
+
+    A reader for another format (labels in file names, a JSON file, a database) builds a table with the
+    folder reader's columns, `image, age, gender` and optionally `face_x0..face_y1` / `person_x0..person_y1`,
+    and hands it here; every row is checked and the sample table is built exactly as for `read_folder`.
+
+    Args:
+        labels: the table (any dtype; values are read as text, like a CSV).
+        root: the folder `image` is relative to.
+        dataset: the data set name.
+        split: the split written into every row.
+        source: what errors name as the file (default: `root`).
+        on_bad_row: `raise` or `skip` (see `read_mivolo`).
+
+    Returns:
+        The sample table, an empty masked table, and the report.
+    """
+    _check_on_bad_row(on_bad_row)
+    root = Path(root)
+    path = Path(source) if source is not None else root
+    frame = labels.astype("string").fillna("").astype(object)
+    frame.columns = [str(c).strip() for c in frame.columns]
     _require(frame, FOLDER_REQUIRED, path)
     report = empty_report()
     table = _check_rows(
@@ -562,15 +626,213 @@ def read_folder(
     return ReadResult(samples=samples, masked=masked, report=report)
 
 
-READERS: dict[str, Callable[..., ReadResult]] = {"mivolo": read_mivolo, "folder": read_folder}
+# ----------------------------------------------------------------------------------------------
+# Checks: files and headers only, every problem at once (the reader itself raises at the first bad row)
+
+
+def _read_header(path: Path) -> list[str]:
+    """The stripped column names of a CSV, reading its first line only."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            first = next(csv_module.reader(handle), None)
+    except (OSError, UnicodeDecodeError, csv_module.Error) as exc:
+        raise InputError(f"cannot be read as a CSV ({type(exc).__name__}: {exc})", file=path) from exc
+    if first is None:
+        raise InputError("the CSV file is empty (no header)", file=path)
+    return [c.strip() for c in first]
+
+
+def _missing_images(path: Path, root: Path, image_col: str) -> str | None:
+    """One line naming how many of the images a CSV names are missing under `root`, and the first five."""
+    try:
+        names = pd.read_csv(
+            path,
+            usecols=lambda c: str(c).strip() == image_col,
+            dtype=str,
+            keep_default_na=False,
+            encoding="utf-8-sig",
+        ).iloc[:, 0]
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        return str(InputError(f"cannot be read as a CSV ({type(exc).__name__}: {exc})", file=path))
+    # Empty names are bad rows the reader reports itself; a data set names each image many times (one row per person).
+    unique = dict.fromkeys(n.strip() for n in names if n.strip())
+    base = str(root)  # plain strings: a Path per image costs more than the stat itself
+    missing = [n for n in unique if not os.path.isfile(os.path.join(base, n))]
+    if not missing:
+        return None
+    return str(
+        InputError(
+            f"{len(missing)} of {len(unique)} images named in column {image_col!r} are missing under {root} "
+            f"(first: {', '.join(missing[:5])})",
+            file=path,
+            field=image_col,
+        )
+    )
+
+
+def _check_csv(path: Path, root: Path, required: tuple[str, ...], image_col: str) -> list[str]:
+    try:
+        columns = _read_header(path)
+    except InputError as exc:
+        return [str(exc)]
+    problems = [str(e) for e in _column_errors(columns, required, path)]
+    if image_col in columns:
+        missing = _missing_images(path, root, image_col)
+        problems += [missing] if missing else []
+    return problems
+
+
+def check_mivolo(
+    root: str | Path,
+    *,
+    annotations: str | Path = "annotations",
+    splits: Mapping[str, str] | None = None,
+    on_bad_row: str = "raise",
+) -> list[str]:
+    """Check a MiVOLO-format data set's files without reading its rows (the options of `read_mivolo`).
+
+    Checks: the annotation folder exists, each split token matches at least one CSV (and no CSV matches two),
+    each CSV's header has `MIVOLO_REQUIRED`, and every image the CSVs name exists (stat only).
+
+    Args:
+        root: the data set's folder.
+        annotations, splits, on_bad_row: as for `read_mivolo`.
+
+    Returns:
+        One line per problem (naming the file), empty when all is well.
+    """
+    root = Path(root)
+    problems = []
+    if on_bad_row not in _ON_BAD_ROW:
+        problems.append(f"on_bad_row must be one of {list(_ON_BAD_ROW)}, got {on_bad_row!r}")
+    folder = Path(annotations) if Path(annotations).is_absolute() else root / annotations
+    files, errors = _assign_splits(folder, splits)
+    problems += [str(e) for e in errors]
+    for path, _ in files:
+        problems += _check_csv(path, root, MIVOLO_REQUIRED, "img_name")
+    return problems
+
+
+def check_folder(
+    root: str | Path, *, csv: str | Path = "labels.csv", split: str = "test", on_bad_row: str = "raise"
+) -> list[str]:
+    """Check a labelled folder's files without reading its rows (the options of `read_folder`).
+
+    Checks: the labels CSV exists, its header has `FOLDER_REQUIRED`, and every image it names exists.
+
+    Args:
+        root: the folder.
+        csv, split, on_bad_row: as for `read_folder`.
+
+    Returns:
+        One line per problem (naming the file), empty when all is well.
+    """
+    root = Path(root)
+    problems = []
+    if on_bad_row not in _ON_BAD_ROW:
+        problems.append(f"on_bad_row must be one of {list(_ON_BAD_ROW)}, got {on_bad_row!r}")
+    path = Path(csv) if Path(csv).is_absolute() else root / csv
+    if not path.is_file():
+        return [*problems, str(InputError("labels file not found", file=path))]
+    return problems + _check_csv(path, root, FOLDER_REQUIRED, "image")
+
+
+# ----------------------------------------------------------------------------------------------
+# The reader registry
+
+#: name -> reader: `reader(root, dataset, **options) -> ReadResult`, optionally with `.check(root, **options)`.
+READERS: dict[str, Callable[..., ReadResult]] = {}
+
+
+def register_reader(name: str) -> Callable[[Callable[..., ReadResult]], Callable[..., ReadResult]]:
+    """Decorator: make a reader available to params.yaml under `name`.
+
+    A reader is called as `reader(root, dataset, **options)` and returns a `ReadResult`. It may carry a
+    `check(root, **options) -> list[str]` attribute (a method of a reader object, or set on a function) that
+    `check_dataset` runs before any work starts; without one only the root folder is checked.
+
+    Args:
+        name: the name params.yaml's `reader` gives.
+
+    Returns:
+        The decorator (it returns the reader unchanged).
+    """
+
+    def decorate(reader: Callable[..., ReadResult]) -> Callable[..., ReadResult]:
+        READERS[name] = reader
+        return reader
+
+    return decorate
+
+
+register_reader("mivolo")(read_mivolo)
+register_reader("folder")(read_folder)
+read_mivolo.check = check_mivolo  # type: ignore[attr-defined]
+read_folder.check = check_folder  # type: ignore[attr-defined]
+
+
+def resolve_reader(name: str) -> Callable[..., ReadResult]:
+    """The reader of a registered name or of an import path `package.module:attr`.
+
+    Raises:
+        InputError: an unknown name (listing the known ones) or an import path that does not import.
+    """
+    if name in READERS:
+        return READERS[name]
+    if ":" not in name:
+        raise InputError(
+            f"unknown reader {name!r}; known readers: {sorted(READERS)} (or an import path 'package.module:attr')",
+            field="reader",
+        )
+    module_name, _, attr = name.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise InputError(f"cannot import reader {name!r} ({type(exc).__name__}: {exc})", field="reader") from exc
+    if not callable(obj):
+        raise InputError(f"reader {name!r} is a {type(obj).__name__}, not callable", field="reader")
+    return obj
+
+
+def check_dataset(reader: str | Callable[..., ReadResult], root: str | Path, **options: Any) -> list[str]:
+    """Check a data set's files before reading it: the reader is known, the root exists, then the reader's own check.
+
+    Args:
+        reader: a registered name, an import path `package.module:attr`, or the reader itself.
+        root: the data set's folder.
+        **options: the reader's options (as params.yaml gives them); a misspelt one is reported.
+
+    Returns:
+        One line per problem (naming the file where there is one), empty when all is well.
+    """
+    root = Path(root)
+    try:
+        func = resolve_reader(reader) if isinstance(reader, str) else reader
+    except InputError as exc:
+        return [exc.message]
+    if not root.exists():
+        return [str(InputError("data set folder not found", file=root))]
+    check = getattr(func, "check", None)
+    if check is None:
+        return []
+    try:
+        return [str(line) for line in check(root, **options)]
+    except TypeError as exc:
+        if "unexpected keyword argument" in str(exc):  # a misspelt option of params.yaml
+            return [f"reader {reader!r}: {exc}"]
+        raise
+    except InputError as exc:  # a third-party check that raises instead of returning its problems
+        return [str(exc)]
 
 
 def read_dataset(dataset: str, reader: str, root: str | Path, **options: Any) -> ReadResult:
-    """Read a data set with a registered reader.
+    """Read a data set with a registered reader (or one given by import path).
 
     Args:
         dataset: the data set name.
-        reader: a key of `READERS` (`mivolo`, `folder`).
+        reader: a key of `READERS` (`mivolo`, `folder`) or an import path `package.module:attr`.
         root: the data set's folder.
         **options: keyword options of that reader (e.g. `splits`, `on_bad_row`).
 
@@ -580,9 +842,7 @@ def read_dataset(dataset: str, reader: str, root: str | Path, **options: Any) ->
     Raises:
         InputError: for an unknown reader name (listing the known ones) or an option the reader lacks.
     """
-    if reader not in READERS:
-        raise InputError(f"unknown reader {reader!r}; known readers: {sorted(READERS)}", field="reader")
-    func = READERS[reader]
+    func = resolve_reader(reader)
     try:
         return func(root, dataset, **options)
     except TypeError as exc:
@@ -599,6 +859,10 @@ __all__ = [
     "READERS",
     "SKIP_REASONS",
     "ReadResult",
+    "check_dataset",
+    "check_folder",
+    "check_mivolo",
+    "read_labels",
     "empty_masked",
     "empty_report",
     "parse_age",
@@ -606,4 +870,6 @@ __all__ = [
     "read_dataset",
     "read_folder",
     "read_mivolo",
+    "register_reader",
+    "resolve_reader",
 ]
