@@ -296,6 +296,15 @@ def label_to_class(labels: Iterable[object] | pd.Series, scheme: ClassScheme) ->
     return classes[codes] if len(codes) else np.empty(0, dtype=np.int64)
 
 
+def _in_scheme(key: tuple[int, int | None], scheme: ClassScheme) -> bool:
+    """Whether a parsed label is one of the scheme's classes. The last class is open-ended, however its upper end
+    is written: FairFace's `70+`, `more than 70` and MiVOLO's annotation `70;120` are the same class."""
+    if key in {_label_key(x) for x in scheme.labels}:
+        return True
+    lo, hi = key
+    return lo == scheme.bounds[-1] and (hi is None or hi >= lo)
+
+
 def detect_class_scheme(labels: Iterable[object] | pd.Series) -> ClassScheme:
     """Find the class scheme of a data set from its labels.
 
@@ -321,14 +330,9 @@ def detect_class_scheme(labels: Iterable[object] | pd.Series) -> ClassScheme:
             keys[str(label)] = _label_key(label)
         except ValueError as exc:
             raise ValueError(f"{exc}; it matches no class scheme of {list(CLASS_SCHEMES)}") from None
-    candidates = []
-    for scheme in CLASS_SCHEMES.values():
-        scheme_keys = {_label_key(x) for x in scheme.labels}
-        if all(k in scheme_keys for k in keys.values()):
-            candidates.append(scheme)
+    candidates = [s for s in CLASS_SCHEMES.values() if all(_in_scheme(k, s) for k in keys.values())]
     if not candidates:
-        all_keys = {_label_key(x) for s in CLASS_SCHEMES.values() for x in s.labels}
-        foreign = [lab for lab, k in keys.items() if k not in all_keys]
+        foreign = [lab for lab, k in keys.items() if not any(_in_scheme(k, s) for s in CLASS_SCHEMES.values())]
         what = f"labels {foreign[:5]} are in no" if foreign else "the labels mix"
         raise ValueError(f"age class {what} class scheme of {list(CLASS_SCHEMES)}")
     if len(candidates) > 1:

@@ -196,6 +196,9 @@ def test_detect_class_scheme() -> None:
     assert detect_class_scheme(["25;32", "0;2", "60;100"]).name == "adience"
     assert detect_class_scheme(pd.Series(["(25, 32)", "48-53"])).name == "adience"
     assert detect_class_scheme(["20-29", "more than 70", "3-9"]).name == "fairface"
+    # MiVOLO's FairFace annotations write the open last class as "70;120" (their prepare_fairface.py age_map)
+    assert detect_class_scheme(["20;29", "70;120", "3;9"]).name == "fairface"
+    assert label_to_class(["70;120"], FAIRFACE).tolist() == [8]
     # "0;2" / "0-2" alone fit both schemes: the exact spelling decides
     assert detect_class_scheme(["0;2"]).name == "adience"
     assert detect_class_scheme(["0-2"]).name == "fairface"
