@@ -1,0 +1,839 @@
+"""What a zero-shot run costs through OpenAI's API, and about how long it takes, from the real crop sizes.
+
+An OpenAI vision request is billed as input tokens (the prompt's text, a few tokens of chat framing and the
+image's tokens) plus output tokens. For the tile-based vision models (GPT-4o, GPT-4o mini, GPT-4 Turbo,
+GPT-4V) an image's tokens follow OpenAI's published rule (the "Images and vision" guide, section "Calculating
+costs"):
+
+- `detail: low`: a fixed `base` number of tokens, whatever the size;
+- `detail: high`: the image is scaled to fit within 2048 x 2048, then scaled so that its shortest side is
+  768 px; the 512-px tiles that cover it cost `per_tile` tokens each, plus `base`.
+
+Decisions (documented here because they change the figures):
+
+- **Small images are not enlarged** (`upscale=False`, the default): the guide's words ("scaled such that the
+  shortest side is 768px") read as if a 256 x 512 crop were enlarged to 768 x 1536 (6 tiles), but usage reported
+  by the API for small images is one tile per 512 px (a 128 x 64 image bills 1 tile on gpt-4o and gpt-4o-mini;
+  forum measurements of 2025, see `VISION_TOKEN_SOURCE`), i.e. the second step only shrinks. `upscale=True` gives
+  the literal reading, an upper bound; the two agree for every crop whose shortest side is at least 768 px.
+- **`detail: auto` (or no detail sent) counts as `high`**: the API picks, and high is the upper bound; the
+  paper sent full-size crops with `high`.
+- **Text tokens**: the prompt is counted with tiktoken when it is installed *and* its encoding file is already in
+  its cache (tiktoken downloads missing encodings; here that is refused, nothing is fetched); otherwise
+  ceil(characters / 4), OpenAI's rule of thumb for English. Either way 7 tokens of chat framing are added per
+  request (3 per message, 1 for the role, 3 priming the reply: OpenAI's cookbook "How to count tokens"). The
+  method used is in every result (`text_method`); `text_tokens=` sets an exact count instead (e.g. a run's
+  `usage.prompt_tokens` minus its image tokens).
+- **Prices are not facts of this code**: `PRICES` is a dated copy of OpenAI's price list (standard tier, USD per
+  million tokens) for the paper's models, to be checked against the current list and overridden by arguments.
+  The Batch API (half price, answers within 24 h) is not what the runner uses.
+- **Crop sizes** come from the runner's own crop rules (`agegender.data.crops`) and its `max_side` downscale,
+  without encoding any image: `face` and `body` crops are their clamped boxes (only image headers are read),
+  `body_wo_face` crops are cut as the runner cuts them (its drop rules look at the masked pixels).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agegender.errors import InputError
+from agegender.mllm.prompt import PROMPT_VERSION, get_prompt
+from agegender.mllm.runner import MLLM_INPUTS
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from agegender.params import Params
+    from agegender.paths import ProjectPaths
+
+# ---------------------------------------------------------------------------------------------------------------
+# Image tokens
+
+#: the tile rule's geometry (the same for every tile-based model)
+FIT_SIDE = 2048
+SHORT_SIDE = 768
+TILE = 512
+
+
+@dataclass(frozen=True)
+class VisionRule:
+    """Image-token constants of a tile-based OpenAI vision model: `base` (also the whole low-detail cost)
+    and `per_tile` (each 512-px tile of a high-detail image)."""
+
+    base: int
+    per_tile: int
+
+
+#: model id prefix -> constants; the longest matching prefix wins (`gpt-4o-mini-2024-07-18` -> `gpt-4o-mini`).
+VISION_RULES: dict[str, VisionRule] = {
+    "gpt-4o": VisionRule(85, 170),
+    # gpt-4o-mini bills ~33x the tokens at 1/16.7 of the price: an image costs about the same as on gpt-4o
+    "gpt-4o-mini": VisionRule(2833, 5667),
+    "gpt-4-turbo": VisionRule(85, 170),
+    "gpt-4-vision-preview": VisionRule(85, 170),
+    "gpt-4-1106-vision-preview": VisionRule(85, 170),
+}
+VISION_TOKEN_SOURCE = (
+    "OpenAI API docs, guide 'Images and vision', section 'Calculating costs' (platform.openai.com/docs/guides/vision, "
+    "worked examples 1024x1024 high = 765, 2048x4096 high = 1105, low = 85; gpt-4o-mini base 2833, tile 5667); "
+    "no enlargement of small images: usage measured on the API (OpenAI developer forum, 'Vision: more than one way "
+    "to send a request', 2025: 128x64 high = 1 tile on gpt-4o and gpt-4o-mini); read 2026-11-26"
+)
+
+
+def _lookup(table: Mapping[str, Any], model: str, what: str) -> tuple[str, Any]:
+    name = model.strip().lower().removeprefix("openai/")
+    matches = [key for key in table if name == key or name.startswith(key + "-")]
+    if not matches:
+        raise InputError(f"no {what} known for model {model!r}; known: {sorted(table)}", field="model")
+    key = max(matches, key=len)
+    return key, table[key]
+
+
+def vision_rule(model: str) -> VisionRule:
+    """The image-token constants of an OpenAI model id (a snapshot id finds its family).
+
+    Raises:
+        InputError: a model that is not a tile-based OpenAI vision model of `VISION_RULES`.
+    """
+    return _lookup(VISION_RULES, model, "image-token rule")[1]
+
+
+def _check_size(width: int, height: int) -> tuple[int, int]:
+    try:
+        w, h = int(width), int(height)
+    except (TypeError, ValueError):
+        raise InputError(f"image size must be two integers, got {width!r} x {height!r}", field="size") from None
+    if w < 1 or h < 1 or w != width or h != height:
+        raise InputError(f"image size must be positive whole pixels, got {width!r} x {height!r}", field="size")
+    return w, h
+
+
+def high_detail_size(width: int, height: int, *, upscale: bool = False) -> tuple[int, int]:
+    """The size a high-detail image is tiled at: fitted within 2048 x 2048, then its shortest side to 768 px.
+
+    Args:
+        width, height: the image as sent, in pixels.
+        upscale: also enlarge images whose shortest side is below 768 px (the guide's literal wording; see the
+            module notes: the API does not).
+
+    Returns:
+        (width, height), truncated to whole pixels.
+    """
+    w, h = _check_size(width, height)
+    fw, fh = float(w), float(h)
+    if max(fw, fh) > FIT_SIDE:
+        scale = FIT_SIDE / max(fw, fh)
+        fw, fh = fw * scale, fh * scale
+    short = min(fw, fh)
+    if short > SHORT_SIDE or (upscale and short < SHORT_SIDE):
+        scale = SHORT_SIDE / short
+        fw, fh = fw * scale, fh * scale
+    # a side scaled to exactly 768 or 2048 must stay there; floats may land a hair below
+    return max(1, math.floor(fw + 1e-6)), max(1, math.floor(fh + 1e-6))
+
+
+def image_tiles(width: int, height: int, *, upscale: bool = False) -> int:
+    """512-px tiles that cover a high-detail image (after `high_detail_size`)."""
+    w, h = high_detail_size(width, height, upscale=upscale)
+    return math.ceil(w / TILE) * math.ceil(h / TILE)
+
+
+def _check_detail(detail: str | None) -> str:
+    value = "auto" if detail is None else str(detail).lower()
+    if value not in ("low", "high", "auto"):
+        raise InputError(f"detail must be 'low', 'high' or 'auto', got {detail!r}", field="detail")
+    return value
+
+
+def image_tokens(
+    width: int, height: int, *, detail: str | None = "high", model: str = "gpt-4o", upscale: bool = False
+) -> int:
+    """Input tokens OpenAI bills for one image (tile-based vision models).
+
+    Args:
+        width, height: the image as sent, in pixels.
+        detail: `low`, `high`, or `auto` / None (counted as `high`, the upper bound).
+        model: an OpenAI model id of `VISION_RULES` (snapshots such as `gpt-4o-2024-05-13` find their family).
+        upscale: enlarge small images to a 768-px shortest side (see the module notes; default: no).
+
+    Returns:
+        `base` for low detail; `base + per_tile * tiles` otherwise (1024 x 1024 high on gpt-4o: 765).
+
+    Raises:
+        InputError: unknown model or detail, or a size that is not positive whole pixels.
+    """
+    rule = vision_rule(model)
+    w, h = _check_size(width, height)
+    if _check_detail(detail) == "low":
+        return rule.base
+    return rule.base + rule.per_tile * image_tiles(w, h, upscale=upscale)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Text tokens and prices
+
+#: tokens of chat framing per one-message request: 3 per message + 1 for the role + 3 priming the reply
+MESSAGE_OVERHEAD_TOKENS = 7
+#: output tokens per answer: "[female; 40]" is about 7 tokens, plus the end of the message
+DEFAULT_OUTPUT_TOKENS = 8
+
+
+class _NoDownload(Exception):
+    """tiktoken wanted to download an encoding."""
+
+
+def _tiktoken_count(text: str, model: str) -> int | None:
+    """The text's token count with tiktoken, or None when tiktoken or its encoding file is not here offline."""
+    try:
+        import tiktoken
+        import tiktoken.load
+    except ImportError:
+        return None
+    original = tiktoken.load.read_file
+
+    def local_only(blobpath: str) -> bytes:
+        # tiktoken reads its cache first and calls read_file only for a missing file: refuse URLs there
+        if "://" in str(blobpath):
+            raise _NoDownload(blobpath)
+        return original(blobpath)
+
+    tiktoken.load.read_file = local_only
+    try:
+        encoding = tiktoken.encoding_for_model(model.removeprefix("openai/"))
+        return len(encoding.encode(text))
+    except (_NoDownload, KeyError, ValueError, OSError):
+        return None
+    finally:
+        tiktoken.load.read_file = original
+
+
+def prompt_tokens(prompt: str, model: str) -> tuple[int, str]:
+    """Input text tokens of one request: the prompt plus `MESSAGE_OVERHEAD_TOKENS`.
+
+    Returns:
+        (tokens, method): method says `tiktoken <encoding-for-model>` or `estimate ceil(chars/4)`.
+    """
+    counted = _tiktoken_count(prompt, model)
+    if counted is not None:
+        return counted + MESSAGE_OVERHEAD_TOKENS, f"tiktoken ({model}) + {MESSAGE_OVERHEAD_TOKENS} framing"
+    estimate = math.ceil(len(prompt) / 4)
+    return estimate + MESSAGE_OVERHEAD_TOKENS, (
+        f"estimate: ceil({len(prompt)} chars / 4) + {MESSAGE_OVERHEAD_TOKENS} framing (no offline tiktoken encoding)"
+    )
+
+
+@dataclass(frozen=True)
+class Price:
+    """USD per million tokens, standard tier."""
+
+    input: float
+    output: float
+
+
+#: model id prefix -> price; the longest matching prefix wins. A dated copy: check the current price list.
+PRICES: dict[str, Price] = {
+    "gpt-4o": Price(2.50, 10.00),  # gpt-4o-2024-08-06 and later
+    "gpt-4o-2024-05-13": Price(5.00, 15.00),  # the first GPT-4o snapshot (the paper's time)
+    "gpt-4o-mini": Price(0.15, 0.60),
+    "gpt-4-turbo": Price(10.00, 30.00),
+    "gpt-4-vision-preview": Price(10.00, 30.00),  # GPT-4V, the paper's "ChatGPT4V" (retired)
+    "gpt-4-1106-vision-preview": Price(10.00, 30.00),
+}
+PRICES_SOURCE = (
+    "OpenAI price list (platform.openai.com/docs/pricing) as copied by third-party pages read 2026-11-26 "
+    "(chatgptpricing-akr.pages.dev/api-pricing: gpt-4o 2.50/10.00, gpt-4o-mini 0.15/0.60; vercel.com/ai-gateway/"
+    "models/gpt-4-turbo: 10.00/30.00; strathweb.com 2024-10: gpt-4o-2024-05-13 input 5.00). "
+    "Check the current price list; override with price_in/price_out"
+)
+
+
+def model_price(model: str, prices: Mapping[str, Price] | None = None) -> Price:
+    """The price of a model id (longest prefix of `prices`, default `PRICES`).
+
+    Raises:
+        InputError: no price known; give one explicitly.
+    """
+    return _lookup(PRICES if prices is None else prices, model, "price (give --price-in/--price-out)")[1]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Estimates
+
+
+@dataclass
+class KindCost:
+    """Counts of one input kind (or of one list of sizes).
+
+    Attributes:
+        requests: requests sent (one per crop).
+        no_crop: samples without this crop (no request).
+        image_tokens, text_tokens, output_tokens: totals over the requests.
+        tiles: 512-px tiles over the requests (high detail).
+    """
+
+    requests: int = 0
+    no_crop: int = 0
+    image_tokens: int = 0
+    text_tokens: int = 0
+    output_tokens: int = 0
+    tiles: int = 0
+
+    @property
+    def input_tokens(self) -> int:
+        return self.image_tokens + self.text_tokens
+
+
+@dataclass
+class CostEstimate:
+    """Token counts and USD of a run, in total and per input kind.
+
+    Attributes:
+        model: the priced model id.
+        detail: the image detail counted (`low`, `high`, `auto` counted as high).
+        price: USD per million input and output tokens used.
+        by_input: input kind -> its counts.
+        text_method: how the prompt's tokens were counted.
+        text_tokens_per_request: text tokens of one request (prompt + framing).
+        output_tokens_per_request: the assumed answer length.
+        max_side, upscale: the crop downscale and the tile-rule reading applied.
+        sources: where the rule and the prices come from.
+    """
+
+    model: str
+    detail: str
+    price: Price
+    by_input: dict[str, KindCost] = field(default_factory=dict)
+    text_method: str = ""
+    text_tokens_per_request: int = 0
+    output_tokens_per_request: int = DEFAULT_OUTPUT_TOKENS
+    max_side: int | None = None
+    upscale: bool = False
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def _sum(self, name: str) -> int:
+        return sum(int(getattr(k, name)) for k in self.by_input.values())
+
+    @property
+    def requests(self) -> int:
+        return self._sum("requests")
+
+    @property
+    def image_tokens(self) -> int:
+        return self._sum("image_tokens")
+
+    @property
+    def text_tokens(self) -> int:
+        return self._sum("text_tokens")
+
+    @property
+    def input_tokens(self) -> int:
+        return self._sum("input_tokens")
+
+    @property
+    def output_tokens(self) -> int:
+        return self._sum("output_tokens")
+
+    def usd(self, kind: str | None = None) -> float:
+        """USD of the whole run (or of one input kind) at `price`."""
+        part = self.by_input[kind] if kind is not None else self
+        return (part.input_tokens * self.price.input + part.output_tokens * self.price.output) / 1e6
+
+    def duration_s(
+        self, *, concurrency: int = 8, latency_s: float = 3.0, rpm: float | None = None, tpm: float | None = None
+    ) -> float:
+        """Wall time of the run, roughly: the slowest of the concurrency, requests-per-minute and tokens-per-minute
+        bounds (an account's limits are on its limits page; latency is an assumption, a run's manifest measures it).
+
+        Raises:
+            InputError: a non-positive concurrency, latency or limit.
+        """
+        if concurrency < 1 or latency_s <= 0 or (rpm is not None and rpm <= 0) or (tpm is not None and tpm <= 0):
+            raise InputError("concurrency, latency and rate limits must be positive", field="concurrency")
+        bounds = [self.requests * latency_s / concurrency]
+        if rpm is not None:
+            bounds.append(self.requests / rpm * 60.0)
+        if tpm is not None:
+            bounds.append((self.input_tokens + self.output_tokens) / tpm * 60.0)
+        return max(bounds)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary (totals, per input kind, the assumptions and sources)."""
+        kinds = {
+            kind: {
+                "requests": k.requests,
+                "no_crop": k.no_crop,
+                "tiles": k.tiles,
+                "image_tokens": k.image_tokens,
+                "text_tokens": k.text_tokens,
+                "output_tokens": k.output_tokens,
+                "usd": round(self.usd(kind), 6),
+            }
+            for kind, k in self.by_input.items()
+        }
+        return {
+            "model": self.model,
+            "detail": self.detail,
+            "max_side": self.max_side,
+            "upscale": self.upscale,
+            "price_per_million": {"input": self.price.input, "output": self.price.output},
+            "requests": self.requests,
+            "image_tokens": self.image_tokens,
+            "text_tokens": self.text_tokens,
+            "output_tokens": self.output_tokens,
+            "usd": round(self.usd(), 6),
+            "text_method": self.text_method,
+            "text_tokens_per_request": self.text_tokens_per_request,
+            "output_tokens_per_request": self.output_tokens_per_request,
+            "by_input": kinds,
+            "sources": dict(self.sources),
+        }
+
+    def table(self, title: str | None = None) -> str:
+        """A Markdown table: one row per input kind and a total."""
+        head = "| input | requests | no crop | image tokens (mean) | text tokens | output tokens | USD |"
+        lines = [f"**{title}**", ""] if title else []
+        lines += [head, "|---|---:|---:|---:|---:|---:|---:|"]
+
+        def row(name: str, k: KindCost | CostEstimate, no_crop: int, usd: float) -> str:
+            mean = k.image_tokens / k.requests if k.requests else 0.0
+            return (
+                f"| {name} | {k.requests:,} | {no_crop:,} | {k.image_tokens:,} ({mean:,.0f}) | {k.text_tokens:,} "
+                f"| {k.output_tokens:,} | {usd:,.2f} |"
+            )
+
+        for kind, k in self.by_input.items():
+            lines.append(row(kind, k, k.no_crop, self.usd(kind)))
+        if len(self.by_input) > 1:
+            lines.append(row("total", self, self._sum("no_crop"), self.usd()))
+        lines.append("")
+        lines.append(
+            f"{self.model}, detail {self.detail}, max_side {self.max_side}, "
+            f"USD {self.price.input:g} / {self.price.output:g} per million input / output tokens "
+            f"(check the current price list); text: {self.text_method}; "
+            f"output: {self.output_tokens_per_request} tokens per answer (assumed)."
+        )
+        return "\n".join(lines)
+
+
+def _resolve(
+    model: str,
+    detail: str | None,
+    prices: Mapping[str, Price] | Price | None,
+    price_in: float | None,
+    price_out: float | None,
+) -> tuple[str, Price]:
+    det = _check_detail(detail)
+    vision_rule(model)  # fail early on an unknown model
+    if price_in is not None and price_out is not None:
+        price = Price(float(price_in), float(price_out))
+    else:
+        base = prices if isinstance(prices, Price) else model_price(model, prices)
+        price = Price(
+            float(price_in) if price_in is not None else base.input,
+            float(price_out) if price_out is not None else base.output,
+        )
+    if price.input < 0 or price.output < 0 or not (math.isfinite(price.input) and math.isfinite(price.output)):
+        raise InputError(f"prices must be finite and >= 0, got {price}", field="price")
+    return det, price
+
+
+def _new_estimate(
+    model: str,
+    detail: str | None,
+    *,
+    prices: Mapping[str, Price] | Price | None,
+    price_in: float | None,
+    price_out: float | None,
+    prompt_version: str,
+    output_tokens: int,
+    text_tokens: int | None,
+    max_side: int | None,
+    upscale: bool,
+) -> CostEstimate:
+    det, price = _resolve(model, detail, prices, price_in, price_out)
+    if output_tokens < 0:
+        raise InputError(f"output_tokens must be >= 0, got {output_tokens}", field="output_tokens")
+    if text_tokens is not None:
+        if text_tokens < 0:
+            raise InputError(f"text_tokens must be >= 0, got {text_tokens}", field="text_tokens")
+        per_request, method = int(text_tokens), "given"
+    else:
+        per_request, method = prompt_tokens(get_prompt(prompt_version), model)
+    return CostEstimate(
+        model=model,
+        detail=det,
+        price=price,
+        text_method=method,
+        text_tokens_per_request=per_request,
+        output_tokens_per_request=int(output_tokens),
+        max_side=max_side,
+        upscale=upscale,
+        sources={"image_tokens": VISION_TOKEN_SOURCE, "prices": PRICES_SOURCE},
+    )
+
+
+def _add(estimate: CostEstimate, kind: str, size: tuple[int, int] | None) -> None:
+    k = estimate.by_input.setdefault(kind, KindCost())
+    if size is None:
+        k.no_crop += 1
+        return
+    k.requests += 1
+    k.image_tokens += image_tokens(*size, detail=estimate.detail, model=estimate.model, upscale=estimate.upscale)
+    if estimate.detail != "low":
+        k.tiles += image_tiles(*size, upscale=estimate.upscale)
+    k.text_tokens += estimate.text_tokens_per_request
+    k.output_tokens += estimate.output_tokens_per_request
+
+
+def estimate_from_sizes(
+    sizes: Iterable[tuple[int, int]],
+    *,
+    model: str = "gpt-4o",
+    detail: str | None = "high",
+    input_kind: str = "image",
+    prices: Mapping[str, Price] | Price | None = None,
+    price_in: float | None = None,
+    price_out: float | None = None,
+    prompt_version: str = PROMPT_VERSION,
+    output_tokens: int = DEFAULT_OUTPUT_TOKENS,
+    text_tokens: int | None = None,
+    max_side: int | None = None,
+    upscale: bool = False,
+) -> CostEstimate:
+    """The cost of one request per image size, without any image (paper-scale what-ifs).
+
+    Args:
+        sizes: (width, height) of each image as cropped (before `max_side`).
+        model: OpenAI model id (image-token rule and default price).
+        detail: `low`, `high` or `auto`/None (counted as high).
+        input_kind: the name of the row in `by_input`.
+        prices: a price table (model prefix -> `Price`) or one `Price`; default `PRICES`.
+        price_in, price_out: USD per million input / output tokens, overriding the table.
+        prompt_version: the registered prompt whose text is counted.
+        output_tokens: tokens per answer.
+        text_tokens: exact text tokens per request (prompt + framing) instead of counting them.
+        max_side: the runner's downscale (longer side at most this), applied before the tile rule.
+        upscale: the tile rule's literal reading (see the module notes).
+
+    Raises:
+        InputError: unknown model or prompt, no price, bad sizes or counts.
+    """
+    estimate = _new_estimate(
+        model, detail, prices=prices, price_in=price_in, price_out=price_out, prompt_version=prompt_version,
+        output_tokens=output_tokens, text_tokens=text_tokens, max_side=max_side, upscale=upscale,
+    )  # fmt: skip
+    estimate.by_input[input_kind] = KindCost()
+    for size in sizes:
+        width, height = _check_size(*size)
+        _add(estimate, input_kind, downscaled_size(width, height, max_side))
+    return estimate
+
+
+def downscaled_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    """The size `agegender.mllm.runner.downscale` gives a crop (longer side at most `max_side`; never enlarged)."""
+    if max_side is None or max(width, height) <= max_side:
+        return width, height
+    scale = max_side / max(width, height)
+    # the runner's own arithmetic (Python's round), so that the sizes match what it sends
+    return max(1, min(max_side, round(width * scale))), max(1, min(max_side, round(height * scale)))
+
+
+def _image_file(roots: str | Path | Mapping[str, str | Path], dataset: str) -> Path | None:
+    if isinstance(roots, Mapping):
+        return Path(roots[dataset]) if dataset in roots else None
+    return Path(roots)
+
+
+def crop_sizes(
+    samples: pd.DataFrame,
+    masked: pd.DataFrame | None,
+    image_roots: str | Path | Mapping[str, str | Path],
+    input_kind: str,
+    *,
+    max_side: int | None = None,
+    context: pd.DataFrame | None = None,
+    progress: bool = False,
+) -> Iterator[tuple[str, tuple[int, int] | None]]:
+    """Yield (sample_id, (width, height) as sent) for every sample, or None where the runner makes no query.
+
+    `face` and `body` crops are their boxes clamped to the image (`agegender.data.crops.clamp_box`, the rule
+    `crop` applies), so only image headers are read; `body_wo_face` crops are cut by `iter_crops` as the runner
+    cuts them, since its drop rules look at the masked pixels. `max_side` is the runner's downscale.
+
+    Raises:
+        InputError: unknown input kind, a data set missing from `image_roots`, an unreadable image.
+    """
+    from tqdm.auto import tqdm
+
+    from agegender.data.crops import clamp_box, image_size, iter_crops
+    from agegender.data.schema import FACE_BOX, PERSON_BOX
+
+    if input_kind not in MLLM_INPUTS:
+        raise InputError(f"unknown MLLM input kind {input_kind!r}; known: {list(MLLM_INPUTS)}", field="input")
+    if max_side is not None and (not isinstance(max_side, int) or max_side < 1):
+        raise InputError(f"max_side must be a positive integer or None, got {max_side!r}", field="max_side")
+    if input_kind == "body_wo_face":
+        for sample_id, crop in iter_crops(samples, masked, image_roots, input_kind, context=context, progress=progress):
+            yield sample_id, None if crop is None else downscaled_size(crop.shape[1], crop.shape[0], max_side)
+        return
+    for col in ("sample_id", "dataset", "image_path"):
+        if col not in samples.columns:
+            raise InputError("required column is missing from the sample table", field=col)
+    cols = list(FACE_BOX if input_kind == "face" else PERSON_BOX)
+    boxes = samples.reindex(columns=cols).astype("Float64").to_numpy(dtype=float, na_value=math.nan)
+    sizes: dict[Path, tuple[int, int]] = {}
+    ids, datasets = samples["sample_id"].astype(str), samples["dataset"].astype(str)
+    rows = zip(ids, datasets, samples["image_path"].astype(str), strict=True)
+    for pos, (sample_id, dataset, image_path) in enumerate(
+        tqdm(rows, total=len(samples), desc=f"crop sizes ({input_kind})", disable=not progress, unit="crop")
+    ):
+        root = _image_file(image_roots, dataset)
+        if root is None:
+            raise InputError(
+                f"no image folder given for data set {dataset!r}", row=f"{pos + 1} (sample_id {sample_id})",
+                field="dataset",
+            )  # fmt: skip
+        box = boxes[pos]
+        if not all(math.isfinite(v) for v in box):
+            yield sample_id, None
+            continue
+        path = root / image_path
+        if path not in sizes:
+            sizes[path] = image_size(path)
+        clamped = clamp_box(box, *sizes[path])
+        if clamped is None:
+            yield sample_id, None
+            continue
+        x0, y0, x1, y1 = clamped
+        yield sample_id, downscaled_size(x1 - x0, y1 - y0, max_side)
+
+
+def estimate_cost(
+    samples: pd.DataFrame,
+    masked: pd.DataFrame | None,
+    image_roots: str | Path | Mapping[str, str | Path],
+    *,
+    input_kinds: Sequence[str] = ("body", "body_wo_face"),
+    model: str = "gpt-4o",
+    detail: str | None = "high",
+    max_side: int | None = None,
+    prices: Mapping[str, Price] | Price | None = None,
+    price_in: float | None = None,
+    price_out: float | None = None,
+    prompt_version: str = PROMPT_VERSION,
+    output_tokens: int = DEFAULT_OUTPUT_TOKENS,
+    text_tokens: int | None = None,
+    upscale: bool = False,
+    context: pd.DataFrame | None = None,
+    progress: bool = False,
+) -> CostEstimate:
+    """The cost of asking `model` about every sample, once per input kind, with the crops the runner sends.
+
+    Args:
+        samples: the sample table of the run (e.g. the study split of NanoLAGENDA).
+        masked: the reader's side table of persons that exist only to be masked (or None).
+        image_roots: the folder image paths are relative to, or a mapping dataset -> folder.
+        input_kinds: `body`, `face`, `body_wo_face` (one request per sample and kind with a crop).
+        model: OpenAI model id (image-token rule and default price).
+        detail: the `detail` sent (`low`, `high`, `auto`/None counted as high).
+        max_side: the runner's downscale (None: original size, the paper's setting).
+        prices, price_in, price_out: see `estimate_from_sizes`.
+        prompt_version: the registered prompt whose text is counted.
+        output_tokens: tokens per answer.
+        text_tokens: exact text tokens per request instead of counting them.
+        upscale: the tile rule's literal reading (see the module notes).
+        context: a larger sample table whose boxes are masked in `body_wo_face` crops (the pipeline passes
+            every sample, as `run_queries` does).
+        progress: show tqdm bars.
+
+    Returns:
+        The estimate: requests, token totals and USD, per input kind and in total.
+
+    Raises:
+        InputError: unknown model, kind or prompt, no price, a data set without an image root, unreadable images.
+    """
+    if not input_kinds:
+        raise InputError("give at least one input kind", field="input")
+    estimate = _new_estimate(
+        model, detail, prices=prices, price_in=price_in, price_out=price_out, prompt_version=prompt_version,
+        output_tokens=output_tokens, text_tokens=text_tokens, max_side=max_side, upscale=upscale,
+    )  # fmt: skip
+    for kind in input_kinds:
+        estimate.by_input[kind] = KindCost()
+        for _, size in crop_sizes(
+            samples, masked, image_roots, kind, max_side=max_side, context=context, progress=progress
+        ):
+            _add(estimate, kind, size)
+    return estimate
+
+
+def estimate_params(
+    params: Params,
+    paths: ProjectPaths,
+    *,
+    model_key: str | None = None,
+    model: str | None = None,
+    **options: Any,
+) -> dict[str, CostEstimate]:
+    """Estimates for the `query_mllms.models` of a params file, over the samples the stage would query.
+
+    Each model gets the stage's samples (the study split of its data sets), inputs, `max_side`, the section's
+    `detail` and prompt version, and the prepared data (`agegender.data.prepare.load_prepared`).
+
+    Args:
+        params, paths: as loaded by `agegender.pipeline.setup`.
+        model_key: one entry of `query_mllms.models` (default: every entry whose backend is `openai`).
+        model: the OpenAI model id to price instead of each entry's `model` (e.g. to price a local model's
+            workload as if sent to gpt-4o).
+        **options: `estimate_cost` arguments (`prices`, `price_in`, `price_out`, `output_tokens`, `text_tokens`,
+            `upscale`, `progress`).
+
+    Raises:
+        InputError: an unknown key, no `openai` entry, an entry that is not an OpenAI model without `model`.
+    """
+    from agegender.data.prepare import load_prepared
+    from agegender.evaluate import select_samples
+
+    cfg = params.query_mllms
+    if model_key is not None:
+        if model_key not in cfg.models:
+            raise InputError(f"unknown model {model_key!r}; query_mllms.models has {sorted(cfg.models)}", field="model")
+        keys = [model_key]
+    else:
+        keys = [k for k, spec in cfg.models.items() if spec.backend == "openai"]
+        if not keys:
+            raise InputError(
+                "query_mllms.models has no entry with backend 'openai'; name one with --model-key and price it "
+                "with --model",
+                field="query_mllms.models",
+            )
+    data = load_prepared(params, paths)
+    roots = data.image_roots(paths)
+    out: dict[str, CostEstimate] = {}
+    for key in keys:
+        spec = cfg.models[key]
+        priced = model or (spec.model if spec.backend == "openai" else None)
+        if not priced:
+            raise InputError(
+                f"query_mllms.models.{key} is a {spec.backend} model; give the OpenAI model to price (--model)",
+                field="model",
+            )
+        targets = select_samples(data.samples, params.study.split, spec.datasets or params.study.datasets)
+        out[key] = estimate_cost(
+            targets, data.masked, roots, input_kinds=spec.inputs, model=priced, detail=cfg.generation.detail,
+            max_side=spec.max_side, prompt_version=cfg.prompt_version, context=data.samples, **options,
+        )  # fmt: skip
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CLI: `agegender cost`
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def _print_estimates(estimates: Mapping[str, CostEstimate], args: argparse.Namespace) -> None:
+    for name, estimate in estimates.items():
+        print(estimate.table(title=name))
+        seconds = estimate.duration_s(
+            concurrency=args.concurrency, latency_s=args.latency_s, rpm=args.rpm, tpm=args.tpm
+        )
+        print(
+            f"time: about {_hours(seconds)} ({estimate.requests:,} requests, concurrency {args.concurrency}, "
+            f"{args.latency_s:g} s per request" + (f", {args.rpm:g} RPM" if args.rpm else "")
+            + (f", {args.tpm:g} TPM" if args.tpm else "") + ")\n"
+        )  # fmt: skip
+
+
+def _cmd_cost(args: argparse.Namespace) -> int:
+    options: dict[str, Any] = {
+        "price_in": args.price_in,
+        "price_out": args.price_out,
+        "output_tokens": args.output_tokens,
+        "text_tokens": args.text_tokens,
+        "upscale": args.upscale,
+        "progress": not args.quiet,
+    }
+    if args.params is not None:
+        if args.samples is not None:
+            raise InputError("give either --params or --samples, not both", field="params")
+        from agegender import pipeline
+
+        params, paths = pipeline.setup(args.root, args.params)
+        estimates = estimate_params(params, paths, model_key=args.model_key, model=args.model, **options)
+    else:
+        from agegender.data.schema import read_table, validate_samples
+        from agegender.mllm.runner import parse_data_roots
+
+        if args.samples is None or not args.data_root:
+            raise InputError("give --params, or --samples with --data-root", field="samples")
+        samples = validate_samples(read_table(args.samples), source=args.samples)
+        context = samples
+        if args.split != "all":
+            samples = samples[samples["split"] == args.split].reset_index(drop=True)
+        if args.datasets:
+            samples = samples[samples["dataset"].isin(args.datasets)].reset_index(drop=True)
+        masked = read_table(args.masked) if args.masked else None
+        detail = None if args.detail == "none" else args.detail
+        estimate = estimate_cost(
+            samples, masked, parse_data_roots(args.data_root), input_kinds=args.input, model=args.model or "gpt-4o",
+            detail=detail, max_side=args.max_side, prompt_version=args.prompt_version, context=context, **options,
+        )  # fmt: skip
+        estimates = {estimate.model: estimate}
+    _print_estimates(estimates, args)
+    if args.json:
+        payload = {name: e.as_dict() for name, e in estimates.items()}
+        Path(args.json).write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
+        print(f"-> {args.json}")
+    return 0
+
+
+def add_cost_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add `agegender cost` (API cost and time of a zero-shot run, from the real crop sizes)."""
+    p = subparsers.add_parser(
+        "cost",
+        help="API cost and time of a zero-shot run through OpenAI, from the real crop sizes",
+        description="Tokens, USD and time of the queries a run would send (no request is sent). Either "
+        "--params (the query_mllms models of a params file, over the prepared data) or --samples/--data-root.",
+    )
+    p.add_argument("--params", default=None, help="params file: price its query_mllms models with backend openai")
+    p.add_argument("--root", default=None, help="project root (default: found above the working directory)")
+    p.add_argument("--model-key", default=None, help="one entry of query_mllms.models (default: the openai ones)")
+    p.add_argument("--samples", default=None, help="sample table (.parquet or .csv), instead of --params")
+    p.add_argument("--data-root", nargs="+", default=None, help="image folder, or dataset=folder pairs")
+    p.add_argument("--masked", default=None, help="the reader's masked-persons side table (for body_wo_face)")
+    p.add_argument("--datasets", nargs="*", default=None, help="data sets to count (default: all)")
+    p.add_argument("--split", default="test", help="split to count, or 'all' (default: test)")
+    p.add_argument(
+        "--input",
+        nargs="+",
+        choices=MLLM_INPUTS,
+        default=["body", "body_wo_face"],
+        help="input kinds (default: the paper's)",
+    )
+    p.add_argument("--model", default=None, help="OpenAI model id to price (default: gpt-4o; --params: each entry's)")
+    p.add_argument("--detail", default="high", choices=("high", "low", "auto", "none"), help="image detail sent")
+    p.add_argument("--max-side", type=int, default=None, help="the run's downscale (default: none, as the paper)")
+    p.add_argument("--prompt-version", default=PROMPT_VERSION)
+    p.add_argument("--price-in", type=float, default=None, help="USD per million input tokens (default: PRICES)")
+    p.add_argument("--price-out", type=float, default=None, help="USD per million output tokens (default: PRICES)")
+    p.add_argument("--output-tokens", type=int, default=DEFAULT_OUTPUT_TOKENS, help="tokens per answer (default 8)")
+    p.add_argument("--text-tokens", type=int, default=None, help="exact text tokens per request (prompt + framing)")
+    p.add_argument("--upscale", action="store_true", help="the tile rule's literal reading: enlarge small crops")
+    p.add_argument("--concurrency", type=int, default=8, help="time estimate: requests in flight (default 8)")
+    p.add_argument("--latency-s", type=float, default=3.0, help="time estimate: seconds per request (default 3)")
+    p.add_argument("--rpm", type=float, default=None, help="time estimate: the account's requests per minute")
+    p.add_argument("--tpm", type=float, default=None, help="time estimate: the account's tokens per minute")
+    p.add_argument("--json", default=None, help="also write the estimates as JSON here")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_cost)
+    return p
