@@ -5,11 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
 from agegender.data.schema import validate_predictions, validate_samples
 from agegender.errors import InputError
+from agegender.evaluate import evaluate_tables
 from agegender.report.figures import (
+    AGE_GROUP_COLUMNS,
     FIGURE_NAMES,
     _save,
     age_group_figure,
@@ -168,13 +171,22 @@ def test_empty_predictions_give_no_predictions_figures(tmp_path, images, samples
     assert all(p.stat().st_size > 0 for p in paths)
     joined = _joined(samples, empty)
     for fig in (
+        age_group_figure(pd.DataFrame(columns=list(AGE_GROUP_COLUMNS)), "nanodemo", caption_note="demo data"),
         pred_vs_true_figure(joined, "nanodemo", caption_note="demo data"),
         gender_confusion_figure(joined, "nanodemo", caption_note="demo data"),
         gallery_figure(samples, empty, "nanodemo", {}, caption_note="demo data"),
     ):
         text = _all_text(fig)
-        assert "no predictions" in text
+        assert "no predictions yet" in text
         assert "(demo data)" in text
+
+
+def _legend_texts(fig) -> list[str]:
+    return [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+
+
+def _nan_list(line) -> list[list[float | None]]:
+    return [[x, None if np.isnan(y) else y] for x, y in line.get_xydata().tolist()]
 
 
 def test_age_group_figure_lines(age_groups):
@@ -187,12 +199,77 @@ def test_age_group_figure_lines(age_groups):
     assert len(lines) == 2
     # three distinct groups on the x axis, ordered by age
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0-5", "10-15", "25-30"]
-    assert lines[0].get_xydata().tolist() == [[0.0, 2.0], [2.0, 2.0]]
-    assert lines[1].get_xydata().tolist() == [[1.0, 4.0], [2.0, 4.0]]
-    labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert labels == ["MiVOLO-384 [Body & face]", "Tiny [Entire body] (MAE 4.00)"]
+    # a group without answers is a gap (NaN breaks the line), not a 0 and not bridged
+    assert _nan_list(lines[0]) == [[0.0, 2.0], [1.0, None], [2.0, 2.0]]
+    assert _nan_list(lines[1]) == [[0.0, None], [1.0, 4.0], [2.0, 4.0]]
+    # the input is named and styled: face + body solid circles, body dashed squares
+    assert _legend_texts(fig) == ["MiVOLO-384 [Body & face]", "Tiny [Entire body] (MAE 4.00)"]
+    assert (lines[0].get_linestyle(), lines[0].get_marker()) == ("-", "o")
+    assert (lines[1].get_linestyle(), lines[1].get_marker()) == ("--", "s")
     assert "MAE by age group on nanodemo (demo data)" in _all_text(fig)
-    assert "no predictions" in _all_text(age_group_figure(age_groups, "other"))
+    assert "no predictions yet" in _all_text(age_group_figure(age_groups, "other"))
+
+
+def test_age_group_figure_from_partial_predictions(samples, predictions):
+    # the refusing MLLM has no answer in the youngest and the oldest group; a third model answered nothing
+    silent = predictions[predictions["model"] == "tiny_llava"].assign(
+        model="tiny_llava_next", status="refused", age_pred=None, gender_pred=None
+    )
+    preds = validate_predictions(pd.concat([predictions, silent], ignore_index=True))
+    result = evaluate_tables(samples, preds, split="test")
+    fig = age_group_figure(result.age_groups, "nanodemo", result.rows)
+    (ax,) = fig.axes
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0-5", "10-15", "25-30", "30-35", "45-50", "60-65"]
+    mivolo, llava = ax.get_lines()[:2]
+    assert _nan_list(mivolo) == [[float(k), 2.0] for k in range(6)]
+    assert _nan_list(llava) == [[0.0, None], [1.0, 4.0], [2.0, 4.0], [3.0, 4.0], [4.0, 4.0], [5.0, None]]
+    assert _legend_texts(fig) == [
+        "MiVOLO-384 [Body & face] (MAE 2.00)",
+        "tiny_llava [Entire body] (MAE 4.00)",
+        "tiny_llava_next [Entire body]: no answered age",
+    ]
+    # one model only
+    only = result.age_groups[result.age_groups["model"] == "tiny_llava"]
+    (single,) = age_group_figure(only, "nanodemo").axes[0].get_lines()
+    assert np.isnan(single.get_xydata()[:, 1]).sum() == 0 and len(single.get_xydata()) == 4
+
+
+def test_age_group_figure_without_answers(samples, predictions):
+    refused = predictions.assign(status="refused", age_pred=None, gender_pred=None)
+    result = evaluate_tables(samples, validate_predictions(refused), split="test")
+    assert result.age_groups.empty
+    text = _all_text(age_group_figure(result.age_groups, "nanodemo", result.rows))
+    assert "no predictions yet" in text
+    assert "no answered age from MiVOLO-384 [Body & face], tiny_llava [Entire body]" in text
+    nothing = evaluate_tables(samples, predictions.iloc[0:0], split="test")
+    assert "no predictions yet" in _all_text(age_group_figure(nothing.age_groups, None, nothing.rows))
+
+
+def test_age_group_figure_with_the_paper_models_keeps_the_legend_off_the_lines():
+    pairs = [("mivolo_d1_384", "face_body")] + [
+        (m, "body")
+        for m in ("llava15-7b", "llava-next-34b", "sharegpt4v-7b", "gpt-4v", "gpt-4o", "sharegpt4v-7b-ft",
+                  "sharegpt4v-13b-ft", "sharegpt4v-7b-ft-1ep")
+    ]  # fmt: skip
+    groups = pd.DataFrame(
+        [
+            {"dataset": "nanolagenda", "input": i, "model": m, "age_lo": lo, "age_hi": lo + 5.0,
+             "group": f"{lo:g}-{lo + 5:g}", "n": 10, "mae": 3.0 + k + lo / 10}
+            for k, (m, i) in enumerate(pairs)
+            for lo in np.arange(0.0, 90.0, 5.0)
+        ]
+    )  # fmt: skip
+    fig = age_group_figure(groups, "nanolagenda")
+    texts = _legend_texts(fig)
+    assert "MiVOLO-384 [Body & face]" in texts
+    assert "ShareGPT4V 7B FT 1 epoch [Entire body]" in texts and len(texts) == len(pairs)
+    canvas = FigureCanvasAgg(fig)  # a bare Figure has no drawing canvas; drawing lays the legend out
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    legend = fig.legends[0].get_window_extent(renderer)
+    axes = fig.axes[0].get_tightbbox(renderer)
+    assert not legend.overlaps(axes)
+    assert fig.bbox.x0 <= legend.x0 and legend.x1 <= fig.bbox.x1 and fig.bbox.y0 <= legend.y0
 
 
 def test_pred_vs_true_draws_only_ok_rows(samples, predictions):

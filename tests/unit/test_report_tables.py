@@ -1,13 +1,19 @@
-"""Tables in the paper's layouts: cells, paper comparison, roles, captions, LaTeX, summary, errors."""
+"""Tables in the paper's layouts: cells, paper comparison, both views, roles, captions, LaTeX, summary, errors."""
 
 from __future__ import annotations
+
+import re
 
 import pandas as pd
 import pytest
 
+from agegender.data.schema import validate_predictions, validate_samples
 from agegender.errors import InputError
+from agegender.evaluate import evaluate_tables
 from agegender.report.tables import (
+    ALL_ANSWERED,
     NO_PREDICTIONS,
+    SAME_IN_BOTH_VIEWS,
     format_delta,
     format_metric,
     latex_escape,
@@ -121,8 +127,11 @@ def test_paper_rows_without_predictions_and_our_extra_models(tmp_path, rows):
     assert body[0] == "| LLaVA 1.5 7B | Entire body | 16.86 | 7.59 | 48.79 | 99.38 | - | " + NO_PREDICTIONS + " |"
     assert sum(NO_PREDICTIONS in line for line in body) == 15
     assert body[-1].startswith("| tiny_llava | Entire body | 20.00 | 9.00 | 50.00 | 90.00 | 80/100 (80.00%) |")
-    # the "common" view is not in the paper's layout
-    assert "9.25" not in (tmp_path / "table8.md").read_text(encoding="utf-8")
+    # its common row counts the same 80 samples, i.e. the same samples: not printed twice, the caption says so
+    assert body[-1].endswith("| ours (nanolagenda) |")
+    text = (tmp_path / "table8.md").read_text(encoding="utf-8")
+    assert "9.25" not in text
+    assert "coincides with the paper's view here" in text.splitlines()[0]
 
 
 def test_role_mapping_and_caption_note(tmp_path, rows):
@@ -240,3 +249,113 @@ def test_bad_rows_raise_input_error(tmp_path, rows, change, field):
         write_tables(change(rows), tmp_path)
     assert info.value.field == field
     assert info.value.file == "evaluation rows"
+
+
+# --------------------------------------------------------------------------------------------- both views, from
+# evaluation rows that `evaluate_tables` computes on hand-made samples and predictions
+
+NANO_AGES = [10.0, 20.0, 30.0, 40.0, 50.0, 60.0]
+LAG_AGES = [20.0, 30.0, 40.0, 50.0]
+
+
+def _evaluated(gpt_refuses: bool) -> pd.DataFrame:
+    samples = [(f"n{i}", "nanolagenda", age, "male" if i % 2 else "female") for i, age in enumerate(NANO_AGES)]
+    samples += [(f"l{i}", "lagenda", age, "female") for i, age in enumerate(LAG_AGES)]
+    frame = pd.DataFrame(samples, columns=["sample_id", "dataset", "age", "gender"])
+    frame["split"] = "test"
+    frame["image_path"] = frame["sample_id"] + ".jpg"
+    preds = []
+    for i, age in enumerate(NANO_AGES):
+        gender = "male" if i % 2 else "female"
+        # the fine-tuned model errs by 6 years on the two extreme ages that ChatGPT4O refuses, by 2 elsewhere
+        error = 6.0 if i in (0, 5) else 2.0
+        preds.append((f"n{i}", "sharegpt4v-7b-ft", "body", age + error, gender, "ok"))
+        refused = gpt_refuses and i in (0, 5)
+        preds.append((f"n{i}", "gpt-4o", "body", None if refused else age + 3.0, None if refused else gender,
+                      "refused" if refused else "ok"))  # fmt: skip
+        preds.append((f"n{i}", "mivolo_d1_384", "face_body", age - 4.0, gender, "ok"))
+    for i, age in enumerate(LAG_AGES):
+        # no gender answers: the gender cell must read "-", never 0
+        preds.append((f"l{i}", "mivolo_d1_384", "face_body", age + (2.0 if i % 2 else -4.0), None, "ok"))
+    columns = ["sample_id", "model", "input", "age_pred", "gender_pred", "status"]
+    predictions = validate_predictions(pd.DataFrame(preds, columns=columns))
+    return evaluate_tables(validate_samples(frame), predictions, ci=True, n_resamples=50, seed=0).rows
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def test_refusal_aware_row_under_the_answered_row(tmp_path):
+    write_tables(_evaluated(gpt_refuses=True), tmp_path)
+    text = (tmp_path / "table8.md").read_text(encoding="utf-8")
+    lines = _table_lines(tmp_path / "table8.md")
+    at = next(k for k, line in enumerate(lines) if line.startswith("| ShareGPT4V 7B FT | Entire body |"))
+    answered, common = _cells(lines[at]), _cells(lines[at + 1])
+    # the paper's view: all 6 samples, (6 + 2 + 2 + 2 + 2 + 6) / 6 = 3.33, beside the paper's 4.22 with our CI
+    assert re.fullmatch(r"3\.33 \[\d+\.\d\d, \d+\.\d\d\]; paper 4\.22 \(Δ -0\.89\)", answered[3])
+    assert answered[6:] == ["6/6 (100.00%)", "ours vs paper"]
+    # the refusal-aware view right under it: the 4 samples ChatGPT4O answered too, no paper comparison
+    assert common[:2] == [f"ShareGPT4V 7B FT ({ALL_ANSWERED})", "Entire body"]
+    assert common[3].startswith("2.00 [") and "paper" not in common[3]
+    assert common[6:] == ["4/6 (66.67%)", f"ours, {ALL_ANSWERED}"]
+    # ChatGPT4O answered exactly those 4: one row, marked, not a duplicate
+    gpt = [_cells(line) for line in lines if line.startswith("| ChatGPT4O")]
+    assert [c[1] for c in gpt] == ["Entire body", "W/o face"]
+    assert gpt[0][6:] == ["4/6 (66.67%)", f"ours vs paper; {SAME_IN_BOTH_VIEWS}"]
+    assert gpt[0][3].startswith("3.00 [")
+    assert gpt[1][6] == "-" and gpt[1][7] == NO_PREDICTIONS
+    # MiVOLO is alone on its input: it is the whole group, so both views are the same samples
+    mivolo = next(_cells(line) for line in lines if line.startswith("| MiVOLO-384 | Body & face |"))
+    assert mivolo[7] == f"ours vs paper; {SAME_IN_BOTH_VIEWS}"
+    assert sum(f"({ALL_ANSWERED})" in line for line in lines) == 1
+    # the caption says what the two views are and how many samples the refusal-aware one has
+    caption = text.splitlines()[0]
+    assert "paper's view" in caption and "refusal-aware view" in caption
+    assert "nanolagenda / Entire body: 4 of 6; nanolagenda / Body & face: 6 of 6" in caption
+    tex = (tmp_path / "table8.tex").read_text(encoding="utf-8")
+    assert f"ShareGPT4V 7B FT ({ALL_ANSWERED}) & Entire body" in tex
+    assert "4 of 6" in tex
+
+
+def test_views_coincide_when_everyone_answers_everything(tmp_path):
+    write_tables(_evaluated(gpt_refuses=False), tmp_path)
+    text = (tmp_path / "table8.md").read_text(encoding="utf-8")
+    assert ALL_ANSWERED not in "\n".join(_table_lines(tmp_path / "table8.md"))
+    assert SAME_IN_BOTH_VIEWS not in text
+    assert "coincides with the paper's view here" in text.splitlines()[0]
+    assert "nanolagenda / Entire body: 6 of 6" in text.splitlines()[0]
+    gpt = next(_cells(line) for line in _table_lines(tmp_path / "table8.md") if line.startswith("| ChatGPT4O |"))
+    assert gpt[6:] == ["6/6 (100.00%)", "ours vs paper"]
+
+
+def test_paper_dataset_cells_show_paper_value_difference_and_ci(tmp_path):
+    write_tables(_evaluated(gpt_refuses=True), tmp_path)
+    lines = _table_lines(tmp_path / "table9.md")
+    ours = [_cells(line) for line in lines if line.startswith("| MiVOLO-384 (Body & face) | LAGENDA |")]
+    assert len(ours) == 1
+    cells = ours[0]
+    # errors -4, +2, -4, +2: MAE 3.00 against the paper's 3.65
+    assert re.fullmatch(r"3\.00 \[\d\.\d\d, \d\.\d\d\]; paper 3\.65 \(Δ -0\.65\)", cells[3])
+    # no gender answers: missing beside the paper's number, not 0
+    assert cells[5] == "-; paper 97.99"
+    # MiVOLO is the only model on LAGENDA, and table 9 shows no row whose views differ
+    assert cells[6:] == ["4/4 (100.00%)", "ours vs paper"]
+    # the paper's other 5 rows (IMDB-clean, models we did not run) stay, marked
+    assert sum(NO_PREDICTIONS in line for line in lines) == 5
+
+
+def test_only_the_answered_view_says_so(tmp_path):
+    rows = _evaluated(gpt_refuses=True)
+    write_tables(rows[rows["view"] == "answered"], tmp_path)
+    text = (tmp_path / "table8.md").read_text(encoding="utf-8")
+    assert "no refusal-aware ('common') view" in text.splitlines()[0]
+    assert ALL_ANSWERED not in "\n".join(_table_lines(tmp_path / "table8.md"))
+
+
+def test_missing_counts_are_not_zero(tmp_path):
+    rows = pd.DataFrame([_row("nanolagenda", "body", "gpt-4o", n_answered=None, coverage=None, gender_acc=None)])
+    write_tables(rows, tmp_path)
+    line = next(_cells(x) for x in _table_lines(tmp_path / "table8.md") if x.startswith("| ChatGPT4O | Entire body"))
+    assert line[5] == "-; paper 98.66"
+    assert line[6] == "-"

@@ -33,6 +33,15 @@ HEXBIN_MIN_POINTS = 2000
 #: the longest side of a gallery crop after downscaling; keeps files small for large photos.
 GALLERY_MAX_SIDE = 256
 AGE_GROUP_COLUMNS: tuple[str, ...] = ("dataset", "input", "model", "age_lo", "age_hi", "group", "n", "mae")
+#: what a figure without data says (a figure is still written, so the stage's outputs never change).
+NO_PREDICTIONS = "no predictions yet"
+#: input kind -> (line style, marker) of its lines in figure 3; the colour is the model's.
+INPUT_STYLES: dict[str, tuple[str, str]] = {
+    "face_body": ("-", "o"),
+    "body": ("--", "s"),
+    "body_wo_face": (":", "^"),
+    "face": ("-.", "D"),
+}
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -115,7 +124,22 @@ def _joined(samples: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame:
     return predictions.merge(samples[cols], on="sample_id", how="inner", validate="many_to_one")
 
 
+def _answered(joined: pd.DataFrame, dataset: str | None, truth: str, pred: str) -> pd.DataFrame:
+    """The answered ("ok") predictions on `dataset` that have both the ground truth and the prediction."""
+    keep = (joined["dataset"] == dataset) & (joined["status"] == "ok") & joined[truth].notna() & joined[pred].notna()
+    return joined[keep]
+
+
 # --------------------------------------------------------------------------------------------- figures
+
+
+def _without_ages(rows: pd.DataFrame | None, dataset: str, drawn: set[tuple[str, str]]) -> list[tuple[str, str]]:
+    """(model, input) pairs evaluated on `dataset` that have no answered age at all (so no line)."""
+    if rows is None or len(rows) == 0 or not {"dataset", "model", "input", "view", "age_n"} <= set(rows.columns):
+        return []
+    hit = rows[(rows["dataset"] == dataset) & (rows["view"] == "answered")]
+    age_n = pd.to_numeric(hit["age_n"], errors="coerce").fillna(0)
+    return [p for p in _pairs(hit[(age_n <= 0).to_numpy()]) if p not in drawn]
 
 
 def age_group_figure(
@@ -128,46 +152,73 @@ def age_group_figure(
 ) -> Figure:
     """Figure 3: MAE per 5-year age group, one line per (model, input), on one data set.
 
+    Any subset of models and inputs can be drawn: a colour per model and a line style and marker per
+    input kind (the paper compares MiVOLO on face + body with MLLMs on body crops), the input named in
+    the legend. A group in which a model answered no sample is a gap in its line, not a 0; a model
+    that answered no age at all gets a legend entry saying so (known from `rows`). Without any
+    answered age the figure says "no predictions yet".
+
     Args:
         age_groups: long table (dataset, input, model, age_lo, age_hi, group, n, mae), e.g. from
-            `agegender.metrics.age_group_mae`.
+            `agegender.metrics.age_group_mae` (the paper's view: each model on what it answered).
         dataset: the data set to draw.
-        rows: evaluation rows, used to print each line's overall MAE in the legend.
+        rows: evaluation rows, used to print each line's overall MAE in the legend and to name the
+            models without answered ages.
         caption_note: e.g. "demo data", put in the title.
         model_names: extra display names.
 
     Returns:
         The figure.
+
+    Raises:
+        InputError: for an age-group table without one of `AGE_GROUP_COLUMNS`.
     """
     title = _title(f"MAE by age group on {dataset or 'no data set'}", caption_note)
     for col in AGE_GROUP_COLUMNS:
         if col not in age_groups.columns:
             raise InputError("required column is missing", file="age groups table", field=col)
     data = age_groups[age_groups["dataset"] == dataset] if dataset is not None else age_groups.iloc[0:0]
-    data = data[data["mae"].notna()]
+    data = data[pd.to_numeric(data["mae"], errors="coerce").notna()]
+    pairs = _pairs(data)
+    silent = _without_ages(rows, str(dataset), set(pairs)) if dataset is not None else []
     if data.empty:
-        return _message_figure(title, "no predictions")
+        message = NO_PREDICTIONS
+        if silent:
+            message += "\nno answered age from " + ", ".join(_label(m, i, model_names) for m, i in silent)
+        return _message_figure(title, message)
     groups = data[["age_lo", "group"]].drop_duplicates().sort_values("age_lo", kind="stable")
     groups = groups.drop_duplicates("age_lo")
     position = {float(lo): i for i, lo in enumerate(groups["age_lo"])}
-    fig = Figure(figsize=(max(6.0, 0.45 * len(groups) + 3), 4.2), layout="constrained")
+    width = max(6.0, 0.45 * len(groups) + 3)
+    fig = Figure(figsize=(width, 4.2 + 0.16 * math.ceil((len(pairs) + len(silent)) / 2)), layout="constrained")
     ax = fig.add_subplot()
-    palette = sns.color_palette("tab10", n_colors=max(1, len(_pairs(data))))
-    markers = "osD^vP*Xh<>"
-    for k, (model, input_kind) in enumerate(_pairs(data)):
-        part = data[(data["model"] == model) & (data["input"] == input_kind)].sort_values("age_lo", kind="stable")
+    models = list(dict.fromkeys(m for m, _ in pairs))
+    palette = sns.color_palette("tab10" if len(models) <= 10 else "tab20", n_colors=max(1, len(models)))
+    for model, input_kind in pairs:
+        part = data[(data["model"] == model) & (data["input"] == input_kind)]
+        # NaN in every group the line lacks: matplotlib breaks the line there instead of bridging it
+        ys = np.full(len(groups), np.nan)
+        for lo, mae in zip(part["age_lo"], part["mae"], strict=True):
+            ys[position[float(lo)]] = float(mae)
         label = _label(model, input_kind, model_names)
         overall = _overall_mae(rows, str(dataset), model, input_kind)
         if overall is not None:
             label += f" (MAE {overall:.2f})"
-        xs = [position[float(lo)] for lo in part["age_lo"]]
-        ax.plot(xs, part["mae"].astype(float), marker=markers[k % len(markers)], color=palette[k], label=label, lw=1.5)
+        line_style, marker = INPUT_STYLES.get(input_kind, ("-", "o"))
+        colour = palette[models.index(model) % len(palette)]
+        ax.plot(range(len(groups)), ys, ls=line_style, marker=marker, ms=4, color=colour, label=label, lw=1.5)
+    for model, input_kind in silent:
+        # an empty handle: the legend (which the layout makes room for) names what is missing
+        ax.plot([], [], ls="none", label=f"{_label(model, input_kind, model_names)}: no answered age")
     ax.set_xticks(range(len(groups)), [str(g) for g in groups["group"]], rotation=45, ha="right")
+    ax.set_xlim(-0.5, len(groups) - 0.5)
     ax.set_xlabel("true age group, years")
-    ax.set_ylabel("MAE, years")
+    ax.set_ylabel("MAE on answered samples, years")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    entries = len(pairs) + len(silent)
+    # below the axes, not "best": with many models or long names a legend inside hides the lines
+    fig.legend(loc="outside lower center", fontsize=7, ncols=max(1, min(entries, int(width // 3.6))), frameon=False)
     fig.suptitle(title, fontsize=11)
     return fig
 
@@ -194,10 +245,9 @@ def pred_vs_true_figure(
         The figure.
     """
     title = _title(f"Predicted vs true age on {dataset or 'no data set'}", caption_note)
-    data = joined[(joined["dataset"] == dataset) & (joined["status"] == "ok")]
-    data = data[data["age"].notna() & data["age_pred"].notna()]
+    data = _answered(joined, dataset, "age", "age_pred")
     if data.empty:
-        return _message_figure(title, "no predictions")
+        return _message_figure(title, NO_PREDICTIONS)
     pairs = _pairs(data)
     nrows, ncols = _grid(len(pairs))
     fig = Figure(figsize=(3.4 * ncols, 3.3 * nrows + 0.5), layout="constrained")
@@ -261,10 +311,9 @@ def gender_confusion_figure(
         The figure.
     """
     title = _title(f"Gender confusion on {dataset or 'no data set'}", caption_note)
-    data = joined[(joined["dataset"] == dataset) & (joined["status"] == "ok")]
-    data = data[data["gender"].notna() & data["gender_pred"].notna()]
+    data = _answered(joined, dataset, "gender", "gender_pred")
     if data.empty:
-        return _message_figure(title, "no predictions")
+        return _message_figure(title, NO_PREDICTIONS)
     pairs = _pairs(data)
     nrows, ncols = _grid(len(pairs))
     fig = Figure(figsize=(3.3 * ncols, 3.0 * nrows + 0.5), layout="constrained")
@@ -371,7 +420,7 @@ def gallery_figure(
     ok_ids = set(predictions.loc[predictions["status"] == "ok", "sample_id"].astype(str))
     candidates = sorted(sid for sid in in_set["sample_id"].astype(str) if sid in ok_ids)
     if not candidates or n <= 0:
-        return _message_figure(title, "no predictions")
+        return _message_figure(title, NO_PREDICTIONS)
     if dataset not in image_roots:
         raise InputError(f"no image folder given for data set {dataset!r}", file="image_roots", field=str(dataset))
     root = Path(image_roots[dataset])
@@ -451,12 +500,12 @@ def write_figures(
     Figures: `age_group_mae` (the paper's figure 3), `pred_vs_true`, `gender_confusion` (all three
     on the data set `age_group_dataset`, default: the first data set whose id contains "nano", else
     the first one) and `gallery` (figure 1 style, on `gallery_dataset`, default the same data set).
-    A figure without data says "no predictions" instead of failing.
+    A figure without data says "no predictions yet" instead of failing.
 
     Args:
         samples: sample table (schema.SAMPLE_COLUMNS).
         predictions: prediction table (schema.PREDICTION_COLUMNS); only status "ok" rows are plotted.
-        rows: evaluation rows (for overall MAE in legends and titles); may be None.
+        rows: evaluation rows (overall MAE in legends and titles; models without answered ages); may be None.
         age_groups: MAE per age group (dataset, input, model, age_lo, age_hi, group, n, mae); may be None.
         out_dir: folder to write into (created).
         image_roots: data set id -> folder that the sample table's `image_path` is relative to.

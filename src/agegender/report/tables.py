@@ -6,12 +6,21 @@ IS the paper's data set and the paper reports the same model and input, the cell
 number and the difference beside ours; paper rows we have no predictions for are kept, marked
 "no predictions yet", so a researcher sees what is missing. `summary.md` lists every evaluation row,
 the paper's "answered" view beside the refusal-aware "common" view.
+
+Both views also appear in the paper layouts. Each of our rows is the paper's view (the model on the
+samples it answered; the paper dropped ChatGPT's refusals); right under it, a row marked
+"all-answered" gives the refusal-aware view: every model of that (data set, input) on the samples all
+of them answered, with that number of samples in its coverage cell. Since those samples are a subset
+of what the model answered, equal counts mean equal sample sets and equal numbers: such a row is not
+repeated but its source says "same in both views", and when that holds for every row of a table the
+caption says the two views coincide instead.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +35,6 @@ from agegender.report.paper import (
     PAPER_DATASETS,
     PAPER_TABLES,
     RATE_METRICS,
-    PaperRow,
     PaperTable,
     load_paper_results,
     model_display_name,
@@ -51,6 +59,12 @@ SUMMARY_COLUMNS: tuple[str, ...] = EVAL_COLUMNS
 
 _KEY_HEADERS = {"model": "Model", "train_dataset": "Train Dataset", "dataset": "Test Dataset", "input": "Input"}
 NO_PREDICTIONS = "paper only: no predictions yet"
+#: the source of our row on the paper's own data set, model and input (cells carry paper value and Δ).
+OURS_VS_PAPER = "ours vs paper"
+#: marks the refusal-aware ("common" view) row under one of ours.
+ALL_ANSWERED = "all-answered"
+#: added to the source of a row whose two views are the same samples (so no second row is printed).
+SAME_IN_BOTH_VIEWS = "same in both views"
 
 
 # --------------------------------------------------------------------------------------------- formatting
@@ -121,8 +135,8 @@ def _our_cell(row: Mapping[str, object], metric: str, paper: float | None = None
 def _coverage_cell(row: Mapping[str, object]) -> str:
     n_total, n_answered = _num(row.get("n_total")), _num(row.get("n_answered"))
     cov = _num(row.get("coverage"))
-    if cov is None and n_total:
-        cov = (n_answered or 0.0) / n_total
+    if cov is None and n_total and n_answered is not None:
+        cov = n_answered / n_total
     if n_total is None or n_answered is None:
         return format_metric("coverage", cov) + ("%" if cov is not None else "")
     return f"{int(n_answered)}/{int(n_total)} ({format_metric('coverage', cov)}%)"
@@ -174,6 +188,31 @@ def _check_rows(rows: pd.DataFrame | None) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------------------------- table building
 
+#: (our data set, input, model): how our evaluation rows are looked up.
+RowKey = tuple[str, str, str]
+
+
+@dataclass
+class BuiltTable:
+    """One paper table filled with our rows, before rendering.
+
+    Attributes:
+        header: column names.
+        body: rows of cell texts.
+        have: our data set ids that have rows in the table, sorted.
+        common_n: (our data set, input) -> (samples every model of the group answered, samples in
+            total), for the groups of our rows that have refusal-aware rows.
+        views: how the two views relate over our rows: "differ" (at least one all-answered row is
+            printed), "coincide" (every row is the same in both views), "missing" (the evaluation has
+            no refusal-aware rows for them) or "none" (no rows of ours).
+    """
+
+    header: list[str]
+    body: list[list[str]]
+    have: list[str] = field(default_factory=list)
+    common_n: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
+    views: str = "none"
+
 
 def _key_cells(
     table: PaperTable,
@@ -182,15 +221,17 @@ def _key_cells(
     input_kind: str,
     train_dataset: str | None,
     model_names: Mapping[str, str] | None,
+    all_answered: bool = False,
 ) -> list[str]:
     cells = []
     for key in table.key_columns:
         if key == "model":
             name = model_display_name(model, dict(model_names or {}))
             # tables without an input column still need it: our models may run several inputs
-            if "input" not in table.key_columns:
-                name += f" ({INPUT_NAMES.get(input_kind, input_kind)})"
-            cells.append(name)
+            tags = [] if "input" in table.key_columns else [INPUT_NAMES.get(input_kind, input_kind)]
+            if all_answered:
+                tags.append(ALL_ANSWERED)
+            cells.append(f"{name} ({', '.join(tags)})" if tags else name)
         elif key == "train_dataset":
             cells.append(DATASET_NAMES.get(train_dataset, train_dataset) if train_dataset else "-")
         elif key == "dataset":
@@ -200,34 +241,42 @@ def _key_cells(
     return cells
 
 
+def _rows_by_key(rows: pd.DataFrame) -> dict[RowKey, dict[str, object]]:
+    return {(r["dataset"], r["input"], r["model"]): r for r in rows.to_dict("records")}
+
+
 def build_table(
     table: PaperTable,
     rows: pd.DataFrame,
     paper: pd.DataFrame,
     roles: Mapping[str, str | None],
     model_names: Mapping[str, str] | None = None,
-) -> tuple[list[str], list[list[str]], list[str]]:
-    """Fill one paper table's layout with our rows and the paper's numbers.
+) -> BuiltTable:
+    """Fill one paper table's layout with our rows (both views) and the paper's numbers.
 
     Args:
         table: the layout (`PAPER_TABLES[n]`).
-        rows: validated evaluation rows (any view; only "answered" is used, the paper's view).
+        rows: validated evaluation rows; "answered" rows fill the layout (the paper's view), "common"
+            rows add the all-answered row under each of ours where the two views differ.
         paper: `load_paper_results()`.
         roles: paper data set id -> our data set id (None: nothing plays that role).
         model_names: extra display names.
 
     Returns:
-        (header, body rows, our data set ids used), all as text.
+        The header, body and view summary, all cells as text.
     """
     header = [_KEY_HEADERS[k] for k in table.key_columns] + [METRIC_HEADERS[m] for m in table.metrics]
     header += ["Coverage (answered/total)", "Source"]
     role_of = {d: roles.get(d, d) for d in table.datasets}
     our_sets = [d for d in dict.fromkeys(role_of.values()) if d is not None]
-    answered = rows[(rows["view"] == "answered") & rows["dataset"].isin(our_sets)]
+    candidates = rows[rows["dataset"].isin(our_sets)]
     paper_pairs = {(r.model, r.input) for r in table.rows}
-    in_paper = [(m, i) in paper_pairs for m, i in zip(answered["model"], answered["input"], strict=True)]
-    answered = answered[answered["input"].isin(table.inputs).to_numpy(dtype=bool) | np.asarray(in_paper, dtype=bool)]
-    ours = {(r["dataset"], r["input"], r["model"]): r for r in answered.to_dict("records")}
+    in_paper = [(m, i) in paper_pairs for m, i in zip(candidates["model"], candidates["input"], strict=True)]
+    candidates = candidates[
+        candidates["input"].isin(table.inputs).to_numpy(dtype=bool) | np.asarray(in_paper, dtype=bool)
+    ]
+    ours = _rows_by_key(candidates[candidates["view"] == "answered"])
+    commons = _rows_by_key(candidates[candidates["view"] == "common"])
     reported: dict[tuple[str, str, str], dict[str, float]] = {}
     tpaper = paper[paper["table"] == table.number]
     for model, dataset, input_kind, metric, value in zip(
@@ -235,38 +284,57 @@ def build_table(
     ):
         reported.setdefault((str(model), str(dataset), str(input_kind)), {})[str(metric)] = float(value)
 
-    def paper_values(prow: PaperRow) -> dict[str, float]:
-        return reported.get((prow.model, prow.dataset, prow.input), {})
+    # (cells, index of our answered row in `entries` whose common view coincides) are collected first:
+    # whether to mark coinciding rows depends on whether any row of the table differs.
+    entries: list[list[str]] = []
+    same_rows: list[int] = []
+    common_n: dict[tuple[str, str], tuple[int, int]] = {}
 
-    body: list[list[str]] = []
-    used: set[tuple[str, str, str]] = set()
+    def add_ours(key: RowKey, keys: list[str], common_keys: list[str], source: str, pvals: Mapping[str, float]) -> None:
+        """Our answered row, then its all-answered row unless the two are the same samples."""
+        row = ours[key]
+        entries.append(keys + [_our_cell(row, m, pvals.get(m)) for m in table.metrics] + [_coverage_cell(row), source])
+        common = commons.get(key)
+        if common is None:
+            return
+        n_common, n_total = _num(common.get("n_answered")), _num(common.get("n_total"))
+        if n_common is not None and n_total is not None:
+            common_n[(key[0], key[1])] = (int(n_common), int(n_total))
+        # common samples are a subset of the answered ones: the same count means the same samples
+        if n_common is not None and n_common == _num(row.get("n_answered")):
+            same_rows.append(len(entries) - 1)
+            return
+        # no paper comparison here: the paper reports only its own (answered) view
+        cells = [_our_cell(common, m) for m in table.metrics]
+        common_source = "ours" if source == OURS_VS_PAPER else source
+        entries.append(common_keys + cells + [_coverage_cell(common), f"{common_source}, {ALL_ANSWERED}"])
+
+    used: set[RowKey] = set()
     for prow in table.rows:
-        pvals = paper_values(prow)
+        pvals = reported.get((prow.model, prow.dataset, prow.input), {})
         paper_cells = [format_metric(m, pvals.get(m)) for m in table.metrics]
         paper_label = DATASET_NAMES.get(prow.dataset, prow.dataset)
+        paper_keys = _key_cells(table, prow.model, paper_label, prow.input, prow.train_dataset, model_names)
         our_set = role_of.get(prow.dataset)
-        key = (our_set, prow.input, prow.model)
-        if key in used:
-            # two paper data sets mapped onto one of ours: show our row once, under the first
-            keys = _key_cells(table, prow.model, paper_label, prow.input, prow.train_dataset, model_names)
-            body.append(keys + paper_cells + ["-", f"paper ({paper_label})"])
-            continue
-        if our_set is not None and key in ours:
-            row = ours[key]
+        key = (str(our_set), prow.input, prow.model)
+        if our_set is not None and key in ours and key not in used:
             used.add(key)
             if our_set == prow.dataset:
-                cells = [_our_cell(row, m, pvals.get(m)) for m in table.metrics]
-                keys = _key_cells(table, prow.model, paper_label, prow.input, prow.train_dataset, model_names)
-                body.append(keys + cells + [_coverage_cell(row), "ours vs paper"])
+                common_keys = _key_cells(
+                    table, prow.model, paper_label, prow.input, prow.train_dataset, model_names, all_answered=True
+                )
+                add_ours(key, paper_keys, common_keys, OURS_VS_PAPER, pvals)
                 continue
-            cells = [_our_cell(row, m) for m in table.metrics]
             keys = _key_cells(table, prow.model, our_set, prow.input, None, model_names)
-            body.append(keys + cells + [_coverage_cell(row), f"ours ({our_set})"])
-            keys = _key_cells(table, prow.model, paper_label, prow.input, prow.train_dataset, model_names)
-            body.append(keys + paper_cells + ["-", f"paper ({paper_label})"])
+            common_keys = _key_cells(table, prow.model, our_set, prow.input, None, model_names, all_answered=True)
+            add_ours(key, keys, common_keys, f"ours ({our_set})", {})
+            entries.append(paper_keys + paper_cells + ["-", f"paper ({paper_label})"])
             continue
-        keys = _key_cells(table, prow.model, paper_label, prow.input, prow.train_dataset, model_names)
-        body.append(keys + paper_cells + ["-", NO_PREDICTIONS])
+        if our_set is not None and key in used:
+            # two paper data sets mapped onto one of ours: our row is shown once, under the first
+            entries.append(paper_keys + paper_cells + ["-", f"paper ({paper_label})"])
+            continue
+        entries.append(paper_keys + paper_cells + ["-", NO_PREDICTIONS])
 
     # our models the paper's table does not list, grouped by model like the paper's rows
     dataset_order = {d: i for i, d in enumerate(our_sets)}
@@ -276,11 +344,59 @@ def build_table(
         key=lambda k: (k[2], dataset_order.get(k[0], 99), input_order.get(k[1], 99), k[1]),
     )
     for dataset, input_kind, model in rest:
-        row = ours[(dataset, input_kind, model)]
         keys = _key_cells(table, model, dataset, input_kind, None, model_names)
-        body.append(keys + [_our_cell(row, m) for m in table.metrics] + [_coverage_cell(row), f"ours ({dataset})"])
-    have = sorted({k[0] for k in ours})
-    return header, body, have
+        common_keys = _key_cells(table, model, dataset, input_kind, None, model_names, all_answered=True)
+        add_ours((dataset, input_kind, model), keys, common_keys, f"ours ({dataset})", {})
+
+    n_common_rows = sum(e[-1].endswith(f", {ALL_ANSWERED}") for e in entries)
+    if not ours:
+        views = "none"
+    elif n_common_rows:
+        views = "differ"
+        for pos in same_rows:
+            entries[pos][-1] += f"; {SAME_IN_BOTH_VIEWS}"
+    elif same_rows:
+        views = "coincide"
+    else:
+        views = "missing"
+    ordered_n = dict(
+        sorted(common_n.items(), key=lambda kv: (dataset_order.get(kv[0][0], 99), input_order.get(kv[0][1], 99), kv[0]))
+    )
+    return BuiltTable(header, entries, sorted({k[0] for k in ours}), ordered_n, views)
+
+
+def _views_text(built: BuiltTable) -> str:
+    """The caption's sentences on the paper's view and the refusal-aware view."""
+    groups = "; ".join(
+        f"{dataset} / {INPUT_NAMES.get(input_kind, input_kind)}: {n} of {total}"
+        # an empty common set is no bug: one model of the group answered nothing
+        + (", as one of its models answered none" if n == 0 and total else "")
+        for (dataset, input_kind), (n, total) in built.common_n.items()
+    )
+    if built.views == "differ":
+        return (
+            " Two views: each of our rows is the paper's view (the model on the samples it answered; the paper "
+            f"dropped refusals); the row marked '{ALL_ANSWERED}' right under it is the refusal-aware view: every "
+            "model evaluated on that data set and input (not only those in this table), scored on the samples all "
+            f"of them answered ({groups})."
+            + (
+                f" Rows marked '{SAME_IN_BOTH_VIEWS}' answered exactly those samples, so their refusal-aware numbers "
+                "are the ones shown."
+                if any(row[-1].endswith(SAME_IN_BOTH_VIEWS) for row in built.body)
+                else ""
+            )
+        )
+    if built.views == "coincide":
+        return (
+            " The refusal-aware view (every model of a data set and input on the samples all of them answered) "
+            f"coincides with the paper's view here: every model answered the same samples ({groups})."
+        )
+    if built.views == "missing":
+        return (
+            " Our rows are the paper's view (each model on the samples it answered); the evaluation rows hold no "
+            "refusal-aware ('common') view for them."
+        )
+    return ""
 
 
 def table_caption(
@@ -288,6 +404,7 @@ def table_caption(
     roles: Mapping[str, str | None],
     have: Sequence[str],
     caption_note: str | None = None,
+    built: BuiltTable | None = None,
 ) -> str:
     """Caption of one table: which data play the paper's data set, the paper's caption, how to read cells.
 
@@ -296,6 +413,8 @@ def table_caption(
         roles: paper data set id -> our data set id.
         have: our data set ids that have rows in the table.
         caption_note: e.g. "demo data"; included verbatim.
+        built: the filled table; when given, the caption says how the two views relate and on how
+            many samples the refusal-aware view is computed.
 
     Returns:
         The caption text.
@@ -310,7 +429,9 @@ def table_caption(
     else:
         head = f"Table {table.number} layout on {ours}"
     text = f"{head}: {table.caption}"
-    text += " Our cells: value on the answered samples [95% CI]; rates in %; Δ = ours - paper."
+    text += " Our cells: value [95% CI]; rates in %; Δ = ours - paper; '-' = no value."
+    if built is not None:
+        text += _views_text(built)
     missing = []
     for paper_set, our_set in zip(table.datasets, mapped, strict=True):
         if our_set is None:
@@ -483,11 +604,10 @@ def write_tables(
     paper = load_paper_results()
     written: list[Path] = []
     for number, table in PAPER_TABLES.items():
-        header, body, have = build_table(table, checked, paper, role_map, model_names)
-        caption = table_caption(table, role_map, have, caption_note)
-        written.append(_write(out / f"table{number}.md", render_markdown(header, body, caption)))
-        written.append(
-            _write(out / f"table{number}.tex", render_latex(header, body, caption, f"tab:paper-table{number}"))
-        )
+        built = build_table(table, checked, paper, role_map, model_names)
+        caption = table_caption(table, role_map, built.have, caption_note, built)
+        written.append(_write(out / f"table{number}.md", render_markdown(built.header, built.body, caption)))
+        latex = render_latex(built.header, built.body, caption, f"tab:paper-table{number}")
+        written.append(_write(out / f"table{number}.tex", latex))
     written.append(_write(out / "summary.md", _summary(checked, caption_note)))
     return written
