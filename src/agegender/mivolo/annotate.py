@@ -181,7 +181,7 @@ def annotate_folder(
     Raises:
         InputError: a missing folder or checkpoint, an output CSV that is not an annotate output.
     """
-    from agegender.mivolo.predict import resolve_device
+    from agegender.device import resolve_device
 
     folder, out_csv = Path(folder), Path(out_csv)
     if chunk_images < 1 or batch_size < 1:

@@ -55,6 +55,7 @@ from agegender.data.schema import (
     validate_predictions,
     validate_samples,
 )
+from agegender.device import resolve_device
 from agegender.errors import InputError
 
 if TYPE_CHECKING:
@@ -284,31 +285,6 @@ def decode_outputs(model: MiVOLOModel, outputs: torch.Tensor) -> dict[str, np.nd
         "gender": probs.argmax(dim=-1).cpu().numpy(),
         "score": probs[:, 1].cpu().numpy().astype(np.float64),
     }
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """The torch device to run on: CUDA when available for None, else as given.
-
-    Args:
-        device: a device, a string such as `cuda:1` / `cpu`, or None.
-
-    Returns:
-        The device.
-
-    Raises:
-        InputError: CUDA is asked for but not available.
-    """
-    import torch
-
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise InputError(f"not a torch device: {device!r}", field="device") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {str(device)!r} asked for, but CUDA is not available", field="device")
-    return device
 
 
 class _PartStore:

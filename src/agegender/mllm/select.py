@@ -238,7 +238,8 @@ class _LazyTransformers(Backend):
     name = "transformers"
 
     def __init__(self, model: str, *, params: GenerationParams | None = None, **options: Any) -> None:
-        from agegender.mllm.backends.transformers_backend import folder_revision, resolve_device, resolve_dtype
+        from agegender.device import resolve_device
+        from agegender.mllm.backends.transformers_backend import folder_revision, resolve_dtype
 
         super().__init__(model, params=params, **options)
         self.batch_size = int(options.get("batch_size", 8))

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from agegender.device import resolve_device
 from agegender.errors import InputError
 from agegender.mllm.backends.base import Answer, Backend, GenerationParams, Query, register_backend
 
@@ -42,23 +43,6 @@ FULL_HASH_LIMIT = 512 * 1024 * 1024
 _SNAPSHOT = re.compile(r"/snapshots/([0-9a-f]{40})(/|$)")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """`auto` -> cuda when available, else cpu; anything else as torch understands it.
-
-    Raises:
-        InputError: cuda asked for but not available, or an unknown device string.
-    """
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise InputError(f"unknown device {device!r}", field="device") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("device 'cuda' asked for but no CUDA GPU is available", field="device")
-    return dev
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
