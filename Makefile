@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 export MPLBACKEND := Agg
 
-.PHONY: install repro test lint format bench clean-outputs
+.PHONY: install repro paper test lint format bench clean-outputs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ install: $(STAMP)
 
 ## the demo pipeline, offline, on the CPU
 repro: install
+	$(BIN)/dvc repro
+
+## the paper profile on real data and models (README: run-book): switch, check every configured file, run
+paper: install
+	$(BIN)/agegender profile paper
 	$(BIN)/dvc repro
 
 ## the whole test suite, notebooks included

@@ -15,7 +15,7 @@ from pathlib import Path
 from agegender import __version__
 from agegender.errors import AgegenderError
 
-STAGES = ("prepare_data", "train_mivolo", "finetune_mllm", "query_mllms", "predict", "evaluate", "report")
+STAGES = ("check", "prepare_data", "train_mivolo", "finetune_mllm", "query_mllms", "predict", "evaluate", "report")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -162,6 +162,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_mivolo_predict_parser(sub)
     add_query_parser(sub)
     add_merge_parser(sub)
+    from agegender.check import add_check_parser
+
+    add_check_parser(sub)
+    from agegender.profiles import add_profile_parser
+
+    add_profile_parser(sub)
+    from agegender.mllm.cost import add_cost_parser
+
+    add_cost_parser(sub)
+    from agegender.mllm.convert import add_convert_parser
+
+    add_convert_parser(sub)
     return parser
 
 

@@ -70,6 +70,43 @@ def load_predictions(paths: Iterable[str | Path], known_ids: Iterable[str]) -> p
     return table.drop(columns="_source")
 
 
+def read_external_predictions(
+    path: Path, name: str, known_ids: pd.Series | None, target_ids: pd.Series | None = None
+) -> pd.DataFrame:
+    """Predictions another tool made (prediction-table format), checked and named `name`.
+
+    Args:
+        path: parquet or CSV with `sample_id, input, age_pred, gender_pred` (+ `status`, `gender_score`,
+            `raw_answer`; `model` optional: when present it must be `name` on every row).
+        name: the model name the rows are reported under.
+        known_ids: every sample id of the sample table (an unknown id is an error: the ids must be ours); None
+            skips that check.
+        target_ids: keep only these samples (the study's); None keeps all.
+
+    Raises:
+        InputError: a missing file, a bad row (file, row and field named) or a model column naming another model.
+    """
+    frame = read_table(path)
+    if "model" in frame.columns:
+        other = frame["model"].astype("string") != name
+        if other.any():
+            row = int(other.to_numpy().nonzero()[0][0])
+            raise InputError(
+                f"model column says {frame['model'].iloc[row]!r}, but predict.external names this file {name!r}",
+                file=path,
+                row=row,
+                field="model",
+            )
+    else:
+        frame = frame.assign(model=name)
+    if "status" not in frame.columns:
+        frame = frame.assign(status="ok")
+    table = validate_predictions(frame, source=path, known_ids=known_ids)
+    if target_ids is not None:
+        table = table[table["sample_id"].isin(target_ids)].reset_index(drop=True)
+    return table
+
+
 def select_samples(samples: pd.DataFrame, split: str | None, datasets: Sequence[str] | None = None) -> pd.DataFrame:
     """The evaluated samples: one split (None = all) of the given data sets (None = all)."""
     keep = pd.Series(True, index=samples.index)

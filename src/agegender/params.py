@@ -24,7 +24,7 @@ from agegender.errors import InputError
 class DemoParams:
     """The generated demo data set (see `agegender.data.demo`)."""
 
-    root: str = "data/demo"
+    root: str = "data/prepared/demo"
     n_train: int = 1200
     n_val: int = 200
     n_test: int = 400
@@ -84,7 +84,7 @@ class TrainMivoloParams:
     """
 
     out: str = "models/mivolo"
-    dataset: str = "demo"
+    dataset: str | None = "demo"  # None: this profile trains no MiVOLO (it uses released checkpoints)
     config: dict[str, Any] = field(default_factory=dict)
 
 
@@ -109,7 +109,8 @@ class MllmParams:
     """One MLLM of `query_mllms.models`.
 
     Attributes:
-        backend: a registered backend (`openai`, `transformers`, `vllm`, ...).
+        backend: a registered backend (`openai`, `transformers`, `vllm`, ...) or an import path
+            `"package.module:Class"` of a `Backend` subclass kept outside agegender.
         model: model id (server) or local folder; may be omitted when `build_tiny` is set.
         inputs: crops sent to it (`body`, `face`, `body_wo_face`).
         datasets: data sets it answers (None: all of `study.datasets`).
@@ -119,6 +120,8 @@ class MllmParams:
         serve: start agegender's OpenAI-compatible server on loopback for this local model (transformers) and
             query it through the `openai` backend, as one would a vLLM or SGLang server.
         build_tiny: build an untrained tiny LLaVA into the stage's output first (demo profile only).
+        inputs_by_dataset: other crops for some data sets, e.g. `{lagenda: [body]}` (the paper ran LLaVA-NeXT on
+            full LAGENDA with body crops only, on NanoLAGENDA with body and body without face).
     """
 
     backend: str
@@ -129,6 +132,15 @@ class MllmParams:
     max_side: int | None = None
     serve: bool = False
     build_tiny: TinyMllmParams | None = None
+    inputs_by_dataset: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def plan(self, study_datasets: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+        """Input kind -> the data sets queried with it (`inputs_by_dataset` overrides `inputs` per data set)."""
+        plan: dict[str, list[str]] = {}
+        for name in self.datasets or study_datasets:
+            for kind in self.inputs_by_dataset.get(name, self.inputs):
+                plan.setdefault(kind, []).append(name)
+        return {kind: tuple(names) for kind, names in plan.items()}
 
 
 @dataclass(frozen=True)
@@ -162,6 +174,21 @@ class SelectionParams:
 
 
 @dataclass(frozen=True)
+class LaunchParams:
+    """Train in several processes: the stage runs `accelerate launch` for the training part.
+
+    Attributes:
+        num_processes: processes (GPUs) to train on.
+        config_file: an accelerate config (e.g. `configs/accelerate_multigpu.yaml`); None = accelerate's default.
+        args: further `accelerate launch` arguments, e.g. `[--main_process_port, "29600"]`.
+    """
+
+    num_processes: int = 1
+    config_file: str | None = None
+    args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class FinetuneMllmParams:
     """Section `finetune_mllm`: fine-tune an MLLM with the paper's recipe, select a checkpoint, predict.
 
@@ -170,11 +197,16 @@ class FinetuneMllmParams:
         out: training run, selection and the kept model (`<out>/best`).
         predictions: where the kept model's zero-shot-style predictions on the study's samples go.
         dataset: the data set whose train split trains and whose `select.split` selects.
-        base_model: local Hugging Face folder to start from (paper: ShareGPT4V-7B in HF format).
+        base_model: local Hugging Face folder to start from (paper: ShareGPT4V-7B in HF format). With neither
+            `base_model` nor `build_tiny`, the profile fine-tunes nothing and the stage says so.
         build_tiny: demo only: build an untrained tiny LLaVA with these `build_tiny_llava` arguments instead.
         config: `agegender.mllm.finetune.FinetuneConfig` (checked when the stage runs).
         inputs: crops the kept model answers on the study's data sets.
         datasets: data sets it answers (None: all of `study.datasets`).
+        backend_options: options of the `transformers` backend that answers with the kept model, e.g.
+            `{batch_size: 32}` on a GPU (selection and predictions).
+        launch: train through `accelerate launch` in several processes (e.g. 8 GPUs, ZeRO-3 with
+            `config.deepspeed`); None = in the stage's own process.
     """
 
     name: str = "llava_ft"
@@ -187,6 +219,8 @@ class FinetuneMllmParams:
     select: SelectionParams = field(default_factory=SelectionParams)
     inputs: tuple[str, ...] = ("body", "body_wo_face")
     datasets: tuple[str, ...] | None = None
+    backend_options: dict[str, Any] = field(default_factory=dict)
+    launch: LaunchParams | None = None
 
 
 @dataclass(frozen=True)
@@ -198,12 +232,23 @@ class BaselineParams:
 
 
 @dataclass(frozen=True)
+class ExternalPredictionsParams:
+    """Predictions another tool made, in the prediction-table format (DESIGN.md), under the model name of its key.
+
+    `path` is a parquet or CSV file; its `model` column, when present, must hold that name.
+    """
+
+    path: str
+
+
+@dataclass(frozen=True)
 class PredictParams:
     """Section `predict`: the models that predict every evaluated data set."""
 
     out: str = "predictions/predict"
     baseline: BaselineParams = field(default_factory=BaselineParams)
     mivolo: dict[str, MivoloCheckpointParams] = field(default_factory=dict)
+    external: dict[str, ExternalPredictionsParams] = field(default_factory=dict)
     batch_size: int = 64
     device: str = "auto"
 
@@ -271,6 +316,28 @@ class Params:
             unknown = [d for d in m.datasets or () if d not in self.study.datasets]
             if unknown:
                 raise ValueError(f"query_mllms.models.{name}.datasets: {unknown} are not in study.datasets")
+            for ds, kinds in m.inputs_by_dataset.items():
+                where = f"query_mllms.models.{name}.inputs_by_dataset.{ds}"
+                if ds not in (m.datasets or self.study.datasets):
+                    raise ValueError(f"{where}: {ds!r} is not among the data sets this model answers")
+                bad = [k for k in kinds if k not in ("body", "face", "body_wo_face")]
+                if bad:
+                    raise ValueError(f"{where}: {bad} not among ['body', 'face', 'body_wo_face']")
+        names = ["baseline", *self.predict.mivolo, *self.predict.external, *self.query_mllms.models]
+        if self.finetune_mllm is not None:
+            names.append(self.finetune_mllm.name)
+        dotted = [n for n in [*names, *self.prepare_data.datasets, *self.prepare_data.subsets] if "." in n]
+        if dotted:
+            raise ValueError(
+                f"model and data set names must not hold '.': {dotted} (they become DVC params paths and flat "
+                "metric keys `dataset.input.model.metric`); e.g. llava15-7b for LLaVA-1.5 7B"
+            )
+        clashes = sorted({n for n in names if names.count(n) > 1})
+        if clashes:
+            raise ValueError(
+                f"model names {clashes} are used twice (predict.mivolo, predict.external, query_mllms.models, "
+                "finetune_mllm.name and the baseline share one namespace)"
+            )
         known = set(self.prepare_data.datasets) | set(self.prepare_data.subsets)
         for name in self.study.datasets:
             if name not in known:

@@ -13,10 +13,17 @@ from pathlib import Path
 import pandas as pd
 
 from agegender.baseline import ConstantBaseline
-from agegender.data.prepare import SAMPLES_FILE, PreparedData, load_prepared
+from agegender.data.prepare import MASKED_FILE, SAMPLES_FILE, PreparedData, load_prepared
 from agegender.data.prepare import prepare_data as _prepare_data
 from agegender.errors import InputError
-from agegender.evaluate import evaluate_tables, load_predictions, read_rows_json, select_samples, write_rows_json
+from agegender.evaluate import (
+    evaluate_tables,
+    load_predictions,
+    read_external_predictions,
+    read_rows_json,
+    select_samples,
+    write_rows_json,
+)
 from agegender.metrics import flat_metrics
 from agegender.params import Params, as_dict, load_params
 from agegender.paths import ProjectPaths
@@ -26,8 +33,16 @@ AGE_GROUPS_FILE = "reports/age_groups.csv"
 
 
 def setup(root: str | Path | None = None, params_file: str | Path = "params.yaml") -> tuple[Params, ProjectPaths]:
-    """Find the project root (default: above the working directory) and load its params file."""
+    """Find the project root (default: above the working directory) and load its params file.
+
+    The project root is put on `sys.path`, so that a reader or backend that params name by import path
+    (`"my_readers:read_utkface"`) may live in a module of the project itself.
+    """
+    import sys
+
     paths = ProjectPaths.at(root)
+    if str(paths.root) not in sys.path:
+        sys.path.append(str(paths.root))
     return load_params(paths(params_file)), paths
 
 
@@ -44,6 +59,34 @@ def _fresh_dir(path: Path) -> Path:
         shutil.rmtree(path)
     path.mkdir(parents=True)
     return path
+
+
+#: where the `check` stage writes the fingerprints of what each stage reads from outside the project
+SOURCES_DIR = "data/sources"
+
+
+def check(params: Params, paths: ProjectPaths, *, params_file: str | Path = "params.yaml") -> dict:
+    """Stage `check`: every configured file and folder exists and has the expected format, before any work starts.
+
+    All problems are listed at once (an `InputError` whose message is the numbered list). Then the fingerprints of
+    what each stage reads from outside the project (data sets, checkpoints, model folders) are written to
+    `data/sources/<stage>.json`; DVC runs this stage every time and reruns a later stage exactly when its
+    fingerprint changed.
+
+    Returns:
+        The number of problems (0) and the fingerprint files written.
+    """
+    from agegender.check import check_params, format_problems, write_fingerprints
+
+    problems = check_params(params, paths)
+    if problems:
+        raise InputError(
+            f"{len(problems)} problem(s) in the configuration:\n{format_problems(problems)}", file=paths(params_file)
+        )
+    written = write_fingerprints(params, paths, paths(SOURCES_DIR))
+    summary = {"checks": int(getattr(problems, "n_checks", 0)), "problems": 0, "fingerprints": len(written)}
+    write_metrics(paths, "check", summary)
+    return summary | {"files": [str(p.relative_to(paths.root)) for p in written]}
 
 
 def prepare_data(params: Params, paths: ProjectPaths, *, progress: bool = True) -> dict:
@@ -67,10 +110,16 @@ def train_mivolo(params: Params, paths: ProjectPaths, *, progress: bool = True) 
     from agegender.mivolo.train import train_mivolo as _train
 
     cfg = params.train_mivolo
+    out = paths(cfg.out)
+    if cfg.dataset is None:
+        # this profile evaluates released checkpoints: the stage's output is an empty folder, and the metrics say so
+        _fresh_dir(out)
+        write_metrics(paths, "train_mivolo", {"trained": False})
+        reason = "train_mivolo.dataset is null: no MiVOLO is trained in this profile"
+        return {"trained": False, "reason": reason, "history": []}
     config = TrainConfig.from_dict(cfg.config)
     data = load_prepared(params, paths)
     samples = data.samples[data.samples["dataset"] == cfg.dataset].reset_index(drop=True)
-    out = paths(cfg.out)
     import agegender.mivolo
 
     _reset_if_changed(
@@ -87,7 +136,7 @@ def train_mivolo(params: Params, paths: ProjectPaths, *, progress: bool = True) 
         paths,
         "train_mivolo",
         {k: summary[k] for k in ("val_age_mae", "val_gender_acc") if summary.get(k) is not None}
-        | {"steps": sum(int(st.get("steps", 0)) for st in summary.get("stages", {}).values())},
+        | {"steps": sum(int(st.get("steps", 0)) for st in summary.get("stages", {}).values()), "trained": True},
     )
     return summary
 
@@ -139,10 +188,11 @@ def predict(params: Params, paths: ProjectPaths, *, progress: bool = True) -> pd
         f"{baseline.name}.gender": baseline.gender,
     }
     if params.predict.mivolo:
+        from agegender.device import resolve_device
         from agegender.mivolo.checkpoint import load_checkpoint
-        from agegender.mivolo.predict import predict_samples, resolve_device
+        from agegender.mivolo.predict import predict_samples
 
-        device = resolve_device(None if params.predict.device == "auto" else params.predict.device)
+        device = resolve_device(params.predict.device)
         for name, ckpt in params.predict.mivolo.items():
             model = load_checkpoint(paths(ckpt.checkpoint), device=device)
             # a face-only checkpoint sees faces only: other input kinds are not its to answer
@@ -162,6 +212,11 @@ def predict(params: Params, paths: ProjectPaths, *, progress: bool = True) -> pd
             extra[f"{name}.skipped"] = int(sum(table.attrs.get("skipped", {}).values()))
             _write_predictions(table, out, name)
             tables.append(table)
+    for name, ext in params.predict.external.items():
+        table = read_external_predictions(paths(ext.path), name, samples["sample_id"], targets["sample_id"])
+        extra[f"{name}.rows"] = len(table)
+        _write_predictions(table, out, name)
+        tables.append(table)
     counts = pd.concat(tables).groupby(["model", "input", "status"]).size().rename("n").reset_index()
     write_metrics(paths, "predict", extra | {f"{r.model}.{r.input}.{r.status}": int(r.n) for r in counts.itertuples()})
     return counts
@@ -239,17 +294,16 @@ def report(params: Params, paths: ProjectPaths) -> list[Path]:
 def _query_inputs(
     data: PreparedData,
     paths: ProjectPaths,
-    targets: pd.DataFrame,
-    inputs: tuple[str, ...],
+    targets: dict[str, pd.DataFrame],
     **run: object,
 ) -> list:
-    """`run_queries` once per input kind over the study's samples (neighbours for masking: every sample)."""
+    """`run_queries` once per input kind over its samples (neighbours for masking: every sample)."""
     from agegender.mllm.runner import run_queries
 
     roots = data.image_roots(paths)
     return [
-        run_queries(targets, data.masked, roots, input_kind=kind, context=data.samples, **run)  # type: ignore[arg-type]
-        for kind in inputs
+        run_queries(rows, data.masked, roots, input_kind=kind, context=data.samples, **run)  # type: ignore[arg-type]
+        for kind, rows in targets.items()
     ]
 
 
@@ -285,7 +339,8 @@ def query_mllms(params: Params, paths: ProjectPaths, model_key: str, *, progress
         model = str(build_tiny_llava(target, kind=spec.build_tiny.kind, seed=spec.build_tiny.seed))
     data = load_prepared(params, paths)
     samples = data.samples
-    targets = select_samples(samples, params.study.split, spec.datasets or params.study.datasets)
+    plan = spec.plan(params.study.datasets)
+    targets = {kind: select_samples(samples, params.study.split, names) for kind, names in plan.items()}
     generation = GenerationParams(**as_dict(cfg.generation))
     store = ResponseStore(out / "store")
     with contextlib.ExitStack() as stack:
@@ -305,12 +360,13 @@ def query_mllms(params: Params, paths: ProjectPaths, model_key: str, *, progress
         stack.callback(backend.close)
         stack.callback(store.close)
         results = _query_inputs(
-            data, paths, targets, spec.inputs, backend=backend, store=store, prompt_version=cfg.prompt_version,
+            data, paths, targets, backend=backend, store=store, prompt_version=cfg.prompt_version,
             model_name=model_key, max_side=spec.max_side, progress=progress,
         )  # fmt: skip
     table = pd.concat([r.predictions for r in results], ignore_index=True)
     _write_predictions(table, out, "predictions")
-    manifest = {"model": model_key, "runs": {kind: r.manifest for kind, r in zip(spec.inputs, results, strict=True)}}
+    manifest = {"model": model_key, "runs": {kind: r.manifest for kind, r in zip(plan, results, strict=True)}}
+    manifest["datasets"] = {kind: list(names) for kind, names in plan.items()}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str) + "\n")
     counts = table.groupby(["input", "status"]).size()
     summary = {f"{kind}.{status}": int(n) for (kind, status), n in counts.items()}
@@ -321,6 +377,39 @@ def query_mllms(params: Params, paths: ProjectPaths, model_key: str, *, progress
     }
     write_metrics(paths, f"query_mllms/{model_key}", summary)
     return summary
+
+
+def _launch_finetune(params: Params, paths: ProjectPaths, base: Path, out: Path, *, progress: bool) -> dict:
+    """Train through `accelerate launch` (several processes: GPUs, ZeRO-3) into `<out>/run`; its summary.
+
+    The processes run `python -m agegender.mllm.finetune` on the same records the in-process path uses (the
+    train split of `finetune_mllm.dataset`, the study's image roots); an interrupted launch resumes likewise.
+    """
+    import subprocess
+    import sys
+
+    import yaml
+
+    from agegender.mllm.finetune import SUMMARY_FILE
+
+    cfg = params.finetune_mllm
+    assert cfg is not None and cfg.launch is not None
+    config_file = out / "launch_config.yaml"
+    config_file.write_text(yaml.safe_dump({"config": dict(cfg.config)}, sort_keys=True))
+    prepared = paths(params.prepare_data.out)
+    roots = [f"{name}={paths(info['root'])}" for name, info in load_prepared(params, paths).datasets.items()]
+    command = [sys.executable, "-m", "accelerate.commands.launch"]
+    if cfg.launch.config_file is not None:
+        command += ["--config_file", str(paths(cfg.launch.config_file))]
+    command += ["--num_processes", str(cfg.launch.num_processes), *cfg.launch.args]
+    command += ["-m", "agegender.mllm.finetune", "--samples", str(prepared / SAMPLES_FILE)]
+    command += ["--masked", str(prepared / MASKED_FILE), "--image-root", *roots, "--base-model", str(base)]
+    command += ["--out", str(out / "run"), "--config", str(config_file), "--datasets", cfg.dataset]
+    command += [] if progress else ["--no-progress"]
+    proc = subprocess.run(command, cwd=paths.root, check=False)
+    if proc.returncode != 0:
+        raise InputError(f"accelerate launch failed with exit code {proc.returncode}: {' '.join(command)}")
+    return json.loads((out / "run" / SUMMARY_FILE).read_text())
 
 
 def finetune_mllm(params: Params, paths: ProjectPaths, *, progress: bool = True) -> dict:
@@ -339,6 +428,13 @@ def finetune_mllm(params: Params, paths: ProjectPaths, *, progress: bool = True)
     cfg = params.finetune_mllm
     if cfg is None:
         raise InputError("params has no finetune_mllm section", field="finetune_mllm")
+    if cfg.base_model is None and cfg.build_tiny is None:
+        # a profile without fine-tuning: empty outputs, and the metrics say so
+        _fresh_dir(paths(cfg.out))
+        _fresh_dir(paths(cfg.predictions))
+        write_metrics(paths, "finetune_mllm", {"finetuned": False})
+        reason = "finetune_mllm has neither base_model nor build_tiny: nothing is fine-tuned in this profile"
+        return {"finetuned": False, "reason": reason, "selection": pd.DataFrame()}
     config = FinetuneConfig.from_dict(cfg.config)
     data = load_prepared(params, paths)
     samples, roots = data.samples, data.image_roots(paths)
@@ -358,23 +454,24 @@ def finetune_mllm(params: Params, paths: ProjectPaths, *, progress: bool = True)
         if base.exists():
             shutil.rmtree(base)
         build_tiny_llava(base, **cfg.build_tiny)
-    elif cfg.base_model is not None:
-        base = paths(cfg.base_model)
     else:
-        raise InputError("finetune_mllm needs base_model (or build_tiny in the demo profile)", field="base_model")
-    trained = finetune(
-        pool[pool["split"] == "train"].reset_index(drop=True),
-        data.masked,
-        roots,
-        base,
-        out / "run",
-        config,
-        progress=progress,
-        context=samples,
-    )
+        base = paths(cfg.base_model)
+    if cfg.launch is None:
+        trained = finetune(
+            pool[pool["split"] == "train"].reset_index(drop=True),
+            data.masked,
+            roots,
+            base,
+            out / "run",
+            config,
+            progress=progress,
+            context=samples,
+        )
+    else:
+        trained = _launch_finetune(params, paths, base, out, progress=progress)
     generation = GenerationParams(**as_dict(params.query_mllms.generation))
     options = {"pad_to_square": config.pad_to_square, "system_prompt": config.system_prompt}
-    options = {k: v for k, v in options.items() if v is not None}
+    options = {k: v for k, v in options.items() if v is not None} | dict(cfg.backend_options)
     selection = select_checkpoint(
         out / "run",
         pool,
@@ -398,7 +495,7 @@ def finetune_mllm(params: Params, paths: ProjectPaths, *, progress: bool = True)
     try:
         with ResponseStore(out / "query_store") as store:
             results = _query_inputs(
-                data, paths, targets, cfg.inputs, backend=backend, store=store,
+                data, paths, {kind: targets for kind in cfg.inputs}, backend=backend, store=store,
                 prompt_version=params.query_mllms.prompt_version, model_name=cfg.name, progress=progress,
             )  # fmt: skip
     finally:

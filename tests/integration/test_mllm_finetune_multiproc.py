@@ -92,3 +92,32 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     one_loss = [h["loss"] for h in one_sum["loss_history"]]
     two_loss = [h["loss"] for h in two_sum["loss_history"]]
     assert two_loss == pytest.approx(one_loss, abs=1e-3)
+
+
+def test_the_stage_trains_through_accelerate_launch(tmp_path, monkeypatch):
+    """`finetune_mllm.launch`: the DVC stage itself runs the training in 2 processes, then selects and predicts."""
+    from agegender import pipeline
+
+    params = yaml.safe_load((REPO / "profiles" / "demo.yaml").read_text())
+    params["prepare_data"]["demo"].update(n_train=12, n_val=6, n_test=8, image_size=96)
+    params["prepare_data"]["subsets"]["nanodemo"]["per_bin"] = 1
+    params["finetune_mllm"]["build_tiny"] = {"kind": "llava", "seed": 3, "image_size": 56, "vision_hidden": 32}
+    params["finetune_mllm"]["config"].update(num_train_epochs=1, per_device_train_batch_size=2, save_steps=2)
+    params["finetune_mllm"]["datasets"] = ["nanodemo"]
+    params["finetune_mllm"]["launch"] = {
+        "num_processes": 2,
+        "config_file": str(REPO / "configs" / "accelerate_cpu_2proc.yaml"),
+        "args": ["--main_process_port", "29519"],
+    }
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    loaded, paths = pipeline.setup(tmp_path)
+    pipeline.prepare_data(loaded, paths, progress=False)
+    summary = pipeline.finetune_mllm(loaded, paths, progress=False)
+    run = json.loads((tmp_path / "models" / "finetune_mllm" / "run" / "finetune_summary.json").read_text())
+    assert run["world_size"] == 2 and run["global_batch"] == 4
+    assert summary["train_steps"] == run["steps"] > 0
+    assert (tmp_path / "models" / "finetune_mllm" / "best" / "config.json").is_file()
+    assert (tmp_path / "predictions" / "finetune_mllm" / "predictions.parquet").is_file()

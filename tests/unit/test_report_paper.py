@@ -43,7 +43,7 @@ SPOT_CHECKS = [
     (4, "mivolo_d1_384", "cacd", "face_body", "age_mae", 3.89),
     (5, "mivolo_d1_224", "fairface", "face_body", "class_acc", 0.6107),
     (5, "mivolo_d1_384", "fairface", "face_body", "gender_acc", 0.975),
-    (6, "llava-1.5-7b-ft", "lagenda", "body", "age_cs5", 0.6984),
+    (6, "llava15-7b-ft", "lagenda", "body", "age_cs5", 0.6984),
     (6, "sharegpt4v-7b-ft", "lagenda", "body", "age_mae", 3.87),
     (6, "sharegpt4v-7b-ft-1ep", "lagenda", "body", "gender_acc", 0.9953),
     (6, "sharegpt4v-13b-ft", "lagenda", "body", "age_cs5", 0.7542),
@@ -55,8 +55,8 @@ SPOT_CHECKS = [
     (7, "mivolo_d1_384", "adience", "face_body", "gender_acc", 0.9739),
     (7, "sharegpt4v-7b-ft", "adience", "body", "class_acc", 0.667),
     (7, "sharegpt4v-7b-ft-face", "adience", "face", "class_acc", 0.6795),
-    (8, "llava-1.5-7b", "nanolagenda", "body", "age_mape", 0.1686),
-    (8, "llava-1.5-7b", "nanolagenda", "body_wo_face", "age_mae", 18.44),
+    (8, "llava15-7b", "nanolagenda", "body", "age_mape", 0.1686),
+    (8, "llava15-7b", "nanolagenda", "body_wo_face", "age_mae", 18.44),
     (8, "llava-next-34b", "nanolagenda", "body", "age_cs5", 0.554),
     (8, "sharegpt4v-7b", "nanolagenda", "body_wo_face", "age_mae", 11.16),
     (8, "gpt-4v", "nanolagenda", "body", "age_mae", 4.66),
@@ -149,7 +149,7 @@ def test_layouts(paper):
         assert len(set(layout.rows)) == len(layout.rows)
     # table 8 in the paper's order: LLaVA first, ShareGPT4V 13B FT without face last
     rows8 = PAPER_TABLES[8].rows
-    assert (rows8[0].model, rows8[0].input) == ("llava-1.5-7b", "body")
+    assert (rows8[0].model, rows8[0].input) == ("llava15-7b", "body")
     assert (rows8[-1].model, rows8[-1].input) == ("sharegpt4v-13b-ft", "body_wo_face")
     assert len(rows8) == 16
     # table 3's FP-Age row is printed with "-" only: in the layout, without numbers

@@ -33,7 +33,7 @@ class PreparedData:
 
 
 def prepare_data(params: Params, paths: ProjectPaths, *, progress: bool = True) -> dict:
-    """Run the stage: fully rewrites the demo folder (if configured) and `prepare_data.out`.
+    """Run the stage: fully rewrites `prepare_data.out` (and the demo folder, if configured, usually inside it).
 
     Args:
         params: validated params.
@@ -49,6 +49,11 @@ def prepare_data(params: Params, paths: ProjectPaths, *, progress: bool = True) 
 
     cfg = params.prepare_data
     summary: dict = {"datasets": {}}
+    out = paths(cfg.out)
+    # cleared first: the demo profile generates its images inside it (`prepare_data.demo.root`)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
     if cfg.demo is not None:
         demo = asdict(cfg.demo)
         root = paths(demo.pop("root"))
@@ -81,10 +86,6 @@ def prepare_data(params: Params, paths: ProjectPaths, *, progress: bool = True) 
         info[name] = {"root": cfg.datasets[sub.source].root, "reader": None, "source": sub.source, "drawn": len(drawn)}
     table = validate_samples(table, source="prepare_data")
 
-    out = paths(cfg.out)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
     table.to_parquet(out / SAMPLES_FILE, index=False)
     masked_table = pd.concat(masked, ignore_index=True) if masked else pd.DataFrame()
     masked_table.to_parquet(out / MASKED_FILE, index=False)

@@ -52,13 +52,13 @@ MODEL_NAMES: dict[str, str] = {
     "resnet50_paplham": "ResNet-50",
     "ordinalclip": "OrdinalCLIP",
     "l2rclip": "L2RCLIP",
-    "llava-1.5-7b": "LLaVA 1.5 7B",
+    "llava15-7b": "LLaVA 1.5 7B",
     "llava-next-34b": "LLaVA-NeXT 34B",
     "sharegpt4v-7b": "ShareGPT4V 7B",
     "sharegpt4v-7b-ft": "ShareGPT4V 7B FT",
     "sharegpt4v-7b-ft-1ep": "ShareGPT4V 7B FT 1 epoch",
     "sharegpt4v-13b-ft": "ShareGPT4V 13B FT",
-    "llava-1.5-7b-ft": "LLaVA 1.5 7B FT",
+    "llava15-7b-ft": "LLaVA 1.5 7B FT",
     "sharegpt4v-7b-ft-face": "ShareGPT4V 7B FT (face)",
     "gpt-4v": "ChatGPT4V",
     "gpt-4o": "ChatGPT4O",
@@ -218,7 +218,7 @@ PAPER_TABLES: dict[int, PaperTable] = {
         ("age_mae", "age_cs5", "gender_acc"),
         ("model", "input"),
         (
-            PaperRow("llava-1.5-7b-ft", "lagenda", "body"),
+            PaperRow("llava15-7b-ft", "lagenda", "body"),
             PaperRow("sharegpt4v-7b-ft", "lagenda", "body"),
             PaperRow("sharegpt4v-7b-ft-1ep", "lagenda", "body"),
             PaperRow("sharegpt4v-13b-ft", "lagenda", "body"),
@@ -252,7 +252,7 @@ PAPER_TABLES: dict[int, PaperTable] = {
         ("model", "input"),
         (
             *_rows(
-                [(m, None) for m in ("llava-1.5-7b", "llava-next-34b", "sharegpt4v-7b", "gpt-4v", "gpt-4o")],
+                [(m, None) for m in ("llava15-7b", "llava-next-34b", "sharegpt4v-7b", "gpt-4v", "gpt-4o")],
                 ("nanolagenda",),
                 ("body", "body_wo_face"),
             ),

@@ -199,14 +199,33 @@ def register_backend(cls: type[Backend]) -> type[Backend]:
     return cls
 
 
+def resolve_backend(spec: str) -> type[Backend]:
+    """The backend class named by an import path `"package.module:Class"` (a backend kept outside agegender).
+
+    Raises:
+        InputError: the module does not import, has no such attribute, or it is not a `Backend` subclass.
+    """
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise InputError(f"backend {spec!r}: module {module_name!r} does not import ({exc})", field="backend") from None
+    cls = getattr(module, attr, None)
+    if not (isinstance(cls, type) and issubclass(cls, Backend)):
+        raise InputError(f"backend {spec!r}: {attr!r} is not a Backend subclass in {module_name}", field="backend")
+    return cls
+
+
 def create_backend(name: str, model: str, *, params: GenerationParams | None = None, **options: Any) -> Backend:
-    """Build a registered backend by name.
+    """Build a backend by its registered name, or by an import path `"package.module:Class"`.
 
     Raises:
         InputError: unknown backend name.
     """
     if name not in BACKENDS and name in _LAZY:
         importlib.import_module(_LAZY[name])
+    if name not in BACKENDS and ":" in name:
+        return resolve_backend(name)(model, params=params, **options)
     if name not in BACKENDS:
         raise InputError(f"unknown MLLM backend {name!r}; known: {sorted(set(BACKENDS) | set(_LAZY))}", field="backend")
     return BACKENDS[name](model, params=params, **options)
