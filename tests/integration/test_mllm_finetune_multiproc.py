@@ -102,7 +102,8 @@ def test_the_stage_trains_through_accelerate_launch(tmp_path, monkeypatch):
     params["prepare_data"]["demo"].update(n_train=12, n_val=6, n_test=8, image_size=96)
     params["prepare_data"]["subsets"]["nanodemo"]["per_bin"] = 1
     params["finetune_mllm"]["build_tiny"] = {"kind": "llava", "seed": 3, "image_size": 56, "vision_hidden": 32}
-    params["finetune_mllm"]["config"].update(num_train_epochs=1, per_device_train_batch_size=2, save_steps=2)
+    # enough steps for the tiny model to learn the answer format (selection needs parsed answers)
+    params["finetune_mllm"]["config"].update(num_train_epochs=40, per_device_train_batch_size=2, save_steps=60)
     params["finetune_mllm"]["datasets"] = ["nanodemo"]
     params["finetune_mllm"]["launch"] = {
         "num_processes": 2,
