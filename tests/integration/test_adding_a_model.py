@@ -1,0 +1,139 @@
+"""docs/adding_a_model.md works as written: each snippet is taken from the page and run against a tiny project.
+
+The project is the paper profile over tiny stand-ins (tests/standins.py), cut down to LAGENDA / NanoLAGENDA and
+without the paper's own models; the page's four recipes then add a llava-hf model, a model behind an OpenAI-compatible
+server, a specialized model's prediction table and a UTKFace reader, and the pipeline's stages run.
+"""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+GUIDE = ROOT / "docs" / "adding_a_model.md"
+sys.path.insert(0, str(ROOT / "tests"))
+
+from standins import build_datasets  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+#: the paper profile minus the paper's models and the data sets the guide does not need
+BASE_OVERRIDES = (
+    "study.datasets=[lagenda, nanolagenda]",
+    "prepare_data.subsets.nanolagenda.per_bin=2",
+    "query_mllms.models={}",
+    "predict.mivolo={}",
+    "finetune_mllm.base_model=null",
+    "finetune_mllm.datasets=null",
+    "evaluate.n_resamples=20",
+    "report.gallery.n=2",
+)
+
+
+def guide_blocks() -> dict[str, str]:
+    """`<!-- guide: NAME -->` followed by a fenced block -> {NAME: code}."""
+    text = GUIDE.read_text()
+    blocks = dict(re.findall(r"<!-- guide: ([\w-]+) -->\n```\w+\n(.*?)\n```", text, flags=re.S))
+    assert set(blocks) == {"llava-hf", "server", "specialized", "specialized-params", "reader", "reader-params"}
+    return blocks
+
+
+def merge(base: dict, extra: dict) -> dict:
+    """Deep-merge a snippet into params; lists of `study.datasets` are extended, as the guide says."""
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merge(base[key], value)
+        elif isinstance(value, list) and isinstance(base.get(key), list):
+            base[key] = base[key] + [v for v in value if v not in base[key]]
+        else:
+            base[key] = value
+    return base
+
+
+def test_the_guide_works_as_written(tmp_path: Path) -> None:
+    from agegender import pipeline
+    from agegender.check import check_params, format_problems
+    from agegender.mllm.server import running_server
+    from agegender.mllm.tiny import build_tiny_llava
+    from agegender.paths import ProjectPaths
+    from agegender.profiles import render
+
+    blocks = guide_blocks()
+    root = tmp_path
+    (root / "dvc.yaml").write_text("stages: {}\n")
+    (root / "profiles").mkdir()
+    (root / "profiles" / "paper.yaml").write_text((ROOT / "profiles" / "paper.yaml").read_text())
+    paths = ProjectPaths.at(root)
+    build_datasets(root)
+    data = yaml.safe_load(render(paths, "paper", BASE_OVERRIDES))
+    for name in ("imdb_clean", "lagenda"):
+        assert name in data["prepare_data"]["datasets"]
+    data["prepare_data"]["datasets"] = {k: data["prepare_data"]["datasets"][k] for k in ("lagenda", "imdb_clean")}
+    data["report"]["roles"] = {"lagenda": "lagenda", "nanolagenda": "nanolagenda"}
+
+    # 4. a reader: the module as printed, a UTKFace-style folder (labels in the file names)
+    (root / "my_readers.py").write_text(blocks["reader"] + "\n")
+    utk = root / "data" / "raw" / "utkface"
+    utk.mkdir(parents=True)
+    for i, (age, gender) in enumerate([(25, 0), (61, 1), (3, 0), (40, 1)]):
+        Image.new("RGB", (48, 48), (40 * i, 90, 160)).save(utk / f"{age}_{gender}_0_2017010{i}.jpg")
+    merge(data, yaml.safe_load(blocks["reader-params"]))
+    # 1. a llava-hf model at the printed path; 2. a model behind a server at the printed URL (port swapped)
+    merge(data, yaml.safe_load(blocks["llava-hf"]))
+    build_tiny_llava(root / "models" / "hf" / "llava-v1.6-mistral-7b-hf", kind="llava_next", seed=3, image_size=112)
+    server = yaml.safe_load(blocks["server"])
+    # 3. a specialized model: its params now, its table once the sample table exists
+    merge(data, yaml.safe_load(blocks["specialized-params"]))
+
+    with running_server(
+        "transformers",
+        str(build_tiny_llava(root / "served", kind="llava", seed=4, image_size=112)),
+        served_model="Qwen/Qwen2-VL-7B-Instruct",
+    ) as url:
+        port = re.search(r":(\d+)/v1$", url).group(1)
+        server["query_mllms"]["models"]["qwen2-vl-7b"]["options"]["base_url"] = f"http://127.0.0.1:{port}/v1"
+        merge(data, server)
+        (root / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+        params, paths = pipeline.setup(root)
+        assert params.query_mllms.models["qwen2-vl-7b"].options["api_key_env"] is None
+
+        problems = check_params(params, paths)
+        # the external table does not exist yet: the check says exactly that, and nothing else
+        assert [p.where for p in problems] == ["predict.external.brightness_regressor.path"], format_problems(problems)
+
+        pipeline.prepare_data(params, paths, progress=False)
+        samples = pd.read_parquet(root / "data" / "prepared" / "samples.parquet")
+        utk_rows = samples[samples["dataset"] == "utkface"].sort_values("age")
+        assert list(utk_rows["age"]) == [3.0, 25.0, 40.0, 61.0]
+        assert list(utk_rows["gender"]) == ["male", "male", "female", "female"]
+        assert utk_rows["face_x1"].eq(48).all()
+
+        proc = subprocess.run(
+            [sys.executable, "-c", blocks["specialized"]], cwd=root, capture_output=True, text=True, timeout=300
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert check_params(params, paths) == []
+
+        pipeline.predict(params, paths, progress=False)
+        for key in ("llava-next-mistral-7b", "qwen2-vl-7b"):
+            summary = pipeline.query_mllms(params, paths, key, progress=False)
+            assert summary["requests_sent"] > 0
+    pipeline.finetune_mllm(params, paths, progress=False)  # the cut-down profile fine-tunes nothing
+    result = pipeline.evaluate(params, paths)
+    rows = result.rows[result.rows["view"] == "answered"]
+    have = set(zip(rows["dataset"], rows["input"], rows["model"], strict=True))
+    assert ("nanolagenda", "face", "brightness_regressor") in have
+    assert ("nanolagenda", "body", "llava-next-mistral-7b") in have
+    assert ("nanolagenda", "body_wo_face", "llava-next-mistral-7b") in have
+    assert ("nanolagenda", "body", "qwen2-vl-7b") in have
+    assert ("utkface", "face", "baseline") in have
+    regressor = rows[(rows["model"] == "brightness_regressor") & (rows["dataset"] == "nanolagenda")].iloc[0]
+    assert regressor["n_answered"] > 0 and regressor["age_mae"] > 0
+    pipeline.report(params, paths)
+    assert "brightness_regressor" in (root / "reports" / "tables" / "summary.md").read_text()
