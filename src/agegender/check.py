@@ -108,26 +108,6 @@ def _hub_snapshot(model: str) -> Path | None:
         return None
 
 
-def _safe_url(url: str) -> str:
-    """A URL without user info, query or fragment (any of them could hold a secret)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"[{host}]" if ":" in host else host
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if port is not None:
-        netloc += f":{port}"
-    return f"{parts.scheme}://{netloc}{parts.path}"
-
-
-def _is_loopback(url: str) -> bool:
-    from agegender.mllm.backends.openai_backend import is_loopback_url
-
-    return is_loopback_url(url)
-
-
 def check_llava_folder(folder: Path) -> list[str]:
     """Check that a folder is a Hugging Face LLaVA-family model the transformers / vllm backends can load.
 
@@ -421,9 +401,9 @@ class _Checker:
         return None
 
     def query_mllms(self) -> None:
-        from agegender.mllm.backends.base import _LAZY, BACKENDS
+        from agegender.mllm.backends.base import known_backends
 
-        known = sorted(set(BACKENDS) | set(_LAZY))
+        known = known_backends()
         for key, spec in self.params.query_mllms.models.items():
             if spec.build_tiny is not None:
                 continue  # built by the stage
@@ -453,6 +433,8 @@ class _Checker:
                 self.add(f"{where}.backend", f"unknown MLLM backend {backend!r}; known: {known} or 'module:Class'")
 
     def _openai(self, where: str, spec: MllmParams) -> None:
+        from agegender.mllm.backends.openai_backend import is_loopback_url, safe_url
+
         if not (spec.model or spec.options.get("model")):
             self.add(f"{where}.model", "the openai backend needs a model id (e.g. gpt-4o-2024-08-06)")
         base_url = spec.options.get("base_url")
@@ -460,9 +442,9 @@ class _Checker:
         if base_url is not None:
             parts = urlsplit(str(base_url))
             if parts.scheme not in ("http", "https") or not parts.hostname:
-                self.add(f"{where}.options.base_url", f"not an http(s) URL: {_safe_url(str(base_url))!r}")
+                self.add(f"{where}.options.base_url", f"not an http(s) URL: {safe_url(str(base_url))!r}")
                 return
-            loopback = _is_loopback(str(base_url))
+            loopback = is_loopback_url(str(base_url))
             if parts.scheme == "http" and not loopback:
                 self.add(
                     f"{where}.options.base_url",
@@ -516,16 +498,12 @@ class _Checker:
 
 def _import_problem(spec: str) -> str | None:
     """Why an import-path backend `module:Class` cannot be used, or None."""
-    from agegender.mllm.backends.base import Backend
+    from agegender.mllm.backends.base import resolve_backend
 
-    module_name, _, attr = spec.partition(":")
     try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # a third-party module may fail to import with anything
-        return f"backend module {module_name!r} does not import ({type(exc).__name__}: {exc})"
-    cls = getattr(module, attr, None)
-    if not (isinstance(cls, type) and issubclass(cls, Backend)):
-        return f"{attr!r} in {module_name} is not a Backend subclass (agegender.mllm.backends.Backend)"
+        resolve_backend(spec)
+    except InputError as exc:
+        return exc.message
     return None
 
 
@@ -694,10 +672,10 @@ def _model_fingerprint(params: Params, paths: ProjectPaths, spec: MllmParams) ->
     if spec.build_tiny is not None:
         return {}
     if spec.backend == "openai" and not spec.serve:
-        from agegender.mllm.backends.openai_backend import OPENAI_BASE_URL
+        from agegender.mllm.backends.openai_backend import OPENAI_BASE_URL, safe_url
 
         base_url = spec.options.get("base_url") or OPENAI_BASE_URL
-        return {"backend": "openai", "model": spec.model or spec.options.get("model"), "base_url": _safe_url(base_url)}
+        return {"backend": "openai", "model": spec.model or spec.options.get("model"), "base_url": safe_url(base_url)}
     out: dict[str, Any] = {"backend": spec.backend, "model": spec.model}
     if not spec.model:
         return out

@@ -227,6 +227,21 @@ def test_loopback_needs_no_key_and_unset_key_is_named(project: Path) -> None:
         check_params(params_from_dict(cfg), ProjectPaths(project), sections=["nope"])
 
 
+def test_backends_by_import_path_are_imported_and_named(project: Path) -> None:
+    cfg = _config()
+    models = cfg["query_mllms"]["models"]
+    models["mine"] = {"backend": "agegender.mllm.backends.base:Backend", "model": "m"}
+    models["gone"] = {"backend": "no_such_module_xyz:Thing", "model": "m"}
+    models["wrong"] = {"backend": "pathlib:Path", "model": "m"}
+    models["typo"] = {"backend": "transfomers", "model": "m"}
+    problems = check_params(params_from_dict(cfg), ProjectPaths(project), env=ENV, sections=["query_mllms"])
+    by_where = {p.where: p.message for p in problems}
+    assert set(by_where) == {f"query_mllms.models.{k}.backend" for k in ("gone", "wrong", "typo")}
+    assert "does not import" in by_where["query_mllms.models.gone.backend"]
+    assert "not a Backend subclass" in by_where["query_mllms.models.wrong.backend"]
+    assert "unknown MLLM backend 'transfomers'" in by_where["query_mllms.models.typo.backend"]
+
+
 def test_sections_limit_the_check(project: Path) -> None:
     (project / "data" / "wild" / "labels.csv").unlink()
     params = params_from_dict(_config())

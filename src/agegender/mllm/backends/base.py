@@ -199,6 +199,11 @@ def register_backend(cls: type[Backend]) -> type[Backend]:
     return cls
 
 
+def known_backends() -> list[str]:
+    """The registered backend names, including those imported on first use."""
+    return sorted(set(BACKENDS) | set(_LAZY))
+
+
 def resolve_backend(spec: str) -> type[Backend]:
     """The backend class named by an import path `"package.module:Class"` (a backend kept outside agegender).
 
@@ -208,8 +213,9 @@ def resolve_backend(spec: str) -> type[Backend]:
     module_name, _, attr = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise InputError(f"backend {spec!r}: module {module_name!r} does not import ({exc})", field="backend") from None
+    except Exception as exc:  # a third-party module may fail to import with anything
+        message = f"backend {spec!r}: module {module_name!r} does not import ({type(exc).__name__}: {exc})"
+        raise InputError(message, field="backend") from None
     cls = getattr(module, attr, None)
     if not (isinstance(cls, type) and issubclass(cls, Backend)):
         raise InputError(f"backend {spec!r}: {attr!r} is not a Backend subclass in {module_name}", field="backend")
@@ -227,5 +233,5 @@ def create_backend(name: str, model: str, *, params: GenerationParams | None = N
     if name not in BACKENDS and ":" in name:
         return resolve_backend(name)(model, params=params, **options)
     if name not in BACKENDS:
-        raise InputError(f"unknown MLLM backend {name!r}; known: {sorted(set(BACKENDS) | set(_LAZY))}", field="backend")
+        raise InputError(f"unknown MLLM backend {name!r}; known: {known_backends()}", field="backend")
     return BACKENDS[name](model, params=params, **options)
