@@ -437,11 +437,20 @@ def load_params(path: str | Path) -> Params:
     path = Path(path)
     if not path.is_file():
         raise InputError("params file not found", file=path)
+    return params_from_text(path.read_text(), source=path)
+
+
+def params_from_text(text: str, source: str | Path = "params") -> Params:
+    """Parse and validate params YAML text (a params file's or a rendered profile's).
+
+    Raises:
+        InputError: not YAML, an unknown key or a wrongly typed value, naming `source` and the key path.
+    """
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise InputError(f"not valid YAML: {exc}", file=path) from None
-    return params_from_dict(data or {}, source=path)
+        raise InputError(f"not valid YAML: {exc}", file=source) from None
+    return params_from_dict(data or {}, source=source)
 
 
 def as_dict(obj: Any) -> Any:

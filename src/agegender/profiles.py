@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from agegender.errors import InputError
-from agegender.params import Params, params_from_dict
+from agegender.params import params_from_text
 from agegender.paths import ProjectPaths
 
 PROFILES_DIR = "profiles"
@@ -109,19 +109,8 @@ def render(paths: ProjectPaths, name: str, overrides: Sequence[str] = ()) -> str
         buffer = io.StringIO()
         yaml.dump(data, buffer)
         text = buffer.getvalue()
-    validate(text, source)
+    params_from_text(text, source)
     return text
-
-
-def validate(text: str, source: str | Path) -> Params:
-    """Parse and validate params text (errors name `source` and the key path)."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise InputError(f"not valid YAML: {exc}", file=source) from None
-    return params_from_dict(data, source=source)
 
 
 def active(paths: ProjectPaths) -> tuple[str | None, bool]:
@@ -145,7 +134,7 @@ def use(paths: ProjectPaths, name: str, overrides: Sequence[str] = (), *, force:
     body = render(paths, name, overrides)
     target = paths(PARAMS_FILE)
     _, edited = active(paths)
-    if target.is_file() and edited and not force:
+    if edited and not force:
         raise InputError(
             "has edits that no profile holds; keep them in profiles/<name>.yaml, or pass --force to overwrite",
             file=target,
@@ -171,7 +160,7 @@ def _cmd_profile(args: Any) -> int:
         return 0
     from agegender.check import check_params, format_problems
 
-    params = validate(target.read_text(), target)
+    params = params_from_text(target.read_text(), target)
     problems = check_params(params, paths)
     if problems:
         print(f"{len(problems)} problem(s) to fix before `dvc repro` (README: run-book):\n{format_problems(problems)}")
