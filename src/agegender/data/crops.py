@@ -331,8 +331,14 @@ def _box_array(frame: pd.DataFrame, cols: tuple[str, ...]) -> np.ndarray:
     return frame[list(cols)].astype("Float64").to_numpy(dtype=np.float64, na_value=np.nan)
 
 
-def _image_file(image_root: str | Path | Mapping[str, str | Path], dataset: str, image_path: str) -> Path | None:
-    """The image file of a row, or None when `image_root` names no folder for its data set."""
+def image_file(image_root: str | Path | Mapping[str, str | Path], dataset: str, image_path: str) -> Path | None:
+    """The image file of a sample-table row, or None when `image_root` names no folder for its data set.
+
+    Args:
+        image_root: one folder for every data set, or data set -> folder.
+        dataset: the row's data set.
+        image_path: the row's image path, relative to its data set's folder.
+    """
     if isinstance(image_root, Mapping):
         if dataset not in image_root:
             return None
@@ -356,7 +362,7 @@ def _image_boxes(
         face_arr, person_arr = _box_array(table, FACE_BOX), _box_array(table, PERSON_BOX)
         pairs = zip(table["dataset"].astype(str), table["image_path"].astype(str), strict=True)
         for i, (dataset, image_path) in enumerate(pairs):
-            key = _image_file(image_root, dataset, image_path)
+            key = image_file(image_root, dataset, image_path)
             if key not in wanted:
                 continue
             if np.isfinite(face_arr[i]).all():
@@ -419,7 +425,7 @@ def iter_crops(
     groups: dict[Path, list[int]] = {}
     pairs = zip(samples["dataset"].astype(str), samples["image_path"].astype(str), strict=True)
     for pos, (dataset, image_path) in enumerate(pairs):
-        path = _image_file(image_root, dataset, image_path)
+        path = image_file(image_root, dataset, image_path)
         if path is None:
             raise InputError(
                 f"no image folder given for data set {dataset!r}",

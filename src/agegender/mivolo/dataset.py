@@ -274,7 +274,7 @@ class MiVOLODataset(Dataset):
         self._files: list[Path] = []
         pairs = zip(self.samples["dataset"].astype(str), self.samples["image_path"].astype(str), strict=True)
         for pos, (dataset, image_path) in enumerate(pairs):
-            path = crops._image_file(image_roots, dataset, image_path)
+            path = crops.image_file(image_roots, dataset, image_path)
             if path is None:
                 raise InputError(
                     f"no image folder given for data set {dataset!r}",

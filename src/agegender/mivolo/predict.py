@@ -38,9 +38,9 @@ from tqdm.auto import tqdm
 from agegender.data.crops import (
     ImageBoxes,
     _image_boxes,
-    _image_file,
     body_without_face,
     crop,
+    image_file,
     letterbox,
     load_image,
 )
@@ -144,7 +144,7 @@ class CropDataset:
         groups: dict[Path, list[int]] = {}
         pairs = zip(samples["dataset"].astype(str), samples["image_path"].astype(str), strict=True)
         for pos, (dataset, image_path) in enumerate(pairs):
-            path = _image_file(image_roots, dataset, image_path)
+            path = image_file(image_roots, dataset, image_path)
             if path is None:
                 sid = samples["sample_id"].iloc[pos]
                 raise InputError(

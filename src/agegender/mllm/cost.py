@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from agegender.errors import InputError
 from agegender.mllm.prompt import PROMPT_VERSION, get_prompt
-from agegender.mllm.runner import MLLM_INPUTS
+from agegender.mllm.runner import MLLM_INPUTS, downscaled_size
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -536,21 +536,6 @@ def estimate_from_sizes(
     return estimate
 
 
-def downscaled_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
-    """The size `agegender.mllm.runner.downscale` gives a crop (longer side at most `max_side`; never enlarged)."""
-    if max_side is None or max(width, height) <= max_side:
-        return width, height
-    scale = max_side / max(width, height)
-    # the runner's own arithmetic (Python's round), so that the sizes match what it sends
-    return max(1, min(max_side, round(width * scale))), max(1, min(max_side, round(height * scale)))
-
-
-def _image_file(roots: str | Path | Mapping[str, str | Path], dataset: str) -> Path | None:
-    if isinstance(roots, Mapping):
-        return Path(roots[dataset]) if dataset in roots else None
-    return Path(roots)
-
-
 def crop_sizes(
     samples: pd.DataFrame,
     masked: pd.DataFrame | None,
@@ -572,7 +557,7 @@ def crop_sizes(
     """
     from tqdm.auto import tqdm
 
-    from agegender.data.crops import clamp_box, image_size, iter_crops
+    from agegender.data.crops import clamp_box, image_file, image_size, iter_crops
     from agegender.data.schema import FACE_BOX, PERSON_BOX
 
     if input_kind not in MLLM_INPUTS:
@@ -594,8 +579,8 @@ def crop_sizes(
     for pos, (sample_id, dataset, image_path) in enumerate(
         tqdm(rows, total=len(samples), desc=f"crop sizes ({input_kind})", disable=not progress, unit="crop")
     ):
-        root = _image_file(image_roots, dataset)
-        if root is None:
+        path = image_file(image_roots, dataset, image_path)
+        if path is None:
             raise InputError(
                 f"no image folder given for data set {dataset!r}", row=f"{pos + 1} (sample_id {sample_id})",
                 field="dataset",
@@ -604,7 +589,6 @@ def crop_sizes(
         if not all(math.isfinite(v) for v in box):
             yield sample_id, None
             continue
-        path = root / image_path
         if path not in sizes:
             sizes[path] = image_size(path)
         clamped = clamp_box(box, *sizes[path])

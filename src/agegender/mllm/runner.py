@@ -57,6 +57,14 @@ def _now() -> str:
 # Crops -> queries
 
 
+def downscaled_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    """The (width, height) `downscale` gives a crop: longer side at most `max_side`, never enlarged."""
+    if max_side is None or max(width, height) <= max_side:
+        return width, height
+    scale = max_side / max(width, height)
+    return max(1, min(max_side, round(width * scale))), max(1, min(max_side, round(height * scale)))
+
+
 def downscale(image: np.ndarray, max_side: int | None) -> np.ndarray:
     """Shrink an image so its longer side is at most `max_side` (area interpolation); never enlarges.
 
@@ -64,16 +72,12 @@ def downscale(image: np.ndarray, max_side: int | None) -> np.ndarray:
         image: RGB array (H, W, 3).
         max_side: the limit; None returns the image unchanged (the paper sent ChatGPT original-size crops).
     """
-    if max_side is None:
-        return image
     height, width = image.shape[:2]
-    longest = max(height, width)
-    if longest <= max_side:
+    size = downscaled_size(width, height, max_side)
+    if size == (width, height):
         return image
     import cv2
 
-    scale = max_side / longest
-    size = (max(1, min(max_side, round(width * scale))), max(1, min(max_side, round(height * scale))))
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
