@@ -36,9 +36,9 @@ STANDIN_OVERRIDES: tuple[str, ...] = (
 )
 
 
-def api_overrides(base_url: str) -> tuple[str, ...]:
-    """Point the two ChatGPT entries at a local OpenAI-compatible server instead of api.openai.com."""
-    return tuple(f"query_mllms.models.{key}.options.base_url={base_url}" for key in ("gpt-4v", "gpt-4o"))
+def api_overrides(base_urls: dict[str, str]) -> tuple[str, ...]:
+    """Point API models (`gpt-4v`, `gpt-4o` -> URL) at local OpenAI-compatible servers instead of api.openai.com."""
+    return tuple(f"query_mllms.models.{key}.options.base_url={url}" for key, url in base_urls.items())
 
 
 def _generate(work: Path, seed: int) -> Path:

@@ -84,7 +84,7 @@ def check(params: Params, paths: ProjectPaths, *, params_file: str | Path = "par
             f"{len(problems)} problem(s) in the configuration:\n{format_problems(problems)}", file=paths(params_file)
         )
     written = write_fingerprints(params, paths, paths(SOURCES_DIR))
-    summary = {"checks": int(getattr(problems, "n_checks", 0)), "problems": 0, "fingerprints": len(written)}
+    summary = {"checks": problems.n_checks, "problems": 0, "fingerprints": len(written)}
     write_metrics(paths, "check", summary)
     return summary | {"files": [str(p.relative_to(paths.root)) for p in written]}
 
@@ -379,7 +379,9 @@ def query_mllms(params: Params, paths: ProjectPaths, model_key: str, *, progress
     return summary
 
 
-def _launch_finetune(params: Params, paths: ProjectPaths, base: Path, out: Path, *, progress: bool) -> dict:
+def _launch_finetune(
+    params: Params, paths: ProjectPaths, roots: dict[str, Path], base: Path, out: Path, *, progress: bool
+) -> dict:
     """Train through `accelerate launch` (several processes: GPUs, ZeRO-3) into `<out>/run`; its summary.
 
     The processes run `python -m agegender.mllm.finetune` on the same records the in-process path uses (the
@@ -397,13 +399,13 @@ def _launch_finetune(params: Params, paths: ProjectPaths, base: Path, out: Path,
     config_file = out / "launch_config.yaml"
     config_file.write_text(yaml.safe_dump({"config": dict(cfg.config)}, sort_keys=True))
     prepared = paths(params.prepare_data.out)
-    roots = [f"{name}={paths(info['root'])}" for name, info in load_prepared(params, paths).datasets.items()]
+    image_roots = [f"{name}={root}" for name, root in roots.items()]
     command = [sys.executable, "-m", "accelerate.commands.launch"]
     if cfg.launch.config_file is not None:
         command += ["--config_file", str(paths(cfg.launch.config_file))]
     command += ["--num_processes", str(cfg.launch.num_processes), *cfg.launch.args]
     command += ["-m", "agegender.mllm.finetune", "--samples", str(prepared / SAMPLES_FILE)]
-    command += ["--masked", str(prepared / MASKED_FILE), "--image-root", *roots, "--base-model", str(base)]
+    command += ["--masked", str(prepared / MASKED_FILE), "--image-root", *image_roots, "--base-model", str(base)]
     command += ["--out", str(out / "run"), "--config", str(config_file), "--datasets", cfg.dataset]
     command += [] if progress else ["--no-progress"]
     proc = subprocess.run(command, cwd=paths.root, check=False)
@@ -468,7 +470,7 @@ def finetune_mllm(params: Params, paths: ProjectPaths, *, progress: bool = True)
             context=samples,
         )
     else:
-        trained = _launch_finetune(params, paths, base, out, progress=progress)
+        trained = _launch_finetune(params, paths, roots, base, out, progress=progress)
     generation = GenerationParams(**as_dict(params.query_mllms.generation))
     options = {"pad_to_square": config.pad_to_square, "system_prompt": config.system_prompt}
     options = {k: v for k, v in options.items() if v is not None} | dict(cfg.backend_options)

@@ -62,14 +62,12 @@ def project(tmp_path_factory):
     before = run([str(BIN / "agegender"), "profile", "paper"], root, check=False)
     assert before.returncode == 1, before.stdout + before.stderr
     standins = build_standins(root)
-    gpt = {}
     with (
         running_server("transformers", str(standins["llava15-7b"]), served_model="gpt-4-turbo-2024-04-09") as v,
         running_server("transformers", str(standins["llava-next-34b"]), served_model="gpt-4o-2024-05-13") as o,
     ):
         gpt = {"gpt-4v": v, "gpt-4o": o}
-        overrides = [*STANDIN_OVERRIDES, *api_overrides(v)]
-        overrides[-1] = f"query_mllms.models.gpt-4o.options.base_url={o}"
+        overrides = [*STANDIN_OVERRIDES, *api_overrides(gpt)]
         sets = [arg for item in overrides for arg in ("--set", item)]
         switch = run([str(BIN / "agegender"), "profile", "paper", *sets], root)
         log = run([str(BIN / "dvc"), "repro"], root)
