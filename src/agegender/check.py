@@ -465,6 +465,13 @@ class _Checker:
         if cfg is None:
             return
         self.prepared_ref("finetune_mllm.dataset", cfg.dataset)
+        if cfg.launch is not None:
+            self.ran()
+            if cfg.launch.num_processes < 1:
+                self.add("finetune_mllm.launch.num_processes", f"must be at least 1, got {cfg.launch.num_processes}")
+            launch_config = None if cfg.launch.config_file is None else self.paths(cfg.launch.config_file)
+            if launch_config is not None and not launch_config.is_file():
+                self.add("finetune_mllm.launch.config_file", "accelerate config not found", launch_config)
         if cfg.build_tiny is not None or cfg.base_model is None:
             return  # built by the stage, or this profile fine-tunes nothing
         self.ran()

@@ -242,6 +242,15 @@ def test_backends_by_import_path_are_imported_and_named(project: Path) -> None:
     assert "unknown MLLM backend 'transfomers'" in by_where["query_mllms.models.typo.backend"]
 
 
+def test_finetune_launch_settings_are_checked(project: Path) -> None:
+    cfg = _config()
+    cfg["finetune_mllm"]["launch"] = {"num_processes": 0, "config_file": "configs/accelerate_missing.yaml"}
+    problems = check_params(params_from_dict(cfg), ProjectPaths(project), env=ENV, sections=["finetune_mllm"])
+    by_where = {p.where: p for p in problems}
+    assert "must be at least 1" in by_where["finetune_mllm.launch.num_processes"].message
+    assert by_where["finetune_mllm.launch.config_file"].path.endswith("accelerate_missing.yaml")
+
+
 def test_sections_limit_the_check(project: Path) -> None:
     (project / "data" / "wild" / "labels.csv").unlink()
     params = params_from_dict(_config())
