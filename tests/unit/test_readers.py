@@ -187,6 +187,21 @@ def test_masked_row_needs_a_box_and_duplicates_name_both_rows(tmp_path: Path) ->
     assert skipped.samples["split"].tolist() == ["test"]
 
 
+def test_read_mivolo_person_box_image(lagenda: Path) -> None:
+    """Adience-style rows (person box -1) get the whole image as person box; given boxes and masked rows stay."""
+    given = read_mivolo(lagenda, "lagenda", splits={"train": "train", "test": "test"})
+    whole = read_mivolo(lagenda, "lagenda", splits={"train": "train", "test": "test"}, person_box="image")
+    assert whole.samples["sample_id"].tolist() == given.samples["sample_id"].tolist()  # ids keep the face box
+    person = whole.samples[["person_x0", "person_y0", "person_x1", "person_y1"]].astype(float).values.tolist()
+    assert person[:2] == [[0, 0, 50, 60], [0, 0, 50, 60]]  # b.png's rows had no person box
+    assert person[2:] == [[5, 5, 60, 79], [40, 0, 100, 80]]  # as given (the second one clamped)
+    assert given.samples["person_x0"].isna().tolist() == [True, True, False, False]
+    assert whole.masked["person_x0"].isna().all() and len(whole.masked) == 1
+    assert whole.report == given.report
+    with pytest.raises(InputError, match="person_box"):
+        read_mivolo(lagenda, "lagenda", person_box="body")
+
+
 def test_read_mivolo_on_bad_row_value(lagenda: Path) -> None:
     with pytest.raises(InputError, match="on_bad_row"):
         read_mivolo(lagenda, "lagenda", on_bad_row="ignore")
@@ -238,7 +253,7 @@ def test_read_folder_bad_rows(tmp_path: Path) -> None:
 def test_read_dataset_registry(lagenda: Path) -> None:
     result = read_dataset("lagenda", "mivolo", lagenda, splits={"test": "test"})
     assert len(result.samples) == 2
-    with pytest.raises(InputError, match=r"known readers: \['folder', 'mivolo'\]"):
+    with pytest.raises(InputError, match=r"known readers: \['fairface', 'fgnet', 'folder', 'mivolo', 'utkface'\]"):
         read_dataset("lagenda", "imdb", lagenda)
     with pytest.raises(InputError, match="unexpected keyword"):
         read_dataset("lagenda", "mivolo", lagenda, split="test")

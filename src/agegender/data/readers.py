@@ -23,7 +23,7 @@ import importlib
 import math
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from typing import Any
 import pandas as pd
 
 from agegender.data.crops import image_size
-from agegender.data.schema import AGE_RANGE, FACE_BOX, PERSON_BOX, validate_samples
+from agegender.data.schema import AGE_RANGE, FACE_BOX, OPTIONAL_SAMPLE_COLUMNS, PERSON_BOX, validate_samples
 from agegender.errors import InputError
 
 #: Reasons a row can be skipped for; each has a `skipped_<reason>` counter in the report.
@@ -100,12 +100,15 @@ class ReadResult:
         samples: the sample table (validated, `schema.SAMPLE_COLUMNS`).
         masked: persons that exist only to be masked out (`MASKED_COLUMNS`).
         report: counts: `rows` read, `samples`, `masked`, `boxes_clamped`, `skipped` and
-            `skipped_<reason>` for each of `SKIP_REASONS`.
+            `skipped_<reason>` for each of `SKIP_REASONS` (a reader may add counters of its own, such as
+            `skipped_bad_name` of the file-name readers in `native`).
+        notes: one line per skipped item the counts alone would not name (e.g. a malformed file name).
     """
 
     samples: pd.DataFrame
     masked: pd.DataFrame
     report: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def empty_report() -> dict[str, int]:
@@ -280,12 +283,20 @@ def _check_rows(
     split: str,
     image_col: str,
     allow_masked: bool,
-    whole_image_person: bool,
+    whole_image: str | None,
     on_bad_row: str,
     report: dict[str, int],
     sizes: dict[Path, tuple[int, int] | InputError],
+    split_col: str | None = None,
+    extra_cols: tuple[str, ...] = (),
 ) -> _Table:
-    """Check and convert every row of one CSV; raise or count the bad ones."""
+    """Check and convert every row of one CSV; raise or count the bad ones.
+
+    `whole_image` says which box the whole image stands in for: None (nothing), `"person"` / `"face"` (a row
+    with neither box: a photo of one person / an aligned face crop), `"missing_person"` (a labelled row without
+    a person box, such as MiVOLO's Adience CSVs, whose person boxes are all -1). `split_col` names a column that
+    gives each row its split (empty = `split`); `extra_cols` are copied into the samples as text (empty = null).
+    """
     n = len(frame)
     report["rows"] += n
     state = _Rows(n, csv=csv, on_bad_row=on_bad_row, report=report)
@@ -328,9 +339,15 @@ def _check_rows(
             state.flag(i, "missing_image" if missing else "unreadable_image", image_col, f"{size.message}: {path}")
             continue
         width, height = size
+        whole = [0.0, 0.0, float(width), float(height)]
+        labelled = age is not None or age_class is not None or gender is not None
+        if whole_image == "missing_person" and person is None and labelled:
+            person = whole
         if face is None and person is None:
-            if whole_image_person:
-                person = [0.0, 0.0, float(width), float(height)]
+            if whole_image == "person":
+                person = whole
+            elif whole_image == "face":
+                face = whole
             else:
                 state.flag(i, "no_box", FACE_BOX[0], "row has neither a face box nor a person box")
                 continue
@@ -357,7 +374,8 @@ def _check_rows(
             state.flag(i, "no_label", "age", "row has neither an age nor a gender")
             continue
         report["boxes_clamped"] += clamped
-        out: dict[str, Any] = {"dataset": dataset, "split": split, "image_path": image_name}
+        row_split = str(rec.get(split_col) or "").strip() if split_col else ""
+        out: dict[str, Any] = {"dataset": dataset, "split": row_split or split, "image_path": image_name}
         for name, cols in (("face", FACE_BOX), ("person", PERSON_BOX)):
             box = boxes[name]
             out.update(dict(zip(cols, box if box is not None else [None] * 4, strict=True)))
@@ -374,13 +392,16 @@ def _check_rows(
             age_class=age_class,
             gender=gender,
         )
+        for col in extra_cols:
+            value = str(rec.get(col) or "").strip()
+            out[col] = value or None
         table.samples.append(out)
         table.rows.append(i + 1)
     return table
 
 
 def _assemble(
-    tables: list[_Table], *, source: Path, on_bad_row: str, report: dict[str, int]
+    tables: list[_Table], *, source: Path, on_bad_row: str, report: dict[str, int], extra_cols: tuple[str, ...] = ()
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Join the tables of several CSVs, resolve duplicate ids, validate."""
     seen: dict[str, tuple[Path, int]] = {}
@@ -402,7 +423,7 @@ def _assemble(
                 continue
             seen[sid] = (table.csv, row)
             rows.append(rec)
-    samples = validate_samples(pd.DataFrame(rows, columns=list(_SAMPLE_ORDER)), source=source)
+    samples = validate_samples(pd.DataFrame(rows, columns=[*_SAMPLE_ORDER, *extra_cols]), source=source)
     masked_rows = [m for t in tables for m in t.masked]
     masked = pd.DataFrame(masked_rows, columns=list(MASKED_COLUMNS)) if masked_rows else empty_masked()
     masked = masked.astype(MASKED_COLUMNS).reset_index(drop=True)
@@ -414,6 +435,14 @@ def _assemble(
 def _check_on_bad_row(on_bad_row: str) -> None:
     if on_bad_row not in _ON_BAD_ROW:
         raise InputError(f"on_bad_row must be one of {list(_ON_BAD_ROW)}, got {on_bad_row!r}", field="on_bad_row")
+
+
+_PERSON_BOX_OPTIONS = (None, "image")
+
+
+def _check_person_box(person_box: str | None) -> None:
+    if person_box not in _PERSON_BOX_OPTIONS:
+        raise InputError(f"person_box must be null (as given) or 'image', got {person_box!r}", field="person_box")
 
 
 def _column_errors(columns: list[str], required: tuple[str, ...], csv: Path) -> list[InputError]:
@@ -485,6 +514,7 @@ def read_mivolo(
     *,
     annotations: str | Path = "annotations",
     splits: Mapping[str, str] | None = None,
+    person_box: str | None = None,
     on_bad_row: str = "raise",
 ) -> ReadResult:
     """Read a data set annotated in the MiVOLO authors' CSV format.
@@ -502,6 +532,9 @@ def read_mivolo(
         annotations: folder of the CSVs, relative to `root` or absolute.
         splits: split name -> token; a split is every CSV whose file name contains the token
             (CSVs matching no token are ignored). None: every CSV, all in split `test`.
+        person_box: None (boxes as given) or `image`: a labelled row without a person box gets the whole
+            image as its person box (MiVOLO's Adience CSVs set every person box to -1, so body inputs would
+            otherwise have nothing to show). Masked rows are left as given.
         on_bad_row: `raise` an InputError at the first bad row, or `skip` bad rows and count them.
 
     Returns:
@@ -512,6 +545,7 @@ def read_mivolo(
             column or folder, a CSV matched by two split tokens, or a duplicate sample id.
     """
     _check_on_bad_row(on_bad_row)
+    _check_person_box(person_box)
     root = Path(root)
     folder = Path(annotations) if Path(annotations).is_absolute() else root / annotations
     report = empty_report()
@@ -529,7 +563,7 @@ def read_mivolo(
                 split=split,
                 image_col="img_name",
                 allow_masked=True,
-                whole_image_person=False,
+                whole_image="missing_person" if person_box == "image" else None,
                 on_bad_row=on_bad_row,
                 report=report,
                 sizes=sizes,
@@ -584,45 +618,97 @@ def read_labels(
     split: str = "test",
     source: str | Path | None = None,
     on_bad_row: str = "raise",
+    whole_image: str = "person",
+    split_column: str | None = None,
 ) -> ReadResult:
     """The folder reader's checks on a labels table built in memory: the core of a new data set's reader.
 
     A reader for another format (labels in file names, a JSON file, a database) builds a table with the
     folder reader's columns, `image, age, gender` and optionally `face_x0..face_y1` / `person_x0..person_y1`,
     and hands it here; every row is checked and the sample table is built exactly as for `read_folder`.
+    Optional sample columns (`schema.OPTIONAL_SAMPLE_COLUMNS`: `subject`, `race`) present in the table are kept.
 
     Args:
         labels: the table (any dtype; values are read as text, like a CSV).
         root: the folder `image` is relative to.
         dataset: the data set name.
-        split: the split written into every row.
+        split: the split written into every row (the rows `split_column` leaves empty).
         source: what errors name as the file (default: `root`).
         on_bad_row: `raise` or `skip` (see `read_mivolo`).
+        whole_image: the box a row without any box gets: `person` (a photo of one person) or `face`
+            (an aligned face crop, such as UTKFace's).
+        split_column: a column of `labels` giving each row its split, or None.
 
     Returns:
         The sample table, an empty masked table, and the report.
     """
-    _check_on_bad_row(on_bad_row)
-    root = Path(root)
-    path = Path(source) if source is not None else root
-    frame = labels.astype("string").fillna("").astype(object)
-    frame.columns = [str(c).strip() for c in frame.columns]
-    _require(frame, FOLDER_REQUIRED, path)
-    report = empty_report()
-    table = _check_rows(
-        frame,
-        csv=path,
-        root=root,
-        dataset=dataset,
-        split=split,
-        image_col="image",
-        allow_masked=False,
-        whole_image_person=True,
+    return read_label_tables(
+        [(labels, source, split)],
+        root,
+        dataset,
         on_bad_row=on_bad_row,
-        report=report,
-        sizes={},
+        whole_image=whole_image,
+        split_column=split_column,
     )
-    samples, masked = _assemble([table], source=path, on_bad_row=on_bad_row, report=report)
+
+
+def read_label_tables(
+    tables: Sequence[tuple[pd.DataFrame, str | Path | None, str]],
+    root: str | Path,
+    dataset: str,
+    *,
+    on_bad_row: str = "raise",
+    whole_image: str = "person",
+    split_column: str | None = None,
+) -> ReadResult:
+    """`read_labels` on several tables at once (e.g. one labels file per split): rows and files named per table.
+
+    Args:
+        tables: (labels, source, split) per table, as `read_labels` takes them; a duplicate sample id across
+            tables is an error (or a counted skip) naming both places.
+        root, dataset, on_bad_row, whole_image, split_column: as for `read_labels`.
+
+    Returns:
+        The sample table, an empty masked table, and the report (counts over all tables).
+    """
+    _check_on_bad_row(on_bad_row)
+    if whole_image not in ("person", "face"):
+        raise InputError(f"whole_image must be 'person' or 'face', got {whole_image!r}", field="whole_image")
+    if not tables:
+        raise InputError("no labels table given", file=root)
+    root = Path(root)
+    report = empty_report()
+    sizes: dict[Path, tuple[int, int] | InputError] = {}
+    checked: list[_Table] = []
+    extra: dict[str, None] = {}
+    for labels, source, split in tables:
+        path = Path(source) if source is not None else root
+        frame = labels.astype("string").fillna("").astype(object)
+        frame.columns = [str(c).strip() for c in frame.columns]
+        _require(frame, FOLDER_REQUIRED, path)
+        extra_cols = tuple(c for c in OPTIONAL_SAMPLE_COLUMNS if c in frame.columns)
+        extra.update(dict.fromkeys(extra_cols))
+        checked.append(
+            _check_rows(
+                frame,
+                csv=path,
+                root=root,
+                dataset=dataset,
+                split=split,
+                image_col="image",
+                allow_masked=False,
+                whole_image=whole_image,
+                on_bad_row=on_bad_row,
+                report=report,
+                sizes=sizes,
+                split_col=split_column if split_column in frame.columns else None,
+                extra_cols=extra_cols,
+            )
+        )
+    source = checked[0].csv if len(checked) == 1 else root
+    # Columns in the schema's order, whichever table brought them.
+    extra_cols = tuple(c for c in OPTIONAL_SAMPLE_COLUMNS if c in extra)
+    samples, masked = _assemble(checked, source=source, on_bad_row=on_bad_row, report=report, extra_cols=extra_cols)
     return ReadResult(samples=samples, masked=masked, report=report)
 
 
@@ -687,6 +773,7 @@ def check_mivolo(
     *,
     annotations: str | Path = "annotations",
     splits: Mapping[str, str] | None = None,
+    person_box: str | None = None,
     on_bad_row: str = "raise",
 ) -> list[str]:
     """Check a MiVOLO-format data set's files without reading its rows (the options of `read_mivolo`).
@@ -696,7 +783,7 @@ def check_mivolo(
 
     Args:
         root: the data set's folder.
-        annotations, splits, on_bad_row: as for `read_mivolo`.
+        annotations, splits, person_box, on_bad_row: as for `read_mivolo`.
 
     Returns:
         One line per problem (naming the file), empty when all is well.
@@ -705,6 +792,8 @@ def check_mivolo(
     problems = []
     if on_bad_row not in _ON_BAD_ROW:
         problems.append(f"on_bad_row must be one of {list(_ON_BAD_ROW)}, got {on_bad_row!r}")
+    if person_box not in _PERSON_BOX_OPTIONS:
+        problems.append(f"person_box must be null (as given) or 'image', got {person_box!r}")
     folder = Path(annotations) if Path(annotations).is_absolute() else root / annotations
     files, errors = _assign_splits(folder, splits)
     problems += [str(e) for e in errors]
@@ -863,6 +952,7 @@ __all__ = [
     "check_folder",
     "check_mivolo",
     "read_labels",
+    "read_label_tables",
     "empty_masked",
     "empty_report",
     "parse_age",
@@ -873,3 +963,7 @@ __all__ = [
     "register_reader",
     "resolve_reader",
 ]
+
+# The native-format readers (UTKFace, FG-NET, FairFace) register themselves; imported last because they build on
+# this module.
+from agegender.data import native as _native  # noqa: E402, F401

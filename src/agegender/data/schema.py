@@ -38,6 +38,15 @@ SAMPLE_COLUMNS: dict[str, str] = {
     "gender": "string",
 }
 
+#: column -> pandas dtype of optional sample columns: kept (after `SAMPLE_COLUMNS`, in this order) when a table
+#: has them, never added to one that has not. `subject`: a person's id where a data set has one (FG-NET), so
+#: splits can keep each person in one split; `race`: the data set's own label (UTKFace, FairFace), for per-group
+#: reports.
+OPTIONAL_SAMPLE_COLUMNS: dict[str, str] = {
+    "subject": "string",
+    "race": "string",
+}
+
 #: column -> pandas dtype of the prediction table, in order.
 PREDICTION_COLUMNS: dict[str, str] = {
     "sample_id": "string",
@@ -144,7 +153,8 @@ def validate_samples(frame: pd.DataFrame, source: str | Path | None = None) -> p
         source: the file it came from, named in errors.
 
     Returns:
-        A new frame with exactly the columns of `SAMPLE_COLUMNS`, in order.
+        A new frame with the columns of `SAMPLE_COLUMNS`, in order, then those of `OPTIONAL_SAMPLE_COLUMNS`
+        that `frame` has; other columns are dropped.
 
     Raises:
         InputError: naming the file, row and field of the first problem found.
@@ -152,7 +162,8 @@ def validate_samples(frame: pd.DataFrame, source: str | Path | None = None) -> p
     for col in ("sample_id", "dataset", "split", "image_path"):
         if col not in frame.columns:
             raise InputError("required column is missing", file=source, field=col)
-    df = _coerce(frame, SAMPLE_COLUMNS, source)
+    optional = {c: t for c, t in OPTIONAL_SAMPLE_COLUMNS.items() if c in frame.columns}
+    df = _coerce(frame, {**SAMPLE_COLUMNS, **optional}, source)
     for col in ("sample_id", "dataset", "split", "image_path"):
         if df[col].isna().any():
             raise InputError("value is missing", file=source, row=_first_bad(df[col].isna(), df), field=col)
