@@ -6,6 +6,9 @@ Two formats:
   CACD, AgeDB): `img_name, age, gender, face_x0..face_y1[, person_x0..person_y1]`, -1 = missing.
 - `read_folder`: a folder a user collects (Wild104-style): `image, age, gender[, boxes]`.
 
+The native formats of UTKFace, FG-NET and FairFace (`utkface`, `fgnet`, `fairface`) live in `native`, built on
+`read_labels` / `read_label_tables`, and are registered when this module is imported.
+
 Both check every row and either raise `InputError` (file, 1-based data row, column) or, with
 `on_bad_row="skip"`, drop the row and count it per reason in the report. Image sizes come from the
 image headers (no pixel decoding), each distinct image opened once.
