@@ -422,3 +422,32 @@ def test_mtcnn_finds_faces_on_fairface() -> None:
     assert counts["with_face"] >= 0.95 * len(files), counts
     assert counts["filled"] == counts["with_face"]
     validate_samples(out)
+
+
+def test_mtcnn_plugs_into_annotate(tmp_path: Path) -> None:
+    """`resolve_face_detector("mtcnn")` is a `Detector` that `annotate_folder` takes as it is (tiny MiVOLO)."""
+    import shutil
+
+    import torch
+
+    from agegender.mivolo.annotate import annotate_folder
+    from agegender.mivolo.model import create_mivolo
+
+    detector = _real("mtcnn")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(np.full((96, 128, 3), 90, dtype=np.uint8)).save(folder / "blank.png")
+    real = FAIRFACE / "fairface_0002.jpg"
+    if real.is_file():
+        shutil.copy(real, folder / "face.jpg")  # a temporary copy, removed with tmp_path
+    torch.manual_seed(0)
+    model = create_mivolo("mivolo_tiny_64", in_chans=6)
+    model.set_age_range(1, 95)
+    table = annotate_folder(folder, model.eval(), tmp_path / "out.csv", detector=detector, device="cpu", progress=False)
+    counts = table.attrs["counts"]
+    assert counts["processed"] == counts["images"] and counts["no_detection"] == 1  # the blank image
+    assert table.loc[table["image"] == "blank.png", "status"].tolist() == ["no_detection"]
+    if real.is_file():
+        face = table[table["image"] == "face.jpg"]
+        assert face["status"].tolist() == ["ok"] and face["face_score"].iloc[0] > 0.9
+        assert face["person_x0"].isna().all()  # a face detector finds no persons: face + black body
