@@ -37,11 +37,20 @@ class DatasetParams:
     """One data set read by a registered reader (`agegender.data.readers.READERS`).
 
     `options` go to the reader unchanged (e.g. `annotations`, `splits` for the MiVOLO CSVs).
+
+    `face_detector` names a face detector of `agegender.faces.FACE_DETECTORS` (`mtcnn`, `dlib-hog`); when set,
+    `prepare_data` runs `agegender.faces.detect_faces` on this data set's samples right after reading them (before
+    any subset is drawn), filling every null face box it can, and records the counts in `datasets.json` and as
+    `<dataset>.faces.<count>` metrics. `face_detector_options` go to the detector unchanged (e.g. `min_face_size`,
+    `thresholds`, `device` for `mtcnn`; `upsample`, `adjust_threshold` for `dlib-hog`). None (the default):
+    face boxes are what the reader gives.
     """
 
     reader: str
     root: str
     options: dict[str, Any] = field(default_factory=dict)
+    face_detector: str | None = None
+    face_detector_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

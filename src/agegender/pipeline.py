@@ -96,6 +96,9 @@ def prepare_data(params: Params, paths: ProjectPaths, *, progress: bool = True) 
     for name, info in summary["datasets"].items():
         for split, n in info["samples"].items():
             flat[f"{name}.{split}.n"] = n
+        for key, n in info.get("faces", {}).items():
+            if key != "detector":
+                flat[f"{name}.faces.{key}"] = n
     write_metrics(paths, "prepare_data", flat)
     return summary
 

@@ -6,12 +6,16 @@ import json
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from agegender.data.schema import validate_samples
 from agegender.params import Params
 from agegender.paths import ProjectPaths
+
+if TYPE_CHECKING:
+    from agegender.mivolo.detect import Detector
 
 SAMPLES_FILE = "samples.parquet"
 MASKED_FILE = "masked.parquet"
@@ -41,11 +45,13 @@ def prepare_data(params: Params, paths: ProjectPaths, *, progress: bool = True) 
         progress: show progress bars.
 
     Returns:
-        A summary (JSON-ready): samples per data set and split, masked people, reader counts.
+        A summary (JSON-ready): samples per data set and split, masked people, reader counts, and for a data set
+        with a `face_detector` its detection counts (`info[name]["faces"]`, see `agegender.faces.detect_faces`).
     """
     from agegender.data.demo import DemoConfig, generate_demo
     from agegender.data.readers import read_dataset
     from agegender.data.sampling import nano_sample
+    from agegender.faces import detect_faces, resolve_face_detector
 
     cfg = params.prepare_data
     summary: dict = {"datasets": {}}
@@ -60,11 +66,19 @@ def prepare_data(params: Params, paths: ProjectPaths, *, progress: bool = True) 
         summary["demo"] = generate_demo(root, DemoConfig.from_dict(demo), progress=progress)
 
     samples, masked, info = [], [], {}
+    detectors: dict[str, Detector] = {}
     for name, ds in cfg.datasets.items():
         result = read_dataset(name, ds.reader, paths(ds.root), **ds.options)
-        samples.append(result.samples)
-        masked.append(result.masked)
+        read = result.samples
         info[name] = {"root": ds.root, "reader": ds.reader, "source": None, "read": dict(result.report)}
+        if ds.face_detector is not None:
+            key = json.dumps([ds.face_detector, ds.face_detector_options], sort_keys=True, default=str)
+            if key not in detectors:  # built once per configuration, however many data sets use it
+                detectors[key] = resolve_face_detector(ds.face_detector, **ds.face_detector_options)
+            read, counts = detect_faces(read, {name: paths(ds.root)}, detectors[key], progress=progress)
+            info[name]["faces"] = {"detector": ds.face_detector, **counts}
+        samples.append(read)
+        masked.append(result.masked)
     table = (
         pd.concat(samples, ignore_index=True)
         if samples
