@@ -79,3 +79,8 @@ class ProjectPaths:
     @property
     def figures(self) -> Path:
         return self.reports / "figures"
+
+    @property
+    def gallery(self) -> Path:
+        """The gallery of crops: photos of people, so a git-ignored DVC output, never committed."""
+        return self.reports / "gallery"

@@ -262,7 +262,8 @@ def load_evaluation(paths: ProjectPaths) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def report(params: Params, paths: ProjectPaths) -> list[Path]:
-    """Stage `report`: the paper's tables 1-10 in their layouts and the figures -> reports/tables, reports/figures."""
+    """Stage `report`: the paper's tables 1-10 in their layouts and the figures -> reports/tables, reports/figures
+    (and the gallery of crops -> reports/gallery, git-ignored)."""
     from agegender.report.figures import write_figures
     from agegender.report.tables import write_tables
 
@@ -288,6 +289,7 @@ def report(params: Params, paths: ProjectPaths) -> list[Path]:
         gallery_n=cfg.gallery.n,
         seed=cfg.gallery.seed,
         model_names=cfg.model_names,
+        gallery_dir=_fresh_dir(paths.gallery),
     )
     written = [*tables, *figures]
     write_metrics(paths, "report", {"tables": len(tables), "figures": len(figures)})

@@ -77,7 +77,9 @@ def test_every_stage_ran_and_wrote_its_outputs(project):
     tables = sorted(p.name for p in (root / "reports" / "tables").iterdir())
     assert "table8.md" in tables and "table8.tex" in tables
     figures = {p.name for p in (root / "reports" / "figures").iterdir()}
-    assert {"age_group_mae.png", "age_group_mae.pdf", "gallery.png"} <= figures
+    assert {"age_group_mae.png", "age_group_mae.pdf"} <= figures
+    assert "gallery.png" not in figures  # crops of photos never land in a committed folder
+    assert (root / "reports" / "gallery" / "gallery.png").is_file()
 
 
 def test_baseline_numbers_are_the_hand_computed_ones(project):

@@ -494,6 +494,7 @@ def write_figures(
     gallery_n: int = 6,
     seed: int = 0,
     model_names: Mapping[str, str] | None = None,
+    gallery_dir: str | Path | None = None,
 ) -> list[Path]:
     """Write the report figures as png and pdf.
 
@@ -516,6 +517,8 @@ def write_figures(
         gallery_n: number of gallery samples.
         seed: seed of the gallery draw.
         model_names: display names for model ids the paper does not have.
+        gallery_dir: where the gallery goes (default `out_dir`). It shows crops of the photos, so for real
+            data it must be a folder that is never committed (the pipeline gives `reports/gallery`).
 
     Returns:
         The files written: `<name>.png` and `<name>.pdf` for each name of `FIGURE_NAMES`.
@@ -554,5 +557,5 @@ def write_figures(
     }
     written: list[Path] = []
     for name in FIGURE_NAMES:
-        written += _save(figures[name], out, name)
+        written += _save(figures[name], Path(gallery_dir) if name == "gallery" and gallery_dir else out, name)
     return written
