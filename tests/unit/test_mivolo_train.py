@@ -11,7 +11,6 @@ import pytest
 import torch
 import yaml
 
-from agegender.baseline import ConstantBaseline
 from agegender.data.demo import DemoConfig, generate_demo
 from agegender.data.readers import read_mivolo
 from agegender.errors import InputError
@@ -34,6 +33,7 @@ from agegender.mivolo.train import (
     train_mivolo,
     transfer_weights,
 )
+from agegender.specialized import ConstantBaseline
 
 SPLITS = {"train": "train", "val": "val", "test": "test"}
 

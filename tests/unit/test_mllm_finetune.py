@@ -178,8 +178,8 @@ DEMO_CONFIG = {
 
 @pytest.mark.slow
 def test_demo_goal_finetuned_tiny_llava_beats_the_constant_baseline(tmp_path):
-    from agegender.baseline import ConstantBaseline
     from agegender.metrics import evaluate
+    from agegender.specialized import ConstantBaseline
 
     root = tmp_path / "demo"
     generate_demo(root, DemoConfig(n_train=400, n_val=0, n_test=100, seed=1234), workers=1)

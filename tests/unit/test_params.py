@@ -20,6 +20,14 @@ def test_project_params_load():
 
 def test_defaults_when_sections_are_missing():
     assert params_from_dict({}) == Params()
+    assert {k: v.model for k, v in Params().predict.models.items()} == {"baseline": "baseline"}
+
+
+def test_predict_models():
+    models = load_params(ROOT / "params.yaml").predict.models
+    assert {k: v.model for k, v in models.items()} == {"baseline": "baseline", "mivolo_demo": "mivolo"}
+    assert models["mivolo_demo"].options == {"checkpoint": "models/mivolo/mivolo.pth.tar"}
+    assert models["baseline"].inputs is None
 
 
 @pytest.mark.parametrize(
@@ -32,6 +40,18 @@ def test_defaults_when_sections_are_missing():
         ({"study": {"datasets": ["nope"]}}, "'nope'"),
         ({"prepare_data": {"datasets": {"x": {"root": "r"}}}}, "prepare_data.datasets.x.reader: required key"),
         ({"prepare_data": {"subsets": {"n": {"source": "zz"}}}}, "unknown data set 'zz'"),
+        ({"predict": {"models": {"m": {"options": {}}}}}, "predict.models.m.model: required key"),
+        ({"predict": {"models": {"m": {"model": "mivolo", "inputs": ["torso"]}}}}, "predict.models.m.inputs"),
+        ({"predict": {"models": {"m.v2": {"model": "mivolo"}}}}, "must not hold '.': ['m.v2']"),
+        ({"predict": {"mivolo": {}}}, "predict.mivolo: unknown key"),
+        (
+            {
+                "predict": {"models": {"gpt": {"model": "baseline"}}},
+                "query_mllms": {"models": {"gpt": {"backend": "x", "model": "y"}}},
+            },
+            "model names ['gpt'] are used twice",
+        ),  # fmt: skip
+        ({"predict": {"models": {"t": {"model": "baseline"}}, "external": {"t": {"path": "t.csv"}}}}, "['t']"),
     ],
 )
 def test_bad_params_name_the_key(data, message, tmp_path):

@@ -45,7 +45,8 @@ def test_both_profiles_validate() -> None:
         "cacd",
         "wild104",
     }
-    assert {"mivolo_d1_384", "mivolo_d1_224_imdb"} <= set(paper.predict.mivolo)
+    assert {"baseline", "mivolo_d1_384", "mivolo_d1_224_imdb"} <= set(paper.predict.models)
+    assert {paper.predict.models[k].model for k in ("mivolo_d1_384", "mivolo_d1_224_imdb")} == {"mivolo"}
     assert {"llava15-7b", "llava-next-34b", "sharegpt4v-7b", "gpt-4v", "gpt-4o"} == set(paper.query_mllms.models)
     assert paper.finetune_mllm is not None and paper.finetune_mllm.name == "sharegpt4v-7b-ft"
     # section 4.2's resolution policy: full-size crops for ChatGPT, LLaVA-1.5-style padding for the 336 models

@@ -23,6 +23,14 @@ from agegender.data.schema import FACE_BOX, PERSON_BOX
 from agegender.errors import InputError
 
 CROP_KINDS: tuple[str, ...] = ("face", "body", "body_wo_face")
+#: input kind (`agegender.data.schema.INPUT_KINDS`) -> (crop kind a model sees as the face, crop kind it sees as the
+#: body); None = no such crop. `face_body` is MiVOLO's official inference: the face and the body without faces.
+INPUT_CROPS: dict[str, tuple[str | None, str | None]] = {
+    "face_body": ("face", "body_wo_face"),
+    "face": ("face", None),
+    "body": (None, "body"),
+    "body_wo_face": (None, "body_wo_face"),
+}
 
 # EXIF orientations 5-8 rotate by 90 degrees, so the displayed photo has width and height swapped.
 _EXIF_ORIENTATION = 0x0112

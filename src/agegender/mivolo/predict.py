@@ -36,6 +36,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from agegender.data.crops import (
+    INPUT_CROPS,
     ImageBoxes,
     _image_boxes,
     body_without_face,
@@ -65,13 +66,8 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger(__name__)
 
-#: input kind -> (crop kind in the face channels, crop kind in the body channels); None = black image.
-INPUT_CROPS: dict[str, tuple[str | None, str | None]] = {
-    "face_body": ("face", "body_wo_face"),
-    "face": ("face", None),
-    "body": (None, "body"),
-    "body_wo_face": (None, "body_wo_face"),
-}
+# INPUT_CROPS (agegender.data.crops): input kind -> (crop kind in the face channels, in the body channels); None =
+# black image. Imported here too, where it has always been importable from.
 assert set(INPUT_CROPS) == set(INPUT_KINDS)
 
 #: suffix of the resume part files: not `.parquet`, so `agegender evaluate` never reads them as predictions.

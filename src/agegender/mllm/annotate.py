@@ -29,7 +29,7 @@ def folder_samples(folder: str | Path) -> tuple[pd.DataFrame, list[str]]:
     Returns:
         The table, and the photos that could not be read (skipped, reported by the caller).
     """
-    from agegender.mivolo.annotate import list_images
+    from agegender.annotate import list_images
 
     folder = Path(folder)
     rows, unreadable = [], []
@@ -121,8 +121,8 @@ def annotate_command_mllm(args: argparse.Namespace) -> int:
 
 
 def add_mllm_annotate_arguments(parser: argparse.ArgumentParser) -> None:
-    """The MLLM options of `agegender annotate` (the MiVOLO ones live in `agegender.mivolo.annotate`)."""
-    group = parser.add_argument_group("with an MLLM instead of MiVOLO")
+    """The MLLM options of `agegender annotate` (the specialized-model ones live in `agegender.annotate`)."""
+    group = parser.add_argument_group("with an MLLM instead of a specialized model")
     group.add_argument("--backend", default=None, help="registered MLLM backend: openai, transformers, vllm, ...")
     group.add_argument("--model", default=None, help="model id (server) or folder (local)")
     group.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint (openai backend)")
@@ -134,12 +134,14 @@ def add_mllm_annotate_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-new-tokens", type=int, default=32)
 
 
-def dispatch_annotate(args: argparse.Namespace, mivolo_command: Any) -> int:
-    """Run the MiVOLO or the MLLM annotation, whichever the arguments ask for (exactly one)."""
-    if bool(args.mivolo) == bool(args.backend):
-        raise InputError("give either --mivolo CKPT or --backend NAME --model M", field="annotate")
+def dispatch_annotate(args: argparse.Namespace, specialized_command: Any) -> int:
+    """Run the specialized-model or the MLLM annotation, whichever the arguments ask for (exactly one)."""
+    specialized = bool(getattr(args, "mivolo", None) or getattr(args, "predictor", None))
+    if specialized == bool(args.backend):
+        message = "give either --predictor NAME (or --mivolo CKPT) or --backend NAME --model M"
+        raise InputError(message, field="annotate")
     if args.backend:
         if not args.model:
             raise InputError("--backend needs --model", field="model")
         return annotate_command_mllm(args)
-    return mivolo_command(args)
+    return specialized_command(args)

