@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from agegender.data.crops import load_image
 from agegender.data.schema import FACE_BOX, PERSON_BOX
 from agegender.errors import InputError
-from agegender.mivolo.detect import Detections, Detector, MissingDependencyError, assign_faces
+from agegender.mivolo.detect import Detections, Detector, assign_faces
 from agegender.specialized import MODELS, ModelContext, SpecializedModel, create_model
 
 if TYPE_CHECKING:
@@ -335,17 +335,13 @@ def build_face_detector(name: str, **options: Any) -> Detector | None:
     """The offline face detector `--face-detector NAME` names (`agegender.faces`); `none` -> None (whole image).
 
     Raises:
-        MissingDependencyError: `agegender.faces` (or what it needs) is not installed.
+        InputError: an unknown detector or option.
+        MissingDependencyError: the detector's package is not installed (the message names the install command).
     """
     if name == NO_FACE_DETECTOR:
         return None
-    try:
-        from agegender.faces import resolve_face_detector
-    except ImportError as exc:
-        raise MissingDependencyError(
-            f"face detector {name!r} is not available here ({exc}); install it, give YOLO weights with --detector, or "
-            f"pass --face-detector {NO_FACE_DETECTOR} to take each whole image as one person"
-        ) from exc
+    from agegender.faces import resolve_face_detector
+
     return resolve_face_detector(name, **options)
 
 
