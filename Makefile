@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 export MPLBACKEND := Agg
 
-.PHONY: install repro paper test lint format bench clean-outputs
+.PHONY: install repro real paper test lint format bench clean-outputs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ install: $(STAMP)
 
 ## the demo pipeline, offline, on the CPU
 repro: install
+	$(BIN)/dvc repro
+
+## the real profile: a mini-study on real photos (UTKFace, FairFace-540) on the CPU (README: the real profile)
+real: install
+	$(BIN)/agegender profile real
 	$(BIN)/dvc repro
 
 ## the paper profile on real data and models (README: run-book): switch, check every configured file, run

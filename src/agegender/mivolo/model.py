@@ -62,6 +62,10 @@ MODEL_SPECS: dict[str, MiVOLOSpec] = {
     "mivolo_small_112": MiVOLOSpec(
         layers=(1, 1), embed_dims=(64, 128), num_heads=(2, 4), img_size=112, stem_hidden_dim=32
     ),
+    # the real profile's model: the largest that trains on UTKFace's 6.8k faces in about 15 minutes on 2 CPU cores
+    "mivolo_small_64": MiVOLOSpec(
+        layers=(2, 2), embed_dims=(64, 128), num_heads=(2, 4), img_size=64, stem_hidden_dim=32
+    ),
     "mivolo_tiny_64": MiVOLOSpec(layers=(1, 1), embed_dims=(32, 64), num_heads=(1, 2), img_size=64, stem_hidden_dim=16),
 }
 
