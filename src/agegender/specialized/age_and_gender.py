@@ -55,14 +55,16 @@ class AgeAndGenderModel(SpecializedModel):
         status: list[str] = []
         for face in faces:
             if face is None or min(face.shape[:2]) < MIN_FACE_SIDE:
-                ages.append(None), genders.append(None), scores.append(None), status.append("failed")
-                continue
-            out = self.predictor.predict_face(np.ascontiguousarray(face, dtype=np.uint8))
-            gender, confidence = str(out["gender"]["value"]), float(out["gender"]["confidence"]) / 100.0
-            ages.append(float(out["age"]["value"]))
+                age, gender, score, state = None, None, None, "failed"
+            else:
+                out = self.predictor.predict_face(np.ascontiguousarray(face, dtype=np.uint8))
+                gender, confidence = str(out["gender"]["value"]), float(out["gender"]["confidence"]) / 100.0
+                score = confidence if gender == "female" else 1.0 - confidence
+                age, state = float(out["age"]["value"]), "ok"
+            ages.append(age)
             genders.append(gender)
-            scores.append(confidence if gender == "female" else 1.0 - confidence)
-            status.append("ok")
+            scores.append(score)
+            status.append(state)
         return crop_predictions(ages, genders, scores, status)
 
     def describe(self) -> dict[str, Any]:
