@@ -69,10 +69,12 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
         assert one.keys() == two.keys()
         for key in one:
             # Same maths, other summation order (two partial batches, all-reduced gradients and BN statistics):
-            # float32 rounding of ~1e-7 that Adam's normalised steps grow to a few 1e-6 on the weights and, through
-            # the stems' outputs, a few 1e-5 on the BatchNorm running statistics (measured: 4e-6 / 3e-5). Without
-            # global-batch BatchNorm the same comparison is off by 2e-2 / 0.7, so these tolerances still bite.
-            atol = 2e-4 if "running_" in key else 2e-5
+            # float32 rounding of ~1e-7. Adam's step is lr * m / sqrt(v), whatever the gradient's size, so on a
+            # coordinate whose gradient is near zero rounding can change a whole step of lr = 2e-3; the bound below
+            # is 5% of one such step on the weights, and 5x that on the running statistics, which the stems'
+            # outputs feed. It depends on the CPU's kernels how close the runs come (seen: 4e-6 on one machine, 3e-5
+            # on another); without global-batch BatchNorm the same comparison is off by 2e-2 / 0.7, 200x beyond.
+            atol = 5e-4 if "running_" in key else 1e-4
             assert torch.allclose(one[key].float(), two[key].float(), rtol=1e-4, atol=atol), (rel, key)
     # rank 0 alone wrote the history: one row per epoch
     one_h, two_h = pd.read_csv(tmp_path / "one" / HISTORY_FILE), pd.read_csv(tmp_path / "two" / HISTORY_FILE)
