@@ -430,7 +430,7 @@ def test_mtcnn_plugs_into_annotate(tmp_path: Path) -> None:
 
     import torch
 
-    from agegender.mivolo.annotate import annotate_folder
+    from agegender.annotate import annotate_folder
     from agegender.mivolo.model import create_mivolo
 
     detector = _real("mtcnn")
