@@ -13,3 +13,17 @@ def _cpu_unless_marked_gpu(request: pytest.FixtureRequest, monkeypatch: pytest.M
     """Tests not marked `gpu` compare against CPU results: keep "auto" on the CPU on a GPU machine too."""
     if request.node.get_closest_marker("gpu") is None:
         monkeypatch.setenv("AGEGENDER_DEVICE", "cpu")
+
+
+@pytest.fixture()
+def one_torch_thread():
+    """One intra-op thread: on the shared 2-core machine OpenMP's spinning threads make tiny models many times slower.
+
+    Modules of small-model tests use it with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

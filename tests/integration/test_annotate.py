@@ -34,14 +34,7 @@ from agegender.mivolo.model import create_mivolo
 from agegender.mivolo.predict import predict_samples
 from agegender.specialized import MODELS, SpecializedModel, crop_predictions, register_model
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP's spinning threads make tiny models 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 class FakeDetector:

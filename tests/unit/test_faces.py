@@ -37,15 +37,7 @@ FAIRFACE = SHARED / "fairface540"
 NO_FAIRFACE = f"real photos not found at {FAIRFACE} (../shared/data is absent on this machine)"
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread: the machine's cores are shared, and MTCNN's small nets gain little from more."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 class FakeDetector:

@@ -21,13 +21,7 @@ from agegender.mivolo.preprocess import make_input
 SIZE = 64  # mivolo_tiny_64
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP's spinning threads make tiny models 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def _model(in_chans: int = 6, num_classes: int = 3, seed: int = 0):

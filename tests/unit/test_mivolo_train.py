@@ -38,13 +38,7 @@ from agegender.specialized import ConstantBaseline
 SPLITS = {"train": "train", "val": "val", "test": "test"}
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    # Two shared cores: one thread per test process keeps timings stable.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
