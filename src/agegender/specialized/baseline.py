@@ -116,10 +116,11 @@ class ConstantBaseline(SpecializedModel):
         model_name: str | None = None,
     ) -> pd.DataFrame:
         """Every sample for each input kind, without reading an image (the answer does not depend on it)."""
-        table = self.predict(samples, self.answerable(inputs))
+        kinds = self.answerable(inputs)
+        table = self.predict(samples, kinds)
         if model_name is not None:
             table["model"] = model_name
-        table.attrs["skipped"] = dict.fromkeys(self.answerable(inputs), 0)
+        table.attrs["skipped"] = dict.fromkeys(kinds, 0)
         table.attrs["n_samples"] = len(samples)
         return table
 
