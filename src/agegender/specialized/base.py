@@ -13,7 +13,6 @@ arguments of the class; `create_model` reports an unknown or missing option by n
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import logging
 from collections.abc import Iterator, Mapping, Sequence
@@ -29,6 +28,7 @@ from agegender.data.crops import INPUT_CROPS, iter_crops
 from agegender.data.schema import INPUT_KINDS, PREDICTION_COLUMNS, empty_predictions, validate_predictions
 from agegender.errors import InputError
 from agegender.paths import ProjectPaths
+from agegender.plugins import import_subclass
 
 _log = logging.getLogger(__name__)
 
@@ -309,16 +309,7 @@ def resolve_model(spec: str) -> type[SpecializedModel]:
         raise InputError(
             f"unknown specialized model {spec!r}; known: {known_models()} or 'module:Class'", field="model"
         )
-    module_name, _, attr = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # a third-party module may fail to import with anything
-        message = f"model {spec!r}: module {module_name!r} does not import ({type(exc).__name__}: {exc})"
-        raise InputError(message, field="model") from None
-    cls = getattr(module, attr, None)
-    if not (isinstance(cls, type) and issubclass(cls, SpecializedModel)):
-        raise InputError(f"model {spec!r}: {attr!r} is not a SpecializedModel subclass in {module_name}", field="model")
-    return cls
+    return import_subclass(spec, SpecializedModel, what="model")
 
 
 _RESERVED = ("self", "model_name", "context")

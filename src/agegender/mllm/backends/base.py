@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from agegender.errors import InputError
+from agegender.plugins import import_subclass
 
 
 @dataclass(frozen=True)
@@ -210,16 +211,7 @@ def resolve_backend(spec: str) -> type[Backend]:
     Raises:
         InputError: the module does not import, has no such attribute, or it is not a `Backend` subclass.
     """
-    module_name, _, attr = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # a third-party module may fail to import with anything
-        message = f"backend {spec!r}: module {module_name!r} does not import ({type(exc).__name__}: {exc})"
-        raise InputError(message, field="backend") from None
-    cls = getattr(module, attr, None)
-    if not (isinstance(cls, type) and issubclass(cls, Backend)):
-        raise InputError(f"backend {spec!r}: {attr!r} is not a Backend subclass in {module_name}", field="backend")
-    return cls
+    return import_subclass(spec, Backend, what="backend")
 
 
 def create_backend(name: str, model: str, *, params: GenerationParams | None = None, **options: Any) -> Backend:
