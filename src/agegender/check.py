@@ -38,7 +38,6 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from agegender.errors import InputError
 from agegender.params import MllmParams, Params
@@ -463,24 +462,31 @@ class _Checker:
                 self.add(f"{where}.backend", f"unknown MLLM backend {backend!r}; known: {known} or 'module:Class'")
 
     def _openai(self, where: str, spec: MllmParams) -> None:
-        from agegender.mllm.backends.openai_backend import is_loopback_url, safe_url
+        from agegender.mllm.backends.openai_backend import (
+            INSECURE_HTTP_OPTION,
+            base_url_problem,
+            insecure_http_problem,
+            is_loopback_url,
+        )
 
         if not (spec.model or spec.options.get("model")):
             self.add(f"{where}.model", "the openai backend needs a model id (e.g. gpt-4o-2024-08-06)")
+        allow_insecure = spec.options.get(INSECURE_HTTP_OPTION, False)
+        if not isinstance(allow_insecure, bool):
+            self.add(f"{where}.options.{INSECURE_HTTP_OPTION}", f"must be true or false, not {allow_insecure!r}")
+            allow_insecure = False
         base_url = spec.options.get("base_url")
         loopback = False
         if base_url is not None:
-            parts = urlsplit(str(base_url))
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                self.add(f"{where}.options.base_url", f"not an http(s) URL: {safe_url(str(base_url))!r}")
+            # the backend's own refusals, reported before the run (the same words, the same opt-in)
+            problem = base_url_problem(str(base_url))
+            if problem is not None:
+                self.add(f"{where}.options.base_url", problem)
                 return
             loopback = is_loopback_url(str(base_url))
-            if parts.scheme == "http" and not loopback:
-                self.add(
-                    f"{where}.options.base_url",
-                    f"plain http:// to {parts.hostname}, which is not this machine: the API key and the photos "
-                    "would travel unencrypted; use https:// (or an SSH tunnel to a loopback address)",
-                )
+            problem = insecure_http_problem(str(base_url))
+            if problem is not None and not allow_insecure:
+                self.add(f"{where}.options.base_url", problem)
         key_env = spec.options.get("api_key_env", _DEFAULT_KEY_ENV)
         # only presence is looked at: the value is never read into a message
         if key_env and not loopback and not self.env.get(str(key_env)):

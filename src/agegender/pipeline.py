@@ -362,7 +362,8 @@ def query_mllms(params: Params, paths: ProjectPaths, model_key: str, *, progress
         if spec.serve:
             from agegender.mllm.server import running_server
 
-            local = {k: v for k, v in options.items() if k not in ("concurrency", "base_url", "api_key_env")}
+            client_only = ("concurrency", "base_url", "api_key_env", "allow_insecure_http")
+            local = {k: v for k, v in options.items() if k not in client_only}
             base_url = stack.enter_context(
                 running_server(spec.backend, model, params=generation, backend_options=local, served_model=model_key)
             )

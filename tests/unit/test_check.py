@@ -264,6 +264,49 @@ def test_loopback_needs_no_key_and_unset_key_is_named(project: Path) -> None:
         check_params(params_from_dict(cfg), ProjectPaths(project), sections=["nope"])
 
 
+@pytest.mark.parametrize(
+    ("url", "allow", "refused"),
+    [
+        ("http://192.0.2.2:8000/v1", False, True),  # a non-loopback address, e.g. this machine's own eth0
+        ("http://192.0.2.2:8000/v1", True, False),  # the explicit opt-in
+        ("http://0.0.0.0:8000/v1", False, True),
+        ("http://[::1]:8000/v1", False, False),
+        ("http://localhost:8000/v1", False, False),
+        ("https://192.0.2.2/v1", False, False),
+    ],
+)
+def test_check_refuses_plain_http_exactly_when_the_backend_does(
+    project: Path, url: str, allow: bool, refused: bool
+) -> None:
+    from agegender.mllm.backends.openai_backend import OpenAIBackend
+
+    cfg = _config()
+    options = {"base_url": url, "api_key_env": "TEST_KEY"} | ({"allow_insecure_http": True} if allow else {})
+    cfg["query_mllms"]["models"]["gpt4o"]["options"] = options
+    problems = check_params(params_from_dict(cfg), ProjectPaths(project), env=ENV, sections=["query_mllms"])
+    assert [p.where for p in problems] == (["query_mllms.models.gpt4o.options.base_url"] if refused else [])
+    try:
+        OpenAIBackend("gpt-4o", base_url=url, api_key_env=None, allow_insecure_http=allow)
+    except InputError as exc:
+        assert refused and problems[0].message == exc.message  # one check, the same words
+    else:
+        assert not refused
+    if refused:
+        assert "allow_insecure_http: true" in problems[0].message and "unencrypted" in problems[0].message
+
+
+def test_a_non_boolean_opt_in_is_reported(project: Path) -> None:
+    cfg = _config()
+    cfg["query_mllms"]["models"]["gpt4o"]["options"] |= {"base_url": "http://192.0.2.2/v1", "allow_insecure_http": "no"}
+    problems = check_params(params_from_dict(cfg), ProjectPaths(project), env=ENV, sections=["query_mllms"])
+    by_where = {p.where: p.message for p in problems}
+    assert set(by_where) == {
+        "query_mllms.models.gpt4o.options.allow_insecure_http",
+        "query_mllms.models.gpt4o.options.base_url",
+    }
+    assert "true or false" in by_where["query_mllms.models.gpt4o.options.allow_insecure_http"]
+
+
 def test_backends_by_import_path_are_imported_and_named(project: Path) -> None:
     cfg = _config()
     models = cfg["query_mllms"]["models"]

@@ -21,6 +21,8 @@ from agegender.mllm.backends.openai_backend import (
     OpenAIBackend,
     answer_from_completion,
     encode_image,
+    insecure_http_problem,
+    is_loopback_host,
     is_loopback_url,
     parse_retry_after,
     safe_url,
@@ -195,6 +197,84 @@ def test_loopback_and_no_auth_get_the_placeholder(monkeypatch):
     assert [s.requests[0].headers["authorization"] for s in (script, remote)] == ["Bearer EMPTY"] * 2
     assert is_loopback_url("http://localhost:8000/v1") and is_loopback_url("http://[::1]:80/v1")
     assert not is_loopback_url("https://api.openai.com/v1")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://192.0.2.2:8000/v1",  # a non-loopback address (the hostile run used the machine's own eth0 address)
+        "http://example.com/v1",
+        "http://0.0.0.0:8000/v1",  # every interface of this machine, not its loopback
+        "http://10.0.0.1/v1",
+        "http://[fd00::2]:8000/v1",
+        "http://app.localhost:8000/v1",  # a name DNS may answer for: not resolved, not trusted
+        "http://[::ffff:127.0.0.1]:8000/v1",  # an IPv4-mapped address: not taken as loopback
+    ],
+)
+def test_plain_http_to_another_host_is_refused_at_construction(url, monkeypatch):
+    monkeypatch.setenv("STUDY_KEY", SECRET)
+    with pytest.raises(InputError) as info:
+        OpenAIBackend("m", base_url=url, api_key_env="STUDY_KEY")
+    message = str(info.value)
+    assert info.value.field == "base_url" and "\n" not in message
+    for needle in ("plain http://", "unencrypted", "API key", "photo", "https://", "allow_insecure_http: true"):
+        assert needle in message, (needle, message)
+    assert "--allow-insecure-http" in message and SECRET not in message
+    # the explicit opt-in lets it through, and the run manifest records it
+    accepted = OpenAIBackend("m", base_url=url, api_key_env="STUDY_KEY", allow_insecure_http=True)
+    assert accepted.describe()["allow_insecure_http"] is True
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:8000/v1", "http://127.4.5.6/v1", "http://[::1]:8000/v1", "http://localhost:8000/v1",
+     "https://example.com/v1", "https://192.0.2.2/v1", None],
+)  # fmt: skip
+def test_loopback_and_https_need_no_opt_in(url, monkeypatch):
+    monkeypatch.setenv("STUDY_KEY", SECRET)
+    assert insecure_http_problem(url) is None
+    b = OpenAIBackend("m", base_url=url, api_key_env="STUDY_KEY")
+    assert "allow_insecure_http" not in b.describe()  # manifests of ordinary runs are unchanged
+
+
+def test_localhost_counts_only_when_it_resolves_to_loopback(monkeypatch):
+    import socket
+
+    def resolves_to(*addresses):
+        def fake(host, *args, **kwargs):
+            assert host == "localhost"
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, 0)) for a in addresses]
+
+        return fake
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolves_to("127.0.0.1", "::1"))
+    assert is_loopback_host("localhost") and is_loopback_host("LOCALHOST")
+    monkeypatch.setattr(socket, "getaddrinfo", resolves_to("127.0.0.1", "192.0.2.2"))
+    assert not is_loopback_host("localhost")
+    with pytest.raises(InputError, match="unencrypted"):
+        OpenAIBackend("m", base_url="http://localhost:8000/v1", api_key_env=None)
+
+    def unresolvable(*args, **kwargs):
+        raise socket.gaierror("no such name")
+
+    monkeypatch.setattr(socket, "getaddrinfo", unresolvable)
+    assert not is_loopback_host("localhost")
+    assert is_loopback_host("127.0.0.1") and is_loopback_host("[::1]") and not is_loopback_host("")
+
+
+@pytest.mark.parametrize("value", ["true", "false", 1, None])
+def test_the_opt_in_must_be_a_boolean(value):
+    # a YAML string "false" would be truthy: only a real boolean decides about clear text
+    with pytest.raises(InputError) as info:
+        OpenAIBackend("m", base_url="http://192.0.2.2/v1", api_key_env=None, allow_insecure_http=value)
+    assert info.value.field == "allow_insecure_http"
+
+
+def test_malformed_base_urls_are_input_errors():
+    for url in ("ftp://example.com/v1", "http://[::1/v1", "127.0.0.1:8000"):
+        with pytest.raises(InputError) as info:
+            OpenAIBackend("m", base_url=url, api_key_env=None)
+        assert info.value.field == "base_url" and "http(s) URL" in str(info.value)
 
 
 def test_requests_go_only_to_the_configured_url(monkeypatch):

@@ -122,10 +122,13 @@ def annotate_command_mllm(args: argparse.Namespace) -> int:
 
 def add_mllm_annotate_arguments(parser: argparse.ArgumentParser) -> None:
     """The MLLM options of `agegender annotate` (the specialized-model ones live in `agegender.annotate`)."""
+    from agegender.mllm.runner import add_insecure_http_argument
+
     group = parser.add_argument_group("with an MLLM instead of a specialized model")
     group.add_argument("--backend", default=None, help="registered MLLM backend: openai, transformers, vllm, ...")
     group.add_argument("--model", default=None, help="model id (server) or folder (local)")
     group.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint (openai backend)")
+    add_insecure_http_argument(group)
     group.add_argument("--concurrency", type=int, default=None, help="requests in flight (openai backend)")
     group.add_argument("--api-key-env", default=None, help="NAME of the environment variable holding the API key")
     group.add_argument("--option", action="append", default=None, help="backend option name=value (repeatable)")

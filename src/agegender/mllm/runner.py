@@ -766,7 +766,8 @@ def _option_value(text: str) -> Any:
 
 
 def backend_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Backend options from the `query` arguments (`--base-url`, `--concurrency`, `--api-key-env`, `--option`).
+    """Backend options from the `query` arguments (`--base-url`, `--allow-insecure-http`, `--concurrency`,
+    `--api-key-env`, `--option`).
 
     The API key itself never passes through here: only the NAME of the environment variable that holds it.
 
@@ -785,6 +786,8 @@ def backend_options(args: argparse.Namespace) -> dict[str, Any]:
         options[name.strip()] = _option_value(value)
     if args.base_url:
         options["base_url"] = args.base_url
+    if args.allow_insecure_http:
+        options["allow_insecure_http"] = True  # the openai backend decides whether the URL needs it
     if args.concurrency is not None:
         if args.concurrency < 1:
             raise InputError("--concurrency must be at least 1", field="concurrency")
@@ -855,6 +858,21 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_insecure_http_argument(parser: Any) -> None:
+    """`--allow-insecure-http`, for every command that takes `--base-url` (read by `backend_options`).
+
+    The flag exists so that sending the key and the photos in clear text to another host is a decision the user
+    wrote down, never a default: the openai backend refuses such a base_url without it.
+    """
+    from agegender.mllm.backends.openai_backend import INSECURE_HTTP_FLAG
+
+    parser.add_argument(
+        INSECURE_HTTP_FLAG,
+        action="store_true",
+        help="accept a plain http:// --base-url that is not this machine's loopback (key and photos unencrypted)",
+    )
+
+
 def add_query_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add `agegender query` to a subparsers object (from `ArgumentParser.add_subparsers`).
 
@@ -882,6 +900,7 @@ def add_query_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--max-side", type=int, default=None, help="downscale crops to this longer side (default: none)")
     p.add_argument("--prompt-version", default=PROMPT_VERSION, help=f"registered prompt (default: {PROMPT_VERSION})")
     p.add_argument("--base-url", default=None, help="server URL (OpenAI-compatible backends)")
+    add_insecure_http_argument(p)
     p.add_argument("--concurrency", type=int, default=None, help="requests in flight (server backends)")
     p.add_argument("--api-key-env", default=None, help="NAME of the environment variable holding the API key")
     p.add_argument("--option", action="append", default=None, help="backend option name=value (JSON values)")

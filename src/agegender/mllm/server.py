@@ -31,7 +31,6 @@ import contextlib
 import hashlib
 import http.client
 import io
-import ipaddress
 import json
 import logging
 import os
@@ -56,6 +55,7 @@ from agegender.mllm.backends.base import (
     create_backend,
     register_backend,
 )
+from agegender.mllm.backends.openai_backend import is_loopback_host
 
 log = logging.getLogger(__name__)
 
@@ -626,15 +626,6 @@ async def _drop(request: Any) -> Any:
 # --- running it ----------------------------------------------------------------------------------------------
 
 
-def _is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -691,7 +682,7 @@ def serve(
         log_level: uvicorn's log level.
         **app_options: `create_app` options (latency_ms, faults, retry_after_s, batch_size, ...).
     """
-    if not _is_loopback_host(host):
+    if not is_loopback_host(host):
         log.warning("listening on %s: the model is reachable from other machines", host)
     sock = _bind(host, port)
     if isinstance(backend, str):
@@ -770,7 +761,7 @@ def running_server(
         InputError: a non-loopback host, or a backend instance with in_process=False.
         RuntimeError / TimeoutError: the server did not start (its last output lines are in the message).
     """
-    if not _is_loopback_host(host):
+    if not is_loopback_host(host):
         raise InputError(f"running_server listens on loopback only, not {host!r}", field="host")
     if in_process is None:
         in_process = isinstance(backend, Backend)

@@ -10,6 +10,12 @@ Decisions (documented here because they change what is sent):
 - **Where requests go.** Only to `base_url`; None means OpenAI's public API (`https://api.openai.com/v1`),
   passed explicitly so that an `OPENAI_BASE_URL` in the environment cannot redirect the study's images.
   Redirects are not followed, and HTTP proxies from the environment are ignored for loopback servers.
+- **No clear text to other hosts.** A plain `http://` base_url is accepted for this machine's loopback
+  interface only (`is_loopback_host`: 127.0.0.0/8, ::1, `localhost`; not the machine's own eth0 address):
+  anywhere else the key and every photo would cross the network unencrypted, so the constructor refuses it
+  unless `allow_insecure_http=True` says the user accepts that (params option `allow_insecure_http: true`,
+  `agegender query --allow-insecure-http`). The check lives here because every path builds this backend: the
+  CLI, the params, and the client the pipeline points at a server it started.
 - **The key.** Read from the environment variable named by `api_key_env` (default `OPENAI_API_KEY`) and
   kept only inside the HTTP client: it is never logged, returned, stored or put in `describe()`, and any
   echo of it in a server's error text is redacted. When that variable is unset, a loopback `base_url`
@@ -53,6 +59,7 @@ import math
 import os
 import random
 import re
+import socket
 import threading
 import time
 from collections import Counter
@@ -96,17 +103,76 @@ def _ssl_context(trust_env: bool) -> Any:
         return _SSL_CONTEXTS[trust_env]
 
 
+def is_loopback_host(host: str | None) -> bool:
+    """Whether a host name or address is this machine's loopback interface (127.0.0.0/8, ::1, `localhost`).
+
+    Only what cannot leave the machine counts. A literal address counts when it is a loopback address; a
+    non-loopback address of this machine itself (its eth0 address, `0.0.0.0`) does not: a server there is
+    reachable from other machines, and the same setting pointed at another host would go over the wire.
+    The one name that counts is `localhost`, and only when every address it resolves to is a loopback address
+    (it comes from /etc/hosts, but a resolver without that entry may ask DNS). Other names, `*.localhost`
+    included, are not resolved here: DNS could answer differently at connection time.
+    """
+    host = (host or "").strip("[]").lower()
+    if not host:
+        return False
+    try:
+        return ipaddress.ip_address(host.partition("%")[0]).is_loopback  # an IPv6 zone (%eth0) is no address part
+    except ValueError:
+        pass
+    if host != "localhost":
+        return False
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(str(info[4][0]).partition("%")[0]).is_loopback for info in infos)
+
+
 def is_loopback_url(url: str | None) -> bool:
-    """Whether a base URL points at this machine (localhost, 127.0.0.0/8, ::1)."""
+    """Whether a base URL points at this machine's loopback interface (see `is_loopback_host`)."""
     if not url:
         return False
-    host = urlsplit(url).hostname or ""
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
     try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
+        return is_loopback_host(urlsplit(url).hostname)
+    except ValueError:  # a malformed URL (e.g. a bad IPv6 literal) is nobody's loopback
         return False
+
+
+#: the backend option (params) and the `agegender query` flag that allow plain http to another host
+INSECURE_HTTP_OPTION = "allow_insecure_http"
+INSECURE_HTTP_FLAG = "--allow-insecure-http"
+
+
+def base_url_problem(url: str) -> str | None:
+    """Why `url` cannot be a base_url (not an http(s) URL with a host), or None; the message never shows secrets."""
+    try:
+        parts = urlsplit(url)
+        if parts.scheme in ("http", "https") and parts.hostname:
+            return None
+        shown = safe_url(url)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        shown = "an unparseable URL"
+    return f"base_url must be an http(s) URL, got {shown!r}"
+
+
+def insecure_http_problem(url: str | None) -> str | None:
+    """Why requests to `url` would travel unencrypted to another host, or None when they would not.
+
+    Plain `http://` is fine to this machine's loopback interface (nothing leaves the machine) and nowhere else:
+    the bearer key and every photo would cross the network in clear text. The one check used by the backend
+    (which refuses such a URL unless `allow_insecure_http` is set) and by `agegender check`.
+    """
+    if not url:
+        return None  # OpenAI's API, over https
+    parts = urlsplit(url)
+    if parts.scheme != "http" or is_loopback_url(url):
+        return None
+    return (
+        f"plain http:// to {parts.hostname}, which is not this machine's loopback interface: the API key and every "
+        "photo would travel unencrypted. Use https:// (or an SSH tunnel to 127.0.0.1), or accept that explicitly "
+        f"with the backend option {INSECURE_HTTP_OPTION}: true (agegender query: {INSECURE_HTTP_FLAG})"
+    )
 
 
 def is_openai_url(url: str | None) -> bool:
@@ -276,9 +342,12 @@ class OpenAIBackend(Backend):
         http_transport: an `httpx2` async transport to use instead of the network (tests).
         jitter_seed: seed of the backoff jitter (tests); None = random.
         batch_size: queries a chunking runner hands over at once (default max(64, 4 * concurrency)).
+        allow_insecure_http: accept a plain `http://` base_url that is not this machine's loopback interface
+            (the key and the photos travel unencrypted); off by default, see the module notes.
 
     Raises:
-        InputError: bad or unknown options; no key for a non-loopback endpoint.
+        InputError: bad or unknown options; no key for a non-loopback endpoint; plain http to another host
+            without `allow_insecure_http`.
     """
 
     name = "openai"
@@ -306,6 +375,7 @@ class OpenAIBackend(Backend):
         http_backend: str = "auto",
         http_transport: Any = None,
         jitter_seed: int | None = None,
+        allow_insecure_http: bool = False,
         **options: Any,
     ) -> None:
         batch_size = options.pop("batch_size", None)
@@ -329,10 +399,24 @@ class OpenAIBackend(Backend):
             raise InputError(f"unknown max_tokens_param {max_tokens_param!r}", field="max_tokens_param")
         if image_format.lower() not in ("png", "jpeg", "jpg"):
             raise InputError(f"unknown image format {image_format!r}; use 'png' or 'jpeg'", field="image_format")
+        if not isinstance(allow_insecure_http, bool):  # the string "false" from a YAML typo would be truthy
+            raise InputError(
+                f"{INSECURE_HTTP_OPTION} must be true or false, not {allow_insecure_http!r}", field=INSECURE_HTTP_OPTION
+            )
         if base_url is not None:
-            parts = urlsplit(base_url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise InputError(f"base_url must be an http(s) URL, got {safe_url(base_url)!r}", field="base_url")
+            problem = base_url_problem(base_url)
+            if problem is not None:
+                raise InputError(problem, field="base_url")
+            problem = insecure_http_problem(base_url)
+            if problem is not None and not allow_insecure_http:
+                raise InputError(problem, field="base_url")
+            if problem is not None:
+                log.warning(
+                    "sending to %s over plain http (%s): key and photos unencrypted",
+                    safe_url(base_url),
+                    INSECURE_HTTP_OPTION,
+                )
+        self.allow_insecure_http = allow_insecure_http
         self.base_url = base_url.rstrip("/") if base_url else OPENAI_BASE_URL
         self.api_key_env = api_key_env or None
         self.concurrency = int(concurrency)
@@ -418,6 +502,8 @@ class OpenAIBackend(Backend):
         return {
             **super().describe(),
             "base_url": safe_url(self.base_url),
+            # recorded only when set, so that manifests of ordinary runs stay as they were
+            **({INSECURE_HTTP_OPTION: True} if self.allow_insecure_http else {}),
             "api_key_env": self.api_key_env,
             "concurrency": self.concurrency,
             "timeout_s": self.timeout_s,
