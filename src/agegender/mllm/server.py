@@ -34,6 +34,7 @@ import io
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -718,6 +719,62 @@ def _wait_ready(host: str, port: int, timeout_s: float, alive: Any) -> None:
     raise TimeoutError(f"the server on {host}:{port} was not ready within {timeout_s:.0f} s")
 
 
+#: how long a server whose parent died gets for its graceful shutdown before it exits hard
+PARENT_GONE_GRACE_S = 5.0
+
+
+def exit_with_parent(parent_pid: int, grace_s: float = PARENT_GONE_GRACE_S) -> None:
+    """Make this process end when the process that started it ends, however that one ends (SIGKILL included).
+
+    A server started by a pipeline stage holds a model (gigabytes) and a port; when the stage is killed, nothing
+    else would ever stop it. Two mechanisms, because each covers a gap of the other:
+
+    - **stdin at EOF** (primary, portable): the parent holds the write end of our stdin pipe and never writes.
+      The kernel closes it when the parent dies, whatever killed it, and a thread here sees EOF at once.
+      Alone it can be fooled if the parent forks (without exec) after starting us: the fork inherits the write
+      end and keeps the pipe open.
+    - **PR_SET_PDEATHSIG** (Linux): the kernel sends SIGTERM when the parent goes, inherited pipes or not. It is
+      set here, after exec, rather than in a `preexec_fn` (not safe in a parent with threads). It fires when
+      the parent *thread* that started us ends; `running_server` starts and stops us in the same thread, so
+      that is the parent's lifetime. A parent that died before the call is caught by comparing getppid().
+
+    Either way the shutdown is SIGTERM to ourselves (uvicorn's graceful stop: the backend is closed, which for
+    vLLM also ends its engine processes), and a hard exit after `grace_s` if that hangs (a long generation in a
+    worker thread, a model still loading).
+
+    Args:
+        parent_pid: the pid of the process that started this one.
+        grace_s: seconds between the graceful stop and the hard exit.
+    """
+
+    def stop(reason: str) -> None:
+        log.warning("%s: shutting the server down", reason)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(grace_s)
+        os._exit(1)
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0) != 0:
+            log.warning("prctl(PR_SET_PDEATHSIG) failed (errno %d); relying on the stdin watch", ctypes.get_errno())
+    if os.getppid() != parent_pid:  # the parent died before we were watching
+        threading.Thread(target=stop, args=(f"parent process {parent_pid} is gone",), daemon=True).start()
+        return
+
+    def watch_stdin() -> None:
+        try:
+            while os.read(0, 4096):
+                pass  # the parent never writes; whatever arrives is ignored
+        except OSError:
+            pass  # a closed or broken stdin means the same as EOF
+        stop(f"parent process {parent_pid} is gone (stdin closed)")
+
+    threading.Thread(target=watch_stdin, name="agegender-parent-watch", daemon=True).start()
+
+
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
@@ -864,11 +921,12 @@ def _process_server(
 ) -> Iterator[str]:
     cmd = [sys.executable, "-m", "agegender.mllm.server", "--backend", backend]
     cmd += _cli_args(model, host, port, params, backend_options, app_options)
+    cmd += ["--exit-with-parent", str(os.getpid())]
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.PIPE,  # never written: the server exits when it sees EOF, i.e. when we are gone
         text=True,
         env=dict(env) if env is not None else None,
     )
@@ -907,6 +965,8 @@ def _process_server(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=15)
+        if proc.stdin is not None:
+            proc.stdin.close()
         reader.join(timeout=5)
 
 
@@ -930,8 +990,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--reject-params", default="", help="comma list of fields answered with 400 Unsupported parameter")
     ap.add_argument("--announce", action="store_true", help=f"print {ANNOUNCE_PREFIX}<port> once bound")
     ap.add_argument("--log-level", default="warning")
+    ap.add_argument(
+        "--exit-with-parent",
+        type=int,
+        default=None,
+        metavar="PID",
+        help="exit when process PID (which holds our stdin pipe) ends; set by running_server",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    if args.exit_with_parent is not None:
+        exit_with_parent(args.exit_with_parent)  # first: loading a large model takes minutes
     try:
         params = GenerationParams(**json.loads(args.params)) if args.params else GenerationParams()
         if args.max_new_tokens is not None:
