@@ -19,6 +19,15 @@ server answer 400 "Unsupported parameter" for the named request fields, as some 
 
 The server never fetches anything: images must arrive as `data:` URLs. It binds to 127.0.0.1 by default.
 
+What it honours of a request (checked with the official `openai` client): `max_tokens` and
+`max_completion_tokens` (both are caps, the smaller wins, and neither can exceed the server's own limit,
+`--max-new-tokens` / the backend's `params.max_new_tokens`; a value that is not an integer >= 1 is a 400 naming
+the param); each request is generated with its own limit (`MicroBatcher`), and `finish_reason` is `length` only
+when that limit cut the answer. `stream: true` is answered with server-sent `chat.completion.chunk`s and
+`data: [DONE]` (`stream_options.include_usage` adds the usage chunk); the answer is generated whole, in a batch,
+so it arrives as one content delta when it is complete. Single-turn, one image, `n=1` only; `temperature` and
+`seed` are the server's (its backend's params), not the request's.
+
 Run it: `python -m agegender.mllm.server --backend transformers --model DIR --port 8000 [--latency-ms 200]`.
 """
 
@@ -42,7 +51,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -71,9 +80,21 @@ _INLINE_DECODE_BYTES = 64 * 1024
 # --- built-in models (no torch): for benchmarks, tests and plumbing checks ---------------------------------
 
 
+def _limit_words(text: str, max_new_tokens: int) -> tuple[str, int, str]:
+    """A toy model's answer under a token limit, its token is a whitespace-separated word.
+
+    Returns:
+        (text, completion tokens, finish reason): `length` only when the limit cut the answer.
+    """
+    words = text.split()
+    if len(words) <= max_new_tokens:
+        return text, len(words), "stop"
+    return " ".join(words[:max_new_tokens]), max_new_tokens, "length"
+
+
 @register_backend
 class ConstantBackend(Backend):
-    """A model that always answers the same text (default `[female; 40]`).
+    """A model that always answers the same text (default `[female; 40]`), cut to `params.max_new_tokens` words.
 
     Options:
         text: the answer.
@@ -101,18 +122,18 @@ class ConstantBackend(Backend):
         """Answer every query with the constant text."""
         if self.batch_latency_s:
             time.sleep(self.batch_latency_s)
-        n_prompt = [len(q.prompt.split()) for q in queries]
+        text, n_completion, finish = _limit_words(self.text, self.params.max_new_tokens)
         return [
             Answer(
                 q.request_id,
                 "answered",
-                text=self.text,
-                finish_reason="stop",
-                prompt_tokens=n,
-                completion_tokens=len(self.text.split()),
+                text=text,
+                finish_reason=finish,
+                prompt_tokens=len(q.prompt.split()),
+                completion_tokens=n_completion,
                 model_revision=self.model_revision,
             )
-            for q, n in zip(queries, n_prompt, strict=True)
+            for q in queries
         ]
 
 
@@ -120,7 +141,8 @@ class ConstantBackend(Backend):
 class EchoBackend(Backend):
     """A model that answers what it received: image size and content hash, and the prompt's last words.
 
-    Lets tests check that the image crossed the wire pixel for pixel (`WxH sha256:<hash16>`).
+    Lets tests check that the image crossed the wire pixel for pixel (`WxH sha256:<hash16>`). Cut to
+    `params.max_new_tokens` words.
     """
 
     name = "echo"
@@ -142,15 +164,17 @@ class EchoBackend(Backend):
         for q in queries:
             h, w = q.image.shape[:2]
             tail = " ".join(q.prompt.split()[-4:])
-            text = f"{w}x{h} sha256:{q.image_hash[:16]} prompt:{tail}"
+            text, n_completion, finish = _limit_words(
+                f"{w}x{h} sha256:{q.image_hash[:16]} prompt:{tail}", self.params.max_new_tokens
+            )
             out.append(
                 Answer(
                     q.request_id,
                     "answered",
                     text=text,
-                    finish_reason="stop",
+                    finish_reason=finish,
                     prompt_tokens=len(q.prompt.split()),
-                    completion_tokens=3,
+                    completion_tokens=n_completion,
                     model_revision="echo-1",
                 )
             )
@@ -239,6 +263,12 @@ class FaultPlan:
 class MicroBatcher:
     """Group concurrent queries into batches for a synchronous backend (one batch at a time).
 
+    Each query may carry its own token limit (a request's `max_tokens`). A batch is generated in groups of
+    equal limit, each group with the backend's `with_params` twin for that limit, so every query gets exactly
+    its limit: no request is generated to a longer limit and cut afterwards (the text a backend returns is
+    not token-exact, so a cut could not be made honestly here). Clients normally all send the same limit,
+    and then a batch is one group.
+
     Args:
         backend: the wrapped backend (its `generate_batch` runs in a worker thread).
         batch_size: most queries per batch.
@@ -249,11 +279,21 @@ class MicroBatcher:
         self.backend = backend
         self.batch_size = max(1, int(batch_size))
         self.max_wait_s = max(0.0, float(max_wait_s))
-        self.queue: asyncio.Queue[tuple[Query, asyncio.Future[Answer]]] = asyncio.Queue()
+        self.queue: asyncio.Queue[tuple[Query, int | None, asyncio.Future[Answer]]] = asyncio.Queue()
         self.batches = 0
         self.queries = 0
         self.max_batch = 0
         self._task: asyncio.Task[None] | None = None
+        self._twins: dict[int, Backend] = {}
+
+    def _backend_for(self, max_new_tokens: int | None) -> Backend:
+        """The backend generating with this token limit (None: the backend's own)."""
+        if max_new_tokens is None or max_new_tokens == self.backend.params.max_new_tokens:
+            return self.backend
+        if max_new_tokens not in self._twins:
+            params = replace(self.backend.params, max_new_tokens=max_new_tokens)
+            self._twins[max_new_tokens] = self.backend.with_params(params)
+        return self._twins[max_new_tokens]
 
     def start(self) -> None:
         """Start the batching loop on the running event loop."""
@@ -266,14 +306,14 @@ class MicroBatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         while not self.queue.empty():
-            _, fut = self.queue.get_nowait()
+            *_, fut = self.queue.get_nowait()
             if not fut.done():
                 fut.set_exception(RuntimeError("server shutting down"))
 
-    async def submit(self, query: Query) -> Answer:
-        """Queue one query and wait for its answer."""
+    async def submit(self, query: Query, max_new_tokens: int | None = None) -> Answer:
+        """Queue one query (with its own token limit; None = the backend's) and wait for its answer."""
         fut: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-        await self.queue.put((query, fut))
+        await self.queue.put((query, max_new_tokens, fut))
         return await fut
 
     async def _run(self) -> None:
@@ -294,30 +334,38 @@ class MicroBatcher:
                         batch.append(await self.queue.get())
                 except TimeoutError:
                     break
-            batch = [(q, f) for q, f in batch if not f.done()]
+            batch = [item for item in batch if not item[2].done()]
             if not batch:
                 continue
             self.batches += 1
             self.queries += len(batch)
             self.max_batch = max(self.max_batch, len(batch))
-            try:
-                if getattr(self.backend, "nonblocking", False):  # built-in toy models: no thread hop needed
-                    answers = self.backend.generate_batch([q for q, _ in batch])
-                else:  # a real model computes for a while: keep the event loop serving requests meanwhile
-                    answers = await asyncio.to_thread(self.backend.generate_batch, [q for q, _ in batch])
-                by_id = {a.request_id: a for a in answers}
-                for q, fut in batch:
-                    if not fut.done():
-                        answer = by_id.get(q.request_id)
-                        if answer is None:
-                            fut.set_exception(RuntimeError(f"the backend returned no answer for {q.request_id}"))
-                        else:
-                            fut.set_result(answer)
-            except Exception as exc:  # a model error fails this batch's requests, not the server
-                log.exception("batch of %d failed", len(batch))
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
+            groups: dict[int | None, list[tuple[Query, asyncio.Future[Answer]]]] = {}
+            for q, limit, fut in batch:
+                groups.setdefault(limit, []).append((q, fut))
+            for limit, group in groups.items():
+                await self._generate(self._backend_for(limit), group)
+
+    async def _generate(self, backend: Backend, group: list[tuple[Query, asyncio.Future[Answer]]]) -> None:
+        """Answer one group of queries that share a token limit; a model error fails this group, not the server."""
+        try:
+            if getattr(backend, "nonblocking", False):  # built-in toy models: no thread hop needed
+                answers = backend.generate_batch([q for q, _ in group])
+            else:  # a real model computes for a while: keep the event loop serving requests meanwhile
+                answers = await asyncio.to_thread(backend.generate_batch, [q for q, _ in group])
+            by_id = {a.request_id: a for a in answers}
+            for q, fut in group:
+                if not fut.done():
+                    answer = by_id.get(q.request_id)
+                    if answer is None:
+                        fut.set_exception(RuntimeError(f"the backend returned no answer for {q.request_id}"))
+                    else:
+                        fut.set_result(answer)
+        except Exception as exc:
+            log.exception("batch of %d failed", len(group))
+            for _, fut in group:
+                if not fut.done():
+                    fut.set_exception(exc)
 
 
 # --- the app -----------------------------------------------------------------------------------------------
@@ -371,8 +419,64 @@ def decode_data_url(url: str) -> np.ndarray:
         raise ValueError(f"not a decodable image: {exc}") from exc
 
 
-def _extract(body: Any, served_model: str, reject_params: Sequence[str]) -> tuple[str, str, str | None]:
-    """Validate a chat request; return (prompt text, image data URL, detail)."""
+#: the request fields that limit the answer's length (`max_tokens` is deprecated by OpenAI but what most send)
+TOKEN_LIMIT_FIELDS = ("max_tokens", "max_completion_tokens")
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """A validated chat-completions request.
+
+    Attributes:
+        prompt: the user turn's text parts, joined by newlines.
+        image_url: the one image, as a data URL.
+        detail: the image's `detail`, if sent.
+        max_tokens: the tighter of `max_tokens` and `max_completion_tokens`; None = neither was sent.
+        stream: answer as server-sent events (`chat.completion.chunk`s).
+        include_usage: with `stream`, end with a chunk that carries the usage (`stream_options.include_usage`).
+    """
+
+    prompt: str
+    image_url: str
+    detail: str | None = None
+    max_tokens: int | None = None
+    stream: bool = False
+    include_usage: bool = False
+
+
+def _token_limit(body: dict[str, Any]) -> int | None:
+    """The request's answer-length limit: both fields are caps, so both are honoured (the smaller wins)."""
+    limits = []
+    for name in TOKEN_LIMIT_FIELDS:
+        value = body.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise _RequestError(400, f"'{name}' must be an integer >= 1, got {value!r}", param=name)
+        limits.append(value)
+    return min(limits) if limits else None
+
+
+def _stream_settings(body: dict[str, Any]) -> tuple[bool, bool]:
+    """(stream, include_usage), validated as OpenAI does."""
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise _RequestError(400, f"'stream' must be a boolean, got {stream!r}", param="stream")
+    options = body.get("stream_options")
+    if options is None:
+        return bool(stream), False
+    if not stream:
+        raise _RequestError(400, "'stream_options' is only allowed when 'stream' is true", param="stream_options")
+    if not isinstance(options, dict):
+        raise _RequestError(400, "'stream_options' must be an object", param="stream_options")
+    include_usage = options.get("include_usage", False)
+    if include_usage is not None and not isinstance(include_usage, bool):
+        raise _RequestError(400, "'include_usage' must be a boolean", param="stream_options.include_usage")
+    return True, bool(include_usage)
+
+
+def _extract(body: Any, served_model: str, reject_params: Sequence[str]) -> ChatRequest:
+    """Validate a chat request (400/404 `_RequestError`s name the offending param)."""
     if not isinstance(body, dict):
         raise _RequestError(400, "the request body must be a JSON object")
     model = body.get("model")
@@ -385,8 +489,6 @@ def _extract(body: Any, served_model: str, reject_params: Sequence[str]) -> tupl
             param="model",
             code="model_not_found",
         )
-    if body.get("stream"):
-        raise _RequestError(400, "streaming is not supported by this server", param="stream")
     n = body.get("n", 1)
     if n is not None and n != 1:
         raise _RequestError(400, "only n=1 is supported (the answers are greedy)", param="n")
@@ -424,7 +526,15 @@ def _extract(body: Any, served_model: str, reject_params: Sequence[str]) -> tupl
                 param=p,
                 code="unsupported_parameter",
             )
-    return "\n".join(texts), str(images[0].get("url", "")), detail
+    stream, include_usage = _stream_settings(body)
+    return ChatRequest(
+        prompt="\n".join(texts),
+        image_url=str(images[0].get("url", "")),
+        detail=detail,
+        max_tokens=_token_limit(body),
+        stream=stream,
+        include_usage=include_usage,
+    )
 
 
 def create_app(
@@ -456,9 +566,10 @@ def create_app(
         An ASGI app.
     """
     from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, Response
+    from fastapi.responses import JSONResponse, Response, StreamingResponse
 
     served = served_model or backend.model
+    server_limit = int(backend.params.max_new_tokens)
     plan = faults if isinstance(faults, FaultPlan) else FaultPlan(faults)
     revision = backend.model_revision
     fingerprint = "fp_" + hashlib.sha256(f"{backend.name}|{backend.model}|{revision}".encode()).hexdigest()[:10]
@@ -508,9 +619,22 @@ def create_app(
         except (ValueError, UnicodeDecodeError):
             return _error(400, "the request body is not valid JSON")
         try:
-            prompt, url, _detail = _extract(body, served, reject_params)
+            chat_request = _extract(body, served, reject_params)
         except _RequestError as exc:
             return _error(exc.status, exc.message, param=exc.param, code=exc.code)
+        prompt, url = chat_request.prompt, chat_request.image_url
+        # the request's limit, capped at the server's own (what the wrapped backend was configured with)
+        limit = min(chat_request.max_tokens or server_limit, server_limit)
+
+        def respond(answer: Answer) -> Any:
+            if chat_request.stream:
+                return StreamingResponse(
+                    _completion_chunks(answer, served, fingerprint, include_usage=chat_request.include_usage),
+                    media_type="text/event-stream",
+                    headers={"Cache-Control": "no-cache"},
+                )
+            return JSONResponse(_completion(answer, served, fingerprint))
+
         fault = plan.pick(number, prompt)
         if latency_ms:
             await asyncio.sleep(latency_ms / 1000.0)
@@ -543,13 +667,12 @@ def create_app(
         if fault in ("refuse", "refusal_field", "content_filter"):
             answer = Answer(f"req-{number}", "answered", finish_reason="stop", prompt_tokens=0, completion_tokens=0)
             if fault == "refuse":
-                answer.text = REFUSAL_TEXT
-                answer.completion_tokens = len(REFUSAL_TEXT.split())
+                answer.text, answer.completion_tokens, answer.finish_reason = _limit_words(REFUSAL_TEXT, limit)
             elif fault == "refusal_field":
                 answer.refusal = REFUSAL_TEXT
             else:
                 answer.finish_reason = "content_filter"
-            return JSONResponse(_completion(answer, served, fingerprint))
+            return respond(answer)
         try:
             if len(url) > _INLINE_DECODE_BYTES:
                 image = await asyncio.to_thread(decode_data_url, url)
@@ -558,19 +681,28 @@ def create_app(
         except ValueError as exc:
             return _error(400, f"image_url: {exc}", param="messages[0].content")
         try:
-            answer = await batcher.submit(Query(f"req-{number}", image, prompt))
+            answer = await batcher.submit(Query(f"req-{number}", image, prompt), limit)
         except Exception as exc:
             return _error(500, f"model error: {type(exc).__name__}: {exc}", etype="server_error")
         if answer.status != "answered":
             return _error(500, f"model error: {answer.error}", etype="server_error")
-        return JSONResponse(_completion(answer, served, fingerprint))
+        # the stream starts once the answer is complete, so a model error still gets its HTTP status
+        return respond(answer)
 
     return _RawSendMiddleware(app)
 
 
-def _completion(answer: Answer, served: str, fingerprint: str) -> dict[str, Any]:
+def _usage(answer: Answer) -> dict[str, int]:
     prompt_tokens = answer.prompt_tokens or 0
     completion_tokens = answer.completion_tokens or 0
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def _completion(answer: Answer, served: str, fingerprint: str) -> dict[str, Any]:
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
@@ -585,12 +717,43 @@ def _completion(answer: Answer, served: str, fingerprint: str) -> dict[str, Any]
                 "logprobs": None,
             }
         ],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        },
+        "usage": _usage(answer),
     }
+
+
+def _completion_chunks(answer: Answer, served: str, fingerprint: str, *, include_usage: bool) -> Iterator[bytes]:
+    """A finished answer as OpenAI's server-sent events: `chat.completion.chunk`s, then `data: [DONE]`.
+
+    The wrapped backends generate whole answers in batches, so the text arrives in one content delta once it
+    is complete (a stream here saves a client nothing in latency; it is served because streaming is what many
+    clients send). The chunks follow OpenAI's: the role first, the content (or refusal), then an empty delta
+    with the finish reason, then, with `include_usage`, a chunk without choices that carries the usage (the
+    others then carry `"usage": null`).
+    """
+    base = {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": served,
+        "system_fingerprint": fingerprint,
+    }
+    extra: dict[str, Any] = {"usage": None} if include_usage else {}
+
+    def event(choices: list[dict[str, Any]], **fields: Any) -> bytes:
+        return b"data: " + json.dumps({**base, "choices": choices, **extra, **fields}).encode() + b"\n\n"
+
+    def choice(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+
+    yield event([choice({"role": "assistant", "content": ""})])
+    if answer.text:
+        yield event([choice({"content": answer.text})])
+    if answer.refusal:
+        yield event([choice({"refusal": answer.refusal})])
+    yield event([choice({}, answer.finish_reason or "stop")])
+    if include_usage:
+        yield event([], usage=_usage(answer))
+    yield b"data: [DONE]\n\n"
 
 
 class _RawSendMiddleware:
@@ -978,7 +1141,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--served-model-name", dest="served_model", default=None, help="id clients send (default: --model)")
     ap.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1: this machine only)")
     ap.add_argument("--port", type=int, default=8000, help="TCP port (0 = any free port)")
-    ap.add_argument("--max-new-tokens", type=int, default=None, help="answer length limit of the wrapped backend")
+    ap.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="answer length limit of the wrapped backend, and the cap of a request's max_tokens",
+    )
     ap.add_argument("--params", default=None, help="generation params as JSON (GenerationParams fields)")
     ap.add_argument("--backend-options", default=None, help='backend options as JSON, e.g. \'{"device": "cuda"}\'')
     ap.add_argument("--batch-size", type=int, default=None, help="most queries per backend batch")

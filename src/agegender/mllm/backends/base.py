@@ -11,6 +11,7 @@ Backends implement either `generate_batch` (synchronous, batched: local models) 
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 import importlib
 from collections.abc import AsyncIterator, Sequence
@@ -177,6 +178,20 @@ class Backend:
 
     def close(self) -> None:
         """Release resources (models, clients, servers)."""
+
+    def with_params(self, params: GenerationParams) -> Backend:
+        """This backend generating with other settings, sharing everything loaded (weights, processor, engine).
+
+        The project's server uses it to honour a request's own token limit without loading the model again.
+        The default is a shallow copy with `params` replaced, right for backends that read `self.params` when
+        they generate (every built-in one does). A backend that turns its params into state at construction
+        must override it. The twin is never closed: closing the original releases what both use.
+        """
+        if params == self.params:
+            return self
+        twin = copy.copy(self)
+        twin.params = params
+        return twin
 
 
 BACKENDS: dict[str, type[Backend]] = {}
