@@ -309,6 +309,7 @@ class MicroBatcher:
             *_, fut = self.queue.get_nowait()
             if not fut.done():
                 fut.set_exception(RuntimeError("server shutting down"))
+        self._twins.clear()  # they hold the model too: closing the backend must be able to free it
 
     async def submit(self, query: Query, max_new_tokens: int | None = None) -> Answer:
         """Queue one query (with its own token limit; None = the backend's) and wait for its answer."""
@@ -890,52 +891,62 @@ def exit_with_parent(parent_pid: int, grace_s: float = PARENT_GONE_GRACE_S) -> N
     """Make this process end when the process that started it ends, however that one ends (SIGKILL included).
 
     A server started by a pipeline stage holds a model (gigabytes) and a port; when the stage is killed, nothing
-    else would ever stop it. Two mechanisms, because each covers a gap of the other:
+    else would ever stop it. Three signs of a dead parent, because each covers a gap of another:
 
-    - **stdin at EOF** (primary, portable): the parent holds the write end of our stdin pipe and never writes.
-      The kernel closes it when the parent dies, whatever killed it, and a thread here sees EOF at once.
+    - **stdin at EOF** (portable, Windows included): the parent holds the write end of our stdin pipe and never
+      writes. The kernel closes it when the parent dies, whatever killed it, and a thread here sees EOF.
       Alone it can be fooled if the parent forks (without exec) after starting us: the fork inherits the write
       end and keeps the pipe open.
-    - **PR_SET_PDEATHSIG** (Linux): the kernel sends SIGTERM when the parent goes, inherited pipes or not. It is
-      set here, after exec, rather than in a `preexec_fn` (not safe in a parent with threads). It fires when
-      the parent *thread* that started us ends; `running_server` starts and stops us in the same thread, so
-      that is the parent's lifetime. A parent that died before the call is caught by comparing getppid().
+    - **getppid() changes** (POSIX): an orphan is adopted by init or a subreaper. The same thread checks once a
+      second, which also catches a parent that died before this function ran.
+    - **PR_SET_PDEATHSIG** (Linux): the kernel sends SIGTERM the moment the parent goes, even while this
+      process's Python threads are busy. It is set here, after exec, rather than in a `preexec_fn` (not safe in
+      a parent with threads). It fires when the parent *thread* that started us ends; `running_server` starts
+      and stops us in the same thread, so that is the parent's lifetime.
 
-    Either way the shutdown is SIGTERM to ourselves (uvicorn's graceful stop: the backend is closed, which for
-    vLLM also ends its engine processes), and a hard exit after `grace_s` if that hangs (a long generation in a
-    worker thread, a model still loading).
+    The stop is SIGTERM to ourselves (uvicorn's graceful shutdown closes the backend, which for vLLM also ends
+    its engine processes), then a hard exit after `grace_s` if that hangs (a long generation in a worker
+    thread, a model still loading).
 
     Args:
         parent_pid: the pid of the process that started this one.
         grace_s: seconds between the graceful stop and the hard exit.
     """
-
-    def stop(reason: str) -> None:
-        log.warning("%s: shutting the server down", reason)
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(grace_s)
-        os._exit(1)
-
     if sys.platform.startswith("linux"):
         import ctypes
 
         pr_set_pdeathsig = 1
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0) != 0:
-            log.warning("prctl(PR_SET_PDEATHSIG) failed (errno %d); relying on the stdin watch", ctypes.get_errno())
-    if os.getppid() != parent_pid:  # the parent died before we were watching
-        threading.Thread(target=stop, args=(f"parent process {parent_pid} is gone",), daemon=True).start()
-        return
+            log.warning("prctl(PR_SET_PDEATHSIG) failed (errno %d); watching stdin only", ctypes.get_errno())
 
-    def watch_stdin() -> None:
+    def stdin_closed(timeout_s: float) -> bool:
+        """Wait up to timeout_s for input; True at EOF (whatever the parent might write is ignored)."""
+        if os.name == "posix":
+            import select
+
+            ready, _, _ = select.select([0], [], [], timeout_s)
+            if not ready:
+                return False
         try:
-            while os.read(0, 4096):
-                pass  # the parent never writes; whatever arrives is ignored
+            return not os.read(0, 4096)
         except OSError:
-            pass  # a closed or broken stdin means the same as EOF
-        stop(f"parent process {parent_pid} is gone (stdin closed)")
+            return True  # a broken stdin means the same as EOF
 
-    threading.Thread(target=watch_stdin, name="agegender-parent-watch", daemon=True).start()
+    def watch() -> None:
+        while True:
+            if os.name == "posix" and os.getppid() != parent_pid:
+                reason = f"parent process {parent_pid} is gone (adopted by {os.getppid()})"
+                break
+            if stdin_closed(1.0):
+                reason = f"parent process {parent_pid} is gone (stdin closed)"
+                break
+        log.warning("%s: shutting the server down", reason)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(grace_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="agegender-parent-watch", daemon=True).start()
 
 
 def _url_host(host: str) -> str:
