@@ -115,7 +115,8 @@ class MllmParams:
         model: model id (server) or local folder; may be omitted when `build_tiny` is set.
         inputs: crops sent to it (`body`, `face`, `body_wo_face`).
         datasets: data sets it answers (None: all of `study.datasets`).
-        options: backend options (`base_url`, `concurrency`, `batch_size`, `api_key_env`, `system_prompt`, ...).
+        options: backend options (`base_url`, `concurrency`, `batch_size`, `api_key_env`, `system_prompt`, ...;
+            `allow_insecure_http: true` lets the `openai` backend use a plain-http base_url that is not loopback).
         max_side: downscale crops so that the longer side is at most this (None: original size, the
             paper's setting for ChatGPT; LLaVA processors resize on their own).
         serve: start agegender's OpenAI-compatible server on loopback for this local model (transformers) and

@@ -128,3 +128,16 @@ def test_the_explicit_opt_in_sends(data, tmp_path, monkeypatch, capsys):
     assert _Recorder.seen and set(_Recorder.seen) == {f"Bearer {SECRET}"}
     manifest = json.loads((tmp_path / "preds.manifest.json").read_text())
     assert SECRET not in json.dumps(manifest)
+
+
+def test_a_server_the_pipeline_starts_never_listens_off_loopback_nor_gets_a_plain_http_client():
+    """The pipeline's own server and client: `running_server` stays on loopback, the client refuses the rest."""
+    from agegender.errors import InputError
+    from agegender.mllm.backends.openai_backend import OpenAIBackend
+    from agegender.mllm.server import running_server
+
+    host = own_non_loopback_ipv4()
+    with pytest.raises(InputError, match="loopback"), running_server("constant", host=host):
+        pass
+    with pytest.raises(InputError, match="unencrypted"):
+        OpenAIBackend("constant", base_url=f"http://{host}:8000/v1", api_key_env=None)
