@@ -16,13 +16,16 @@ from agegender.data.prepare import MASKED_FILE, SAMPLES_FILE, PreparedData, load
 from agegender.data.prepare import prepare_data as _prepare_data
 from agegender.errors import InputError
 from agegender.evaluate import (
+    describe_selection,
     evaluate_tables,
     load_predictions,
     read_external_predictions,
     read_rows_json,
     select_samples,
+    write_age_groups,
     write_rows_json,
 )
+from agegender.files import atomic_write_text, write_table
 from agegender.metrics import flat_metrics
 from agegender.params import Params, as_dict, load_params
 from agegender.paths import ProjectPaths
@@ -47,10 +50,7 @@ def setup(root: str | Path | None = None, params_file: str | Path = "params.yaml
 
 def write_metrics(paths: ProjectPaths, stage: str, values: dict) -> Path:
     """Write `metrics/<stage>.json` (flat, sorted keys, committed to git)."""
-    path = paths.metrics / f"{stage}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(values, indent=1, sort_keys=True) + "\n")
-    return path
+    return atomic_write_text(paths.metrics / f"{stage}.json", json.dumps(values, indent=1, sort_keys=True) + "\n")
 
 
 def _fresh_dir(path: Path) -> Path:
@@ -163,8 +163,8 @@ def _digest(*files: Path) -> str:
     return h.hexdigest()
 
 
-def _write_predictions(table: pd.DataFrame, out: Path, name: str) -> None:
-    table.to_parquet(out / f"{name}.parquet", index=False)
+def _write_predictions(table: pd.DataFrame, out: Path, name: str) -> Path:
+    return write_table(table, out / f"{name}.parquet")
 
 
 def predict(params: Params, paths: ProjectPaths, *, progress: bool = True) -> pd.DataFrame:
@@ -237,7 +237,14 @@ def prediction_dirs(params: Params, paths: ProjectPaths) -> list[Path]:
 def evaluate(params: Params, paths: ProjectPaths):
     """Stage `evaluate`: metric rows with CIs -> reports/evaluation.json, age groups, metrics/evaluate.json."""
     data = load_prepared(params, paths)
-    predictions = load_predictions(prediction_dirs(params, paths), data.samples["sample_id"])
+    study = params.study
+    targets = select_samples(data.samples, study.split, study.datasets)
+    predictions = load_predictions(
+        prediction_dirs(params, paths),
+        data.samples["sample_id"],
+        targets["sample_id"],
+        describe_selection(study.split, study.datasets),
+    )
     cfg = params.evaluate
     result = evaluate_tables(
         data.samples,
@@ -251,7 +258,7 @@ def evaluate(params: Params, paths: ProjectPaths):
         age_group_width=cfg.age_group_width,
     )
     write_rows_json(result.rows, paths(EVALUATION_FILE))
-    result.age_groups.to_csv(paths(AGE_GROUPS_FILE), index=False, float_format="%.6g")
+    write_age_groups(result.age_groups, paths(AGE_GROUPS_FILE))
     write_metrics(paths, "evaluate", flat_metrics(result.rows, views=("answered", "common")))
     return result
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agegender.errors import InputError
+from agegender.files import write_json, write_table
 from agegender.mllm.prompt import PROMPT_VERSION, get_prompt, prompt_hash
 
 if TYPE_CHECKING:
@@ -529,36 +530,6 @@ def _latency_summary(values: list[float]) -> dict[str, float] | None:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Writing and merging
-
-
-def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
-    """Write a table as parquet or CSV (by suffix), atomically (a temporary file renamed into place).
-
-    Raises:
-        InputError: a suffix other than .parquet/.pq/.csv.
-    """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in {".parquet", ".pq", ".csv"}:
-        raise InputError("unknown table format (expected .parquet or .csv)", file=path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    if suffix == ".csv":
-        frame.to_csv(tmp, index=False)
-    else:
-        frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-    return path
-
-
-def write_json(data: Mapping[str, Any], path: str | Path) -> Path:
-    """Write JSON (indented, sorted keys) atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
 
 
 def default_manifest_path(out_predictions: str | Path) -> Path:
