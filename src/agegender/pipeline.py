@@ -336,18 +336,35 @@ def query_mllms(params: Params, paths: ProjectPaths, model_key: str, *, progress
     profile, the tiny model it builds (`model/`). Local models marked `serve` are queried through the
     project's OpenAI-compatible server on loopback, started and stopped here.
 
+    Endings as for `agegender query` (`agegender.mllm.runner.RunOutcome`): no sample to ask is an `InputError`
+    before anything starts; if no request was answered nothing is written; if more rows stay `failed` than the
+    model's `max_failed` allows, the outputs are written and then `IncompleteRunError` says so (the stage fails,
+    and running it again resends only the failures).
+
     Returns:
         Counts per input kind and status, requests sent and answers reused.
     """
     import contextlib
+    import sys
 
     from agegender.mllm.backends import GenerationParams, create_backend
+    from agegender.mllm.runner import require_samples, run_outcome
     from agegender.mllm.store import ResponseStore
 
     cfg = params.query_mllms
     if model_key not in cfg.models:
         raise InputError(f"unknown model {model_key!r}; query_mllms.models has {sorted(cfg.models)}", field="model")
     spec = cfg.models[model_key]
+    data = load_prepared(params, paths)
+    samples = data.samples
+    plan = spec.plan(params.study.datasets)
+    targets = {kind: select_samples(samples, params.study.split, names) for kind, names in plan.items()}
+    samples_file = paths(params.prepare_data.out) / SAMPLES_FILE
+    require_samples(
+        [sid for rows in targets.values() for sid in rows["sample_id"]],
+        source=samples_file,
+        selection=f"none in split {params.study.split!r} of the data sets {model_key} answers",
+    )
     out = paths(cfg.out) / model_key
     out.mkdir(parents=True, exist_ok=True)
     model = str(paths(spec.model)) if spec.model and (paths.root / spec.model).exists() else spec.model
@@ -358,10 +375,6 @@ def query_mllms(params: Params, paths: ProjectPaths, model_key: str, *, progress
         if target.exists():
             shutil.rmtree(target)
         model = str(build_tiny_llava(target, kind=spec.build_tiny.kind, seed=spec.build_tiny.seed))
-    data = load_prepared(params, paths)
-    samples = data.samples
-    plan = spec.plan(params.study.datasets)
-    targets = {kind: select_samples(samples, params.study.split, names) for kind, names in plan.items()}
     generation = GenerationParams(**as_dict(cfg.generation))
     store = ResponseStore(out / "store")
     with contextlib.ExitStack() as stack:
@@ -384,11 +397,16 @@ def query_mllms(params: Params, paths: ProjectPaths, model_key: str, *, progress
             data, paths, targets, backend=backend, store=store, prompt_version=cfg.prompt_version,
             model_name=model_key, max_side=spec.max_side, progress=progress,
         )  # fmt: skip
+    outcome = run_outcome(
+        [r.manifest for r in results], spec.max_failed, budget_name=f"query_mllms.models.{model_key}.max_failed"
+    )
+    ending = {"out": out / "predictions.parquet", "store": out / "store", "rerun": f"stage query_mllms@{model_key}"}
+    outcome.check_answered(source=samples_file, **ending)
     table = pd.concat([r.predictions for r in results], ignore_index=True)
     _write_predictions(table, out, "predictions")
     manifest = {"model": model_key, "runs": {kind: r.manifest for kind, r in zip(plan, results, strict=True)}}
     manifest["datasets"] = {kind: list(names) for kind, names in plan.items()}
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str) + "\n")
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True, default=str) + "\n")
     counts = table.groupby(["input", "status"]).size()
     summary = {f"{kind}.{status}": int(n) for (kind, status), n in counts.items()}
     summary |= {
@@ -397,6 +415,9 @@ def query_mllms(params: Params, paths: ProjectPaths, model_key: str, *, progress
         "no_crop": sum(len(r.no_crop_ids) for r in results),
     }
     write_metrics(paths, f"query_mllms/{model_key}", summary)
+    note = outcome.check_failures(**ending)
+    if note is not None:
+        print(f"agegender: note: {note}", file=sys.stderr)
     return summary
 
 
