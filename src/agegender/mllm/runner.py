@@ -639,8 +639,8 @@ class RunOutcome:
         """
         if self.rows == 0 and self.samples > 0:
             raise InputError(
-                f"none of the {self.samples} samples has a crop of the asked input kind (no box): nothing was "
-                f"asked, and {out} is left as it was",
+                f"none of the {self.samples} samples has a crop of the asked input kind (no box, or nothing left "
+                f"after masking): nothing was asked, and {out} is left as it was",
                 file=source,
             )
         if self.failed and not self.answered:
