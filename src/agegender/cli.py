@@ -1,7 +1,10 @@
 """`agegender ...`: the package's functions from the shell.
 
-Errors in the user's input end the command with a one-line message naming the file, row and
-field, and exit code 2; a traceback means a bug in agegender.
+Exit codes: 0 done; 2 bad input (a one-line message naming the file, row and field) or nothing to
+do, with no output written; 3 a run that finished but left work undone (MLLM requests that stayed
+failed after retries: the message says what was kept and that running it again resumes). A
+traceback means a bug in agegender. Outputs are written only after everything succeeded, each
+atomically, so a failed command leaves earlier outputs as they were.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ STAGES = ("check", "prepare_data", "train_mivolo", "finetune_mllm", "query_mllms
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from agegender.evaluate import evaluate_files, write_rows_json
+    from agegender.evaluate import evaluate_files, write_age_groups, write_rows_json
+    from agegender.files import atomic_write_text
     from agegender.metrics import flat_metrics
 
     result = evaluate_files(
@@ -32,12 +36,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         ci_level=args.ci_level,
         seed=args.seed,
     )
+    # everything is computed before the first file is written; each file is replaced atomically
+    flat = flat_metrics(result.rows, views=("answered", "common")) if args.flat else None
     write_rows_json(result.rows, args.out)
-    if args.flat:
-        flat = flat_metrics(result.rows, views=("answered", "common"))
-        Path(args.flat).write_text(json.dumps(flat, indent=1, sort_keys=True) + "\n")
+    if flat is not None:
+        atomic_write_text(args.flat, json.dumps(flat, indent=1, sort_keys=True) + "\n")
     if args.age_groups:
-        result.age_groups.to_csv(args.age_groups, index=False)
+        write_age_groups(result.age_groups, args.age_groups)
     print(
         f"{len(result.rows)} rows -> {args.out}"
         + (f" ({result.n_ignored} predictions outside the split ignored)" if result.n_ignored else "")
@@ -184,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except (AgegenderError, FileNotFoundError) as exc:
         print(f"agegender: error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,14 @@ from pathlib import Path
 
 
 class AgegenderError(Exception):
-    """Base class for errors the CLI reports as a one-line message (exit code 2)."""
+    """Base class for errors the CLI reports as a one-line message, without a traceback.
+
+    Attributes:
+        exit_code: the `agegender` command's exit status for this error: 2 (bad input, as argparse uses for a bad
+            command line) unless a subclass says otherwise.
+    """
+
+    exit_code: int = 2
 
 
 class InputError(AgegenderError, ValueError):
@@ -39,3 +46,13 @@ class InputError(AgegenderError, ValueError):
         if field is not None:
             where.append(f"field {field!r}")
         super().__init__(f"{': '.join([', '.join(where), message]) if where else message}")
+
+
+class IncompleteRunError(AgegenderError):
+    """A run that finished but left work undone: requests that still failed after retries (exit code 3).
+
+    Not bad input (exit 2) and not a bug (a traceback, exit 1): the outputs of what did succeed are kept (the
+    message says where), and running the same command again resumes, sending only what is missing.
+    """
+
+    exit_code = 3

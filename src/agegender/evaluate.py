@@ -15,8 +15,9 @@ from pathlib import Path
 import pandas as pd
 
 from agegender import metrics
-from agegender.data.schema import read_table, validate_predictions, validate_samples
+from agegender.data.schema import _first_bad, read_table, validate_predictions, validate_samples
 from agegender.errors import InputError
+from agegender.files import atomic_write_text
 
 TABLE_SUFFIXES = (".parquet", ".csv")
 
@@ -44,20 +45,47 @@ def prediction_files(paths: Iterable[str | Path]) -> list[Path]:
     return files
 
 
-def load_predictions(paths: Iterable[str | Path], known_ids: Iterable[str]) -> pd.DataFrame:
+def load_predictions(
+    paths: Iterable[str | Path],
+    known_ids: Iterable[str],
+    target_ids: Iterable[str] | None = None,
+    target: str = "the evaluated samples",
+) -> pd.DataFrame:
     """Read and validate prediction tables; the same (sample_id, model, input) in two files is an error.
 
+    Every row goes through `validate_predictions` (vocabularies, ages in `AGE_RANGE`, scores in [0, 1]). A
+    file without rows is an error rather than a model that silently drops out of the results, and so are
+    predictions none of which is for an evaluated sample: both mean a wrong file or a run that answered
+    nothing, and evaluating them would replace earlier results with empty ones.
+
+    Args:
+        paths: prediction tables, or folders of them.
+        known_ids: every sample id of the sample table.
+        target_ids: the evaluated samples' ids; when given, at least one prediction must be for one of them.
+        target: those samples in words, for the error (e.g. `"split 'test'"`).
+
     Raises:
-        InputError: a missing or unreadable file, a bad row, an unknown sample id, or a duplicate.
+        InputError: a missing, unreadable or header-only file, a bad row, an unknown sample id, a duplicate, or
+            (with `target_ids`) no prediction for an evaluated sample.
     """
+    paths = list(paths)
     known = pd.Index(known_ids)
     frames = []
     for f in prediction_files(paths):
         frame = validate_predictions(read_table(f), source=f, known_ids=known)
+        if frame.empty:
+            raise InputError("has no prediction rows (header only): nothing to evaluate", file=f)
         frames.append(frame.assign(_source=str(f)))
     if not frames:
         raise InputError("no prediction files found", file=", ".join(map(str, paths)))
     table = pd.concat(frames, ignore_index=True)
+    if target_ids is not None and not table["sample_id"].isin(pd.Index(target_ids)).any():
+        files = sorted(set(table["_source"]))
+        raise InputError(
+            f"none of the {len(table)} predictions is for a sample of {target}: nothing to evaluate",
+            file=", ".join(files),
+            field="sample_id",
+        )
     dup = table.duplicated(["sample_id", "model", "input"], keep=False)
     if dup.any():
         first = table[dup].iloc[0]
@@ -84,17 +112,19 @@ def read_external_predictions(
         target_ids: keep only these samples (the study's); None keeps all.
 
     Raises:
-        InputError: a missing file, a bad row (file, row and field named) or a model column naming another model.
+        InputError: a missing file, a bad row (file, row and field named), a model column naming another model,
+            no rows, or (with `target_ids`) no row for one of those samples: an empty table would only make the
+            model drop out of the results unnoticed.
     """
     frame = read_table(path)
     if "model" in frame.columns:
-        other = frame["model"].astype("string") != name
+        other = (frame["model"].astype("string") != name).fillna(True)
         if other.any():
-            row = int(other.to_numpy().nonzero()[0][0])
+            first = frame["model"].iloc[int(other.to_numpy().nonzero()[0][0])]
             raise InputError(
-                f"model column says {frame['model'].iloc[row]!r}, but predict.external names this file {name!r}",
+                f"model column says {first!r}, but predict.external names this file {name!r}",
                 file=path,
-                row=row,
+                row=_first_bad(other, frame),
                 field="model",
             )
     else:
@@ -102,8 +132,17 @@ def read_external_predictions(
     if "status" not in frame.columns:
         frame = frame.assign(status="ok")
     table = validate_predictions(frame, source=path, known_ids=known_ids)
+    if table.empty:
+        raise InputError("has no prediction rows (header only)", file=path)
     if target_ids is not None:
-        table = table[table["sample_id"].isin(target_ids)].reset_index(drop=True)
+        inside = table["sample_id"].isin(target_ids)
+        if not inside.any():
+            raise InputError(
+                f"none of the {len(table)} predictions is for a sample the study evaluates",
+                file=path,
+                field="sample_id",
+            )
+        table = table[inside].reset_index(drop=True)
     return table
 
 
@@ -146,8 +185,19 @@ def evaluate_files(
 ) -> EvaluationResult:
     """`evaluate_tables` on files (CSV or parquet; folders of prediction files are expanded)."""
     samples = validate_samples(read_table(samples_path), source=samples_path)
-    predictions = load_predictions(prediction_paths, samples["sample_id"])
+    split = kwargs.get("split", "test")
+    datasets = kwargs.get("datasets")
+    chosen = select_samples(samples, split, datasets)  # type: ignore[arg-type]
+    predictions = load_predictions(
+        prediction_paths, samples["sample_id"], chosen["sample_id"], describe_selection(split, datasets)
+    )
     return evaluate_tables(samples, predictions, **kwargs)  # type: ignore[arg-type]
+
+
+def describe_selection(split: object, datasets: Sequence[str] | None) -> str:
+    """The evaluated samples in words, for errors: `"split 'test' of data sets ['a']"`, `"any split"`."""
+    words = "any split" if split is None else f"split {split!r}"
+    return words + (f" of data sets {list(datasets)}" if datasets else "")
 
 
 def _clean(value: object) -> object:
@@ -166,11 +216,14 @@ def rows_to_records(rows: pd.DataFrame) -> list[dict]:
 
 
 def write_rows_json(rows: pd.DataFrame, path: str | Path) -> Path:
-    """Write `{"rows": [...]}` (the CLI's and the report's format)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"rows": rows_to_records(rows)}, indent=1, sort_keys=False) + "\n")
-    return path
+    """Write `{"rows": [...]}` (the CLI's and the report's format), atomically."""
+    return atomic_write_text(path, json.dumps({"rows": rows_to_records(rows)}, indent=1, sort_keys=False) + "\n")
+
+
+def write_age_groups(groups: pd.DataFrame, path: str | Path) -> Path:
+    """Write the MAE-per-age-group table as CSV, atomically; 6 significant digits, so that the same evaluation
+    gives the same bytes on machines whose float rounding differs in the last digits."""
+    return atomic_write_text(path, groups.to_csv(index=False, float_format="%.6g"))
 
 
 def read_rows_json(path: str | Path) -> pd.DataFrame:

@@ -18,6 +18,7 @@ import yaml
 
 from agegender.data.schema import INPUT_KINDS
 from agegender.errors import InputError
+from agegender.mllm.runner import failure_budget
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,9 @@ class MllmParams:
         build_tiny: build an untrained tiny LLaVA into the stage's output first (demo profile only).
         inputs_by_dataset: other crops for some data sets, e.g. `{lagenda: [body]}` (the paper ran LLaVA-NeXT on
             full LAGENDA with body crops only, on NanoLAGENDA with body and body without face).
+        max_failed: rows that may stay `failed` after retries before the stage fails (after writing what was
+            answered; a rerun resends only the failures): a count (`25`) or a percentage of the stage's rows
+            (`"0.5%"`). 0 accepts none; a run that answered nothing fails whatever this says.
     """
 
     backend: str
@@ -135,6 +139,7 @@ class MllmParams:
     serve: bool = False
     build_tiny: TinyMllmParams | None = None
     inputs_by_dataset: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    max_failed: int | str = 0
 
     def plan(self, study_datasets: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
         """Input kind -> the data sets queried with it (`inputs_by_dataset` overrides `inputs` per data set)."""
@@ -333,6 +338,10 @@ class Params:
                 raise ValueError(f"query_mllms.models.{name}.inputs: {bad} not among ['body', 'face', 'body_wo_face']")
             if m.model is None and m.build_tiny is None:
                 raise ValueError(f"query_mllms.models.{name}: needs `model` (or `build_tiny` in the demo profile)")
+            try:
+                failure_budget(m.max_failed, 0)
+            except InputError as exc:
+                raise ValueError(f"query_mllms.models.{name}.max_failed: {exc.message}") from None
             unknown = [d for d in m.datasets or () if d not in self.study.datasets]
             if unknown:
                 raise ValueError(f"query_mllms.models.{name}.datasets: {unknown} are not in study.datasets")
@@ -374,8 +383,16 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         options = typing.get_args(tp)
         if value is None and type(None) in options:
             return None
-        (inner,) = [t for t in options if t is not type(None)]
-        return _convert(inner, value, where)
+        inner = [t for t in options if t is not type(None)]
+        if len(inner) == 1:
+            return _convert(inner[0], value, where)
+        for option in inner:  # in the annotation's order: `int | str` keeps 5 an int and reads "5%" as text
+            try:
+                return _convert(option, value, where)
+            except ValueError:
+                continue
+        names = " or ".join(getattr(t, "__name__", str(t)) for t in inner)
+        raise ValueError(f"{where}: expected {names}, got {value!r}")
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, where)
     if origin is dict:

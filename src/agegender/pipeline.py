@@ -16,13 +16,16 @@ from agegender.data.prepare import MASKED_FILE, SAMPLES_FILE, PreparedData, load
 from agegender.data.prepare import prepare_data as _prepare_data
 from agegender.errors import InputError
 from agegender.evaluate import (
+    describe_selection,
     evaluate_tables,
     load_predictions,
     read_external_predictions,
     read_rows_json,
     select_samples,
+    write_age_groups,
     write_rows_json,
 )
+from agegender.files import atomic_write_text, write_table
 from agegender.metrics import flat_metrics
 from agegender.params import Params, as_dict, load_params
 from agegender.paths import ProjectPaths
@@ -47,10 +50,7 @@ def setup(root: str | Path | None = None, params_file: str | Path = "params.yaml
 
 def write_metrics(paths: ProjectPaths, stage: str, values: dict) -> Path:
     """Write `metrics/<stage>.json` (flat, sorted keys, committed to git)."""
-    path = paths.metrics / f"{stage}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(values, indent=1, sort_keys=True) + "\n")
-    return path
+    return atomic_write_text(paths.metrics / f"{stage}.json", json.dumps(values, indent=1, sort_keys=True) + "\n")
 
 
 def _fresh_dir(path: Path) -> Path:
@@ -163,8 +163,8 @@ def _digest(*files: Path) -> str:
     return h.hexdigest()
 
 
-def _write_predictions(table: pd.DataFrame, out: Path, name: str) -> None:
-    table.to_parquet(out / f"{name}.parquet", index=False)
+def _write_predictions(table: pd.DataFrame, out: Path, name: str) -> Path:
+    return write_table(table, out / f"{name}.parquet")
 
 
 def predict(params: Params, paths: ProjectPaths, *, progress: bool = True) -> pd.DataFrame:
@@ -237,7 +237,14 @@ def prediction_dirs(params: Params, paths: ProjectPaths) -> list[Path]:
 def evaluate(params: Params, paths: ProjectPaths):
     """Stage `evaluate`: metric rows with CIs -> reports/evaluation.json, age groups, metrics/evaluate.json."""
     data = load_prepared(params, paths)
-    predictions = load_predictions(prediction_dirs(params, paths), data.samples["sample_id"])
+    study = params.study
+    targets = select_samples(data.samples, study.split, study.datasets)
+    predictions = load_predictions(
+        prediction_dirs(params, paths),
+        data.samples["sample_id"],
+        targets["sample_id"],
+        describe_selection(study.split, study.datasets),
+    )
     cfg = params.evaluate
     result = evaluate_tables(
         data.samples,
@@ -251,7 +258,7 @@ def evaluate(params: Params, paths: ProjectPaths):
         age_group_width=cfg.age_group_width,
     )
     write_rows_json(result.rows, paths(EVALUATION_FILE))
-    result.age_groups.to_csv(paths(AGE_GROUPS_FILE), index=False, float_format="%.6g")
+    write_age_groups(result.age_groups, paths(AGE_GROUPS_FILE))
     write_metrics(paths, "evaluate", flat_metrics(result.rows, views=("answered", "common")))
     return result
 
@@ -329,18 +336,35 @@ def query_mllms(params: Params, paths: ProjectPaths, model_key: str, *, progress
     profile, the tiny model it builds (`model/`). Local models marked `serve` are queried through the
     project's OpenAI-compatible server on loopback, started and stopped here.
 
+    Endings as for `agegender query` (`agegender.mllm.runner.RunOutcome`): no sample to ask is an `InputError`
+    before anything starts; if no request was answered nothing is written; if more rows stay `failed` than the
+    model's `max_failed` allows, the outputs are written and then `IncompleteRunError` says so (the stage fails,
+    and running it again resends only the failures).
+
     Returns:
         Counts per input kind and status, requests sent and answers reused.
     """
     import contextlib
+    import sys
 
     from agegender.mllm.backends import GenerationParams, create_backend
+    from agegender.mllm.runner import require_samples, run_outcome
     from agegender.mllm.store import ResponseStore
 
     cfg = params.query_mllms
     if model_key not in cfg.models:
         raise InputError(f"unknown model {model_key!r}; query_mllms.models has {sorted(cfg.models)}", field="model")
     spec = cfg.models[model_key]
+    data = load_prepared(params, paths)
+    samples = data.samples
+    plan = spec.plan(params.study.datasets)
+    targets = {kind: select_samples(samples, params.study.split, names) for kind, names in plan.items()}
+    samples_file = paths(params.prepare_data.out) / SAMPLES_FILE
+    require_samples(
+        [sid for rows in targets.values() for sid in rows["sample_id"]],
+        source=samples_file,
+        selection=f"none in split {params.study.split!r} of the data sets {model_key} answers",
+    )
     out = paths(cfg.out) / model_key
     out.mkdir(parents=True, exist_ok=True)
     model = str(paths(spec.model)) if spec.model and (paths.root / spec.model).exists() else spec.model
@@ -351,10 +375,6 @@ def query_mllms(params: Params, paths: ProjectPaths, model_key: str, *, progress
         if target.exists():
             shutil.rmtree(target)
         model = str(build_tiny_llava(target, kind=spec.build_tiny.kind, seed=spec.build_tiny.seed))
-    data = load_prepared(params, paths)
-    samples = data.samples
-    plan = spec.plan(params.study.datasets)
-    targets = {kind: select_samples(samples, params.study.split, names) for kind, names in plan.items()}
     generation = GenerationParams(**as_dict(cfg.generation))
     store = ResponseStore(out / "store")
     with contextlib.ExitStack() as stack:
@@ -378,11 +398,16 @@ def query_mllms(params: Params, paths: ProjectPaths, model_key: str, *, progress
             data, paths, targets, backend=backend, store=store, prompt_version=cfg.prompt_version,
             model_name=model_key, max_side=spec.max_side, progress=progress,
         )  # fmt: skip
+    outcome = run_outcome(
+        [r.manifest for r in results], spec.max_failed, budget_name=f"query_mllms.models.{model_key}.max_failed"
+    )
+    ending = {"out": out / "predictions.parquet", "store": out / "store", "rerun": f"stage query_mllms@{model_key}"}
+    outcome.check_answered(source=samples_file, **ending)
     table = pd.concat([r.predictions for r in results], ignore_index=True)
     _write_predictions(table, out, "predictions")
     manifest = {"model": model_key, "runs": {kind: r.manifest for kind, r in zip(plan, results, strict=True)}}
     manifest["datasets"] = {kind: list(names) for kind, names in plan.items()}
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str) + "\n")
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True, default=str) + "\n")
     counts = table.groupby(["input", "status"]).size()
     summary = {f"{kind}.{status}": int(n) for (kind, status), n in counts.items()}
     summary |= {
@@ -391,6 +416,9 @@ def query_mllms(params: Params, paths: ProjectPaths, model_key: str, *, progress
         "no_crop": sum(len(r.no_crop_ids) for r in results),
     }
     write_metrics(paths, f"query_mllms/{model_key}", summary)
+    note = outcome.check_failures(**ending)
+    if note is not None:
+        print(f"agegender: note: {note}", file=sys.stderr)
     return summary
 
 

@@ -1,6 +1,7 @@
 """`agegender evaluate` end to end on small files, and its errors (exit 2, one line, no traceback)."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -98,6 +99,21 @@ def bad_case(name, preds, tmp):
         ("unknown_id", lambda d: d.assign(sample_id=["d/0", "d/1", "x/9", "d/3", "d/4"]), "not in the sample table"),
         ("duplicate", lambda d: d.assign(sample_id=["d/0", "d/0", "d/2", "d/3", "d/4"]), "duplicate row"),
         ("bad_status", lambda d: d.assign(status=["ok", "ok", "timeout", "ok", "ok"]), "'timeout' is not one of"),
+        # impossible values are rejected, not scored: file, row (1-based, with the sample id) and field
+        ("negative_age", lambda d: d.assign(age_pred=[12, -5, 36, 40, 50]), "row 2 (sample_id d/1), field 'age_pred'"),
+        ("age_500", lambda d: d.assign(age_pred=[12, 20, 36, 500, 50]), "field 'age_pred': age_pred 500 is outside"),
+        (
+            "age_inf",
+            lambda d: d.assign(age_pred=[12, 20, np.inf, 40, 50]),
+            "row 3 (sample_id d/2), field 'age_pred': age_pred is not a finite",
+        ),
+        (
+            "score_1.5",
+            lambda d: d.assign(gender_score=[0.2, 1.5, 0, 1, None]),
+            "row 2 (sample_id d/1), field 'gender_s",
+        ),
+        ("score_neg", lambda d: d.assign(gender_score=[0.2, 0.5, -0.1, 1, 0]), "gender_score -0.1 is outside [0, 1]"),
+        ("gender_x", lambda d: d.assign(gender_pred=["male", "x", None, "male", "female"]), "gender_pred must be one"),
     ],
 )
 def test_evaluate_bad_input_exits_2_naming_the_file(files, capsys, name, mutate, expected):
@@ -149,3 +165,73 @@ def test_nan_metrics_become_null(files):
     assert main(["evaluate", "--samples", str(s), "--predictions", str(path), "--out", str(out)]) == 0
     row = json.loads(out.read_text())["rows"][0]
     assert row["coverage"] == 0 and row["age_mae"] is None
+
+
+def test_evaluate_with_nothing_to_evaluate_keeps_the_previous_outputs(files, capsys):
+    tmp, s, p, preds = files
+    outs = {"--out": tmp / "o.json", "--flat": tmp / "f.json", "--age-groups": tmp / "g.csv"}
+    argv = ["evaluate", "--samples", str(s), *[a for k, v in outs.items() for a in (k, str(v))]]
+    assert main([*argv, "--predictions", str(p)]) == 0
+    before = {k: v.read_bytes() for k, v in outs.items()}
+    header_only = tmp / "header_only.csv"
+    preds.iloc[:0].to_csv(header_only, index=False)
+    train_only = tmp / "train_only.parquet"  # d/5 is the train sample; the default split is test
+    preds.iloc[:1].assign(sample_id="d/5").to_parquet(train_only, index=False)
+    for path, expected in [
+        (header_only, "has no prediction rows (header only)"),
+        (train_only, "none of the 1 predictions is for a sample of split 'test': nothing to evaluate"),
+    ]:
+        capsys.readouterr()
+        assert main([*argv, "--predictions", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert str(path) in err and expected in err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+        assert {k: v.read_bytes() for k, v in outs.items()} == before
+    # a header-only file next to good ones is not a model that silently drops out of the results
+    assert main([*argv, "--predictions", str(p), str(header_only)]) == 2
+    assert {k: v.read_bytes() for k, v in outs.items()} == before
+
+
+def test_evaluate_stage_with_nothing_to_evaluate_keeps_its_outputs(files):
+    """The `evaluate` stage reads prediction tables through the same checks as the CLI."""
+    from agegender import pipeline
+    from agegender.errors import InputError
+    from agegender.params import params_from_dict
+    from agegender.paths import ProjectPaths
+
+    tmp, s, _, preds = files
+    root = tmp / "project"
+    prepared = root / "data" / "prepared"
+    prepared.mkdir(parents=True)
+    pd.read_csv(s).to_parquet(prepared / "samples.parquet", index=False)
+    pd.DataFrame().to_parquet(prepared / "masked.parquet")
+    (prepared / "datasets.json").write_text(json.dumps({"d": {"root": "data/d"}}))
+    (root / "predictions" / "predict").mkdir(parents=True)
+    params = params_from_dict(
+        {
+            "profile": "paper",
+            "prepare_data": {"demo": None, "datasets": {"d": {"reader": "folder", "root": "data/d"}}},
+            "study": {"datasets": ["d"]},
+            "evaluate": {"n_resamples": 20},
+        }
+    )
+    paths = ProjectPaths(root)
+    table = root / "predictions" / "predict" / "m.parquet"
+    preds.to_parquet(table, index=False)
+    pipeline.evaluate(params, paths)
+    outputs = [
+        root / "reports" / "evaluation.json",
+        root / "reports" / "age_groups.csv",
+        root / "metrics" / "evaluate.json",
+    ]
+    before = [p.read_bytes() for p in outputs]
+    for bad, expected in [
+        (preds.iloc[:0], "has no prediction rows (header only)"),
+        (preds.iloc[:1].assign(sample_id="d/5"), "is for a sample of split 'test' of data sets ['d']"),
+        (preds.assign(age_pred=[12, 20, 36, 40, 500]), "age_pred 500 is outside [0, 130] years"),
+    ]:
+        bad.to_parquet(table, index=False)
+        with pytest.raises(InputError, match=re.escape(expected)) as info:
+            pipeline.evaluate(params, paths)
+        assert str(table) in str(info.value)
+        assert [p.read_bytes() for p in outputs] == before

@@ -285,3 +285,12 @@ def test_mivolo_predict_command_output_goes_through_evaluate(
     args = parser.parse_args([*argv, str(demo), "x=y"])
     with pytest.raises(InputError, match="DATASET=FOLDER"):
         args.func(args)
+
+
+def test_age_is_clamped_to_the_possible_range() -> None:
+    """A regression head can overshoot; the table must stay valid (`validate_predictions` rejects ages > 130)."""
+    from agegender.data.schema import AGE_RANGE
+
+    model = _model()  # age = out * 100 + 50
+    dec = decode_outputs(model, torch.tensor([[0.0, 1.0, 0.9], [1.0, 0.0, 0.79]]))
+    np.testing.assert_allclose(dec["age"], [AGE_RANGE[1], 129.0], rtol=1e-6)  # 140 -> 130; 129 stays

@@ -223,3 +223,31 @@ def test_format_answer_round_trips_through_the_parser() -> None:
     for bad in [("other", 30), ("female", -1), ("female", 131), ("female", float("nan")), ("female", "x")]:
         with pytest.raises(InputError):
             format_answer(*bad)
+
+
+def test_parsed_answers_always_make_a_valid_prediction_table() -> None:
+    """The parser marks an impossible age `unparsed` (never clamps it), so the tables the runner writes always pass
+    the prediction-table validation that `evaluate` applies, with the same age range."""
+    import pandas as pd
+
+    from agegender.data.schema import AGE_RANGE, validate_predictions
+
+    beyond = ["I think 150", "[male; 150]", "Gender: male, Age: 150", "female; 150", "[male; 1561 months]"]
+    for text in beyond:
+        assert parse_answer(text).status == UNP, text
+    assert parse_answer("[male; 1560 months]").age == AGE_RANGE[1]  # 130 years exactly: possible
+    texts = [text for text, *_ in CORPUS] + beyond + ["[male; 1560 months]"]
+    parsed = [parse_answer(text) for text in texts]
+    table = pd.DataFrame(
+        {
+            "sample_id": [f"s{i}" for i in range(len(texts))],
+            "model": "m",
+            "input": "body",
+            "age_pred": [p.age for p in parsed],
+            "gender_pred": [p.gender for p in parsed],
+            "status": [p.status for p in parsed],
+        }
+    )
+    out = validate_predictions(table, source="parsed")
+    ages = out["age_pred"].dropna()
+    assert len(ages) == sum(p.status == OK for p in parsed) and ages.between(*AGE_RANGE).all()

@@ -346,3 +346,194 @@ def test_cli_never_takes_a_key(data, tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert cli([*base, "--api-key-env", "AGEGENDER_TEST_KEY", "--store", str(tmp_path / "st")]) == 0
     written = "".join(p.read_text() for p in tmp_path.rglob("*") if p.is_file() and p.suffix in {".json", ".jsonl"})
     assert "sk-very-secret" not in written and written
+
+
+# -- how a run ends: nothing to do, failed rows, the failure budget (exit codes through agegender.cli.main) ----------
+
+
+def query_argv(data, tmp_path: Path, *extra: str, samples: Path | None = None) -> list[str]:
+    root, _ = data
+    argv = ["query", "--samples", str(samples or root / "samples.parquet"), "--data-root", str(root)]
+    argv += ["--input", "body", "--store", str(tmp_path / "store"), "--out", str(tmp_path / "p.parquet"), "--quiet"]
+    if "--backend" not in extra:
+        argv += ["--backend", "test-scripted", "--model", "fake-model"]
+    return [*argv, *extra]
+
+
+def outputs(tmp_path: Path) -> dict[str, bytes]:
+    return {name: (tmp_path / name).read_bytes() for name in ("p.parquet", "p.manifest.json")}
+
+
+def test_failure_budget() -> None:
+    from agegender.mllm.runner import failure_budget
+
+    assert failure_budget(0, 100) == 0 and failure_budget(7, 3) == 7 and failure_budget("12", 0) == 12
+    assert failure_budget("25%", 14) == 3 and failure_budget("20%", 14) == 2  # rounded down
+    assert failure_budget("2.5%", 200) == 5 and failure_budget("100%", 9) == 9  # exact, no 4.999...
+    for bad in (-1, "-1", "0.05", 0.05, "101%", "five", "", True):
+        with pytest.raises(InputError, match="max_failed"):
+            failure_budget(bad, 10)  # type: ignore[arg-type]
+
+
+def test_query_exits_3_when_rows_stay_failed_and_a_rerun_resends_only_those(
+    data, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agegender.cli import main
+
+    ids = with_crop(data, "body")
+    fail = ["--option", f"fail={json.dumps(ids[:3])}"]
+    assert main(query_argv(data, tmp_path, *fail)) == 3
+    err = capsys.readouterr().err
+    assert f"3 of {len(ids)} rows failed after retries" in err and "'HTTP 500: injected by the fake' x3" in err
+    assert "only the failed requests are sent again" in err and str(tmp_path / "p.parquet") in err
+    assert "exit code 3" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    # nothing lost: the answered and the failed rows are written, the answers are in the store
+    table = pd.read_parquet(tmp_path / "p.parquet")
+    assert table["sample_id"].tolist() == ids and (table["status"] == "failed").sum() == 3
+    assert json.loads((tmp_path / "p.manifest.json").read_text())["counts"]["failed"] == 3
+    # a budget the failures fit in: exit 0, the summary as a note (20% of 14 rows is 2, 25% is 3)
+    assert main(query_argv(data, tmp_path, *fail, "--max-failed", "20%")) == 3
+    assert main(query_argv(data, tmp_path, *fail, "--max-failed", "25%")) == 0
+    err = capsys.readouterr().err
+    assert "note: 3 of" in err and "within what --max-failed 25% allows (3 of" in err
+    assert main(query_argv(data, tmp_path, *fail, "--max-failed", "0.05")) == 2  # refused before anything is sent
+    assert "max_failed must be a count N or a percentage" in capsys.readouterr().err
+    assert json.loads((tmp_path / "p.manifest.json").read_text())["requests_sent"] == 3  # from the 25% run
+    # the server is back: only the three failures are sent again
+    assert main(query_argv(data, tmp_path)) == 0
+    manifest = json.loads((tmp_path / "p.manifest.json").read_text())
+    assert manifest["requests_sent"] == 3 and manifest["cache_hits"] == len(ids) - 3
+    assert manifest["counts"]["failed"] == 0
+
+
+def test_query_that_answers_nothing_writes_nothing_and_exits_3(
+    data, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    from agegender.cli import main
+
+    ids = with_crop(data, "body")
+    assert main(query_argv(data, tmp_path)) == 0  # earlier, good results
+    before = outputs(tmp_path)
+    with socket.socket() as sock:  # a loopback port nobody listens on: every request gets "connection refused"
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    server = ["--backend", "openai", "--model", "gpt-none", "--base-url", f"http://127.0.0.1:{port}/v1"]
+    server += ["--option", "max_retries=1", "--option", "backoff_s=0.01", "--option", "timeout_s=5"]
+    assert main(query_argv(data, tmp_path, *server)) == 3
+    err = capsys.readouterr().err
+    assert f"{len(ids)} of {len(ids)} rows failed after retries" in err and "no error note" not in err
+    assert "nothing was written" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert outputs(tmp_path) == before  # the earlier results are untouched
+    # a budget does not make a run that answered nothing a success
+    assert main(query_argv(data, tmp_path, *server, "--max-failed", "100%")) == 3
+    assert outputs(tmp_path) == before
+
+
+def test_query_with_nothing_to_ask_is_an_error_and_keeps_earlier_results(
+    data, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agegender.cli import main
+
+    _, samples = data
+    assert main(query_argv(data, tmp_path)) == 0
+    before = outputs(tmp_path)
+    capsys.readouterr()
+    header_only = tmp_path / "header_only.csv"
+    samples.iloc[:0].to_csv(header_only, index=False)
+    no_body = tmp_path / "no_body.parquet"
+    samples.assign(**{c: pd.NA for c in ("person_x0", "person_y0", "person_x1", "person_y1")}).to_parquet(no_body)
+    cases = [
+        (query_argv(data, tmp_path, samples=header_only), [str(header_only), "the table has no data rows"]),
+        (query_argv(data, tmp_path, "--split", "val"), ["none in split 'val'", "nothing to do"]),
+        (query_argv(data, tmp_path, "--datasets", "other"), ["data sets ['other']", "nothing to do"]),
+        (query_argv(data, tmp_path, samples=no_body), [str(no_body), f"none of the {len(samples)} samples has a crop"]),
+    ]
+    for argv, expected in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert all(e in err for e in expected), err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+        assert outputs(tmp_path) == before
+
+
+# -- the query_mllms stage ends the same way --------------------------------------------------------------------------
+
+
+def stage_project(data, tmp_path: Path, samples: pd.DataFrame | None = None, **model: object):
+    """A project whose prepared data is the fake data set, and one MLLM `flaky` of the scripted backend."""
+    from agegender.params import params_from_dict
+    from agegender.paths import ProjectPaths
+
+    root, fake = data
+    prepared = tmp_path / "data" / "prepared"
+    prepared.mkdir(parents=True, exist_ok=True)
+    (fake if samples is None else samples).to_parquet(prepared / "samples.parquet", index=False)
+    pd.DataFrame().to_parquet(prepared / "masked.parquet")
+    (prepared / "datasets.json").write_text(json.dumps({"fake": {"root": str(root)}}))
+    spec = {"backend": "test-scripted", "model": "fake-model", "inputs": ["body"], **model}
+    params = params_from_dict(
+        {
+            "profile": "paper",
+            "prepare_data": {"demo": None, "datasets": {"fake": {"reader": "folder", "root": str(root)}}},
+            "study": {"datasets": ["fake"]},
+            "query_mllms": {"models": {"flaky": spec}},
+        }
+    )
+    return params, ProjectPaths(tmp_path)
+
+
+def test_query_mllms_stage_fails_on_failed_rows_after_writing_them(
+    data, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agegender import pipeline
+    from agegender.errors import AgegenderError
+
+    ids = with_crop(data, "body")
+    params, paths = stage_project(data, tmp_path, options={"fail": ids[:2]})
+    with pytest.raises(AgegenderError, match=f"2 of {len(ids)} rows failed") as info:
+        pipeline.query_mllms(params, paths, "flaky", progress=False)
+    assert type(info.value).__name__ == "IncompleteRunError" and info.value.exit_code == 3
+    assert "query_mllms.models.flaky.max_failed 0 allows" in str(info.value)
+    assert "stage query_mllms@flaky again resumes" in str(info.value)
+    out = tmp_path / "predictions" / "query_mllms" / "flaky"
+    assert (pd.read_parquet(out / "predictions.parquet")["status"] == "failed").sum() == 2
+    assert json.loads((tmp_path / "metrics" / "query_mllms" / "flaky.json").read_text())["body.failed"] == 2
+    # within the model's budget the stage succeeds, and says what failed
+    params, paths = stage_project(data, tmp_path, options={"fail": ids[:2]}, max_failed=2)
+    assert pipeline.query_mllms(params, paths, "flaky", progress=False)["body.failed"] == 2
+    assert "note: 2 of" in capsys.readouterr().err
+    params, paths = stage_project(data, tmp_path)
+    summary = pipeline.query_mllms(params, paths, "flaky", progress=False)
+    assert summary["requests_sent"] == 2 and "body.failed" not in summary
+
+
+def test_query_mllms_stage_with_nothing_to_ask_keeps_earlier_results(data, tmp_path: Path) -> None:
+    from agegender import pipeline
+
+    _, samples = data
+    params, paths = stage_project(data, tmp_path)
+    pipeline.query_mllms(params, paths, "flaky", progress=False)
+    out = tmp_path / "predictions" / "query_mllms" / "flaky" / "predictions.parquet"
+    before = out.read_bytes()
+    params, paths = stage_project(data, tmp_path, samples=samples.assign(split="train"))  # none in study.split
+    with pytest.raises(InputError, match="nothing to do") as info:
+        pipeline.query_mllms(params, paths, "flaky", progress=False)
+    assert info.value.file.endswith("samples.parquet")
+    assert out.read_bytes() == before
+
+
+def test_max_failed_in_params() -> None:
+    from agegender.params import params_from_dict
+
+    def model(value: object) -> object:
+        spec = {"backend": "openai", "model": "m", "max_failed": value}
+        cfg = {"profile": "paper", "study": {"datasets": []}, "query_mllms": {"models": {"m": spec}}}
+        return params_from_dict(cfg).query_mllms.models["m"].max_failed
+
+    assert model(5) == 5 and model("0.5%") == "0.5%"
+    for bad in (0.05, "-3", "half", True):
+        with pytest.raises(InputError, match="max_failed"):
+            model(bad)

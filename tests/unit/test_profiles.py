@@ -155,7 +155,13 @@ def test_external_predictions_are_checked_and_named(tmp_path: Path) -> None:
     table.assign(model=["mine", "theirs"]).to_csv(path, index=False)
     with pytest.raises(InputError) as err:
         read_external_predictions(path, "mine", known)
-    assert "row 1" in str(err.value) and "model" in str(err.value)
+    assert err.value.row == "2 (sample_id b)" and err.value.field == "model"  # 1-based, as everywhere
+    table.iloc[:0].to_csv(path, index=False)
+    with pytest.raises(InputError, match="header only"):
+        read_external_predictions(path, "mine", known)
+    table.to_csv(path, index=False)
+    with pytest.raises(InputError, match="none of the 2 predictions is for a sample the study evaluates"):
+        read_external_predictions(path, "mine", known, pd.Series(["c"]))
     table.assign(sample_id=["a", "zzz"]).to_csv(path, index=False)
     with pytest.raises(InputError, match="zzz"):
         read_external_predictions(path, "mine", known)

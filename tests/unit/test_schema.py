@@ -3,6 +3,7 @@ import pandas as pd
 import pytest
 
 from agegender.data.schema import (
+    AGE_RANGE,
     PREDICTION_COLUMNS,
     SAMPLE_COLUMNS,
     read_table,
@@ -109,6 +110,11 @@ def test_predictions_fill_optional_columns():
         ({"input": (0, "torso")}, "input"),
         ({"gender_pred": (0, "m")}, "gender_pred"),
         ({"age_pred": (0, np.inf)}, "age_pred"),
+        ({"age_pred": (0, -5.0)}, "age_pred"),
+        ({"age_pred": (0, 500.0)}, "age_pred"),
+        ({"gender_score": (0, 1.5)}, "gender_score"),
+        ({"gender_score": (1, -0.01)}, "gender_score"),
+        ({"gender_score": (1, np.inf)}, "gender_score"),
         ({"sample_id": (1, "d/a.png@0")}, "sample_id"),
         ({"sample_id": (1, "nope")}, "sample_id"),
     ],
@@ -130,3 +136,32 @@ def test_read_table_errors(tmp_path):
     other.write_text("a")
     with pytest.raises(InputError, match="unknown table format"):
         read_table(other)
+
+
+def test_prediction_ranges_are_the_schema_constants():
+    lo, hi = AGE_RANGE
+    edge = validate_predictions(preds(age_pred=(0, hi), gender_score=(0, 1.0)), "p.csv")  # the ends are possible
+    assert edge["age_pred"].iloc[0] == hi and edge["gender_score"].iloc[0] == 1.0
+    assert validate_predictions(preds(age_pred=(0, lo), gender_score=(0, 0.0)), "p.csv")["age_pred"].iloc[0] == lo
+    with pytest.raises(InputError) as info:
+        validate_predictions(preds(age_pred=(0, np.nextafter(hi, np.inf))), "p.csv")
+    assert info.value.row == "1 (sample_id d/a.png@0)" and info.value.field == "age_pred"
+    assert f"outside [{lo:g}, {hi:g}] years" in info.value.message
+
+
+def test_every_reader_of_prediction_tables_rejects_impossible_values(tmp_path):
+    from agegender.evaluate import load_predictions, read_external_predictions
+    from agegender.mllm.runner import merge_predictions
+
+    path = tmp_path / "p.parquet"
+    preds(age_pred=(0, 500.0)).to_parquet(path, index=False)
+    known = ["d/a.png@0", "d/a.png@1"]
+    for read in (
+        lambda: load_predictions([path], known),
+        lambda: read_external_predictions(path, "m", pd.Series(known)),
+        lambda: merge_predictions([path]),
+    ):
+        with pytest.raises(InputError) as info:
+            read()
+        assert (info.value.file, info.value.field) == (str(path), "age_pred")
+        assert str(info.value.row).startswith("1 ")

@@ -18,7 +18,11 @@ from agegender.errors import InputError
 GENDERS: tuple[str, ...] = ("male", "female")
 INPUT_KINDS: tuple[str, ...] = ("face", "body", "face_body", "body_wo_face")
 STATUSES: tuple[str, ...] = ("ok", "refused", "unparsed", "failed")
+#: possible ages in years, for labels and predictions alike (the paper's prompt asks for 0 to 130; MiVOLO's and
+#: the MLLM parser's outputs are kept inside it, so the project's own prediction tables always validate).
 AGE_RANGE: tuple[float, float] = (0.0, 130.0)
+#: possible values of `gender_score`, P(female).
+SCORE_RANGE: tuple[float, float] = (0.0, 1.0)
 
 FACE_BOX: tuple[str, ...] = ("face_x0", "face_y0", "face_x1", "face_y1")
 PERSON_BOX: tuple[str, ...] = ("person_x0", "person_y0", "person_x1", "person_y1")
@@ -190,8 +194,11 @@ def validate_predictions(
     """Validate and normalise a prediction table (DESIGN.md).
 
     Checks: required columns, input kind and status from the fixed vocabularies, gender_pred in
-    {male, female} or null, age_pred finite, no duplicate (sample_id, model, input), and, when
-    `known_ids` is given, that every sample id exists in the sample table.
+    {male, female} or null, age_pred finite and within `AGE_RANGE`, gender_score finite and within
+    [0, 1], no duplicate (sample_id, model, input), and, when `known_ids` is given, that every sample
+    id exists in the sample table. Every reader of prediction tables (evaluation, external tables,
+    shard merges) and every producer (the MLLM runner, the specialized models) calls this, so an
+    impossible value is reported once, with file, row and field, instead of being scored.
 
     Args:
         frame: the table to check.
@@ -224,9 +231,18 @@ def validate_predictions(
             row=_first_bad(bad, df),
             field="gender_pred",
         )
-    bad = (df["age_pred"].notna() & ~np.isfinite(df["age_pred"].astype("float64"))).fillna(False)
-    if bad.any():
-        raise InputError("age_pred is not a finite number", file=source, row=_first_bad(bad, df), field="age_pred")
+    for col, (lo, hi), unit in (("age_pred", AGE_RANGE, " years"), ("gender_score", SCORE_RANGE, "")):
+        values = df[col].astype("float64")  # NA -> NaN: missing values are allowed and pass both checks
+        present = df[col].notna().to_numpy(dtype=bool)
+        bad = present & ~np.isfinite(values.to_numpy())
+        if bad.any():
+            raise InputError(f"{col} is not a finite number", file=source, row=_first_bad(bad, df), field=col)
+        bad = present & ((values < lo) | (values > hi)).to_numpy(dtype=bool)
+        if bad.any():
+            value = values.iloc[int(np.flatnonzero(bad)[0])]
+            raise InputError(
+                f"{col} {value:g} is outside [{lo:g}, {hi:g}]{unit}", file=source, row=_first_bad(bad, df), field=col
+            )
     dup = df.duplicated(["sample_id", "model", "input"], keep="first")
     if dup.any():
         raise InputError(

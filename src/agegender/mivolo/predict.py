@@ -46,6 +46,7 @@ from agegender.data.crops import (
     load_image,
 )
 from agegender.data.schema import (
+    AGE_RANGE,
     FACE_BOX,
     GENDERS,
     INPUT_KINDS,
@@ -261,7 +262,10 @@ def _items(dataset: CropDataset, num_workers: int, pin_memory: bool) -> Iterator
 
 
 def decode_outputs(model: MiVOLOModel, outputs: torch.Tensor) -> dict[str, np.ndarray | None]:
-    """Raw model outputs -> age in years (clamped at 0), gender index and P(female).
+    """Raw model outputs -> age in years (clamped to `AGE_RANGE`), gender index and P(female).
+
+    The age head is a linear regression, so an odd crop can land outside any possible age; clamped to the nearest
+    possible one, the prediction table stays valid (`validate_predictions` rejects impossible ages).
 
     Args:
         model: the model (for its age range and whether it predicts gender).
@@ -272,7 +276,7 @@ def decode_outputs(model: MiVOLOModel, outputs: torch.Tensor) -> dict[str, np.nd
         age-only models.
     """
     outputs = outputs.float()
-    age = model.decode_age(outputs[:, -1]).clamp(min=0)
+    age = model.decode_age(outputs[:, -1]).clamp(min=AGE_RANGE[0], max=AGE_RANGE[1])
     if model.no_gender:
         return {"age": age.cpu().numpy().astype(np.float64), "gender": None, "score": None}
     probs = outputs[:, :2].softmax(dim=-1)

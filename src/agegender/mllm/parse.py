@@ -29,7 +29,8 @@ Rules, in the order they are applied:
      `approximately`, `approx.`, `roughly`, `~`), optionally followed by a unit: `years`, `years old`,
      `year-old`, `yrs`, `y.o.`, `yo`, `y/o` (years), or `months`/`months old` (divided by 12). A range
      (`40-45`, `40–45`, `40—45`, `40 to 45`) gives its midpoint, the paper's rule; the lower end must not
-     exceed the upper one. Ages (both ends of a range) must lie in [0, 130]. Anything else (`40s`, `40+`,
+     exceed the upper one. Ages (both ends of a range) must lie in [0, 130] (`agegender.data.schema.AGE_RANGE`,
+     what a prediction table may hold: `[male; 150]` is `unparsed`, never clamped). Anything else (`40s`, `40+`,
      `-1`, `forty`, `40,5`) makes the attempt invalid.
    - Order: `[gender; age]` and the swapped `[age; gender]` are both accepted: one field is a number and the
      other a word, so the swap is unambiguous (note `swapped order`).
@@ -57,6 +58,8 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from typing import Literal
+
+from agegender.data.schema import AGE_RANGE
 
 Status = Literal["ok", "refused", "unparsed"]
 
@@ -177,9 +180,10 @@ def _read_age(field: str) -> tuple[float | None, str | None, tuple[str, ...]]:
         if lo > hi:
             return None, f"age range {field.strip()!r} runs backwards", ()
         notes.append("range midpoint")
+    low, high = AGE_RANGE
     for end in (lo, hi):
-        if end is not None and not 0.0 <= end * scale <= 130.0:
-            return None, f"age {end * scale:g} outside [0, 130]", ()
+        if end is not None and not low <= end * scale <= high:
+            return None, f"age {end * scale:g} outside [{low:g}, {high:g}]", ()
     age = lo if hi is None else (lo + hi) / 2.0
     return age * scale, None, tuple(notes)
 

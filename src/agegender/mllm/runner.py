@@ -8,6 +8,12 @@ table (one row per sample that has a crop) and a run manifest.
 Resuming: a re-run over the same data finds every deterministic answer in the store and sends nothing; failed
 requests are not stored and are sent again. A `kill -9` loses only the requests in flight.
 
+Endings (`RunOutcome`, the same for `agegender query` and the `query_mllms` stage): a run with nothing to ask (no
+sample selected, or none with a crop) is an `InputError` and writes nothing; a run whose requests all failed writes
+nothing either (earlier results stay) and raises `IncompleteRunError` (exit code 3); a run with more `failed` rows
+than its budget allows (`--max-failed`, `max_failed` in params: a count or a percentage, default 0) writes the
+table and manifest, then raises `IncompleteRunError` with a summary of the errors and how to resume.
+
 Sharding: `--shard i/n` (1-based: `1/4` is the first of four shards) keeps the samples whose
 `shard_of(sample_id, n) == i - 1`, a hash of the sample id, so adding samples to a data set never moves the
 others to another shard. `merge_predictions` / `merge_manifests` join the shards' outputs.
@@ -21,18 +27,22 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import re
 import statistics
+import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agegender.errors import InputError
+from agegender.errors import IncompleteRunError, InputError
+from agegender.files import write_json, write_table
 from agegender.mllm.prompt import PROMPT_VERSION, get_prompt, prompt_hash
 
 if TYPE_CHECKING:
@@ -528,37 +538,191 @@ def _latency_summary(values: list[float]) -> dict[str, float] | None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Writing and merging
+# How a run ended: nothing to do, rows that stayed failed, the failure budget
 
 
-def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
-    """Write a table as parquet or CSV (by suffix), atomically (a temporary file renamed into place).
+def require_samples(samples: Sized, *, source: str | Path | None, selection: str) -> None:
+    """Refuse a run that has nothing to ask, before a backend (or a model) is started.
+
+    An empty selection is almost always a mistake (a header-only table, a misspelt split or data set), and a run
+    over it would replace the previous predictions with an empty table.
+
+    Args:
+        samples: the samples (a table, or their ids) about to be queried, after the split and data-set filters
+            and before sharding (one shard of a small data set may be empty; the whole selection may not).
+        source: the sample table's file, named in the error.
+        selection: the filters, in words (e.g. `"split 'test', data sets ['nanodemo']"`).
 
     Raises:
-        InputError: a suffix other than .parquet/.pq/.csv.
+        InputError: there are no samples.
     """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in {".parquet", ".pq", ".csv"}:
-        raise InputError("unknown table format (expected .parquet or .csv)", file=path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    if suffix == ".csv":
-        frame.to_csv(tmp, index=False)
-    else:
-        frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-    return path
+    if len(samples) == 0:
+        raise InputError(
+            f"no samples to query ({selection}): nothing to do; no request was sent and no output was written",
+            file=source,
+            field="sample_id",
+        )
 
 
-def write_json(data: Mapping[str, Any], path: str | Path) -> Path:
-    """Write JSON (indented, sorted keys) atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+_BUDGET_RE = re.compile(r"(?P<count>\d+)|(?P<percent>\d+(?:\.\d+)?)\s*%")
+
+
+def failure_budget(max_failed: int | str, rows: int) -> int:
+    """How many rows may stay `failed` after retries before a run counts as incomplete.
+
+    Args:
+        max_failed: a count `N` (an int, or its digits as text) or a percentage `"P%"` of the run's rows, rounded
+            down (`"1%"` of 150 rows allows 1). 0, the default everywhere, accepts no failed row.
+        rows: the run's rows (the percentage's base).
+
+    Raises:
+        InputError: anything else (a negative count, a percentage above 100, a bare fraction such as 0.05, which
+            would be ambiguous between a share and a count).
+    """
+    m = None if isinstance(max_failed, bool) else _BUDGET_RE.fullmatch(str(max_failed).strip())
+    if m is None or (m["percent"] is not None and Fraction(m["percent"]) > 100):
+        raise InputError(
+            f"max_failed must be a count N or a percentage P% of the rows (0 <= P <= 100; e.g. 0, 25 or 2.5%), "
+            f"got {max_failed!r}",
+            field="max_failed",
+        )
+    if m["count"] is not None:
+        return int(m["count"])
+    return math.floor(Fraction(m["percent"]) * rows / 100)  # exact: 2.5% of 200 rows is 5, not 4.999...
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How one or more runs (input kinds, shards) ended, summed: what the CLI and the pipeline stage act on.
+
+    Three endings are not a success, because a user would otherwise take a wrong result for a right one:
+    nothing was asked (no sample had a crop), nothing was answered (every request failed: writing would only
+    replace earlier results with `failed` rows), and more rows stayed `failed` than `max_failed` allows.
+
+    Attributes:
+        samples: samples of the runs' shards.
+        rows: prediction rows (samples with a crop).
+        failed: rows that stayed `failed` after the backend's retries.
+        max_failed: the budget as given (`failure_budget`).
+        allowed: failed rows the budget accepts.
+        budget_name: where the budget is set, for the messages (`--max-failed`, a params key).
+        deterministic: answers are reused from the store (temperature 0), so a re-run sends only the failures.
+        errors: the most common error notes of the failed requests, with counts.
+    """
+
+    samples: int
+    rows: int
+    failed: int
+    max_failed: int | str
+    allowed: int
+    budget_name: str
+    deterministic: bool
+    errors: tuple[tuple[str, int], ...]
+
+    @property
+    def answered(self) -> int:
+        """Rows that got an answer (`ok`, `refused` or `unparsed`)."""
+        return self.rows - self.failed
+
+    def check_answered(self, *, source: str | Path | None, out: str | Path, store: str | Path, rerun: str) -> None:
+        """Call before writing: raise when the outputs must not be written because nothing was asked or answered.
+
+        Args:
+            source: the sample table, named when no sample had a crop.
+            out: the predictions file that is left untouched.
+            store: the response store.
+            rerun: how to resume, e.g. `"the same command"`.
+
+        Raises:
+            InputError: samples were selected but none had a crop of the input kind.
+            IncompleteRunError: every request failed (exit code 3).
+        """
+        if self.rows == 0 and self.samples > 0:
+            raise InputError(
+                f"none of the {self.samples} samples has a crop of the asked input kind (no box, or nothing left "
+                f"after masking): nothing was asked, and {out} is left as it was",
+                file=source,
+            )
+        if self.failed and not self.answered:
+            raise IncompleteRunError(self._summary(out=out, store=store, rerun=rerun, written=False))
+
+    def check_failures(self, *, out: str | Path, store: str | Path, rerun: str) -> str | None:
+        """Call after writing: raise when more rows stayed `failed` than allowed; else a note on those that did.
+
+        Returns:
+            None when no row failed; a one-paragraph note when some did, within the budget.
+
+        Raises:
+            IncompleteRunError: more rows failed than `allowed` (exit code 3); the message is the summary.
+        """
+        if not self.failed:
+            return None
+        summary = self._summary(out=out, store=store, rerun=rerun, written=True)
+        if self.failed > self.allowed:
+            raise IncompleteRunError(summary)
+        return summary
+
+    def _summary(self, *, out: str | Path, store: str | Path, rerun: str, written: bool) -> str:
+        notes = "; ".join(f"{' '.join(e.split())[:160]!r} x{n}" for e, n in self.errors[:3]) or "no error note"
+        parts = [f"{self.failed} of {self.rows} rows failed after retries (most common errors: {notes})."]
+        budget = f"{self.budget_name} {self.max_failed} allows ({self.allowed} of {self.rows} rows)"
+        if not written:
+            parts.append(
+                f"No request was answered, so nothing was written and {out} is left as it was; a run that answered "
+                "nothing is incomplete (exit code 3) whatever the failure budget."
+            )
+        elif self.failed > self.allowed:
+            parts.append(
+                f"The {self.answered} answered rows and the failed ones are in {out}, and the answers are kept in "
+                f"the response store {store}. That is more failed rows than {budget}, so the run is incomplete "
+                "(exit code 3)."
+            )
+        else:
+            parts.append(
+                f"The {self.answered} answered rows and the failed ones are in {out}, and the answers are kept in "
+                f"the response store {store}. That is within what {budget}."
+            )
+        if self.deterministic:
+            parts.append(
+                f"Running {rerun} again resumes: stored answers are reused and only the failed requests are sent again."
+            )
+        else:
+            parts.append(
+                f"Running {rerun} again sends every request again (answers at temperature > 0 are never reused)."
+            )
+        return " ".join(parts)
+
+
+def run_outcome(manifests: Iterable[Mapping[str, Any]], max_failed: int | str = 0, *, budget_name: str) -> RunOutcome:
+    """Sum run manifests (`RunResult.manifest`) into a `RunOutcome` under a failure budget.
+
+    Args:
+        manifests: the manifests of the runs that make one output (a stage's input kinds, or one CLI run).
+        max_failed: rows allowed to stay `failed`: a count or a percentage of all the runs' rows.
+        budget_name: where the budget is set, for the messages.
+
+    Raises:
+        InputError: a malformed `max_failed`.
+    """
+    manifests = list(manifests)
+    rows = sum(int(m.get("rows", 0)) for m in manifests)
+    errors: Counter[str] = Counter()
+    for m in manifests:
+        errors.update(m.get("errors", {}))
+    return RunOutcome(
+        samples=sum(int(m.get("samples", 0)) for m in manifests),
+        rows=rows,
+        failed=sum(int(m.get("counts", {}).get("failed", 0)) for m in manifests),
+        max_failed=max_failed,
+        allowed=failure_budget(max_failed, rows),
+        budget_name=budget_name,
+        deterministic=all(bool(m.get("deterministic", False)) for m in manifests),
+        errors=tuple(errors.most_common(3)),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Writing and merging
 
 
 def default_manifest_path(out_predictions: str | Path) -> Path:
@@ -804,11 +968,19 @@ def _cmd_query(args: argparse.Namespace) -> int:
     from agegender.mllm.backends.base import GenerationParams, create_backend
     from agegender.mllm.store import ResponseStore
 
-    samples = validate_samples(read_table(args.samples), source=args.samples)
+    table = validate_samples(read_table(args.samples), source=args.samples)
+    samples = table
     if args.split != "all":
         samples = samples[samples["split"] == args.split].reset_index(drop=True)
     if args.datasets:
         samples = samples[samples["dataset"].isin(args.datasets)].reset_index(drop=True)
+    selection = (
+        "the table has no data rows"
+        if table.empty
+        else f"none in split {args.split!r}" + (f" of data sets {list(args.datasets)}" if args.datasets else "")
+    )
+    require_samples(samples, source=args.samples, selection=selection)
+    failure_budget(args.max_failed, 0)  # a malformed budget is reported before anything is sent
     masked = read_table(args.masked) if args.masked else None
     roots = parse_data_roots(args.data_root)
     shard = parse_shard(args.shard) if args.shard else (0, 1)
@@ -837,6 +1009,8 @@ def _cmd_query(args: argparse.Namespace) -> int:
             )
     finally:
         backend.close()
+    outcome = run_outcome([result.manifest], args.max_failed, budget_name="--max-failed")
+    outcome.check_answered(source=args.samples, out=out, store=store_dir, rerun="the same command")
     preds, manifest = write_run(result, out, args.manifest)
     m = result.manifest
     counts = ", ".join(f"{k} {v}" for k, v in m["counts"].items())
@@ -844,6 +1018,9 @@ def _cmd_query(args: argparse.Namespace) -> int:
         f"{m['rows']} rows -> {preds} ({counts}; {m['requests_sent']} requests, {m['cache_hits']} cached, "
         f"{m['no_crop']} without a {args.input} crop); manifest -> {manifest}"
     )
+    note = outcome.check_failures(out=preds, store=store_dir, rerun="the same command")
+    if note is not None:
+        print(f"agegender: note: {note}", file=sys.stderr)
     return 0
 
 
@@ -878,6 +1055,11 @@ def add_query_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     The command sets `func` (returns the exit code). API keys are read by the backend from the environment
     variable named by `--api-key-env`; there is deliberately no option that takes a key.
+
+    Exit codes (through `agegender.cli.main`): 0 done; 2 bad input, or nothing to do (no sample selected, no
+    crop), with nothing written; 3 more rows stayed `failed` after retries than `--max-failed` allows (the
+    table and manifest are written, a summary says why and how to resume), or no request was answered at all
+    (nothing written).
     """
     p = subparsers.add_parser(
         "query",
@@ -908,6 +1090,13 @@ def add_query_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--seed", type=int, default=1234, help="sent where the endpoint takes it (paper: 1234)")
     p.add_argument("--detail", default="high", choices=("high", "low", "auto", "none"), help="OpenAI image detail")
+    p.add_argument(
+        "--max-failed",
+        default="0",
+        help="rows that may stay failed after retries: a count N or a percentage P%% of the rows (default 0). More "
+        "end the run with exit code 3 after writing what was answered; a run that answered nothing writes nothing "
+        "and ends with 3 too",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_query)
     return p

@@ -1,0 +1,74 @@
+"""Writing output files so that a reader (or a later run) never finds half of one.
+
+Every writer here writes a temporary file beside the target and renames it into place (`os.replace`, atomic on
+one file system): a crash, a `kill -9` or an error while writing leaves the previous file as it was. Callers write
+only after everything they write has been computed, so a failed run never replaces a good output with a worse one.
+
+Only the standard library is imported at the top, so that modules the CLI imports for `--help` stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agegender.errors import InputError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+#: table formats `write_table` writes, by suffix.
+TABLE_SUFFIXES: tuple[str, ...] = (".parquet", ".pq", ".csv")
+
+
+def _tmp_path(path: Path) -> Path:
+    # the pid keeps two processes writing the same target from sharing one temporary file
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write `text` (UTF-8) to `path` atomically, creating its folder.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_json(data: Mapping[str, Any], path: str | Path) -> Path:
+    """Write JSON (indented, sorted keys, UTF-8 as is) atomically."""
+    return atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
+    """Write a table as parquet or CSV (by suffix), atomically (a temporary file renamed into place).
+
+    Raises:
+        InputError: a suffix other than .parquet/.pq/.csv.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in TABLE_SUFFIXES:
+        raise InputError("unknown table format (expected .parquet or .csv)", file=path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path)
+    try:
+        if suffix == ".csv":
+            frame.to_csv(tmp, index=False)
+        else:
+            frame.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
