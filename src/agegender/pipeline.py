@@ -360,14 +360,20 @@ def query_mllms(params: Params, paths: ProjectPaths, model_key: str, *, progress
     with contextlib.ExitStack() as stack:
         options = dict(spec.options)
         if spec.serve:
-            from agegender.mllm.server import running_server
+            from agegender.mllm.server import running_server, served_identity
 
             local = {k: v for k, v in options.items() if k not in ("concurrency", "base_url", "api_key_env")}
             base_url = stack.enter_context(
                 running_server(spec.backend, model, params=generation, backend_options=local, served_model=model_key)
             )
             backend = create_backend(
-                "openai", model_key, params=generation, base_url=base_url, concurrency=options.get("concurrency", 8)
+                "openai",
+                model_key,
+                params=generation,
+                base_url=base_url,
+                concurrency=options.get("concurrency", 8),
+                # the served folder's revision and preprocessing key the store, not only the name
+                served_identity=served_identity(base_url),
             )
         else:
             backend = create_backend(spec.backend, model, params=generation, **options)

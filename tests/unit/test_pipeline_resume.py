@@ -1,0 +1,84 @@
+"""Stages that keep a resumable cache between runs (a persisted DVC output) reuse it only for the same producer."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agegender.data.demo import DemoConfig, generate_demo
+from agegender.data.prepare import DATASETS_FILE, MASKED_FILE, SAMPLES_FILE
+from agegender.data.readers import read_mivolo
+from agegender.paths import ProjectPaths
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
+
+
+def _project(root: Path, models: dict, n_test: int = 3, n_train: int = 0, **sections: dict) -> ProjectPaths:
+    """A project whose `prepare_data` output is written directly: a few demo images, the demo params (`sections`
+    replace entries of their section)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "dvc.yaml").write_text("stages: {}\n")
+    demo = root / "data" / "demo"
+    generate_demo(demo, DemoConfig(n_train=n_train, n_val=0, n_test=n_test, image_size=96, seed=3), workers=1)
+    splits = {"test": "test"} | ({"train": "train"} if n_train else {})
+    read = read_mivolo(demo, "demo", annotations="annotations", splits=splits)
+    prepared = root / "data" / "prepared"
+    prepared.mkdir(parents=True)
+    read.samples.to_parquet(prepared / SAMPLES_FILE)
+    read.masked.to_parquet(prepared / MASKED_FILE)
+    (prepared / DATASETS_FILE).write_text(json.dumps({"demo": {"root": "data/demo", "source": None}}))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["study"]["datasets"] = ["demo"]
+    params["query_mllms"]["models"] = models
+    for section, values in sections.items():
+        params[section].update(values)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return ProjectPaths.at(root)
+
+
+def test_served_model_retrained_in_place_is_asked_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`serve: true` keys the response store by what the server serves, not by the model's name alone."""
+    from agegender import pipeline
+    from agegender.mllm import server
+    from agegender.mllm.tiny import build_tiny_llava
+    from agegender.params import load_params
+
+    served = {"backend": "transformers", "serve": True, "model": "models/served", "datasets": ["demo"],
+              "inputs": ["body"], "options": {"batch_size": 4, "concurrency": 2, "device": "cpu"}}  # fmt: skip
+    paths = _project(tmp_path, {"served": served})
+    params = load_params(paths.params_file)
+    folder = paths("models/served")
+    build_tiny_llava(folder, seed=1, image_size=56)
+    # the server runs in this process (a thread), as the pipeline's subprocess would: same app, same backend
+    real = server.running_server
+    monkeypatch.setattr(server, "running_server", lambda *a, **k: real(*a, **{**k, "in_process": True}))
+
+    first = pipeline.query_mllms(params, paths, "served", progress=False)
+    asked = first["requests_sent"]
+    assert asked > 0
+    assert pipeline.query_mllms(params, paths, "served", progress=False)["requests_sent"] == 0  # the store works
+    shutil.rmtree(folder)
+    build_tiny_llava(folder, seed=2, image_size=56)  # retrained into the same folder
+    assert pipeline.query_mllms(params, paths, "served", progress=False)["requests_sent"] == asked
+
+
+def test_served_identity_joins_the_openai_store_key() -> None:
+    from agegender.errors import InputError
+    from agegender.mllm.backends import create_backend
+    from agegender.mllm.server import running_server, served_identity
+
+    with running_server("constant", "x", in_process=True) as url:
+        identity = served_identity(url)
+        assert identity == {"backend": "constant", "model_revision": identity["model_revision"], "key_options": {}}
+        plain = create_backend("openai", "served", base_url=url)
+        pinned = create_backend("openai", "served", base_url=url, served_identity=identity)
+        assert plain.model_revision is None and pinned.model_revision == identity["model_revision"]
+        assert pinned.key_options() == {**plain.key_options(), "served": {"backend": "constant", "key_options": {}}}
+    with pytest.raises(InputError, match="loopback"):
+        served_identity("http://192.0.2.1:8000/v1")
