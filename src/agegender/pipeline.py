@@ -437,7 +437,8 @@ def _launch_finetune(
 def finetune_mllm(params: Params, paths: ProjectPaths, *, progress: bool = True) -> dict:
     """Stage `finetune_mllm`: the paper's fine-tuning recipe, checkpoint selection, predictions of the kept model.
 
-    Trains on the train split of `finetune_mllm.dataset` (`<out>/run`, resumable: the folder persists), queries
+    Trains on the train split of `finetune_mllm.dataset` (`<out>/run`, resumable: the folder persists; cleared when
+    the section, the samples, the code or the base model's weights changed), queries
     every saved checkpoint on the `select.split` through the zero-shot runner and keeps the best (`<out>/best`,
     a Hugging Face folder the `transformers` and `vllm` backends serve unchanged; `<out>/selection.md`), then the
     kept model answers the study's samples like any zero-shot model (`<predictions>/predictions.parquet`).
@@ -464,11 +465,13 @@ def finetune_mllm(params: Params, paths: ProjectPaths, *, progress: bool = True)
     out = paths(cfg.out)
     import agegender.mllm
 
-    _reset_if_changed(
-        out,
-        {"section": as_dict(cfg), "samples": _digest(paths(params.prepare_data.out) / SAMPLES_FILE)},
-        code=Path(agegender.mllm.__path__[0]),
-    )
+    identity = {"section": as_dict(cfg), "samples": _digest(paths(params.prepare_data.out) / SAMPLES_FILE)}
+    if cfg.build_tiny is None:
+        from agegender.mllm.backends.transformers_backend import folder_revision
+
+        # a base model retrained or replaced in its folder starts the run afresh (the section names only the path)
+        identity["base_model_revision"] = folder_revision(paths(cfg.base_model))
+    _reset_if_changed(out, identity, code=Path(agegender.mllm.__path__[0]))
     if cfg.build_tiny is not None:
         from agegender.mllm.tiny import build_tiny_llava
 

@@ -68,6 +68,41 @@ def test_served_model_retrained_in_place_is_asked_again(tmp_path: Path, monkeypa
     assert pipeline.query_mllms(params, paths, "served", progress=False)["requests_sent"] == asked
 
 
+class _Stop(Exception):
+    """Ends the stage where the test has seen what it needs."""
+
+
+def test_finetune_stage_starts_afresh_when_the_base_model_changes(tmp_path: Path, monkeypatch) -> None:
+    """A base model retrained in its folder clears the persisted run (the section names only its path)."""
+    from agegender import pipeline
+    from agegender.mllm import finetune as finetune_module
+    from agegender.mllm.tiny import build_tiny_llava
+    from agegender.params import load_params
+
+    section = {"build_tiny": None, "base_model": "models/base", "launch": None}
+    paths = _project(tmp_path, {}, n_test=2, finetune_mllm=section)
+    params = load_params(paths.params_file)
+    base = build_tiny_llava(paths("models/base"), seed=1, image_size=56)
+    run = paths(params.finetune_mllm.out) / "run"
+
+    def stop(*args, **kwargs):
+        raise _Stop
+
+    monkeypatch.setattr(finetune_module, "finetune", stop)
+    with pytest.raises(_Stop):
+        pipeline.finetune_mllm(params, paths, progress=False)
+    run.mkdir(parents=True)
+    (run / "checkpoint-1").mkdir()  # what an interrupted run leaves
+    with pytest.raises(_Stop):
+        pipeline.finetune_mllm(params, paths, progress=False)
+    assert (run / "checkpoint-1").is_dir()  # same base: kept for the resume
+    shutil.rmtree(base)
+    build_tiny_llava(base, seed=2, image_size=56)
+    with pytest.raises(_Stop):
+        pipeline.finetune_mllm(params, paths, progress=False)
+    assert not run.exists()  # another base: the run starts afresh
+
+
 def test_served_identity_joins_the_openai_store_key() -> None:
     from agegender.errors import InputError
     from agegender.mllm.backends import create_backend
