@@ -106,9 +106,10 @@ def train_mivolo(params: Params, paths: ProjectPaths, *, progress: bool = True) 
     """Stage `train_mivolo`: two-stage MiVOLO training on one data set's splits -> `models/mivolo/`.
 
     The output folder persists between runs so that an interrupted training resumes; a folder left by
-    other settings or other data is cleared first (DVC reruns the stage exactly when those change).
+    other settings, other data or other pretrained weights (by content) is cleared first (DVC reruns the stage
+    exactly when those change).
     """
-    from agegender.mivolo.train import TrainConfig
+    from agegender.mivolo.train import TrainConfig, pretrained_sha256
     from agegender.mivolo.train import train_mivolo as _train
 
     cfg = params.train_mivolo
@@ -130,6 +131,7 @@ def train_mivolo(params: Params, paths: ProjectPaths, *, progress: bool = True) 
             "config": cfg.config,
             "dataset": cfg.dataset,
             "samples": _digest(paths(params.prepare_data.out) / SAMPLES_FILE),
+            "pretrained_sha256": pretrained_sha256(config.pretrained),
         },
         code=Path(agegender.mivolo.__path__[0]),
     )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from agegender.data.demo import DemoConfig, generate_demo
@@ -66,6 +68,42 @@ def test_served_model_retrained_in_place_is_asked_again(tmp_path: Path, monkeypa
     shutil.rmtree(folder)
     build_tiny_llava(folder, seed=2, image_size=56)  # retrained into the same folder
     assert pipeline.query_mllms(params, paths, "served", progress=False)["requests_sent"] == asked
+
+
+def _volo(path: Path, seed: int) -> Path:
+    from timm.models.volo import VOLO
+
+    from agegender.mivolo.model import MODEL_SPECS
+
+    torch.manual_seed(seed)
+    torch.save(VOLO(**MODEL_SPECS["mivolo_tiny_64"].kwargs()).state_dict(), path)
+    return path
+
+
+def test_train_stage_starts_afresh_when_the_pretrained_weights_change(tmp_path: Path) -> None:
+    """New weights under the configured `pretrained` path: the persisted run is cleared, not refused or reused."""
+    from agegender import pipeline
+    from agegender.mivolo.train import FINAL_CHECKPOINT
+    from agegender.params import load_params
+
+    weights = _volo(tmp_path / "volo.pth", seed=1)
+    config = {"variant": "mivolo_tiny_64", "stage1_epochs": 1, "stage2_epochs": 0, "batch_size": 8, "threads": 1,
+              "val_split": None, "min_person_size": 16, "bf16": False, "pretrained": str(weights)}  # fmt: skip
+    paths = _project(tmp_path / "project", {}, n_test=2, n_train=16, train_mivolo={"config": config})
+    params = load_params(paths.params_file)
+    final = paths(params.train_mivolo.out) / FINAL_CHECKPOINT
+
+    def weights_of_final() -> dict[str, torch.Tensor]:
+        return torch.load(final, map_location="cpu", weights_only=True)["state_dict"]
+
+    assert pipeline.train_mivolo(params, paths, progress=False)["status"] == "done"
+    first = weights_of_final()
+    _volo(weights, seed=2)  # other weights, same path and settings
+    assert pipeline.train_mivolo(params, paths, progress=False)["status"] == "done"
+    second = weights_of_final()
+    assert any(not torch.equal(first[k], second[k]) for k in first)  # trained again from the new start
+    recorded = json.loads((final.parent / "run.json").read_text())["pretrained_sha256"]
+    assert recorded == hashlib.sha256(weights.read_bytes()).hexdigest()
 
 
 class _Stop(Exception):
