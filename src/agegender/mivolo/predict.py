@@ -390,8 +390,6 @@ class _PartStore:
         """
         fingerprint = json.loads(json.dumps(fingerprint, default=str))  # as read back from its file (tuples -> lists)
         digest = producer_digest(fingerprint)
-        if not self._producer_file(digest).is_file():
-            write_json_atomic(self._producer_file(digest), dict(fingerprint))
         kept: list[pd.DataFrame] = []
         stale: dict[Path, tuple[pd.DataFrame, pd.Series]] = {}
         for part in self._parts():
@@ -421,6 +419,8 @@ class _PartStore:
                     frame[~other].to_parquet(tmp, index=False)
                     os.replace(tmp, part)
             _log.warning("%s: discarded %d rows of %s made by another producer (%s)", self.folder, n, model_name, what)
+        if not self._producer_file(digest).is_file():  # before any row of this producer is written
+            write_json_atomic(self._producer_file(digest), fingerprint)
         frames = [f for f in kept if len(f)]
         rows = pd.concat(frames, ignore_index=True) if frames else _with_skipped(empty_predictions(), False)
         return digest, rows.drop(columns=[PRODUCER_COLUMN], errors="ignore")
