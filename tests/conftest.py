@@ -8,6 +8,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _digest_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Cached file digests (agegender.fingerprint) go to a temporary folder, not the user's ~/.cache."""
+    os.environ.setdefault("AGEGENDER_CACHE_DIR", str(tmp_path_factory.mktemp("digest-cache")))
+
+
 @pytest.fixture(autouse=True)
 def _cpu_unless_marked_gpu(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests not marked `gpu` compare against CPU results: keep "auto" on the CPU on a GPU machine too."""

@@ -106,9 +106,10 @@ def train_mivolo(params: Params, paths: ProjectPaths, *, progress: bool = True) 
     """Stage `train_mivolo`: two-stage MiVOLO training on one data set's splits -> `models/mivolo/`.
 
     The output folder persists between runs so that an interrupted training resumes; a folder left by
-    other settings or other data is cleared first (DVC reruns the stage exactly when those change).
+    other settings, other data or other pretrained weights (by content) is cleared first (DVC reruns the stage
+    exactly when those change).
     """
-    from agegender.mivolo.train import TrainConfig
+    from agegender.mivolo.train import TrainConfig, pretrained_sha256
     from agegender.mivolo.train import train_mivolo as _train
 
     cfg = params.train_mivolo
@@ -130,6 +131,7 @@ def train_mivolo(params: Params, paths: ProjectPaths, *, progress: bool = True) 
             "config": cfg.config,
             "dataset": cfg.dataset,
             "samples": _digest(paths(params.prepare_data.out) / SAMPLES_FILE),
+            "pretrained_sha256": pretrained_sha256(config.pretrained),
         },
         code=Path(agegender.mivolo.__path__[0]),
     )
@@ -380,7 +382,7 @@ def query_mllms(params: Params, paths: ProjectPaths, model_key: str, *, progress
     with contextlib.ExitStack() as stack:
         options = dict(spec.options)
         if spec.serve:
-            from agegender.mllm.server import running_server
+            from agegender.mllm.server import running_server, served_identity
 
             client_only = ("concurrency", "base_url", "api_key_env", "allow_insecure_http")
             local = {k: v for k, v in options.items() if k not in client_only}
@@ -388,7 +390,13 @@ def query_mllms(params: Params, paths: ProjectPaths, model_key: str, *, progress
                 running_server(spec.backend, model, params=generation, backend_options=local, served_model=model_key)
             )
             backend = create_backend(
-                "openai", model_key, params=generation, base_url=base_url, concurrency=options.get("concurrency", 8)
+                "openai",
+                model_key,
+                params=generation,
+                base_url=base_url,
+                concurrency=options.get("concurrency", 8),
+                # the served folder's revision and preprocessing key the store, not only the name
+                served_identity=served_identity(base_url),
             )
         else:
             backend = create_backend(spec.backend, model, params=generation, **options)
@@ -460,7 +468,8 @@ def _launch_finetune(
 def finetune_mllm(params: Params, paths: ProjectPaths, *, progress: bool = True) -> dict:
     """Stage `finetune_mllm`: the paper's fine-tuning recipe, checkpoint selection, predictions of the kept model.
 
-    Trains on the train split of `finetune_mllm.dataset` (`<out>/run`, resumable: the folder persists), queries
+    Trains on the train split of `finetune_mllm.dataset` (`<out>/run`, resumable: the folder persists; cleared when
+    the section, the samples, the code or the base model's weights changed), queries
     every saved checkpoint on the `select.split` through the zero-shot runner and keeps the best (`<out>/best`,
     a Hugging Face folder the `transformers` and `vllm` backends serve unchanged; `<out>/selection.md`), then the
     kept model answers the study's samples like any zero-shot model (`<predictions>/predictions.parquet`).
@@ -487,11 +496,13 @@ def finetune_mllm(params: Params, paths: ProjectPaths, *, progress: bool = True)
     out = paths(cfg.out)
     import agegender.mllm
 
-    _reset_if_changed(
-        out,
-        {"section": as_dict(cfg), "samples": _digest(paths(params.prepare_data.out) / SAMPLES_FILE)},
-        code=Path(agegender.mllm.__path__[0]),
-    )
+    identity = {"section": as_dict(cfg), "samples": _digest(paths(params.prepare_data.out) / SAMPLES_FILE)}
+    if cfg.build_tiny is None:
+        from agegender.mllm.backends.transformers_backend import folder_revision
+
+        # a base model retrained or replaced in its folder starts the run afresh (the section names only the path)
+        identity["base_model_revision"] = folder_revision(paths(cfg.base_model))
+    _reset_if_changed(out, identity, code=Path(agegender.mllm.__path__[0]))
     if cfg.build_tiny is not None:
         from agegender.mllm.tiny import build_tiny_llava
 

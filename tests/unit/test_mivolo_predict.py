@@ -294,3 +294,109 @@ def test_age_is_clamped_to_the_possible_range() -> None:
     model = _model()  # age = out * 100 + 50
     dec = decode_outputs(model, torch.tensor([[0.0, 1.0, 0.9], [1.0, 0.0, 0.79]]))
     np.testing.assert_allclose(dec["age"], [AGE_RANGE[1], 129.0], rtol=1e-6)  # 140 -> 130; 129 stays
+
+
+class _Stopped(Exception):
+    """Stands for a run stopped from outside (Ctrl-C, a lost node); not KeyboardInterrupt, which would end pytest."""
+
+
+def _interrupted(model, monkeypatch: pytest.MonkeyPatch, after: int) -> dict[str, int]:
+    """Count the images `model`'s class runs, and stop the run after `after` forward passes."""
+    forward = type(model).forward
+    seen = {"batches": 0, "images": 0, "crash_after": after}
+
+    def counting_forward(self, x):
+        seen["batches"] += 1
+        seen["images"] += len(x)
+        if seen["batches"] > seen["crash_after"]:
+            raise _Stopped
+        return forward(self, x)
+
+    monkeypatch.setattr(type(model), "forward", counting_forward)
+    return seen
+
+
+def test_resume_with_another_model_is_refused_or_restarted(data, tmp_path: Path, monkeypatch) -> None:
+    """The issue's scenario: parts left by checkpoint A are never served as checkpoint B's predictions."""
+    root, samples = data
+    a, b = _model(seed=0), _model(seed=1)
+    kinds = ["face_body", "face"]
+    expect_b = predict_samples(b, samples, None, root, inputs=kinds, batch_size=2, progress=False)
+    parts = tmp_path / "parts"
+    seen = _interrupted(a, monkeypatch, after=2)
+    with pytest.raises(_Stopped):
+        predict_samples(a, samples, None, root, inputs=kinds, batch_size=2, progress=False, out=parts, flush_rows=1)
+    seen.update(batches=0, images=0, crash_after=10**6)
+    with pytest.raises(InputError, match="another producer") as info:
+        predict_samples(b, samples, None, root, inputs=kinds, batch_size=2, progress=False, out=parts)
+    message = str(info.value)
+    assert str(parts) in message and "model.weights_sha256" in message and "restart" in message
+    assert seen["images"] == 0  # refused before any work
+    # restart discards A's rows: every row comes from B
+    restarted = predict_samples(
+        b, samples, None, root, inputs=kinds, batch_size=2, progress=False, out=parts, restart=True
+    )
+    assert seen["images"] == len(expect_b)  # nothing of A's was reused
+    pd.testing.assert_frame_equal(restarted, expect_b, check_exact=False, atol=1e-5)
+    seen.update(batches=0, images=0)
+    again = predict_samples(b, samples, None, root, inputs=kinds, batch_size=2, progress=False, out=parts)
+    assert seen["images"] == 0
+    pd.testing.assert_frame_equal(again, expect_b, check_exact=False, atol=1e-5)
+    # the same weights with another age range decode other ages: another producer too
+    a.load_state_dict(b.state_dict())
+    a.set_age_range(0, 90)
+    with pytest.raises(InputError, match=r"model\.age_range"):
+        predict_samples(a, samples, None, root, inputs=kinds, batch_size=2, progress=False, out=parts)
+
+
+def test_resume_over_parts_without_a_producer_is_refused(data, tmp_path: Path) -> None:
+    """Parts written before rows recorded their producer cannot be vouched for: refused, or discarded on restart."""
+    root, samples = data
+    model = _model()
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    legacy = predict_samples(model, samples.iloc[:2], None, root, inputs=["face"], progress=False)
+    legacy.assign(skipped=pd.array([False] * len(legacy), dtype="boolean")).to_parquet(
+        parts / "part-000000.parquet-part", index=False
+    )
+    with pytest.raises(InputError, match="before parts recorded their producer"):
+        predict_samples(model, samples, None, root, inputs=["face"], progress=False, out=parts)
+    done = predict_samples(model, samples, None, root, inputs=["face"], progress=False, out=parts, restart=True)
+    rows = pd.concat([pd.read_parquet(p) for p in parts.glob("part-*")])
+    assert len(rows) == len(done) + done.attrs["skipped"]["face"]  # the legacy rows are gone, not kept beside
+    assert rows["producer"].notna().all() and rows["producer"].nunique() == 1
+    assert (
+        done["sample_id"].tolist()
+        == predict_samples(model, samples, None, root, inputs=["face"], progress=False)["sample_id"].tolist()
+    )
+
+
+def test_mivolo_predict_command_refuses_to_resume_with_another_checkpoint(
+    tmp_path: Path, data, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agegender.cli import main
+    from agegender.mivolo.checkpoint import save_checkpoint
+
+    root, samples = data
+    table = tmp_path / "samples.parquet"
+    samples.to_parquet(table)
+    ckpt_a = save_checkpoint(tmp_path / "a.pt", _model(seed=0))
+    ckpt_b = save_checkpoint(tmp_path / "b.pt", _model(seed=1))
+    out = tmp_path / "pred.parquet"
+    argv = ["mivolo-predict", "--samples", str(table), "--data-root", str(root), "--out", str(out),
+            "--inputs", "face_body", "face", "--batch-size", "2", "--device", "cpu", "--no-progress"]  # fmt: skip
+    seen = _interrupted(_model(), monkeypatch, after=2)  # the finished batches are flushed as the run stops
+    with pytest.raises(_Stopped):
+        main([*argv, "--checkpoint", str(ckpt_a)])
+    parts = out.with_name(out.name + ".parts")
+    assert any(parts.glob("part-*"))
+    seen.update(crash_after=10**6)
+    capsys.readouterr()
+    assert main([*argv, "--checkpoint", str(ckpt_b)]) == 2
+    err = capsys.readouterr().err
+    assert "another producer" in err and str(parts) in err and "Traceback" not in err
+    assert not out.exists()
+    assert main([*argv, "--checkpoint", str(ckpt_b), "--restart"]) == 0
+    expect_b = predict_samples(_model(seed=1), samples, None, root, inputs=["face_body", "face"], progress=False)
+    got = pd.read_parquet(out)
+    np.testing.assert_allclose(got["age_pred"].to_numpy(float), expect_b["age_pred"].to_numpy(float), atol=1e-4)

@@ -329,6 +329,28 @@ def test_face_only_run_and_bad_inputs(tiny_demo, tmp_path):
         train_mivolo(samples, masked, root, _tiny_config(batch_size=64), tmp_path / "y", progress=False)
 
 
+def test_resume_refuses_other_pretrained_weights_at_the_same_path(tiny_demo, tmp_path):
+    """A run started from one pretrained file is never continued from another file saved under its name."""
+    from timm.models.volo import VOLO
+
+    root, samples, masked = tiny_demo
+    weights = tmp_path / "volo.pth"
+    torch.manual_seed(1)
+    torch.save(VOLO(**MODEL_SPECS["mivolo_tiny_64"].kwargs()).state_dict(), weights)
+    cfg = _tiny_config(stage1_epochs=2, stage2_epochs=0, ema=False, val_split=None, pretrained=str(weights))
+    out = tmp_path / "run"
+    assert train_mivolo(samples, masked, root, cfg, out, progress=False, stop_after=1)["status"] == "stopped"
+    torch.manual_seed(2)
+    torch.save(VOLO(**MODEL_SPECS["mivolo_tiny_64"].kwargs()).state_dict(), weights)  # other weights, same path
+    with pytest.raises(InputError, match="other pretrained weights") as err:
+        train_mivolo(samples, masked, root, cfg, out, progress=False)
+    assert STATE_FILE in str(err.value) and "pretrained" in str(err.value)
+    # the first weights back in place: the run resumes and finishes
+    torch.manual_seed(1)
+    torch.save(VOLO(**MODEL_SPECS["mivolo_tiny_64"].kwargs()).state_dict(), weights)
+    assert train_mivolo(samples, masked, root, cfg, out, progress=False)["status"] == "done"
+
+
 def test_command_line_entry_point(tiny_demo, tmp_path, capsys):
     root, samples, masked = tiny_demo
     samples.to_parquet(tmp_path / "samples.parquet")

@@ -134,6 +134,23 @@ def test_checkpoints_are_complete_and_indexed_and_resume_matches(demo, base_mode
         finetune(train, masked, root, base_model, cut, FinetuneConfig.from_dict({**_FAST, "learning_rate": 2e-3}))
 
 
+def test_resume_refuses_a_base_model_retrained_in_place(demo, tmp_path):
+    """Checkpoints made from one base are never continued from another base that took its folder."""
+    train, masked, root = _train(demo)
+    base = build_tiny_llava(tmp_path / "base", image_size=56, seed=1)
+    config = FinetuneConfig.from_dict({**_FAST, "max_steps": 1, "save_steps": 1})
+    run = tmp_path / "run"
+    copy = Path(shutil.copytree(base, tmp_path / "copy"))
+    assert not finetune(train, masked, root, base, run, config, progress=False)["resumed"]
+    shutil.rmtree(base)
+    build_tiny_llava(base, image_size=56, seed=2)  # another base model in the same folder
+    with pytest.raises(InputError, match="base model's weights changed") as info:
+        finetune(train, masked, root, base, run, config, progress=False)
+    assert "finetune_config.json" in str(info.value)
+    # the first base's weights in another folder are the same base: the run resumes
+    assert finetune(train, masked, root, copy, run, config, progress=False)["resumed"]
+
+
 def test_lora_saves_merged_models(demo, base_model, tmp_path):
     train, masked, root = _train(demo)
     config = FinetuneConfig.from_dict({**_FAST, "lora": True, "lora_r": 4, "lora_alpha": 8, "max_steps": 2})

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from agegender.errors import InputError
-from agegender.mllm.backends import GenerationParams, Query, create_backend
+from agegender.mllm.backends import GenerationParams, Query, create_backend, transformers_backend
 from agegender.mllm.backends.transformers_backend import (
     TransformersBackend,
     folder_revision,
@@ -205,3 +206,43 @@ def test_cuda(models, kind):
     bf16 = TransformersBackend(str(models[kind]), device="cuda", batch_size=4)
     assert bf16.dtype == torch.bfloat16
     assert all(a.status == "answered" for a in bf16.generate_batch(queries))
+
+
+MIB = 1 << 20
+
+
+def _weights_folder(folder: Path, middle: float) -> Path:
+    """A model folder whose weights file is 3 MiB: a first, a middle and a last tensor of 1 MiB each."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text('{"model_type": "llava"}')
+    from safetensors.torch import save_file
+
+    tensors = {
+        "a.embed": torch.zeros(MIB // 4),
+        "b.layers.weight": torch.full((MIB // 4,), middle),
+        "c.head": torch.ones(MIB // 4),
+    }
+    save_file(tensors, str(folder / "model.safetensors"))
+    return folder
+
+
+def test_folder_revision_sees_every_byte_of_large_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A retrain into the same folder that changes only middle tensors (a LoRA-merged or partly frozen fine-tune
+    keeps the embeddings and the head, hence the first and last MiB, and the safetensors header) is a new
+    revision. The folder stands for a 15 GB one: a size limit below which every byte was hashed is lowered."""
+    monkeypatch.setattr(transformers_backend, "FULL_HASH_LIMIT", MIB, raising=False)
+    folder = _weights_folder(tmp_path / "model", middle=0.5)
+    before = folder_revision(folder)
+    assert before.startswith("local-") and folder_revision(folder) == before
+    _weights_folder(folder, middle=0.25)  # "retrained": same names, shapes, header and file size
+    assert folder_revision(folder) != before
+    # processor and chat template change what the model is asked: a new revision too
+    after = folder_revision(folder)
+    (folder / "chat_template.jinja").write_text("{{ messages }}")
+    assert folder_revision(folder) != after
+    # training bookkeeping and notes do not
+    with_template = folder_revision(folder)
+    (folder / "trainer_state.json").write_text('{"global_step": 3}')
+    (folder / "optimizer.pt").write_bytes(b"state")
+    (folder / "README.md").write_text("notes")
+    assert folder_revision(folder) == with_template

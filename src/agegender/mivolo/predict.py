@@ -15,12 +15,20 @@ Speed: crops are made one image at a time (each image is decoded once per input 
 neighbours of a person are every box on the same image file) in a background thread or DataLoader
 workers while the model runs batched in `inference_mode`, channels-last, with bf16 autocast on CUDA.
 Big runs resume: with `out`, finished rows are appended to part files in that folder and skipped on
-the next run.
+the next run. Each row records its producer, a digest of `producer_fingerprint` (the weights, age range and
+architecture, the preprocessing, and the numerics): rows are only reused by a run with the same producer. A
+run that finds rows of its model name made by another producer (another checkpoint, a retrained one, bf16 on a
+GPU vs float32 on a CPU) refuses to resume, naming the folder and what differs, rather than mix two models' rows
+in one table; `restart=True` (`mivolo-predict --restart`) discards those rows instead. Settings that only move
+the last float bits (batch size, channels-last, workers) are not part of the producer.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
+import json
 import logging
 import os
 import queue
@@ -59,6 +67,7 @@ from agegender.data.schema import (
 )
 from agegender.device import resolve_device
 from agegender.errors import InputError
+from agegender.fingerprint import describe_changes, json_sha256, tensors_sha256, write_json_atomic
 
 if TYPE_CHECKING:
     import torch
@@ -73,6 +82,8 @@ assert set(INPUT_CROPS) == set(INPUT_KINDS)
 
 #: suffix of the resume part files: not `.parquet`, so `agegender evaluate` never reads them as predictions.
 PART_SUFFIX = ".parquet-part"
+#: column of the part files naming the producer of each row (`producer_digest`)
+PRODUCER_COLUMN = "producer"
 
 ImageRoots = str | Path | Mapping[str, str | Path]
 
@@ -287,10 +298,50 @@ def decode_outputs(model: MiVOLOModel, outputs: torch.Tensor) -> dict[str, np.nd
     }
 
 
+def producer_fingerprint(model: MiVOLOModel, *, amp: bool) -> dict[str, Any]:
+    """What decides a MiVOLO prediction besides the sample: the key of the resumable part files.
+
+    Args:
+        model: the model (its weights, age range, architecture and channels).
+        amp: whether the forward pass runs under bf16 autocast (on CUDA), which moves ages by up to ~0.1 year.
+
+    Returns:
+        A JSON-able mapping: `model` (SHA-256 of the state dict, age range, outputs, architecture, channels),
+        `preprocessing` (input size, letterbox, normalisation, body-without-face rules) and `numerics`.
+    """
+    from agegender.mivolo.preprocess import IMAGENET_MEAN, IMAGENET_STD
+
+    wo_face = inspect.signature(body_without_face).parameters
+    return {
+        "model": {
+            "weights_sha256": tensors_sha256(model.state_dict()),
+            "age_range": [model.min_age, model.max_age, model.avg_age],
+            "no_gender": bool(model.no_gender),
+            "with_persons": bool(model.with_persons),
+            "architecture": dataclasses.asdict(model.spec),
+        },
+        "preprocessing": {
+            "input_size": int(model.spec.img_size),
+            "letterbox": "aspect kept, centred on black",
+            "normalize": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+            "missing_crop": "black image, normalised",
+            "body_wo_face": {k: wo_face[k].default for k in ("min_size", "min_nonzero")},
+        },
+        "numerics": "bf16-autocast" if amp else "float32",
+    }
+
+
+def producer_digest(fingerprint: Mapping[str, Any]) -> str:
+    """The 16-hex digest of a producer fingerprint that each part row carries."""
+    return json_sha256(fingerprint)[:16]
+
+
 class _PartStore:
     """Append-only part files of finished rows in a folder; each part is written atomically (tmp + rename).
 
-    Rows carry an extra boolean `skipped` so that samples without crops are not retried either.
+    Rows carry an extra boolean `skipped` so that samples without crops are not retried either, and the
+    `producer` digest of what made them; `producer-<digest>.json` beside the parts spells each producer out, so
+    that a refusal can say what changed.
     """
 
     def __init__(self, folder: str | Path) -> None:
@@ -302,25 +353,92 @@ class _PartStore:
     def _parts(self) -> list[Path]:
         return sorted(self.folder.glob(f"part-*{PART_SUFFIX}"))
 
-    def load(self) -> pd.DataFrame:
-        frames = []
-        for part in self._parts():
-            try:
-                frames.append(pd.read_parquet(part))
-            except Exception as exc:  # a part is only ever renamed into place complete; this is a foreign file
-                raise InputError(f"cannot be read as a prediction part ({exc}); remove it", file=part) from exc
-        if not frames:
-            return _with_skipped(empty_predictions(), False)
-        return pd.concat(frames, ignore_index=True)
+    def _read(self, part: Path) -> pd.DataFrame:
+        try:
+            frame = pd.read_parquet(part)
+        except Exception as exc:  # a part is only ever renamed into place complete; this is a foreign file
+            raise InputError(f"cannot be read as a prediction part ({exc}); remove it", file=part) from exc
+        if PRODUCER_COLUMN not in frame.columns:  # written before rows recorded their producer
+            frame[PRODUCER_COLUMN] = pd.array([pd.NA] * len(frame), dtype="string")
+        return frame
 
-    def write(self, frame: pd.DataFrame) -> None:
+    def _producer_file(self, digest: str) -> Path:
+        return self.folder / f"producer-{digest}.json"
+
+    def _changes(self, old: str | None, new: Mapping[str, Any]) -> str:
+        if old is None:
+            return "rows written before parts recorded their producer (model and settings unknown)"
+        try:
+            recorded = json.loads(self._producer_file(old).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return f"producer {old}, whose description is missing"
+        changes = describe_changes(recorded, new)
+        return "; ".join(changes[:6]) + (f" (+{len(changes) - 6} more)" if len(changes) > 6 else "")
+
+    def claim(
+        self, model_name: str, fingerprint: Mapping[str, Any], *, restart: bool = False
+    ) -> tuple[str, pd.DataFrame]:
+        """The finished rows of `model_name` that this producer may reuse.
+
+        Args:
+            model_name: the `model` column of the run.
+            fingerprint: `producer_fingerprint` of the run.
+            restart: discard rows of `model_name` made by another producer instead of refusing.
+
+        Returns:
+            (producer digest, its finished rows (with `skipped`, without `producer`)).
+
+        Raises:
+            InputError: rows of `model_name` made by another producer (naming the folder and what differs), unless
+                `restart`; an unreadable part.
+        """
+        fingerprint = json.loads(json.dumps(fingerprint, default=str))  # as read back from its file (tuples -> lists)
+        digest = producer_digest(fingerprint)
+        kept: list[pd.DataFrame] = []
+        stale: dict[Path, tuple[pd.DataFrame, pd.Series]] = {}
+        for part in self._parts():
+            frame = self._read(part)
+            mine = frame["model"].astype(str) == model_name
+            other = mine & (frame[PRODUCER_COLUMN].astype("string") != digest).fillna(True).astype(bool)
+            if other.any():
+                stale[part] = (frame, other)
+            kept.append(frame[mine & ~other])
+        if stale:
+            n = sum(int(other.sum()) for _, other in stale.values())
+            olds = {v for frame, other in stale.values() for v in frame.loc[other, PRODUCER_COLUMN].unique()}
+            what = " | ".join(self._changes(None if pd.isna(v) else str(v), fingerprint) for v in sorted(olds, key=str))
+            if not restart:
+                raise InputError(
+                    f"holds {n} finished rows of model {model_name!r} made by another producer ({what}); resuming "
+                    "would mix two models' predictions in one table. Discard them with --restart (restart=True), or "
+                    "write to another output",
+                    file=self.folder,
+                )
+            for part, (frame, other) in stale.items():
+                # parts are written by one run (one model), so a stale part is usually deleted whole
+                if other.all():
+                    part.unlink()
+                else:
+                    tmp = part.with_name(part.name + ".tmp")
+                    frame[~other].to_parquet(tmp, index=False)
+                    os.replace(tmp, part)
+            _log.warning("%s: discarded %d rows of %s made by another producer (%s)", self.folder, n, model_name, what)
+        if not self._producer_file(digest).is_file():  # before any row of this producer is written
+            write_json_atomic(self._producer_file(digest), fingerprint)
+        frames = [f for f in kept if len(f)]
+        rows = pd.concat(frames, ignore_index=True) if frames else _with_skipped(empty_predictions(), False)
+        return digest, rows.drop(columns=[PRODUCER_COLUMN], errors="ignore")
+
+    def write(self, frame: pd.DataFrame, producer: str) -> None:
         if not len(frame):
             return
         parts = self._parts()
         index = int(parts[-1].name.split("-")[1].split(".")[0]) + 1 if parts else 0
         final = self.folder / f"part-{index:06d}{PART_SUFFIX}"
         tmp = final.with_name(final.name + ".tmp")
-        frame.to_parquet(tmp, index=False)
+        frame.assign(**{PRODUCER_COLUMN: pd.array([producer] * len(frame), dtype="string")}).to_parquet(
+            tmp, index=False
+        )
         os.replace(tmp, final)
 
 
@@ -369,6 +487,7 @@ def predict_samples(
     flush_rows: int = 1024,
     flush_seconds: float = 60.0,
     channels_last: bool = True,
+    restart: bool = False,
 ) -> pd.DataFrame:
     """Predict age and gender of every sample for each input kind.
 
@@ -389,10 +508,13 @@ def predict_samples(
         context: a larger sample table whose boxes also count as neighbours for the body-without-face
             crops (pass the full table when `samples` is a subset).
         out: resume folder: finished rows are appended there as part files (`part-*.parquet-part`) and
-            rows already there (same model name, input kind and sample id) are not recomputed.
+            rows already there (same model name, input kind and sample id, made by the same producer: see the
+            module docstring) are not recomputed.
         flush_rows: with `out`, write a part once this many rows are waiting ...
         flush_seconds: ... or this many seconds after the last part.
         channels_last: run convolutions in channels-last layout (faster with cuDNN; compare on a CPU).
+        restart: with `out`, discard finished rows of `model_name` made by another producer (other weights,
+            preprocessing or numerics) instead of refusing to resume.
 
     Returns:
         The prediction table (`PREDICTION_COLUMNS`, validated), ordered by input kind then sample order,
@@ -400,7 +522,8 @@ def predict_samples(
         `attrs["n_samples"]`.
 
     Raises:
-        InputError: a bad input kind, a missing column or image folder, an unreadable image.
+        InputError: a bad input kind, a missing column or image folder, an unreadable image; rows of `model_name`
+            in `out` made by another producer (unless `restart`).
     """
     import torch
 
@@ -424,8 +547,9 @@ def predict_samples(
     size = int(model.spec.img_size)
 
     store = _PartStore(out) if out is not None else None
-    previous = store.load() if store is not None else _with_skipped(empty_predictions(), False)
-    previous = previous[previous["model"] == model_name]
+    producer, previous = "", _with_skipped(empty_predictions(), False)
+    if store is not None:
+        producer, previous = store.claim(model_name, producer_fingerprint(model, amp=amp), restart=restart)
     collected: list[pd.DataFrame] = [previous]
     pending: list[pd.DataFrame] = []
     last_flush = time.monotonic()
@@ -433,7 +557,7 @@ def predict_samples(
     def flush() -> None:
         nonlocal last_flush
         if store is not None and pending:
-            store.write(pd.concat(pending, ignore_index=True))
+            store.write(pd.concat(pending, ignore_index=True), producer)
             pending.clear()
         last_flush = time.monotonic()
 
@@ -574,7 +698,8 @@ def mivolo_predict_command(args: argparse.Namespace) -> int:
     """Run `agegender mivolo-predict` (arguments as in the report's parser code); returns the exit code.
 
     Finished rows go to `<out>.parts/` while it runs, so an interrupted run resumes; the folder is
-    removed once `out` is written.
+    removed once `out` is written. Resuming over rows another checkpoint or other settings made is refused
+    (exit 2, naming what differs) unless `--restart` discards them.
     """
     samples_path = Path(args.samples)
     samples = validate_samples(read_table(samples_path), source=samples_path)
@@ -595,6 +720,7 @@ def mivolo_predict_command(args: argparse.Namespace) -> int:
         model_name=args.model_name,
         out=parts,
         progress=not getattr(args, "no_progress", False),
+        restart=getattr(args, "restart", False),
     )
     write_table(table, out)
     shutil.rmtree(parts, ignore_errors=True)
@@ -632,5 +758,10 @@ def add_mivolo_predict_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="torch device: cuda, cuda:1, cpu (default: cuda if available)")
     parser.add_argument("--num-workers", type=int, default=0, help="crop worker processes (default: 0, one thread)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="discard rows in <out>.parts/ that another checkpoint or other settings made (default: refuse to resume)",
+    )
     parser.set_defaults(func=mivolo_predict_command)
     return parser

@@ -20,9 +20,10 @@ Files under `out_dir`::
     history.csv                 one row per epoch: losses, lr, val age MAE and gender accuracy
     train_summary.json          the returned summary
 
-Resume: a call with an `out_dir` that holds a training state continues after the last finished epoch and
-ends with the same weights, bit for bit on the CPU, as a run that was never interrupted: the data order
-depends only on (seed, stage, epoch), augmentations on (seed, stage, epoch, sample) and the torch RNG
+Resume: a call with an `out_dir` that holds a training state made with the same settings, training data and
+pretrained weights (compared by content: new weights under the same path are refused) continues after the last
+finished epoch and ends with the same weights, bit for bit on the CPU, as a run that was never interrupted: the
+data order depends only on (seed, stage, epoch), augmentations on (seed, stage, epoch, sample) and the torch RNG
 (dropout, drop-path) is re-seeded from (seed, stage, epoch, step, rank) before every step.
 """
 
@@ -37,6 +38,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
@@ -53,6 +55,7 @@ from tqdm.auto import tqdm
 
 from agegender.data.schema import read_table, validate_samples
 from agegender.errors import InputError
+from agegender.fingerprint import file_sha256
 from agegender.mivolo.checkpoint import save_checkpoint
 from agegender.mivolo.dataset import Augment, CropRules, ImageRoot, MiVOLODataset
 from agegender.mivolo.model import MODEL_SPECS, MiVOLOModel, create_mivolo
@@ -607,7 +610,13 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
     random.setstate(ast.literal_eval(state["python"]))
 
 
-def _check_resume(state: Mapping[str, Any], config: TrainConfig, fingerprint: str, path: Path) -> None:
+def _check_resume(state: Mapping[str, Any], run: _Run, path: Path) -> None:
+    """Refuse to continue a state made with other settings, other training data or other pretrained weights.
+
+    The pretrained file is compared by content (`pretrained_sha256`): new weights saved under the same path make
+    another run. States written before the digest was kept carry none; they resume with a warning.
+    """
+    config, fingerprint = run.config, run.fingerprint
     if state.get("version") != STATE_VERSION:
         raise InputError(f"training state version {state.get('version')} is not {STATE_VERSION}", file=path)
     old = state.get("config", {})
@@ -621,6 +630,34 @@ def _check_resume(state: Mapping[str, Any], config: TrainConfig, fingerprint: st
         )
     if state.get("data") != fingerprint:
         raise InputError("out_dir holds a run on other training data; use a new out_dir", file=path)
+    if "pretrained_sha256" in state:
+        if state["pretrained_sha256"] != run.pretrained_sha256:
+            raise InputError(
+                f"out_dir holds a run started from other pretrained weights (SHA-256 {state['pretrained_sha256']}, "
+                f"now {run.pretrained_sha256} at {config.pretrained!r}); use a new out_dir or delete it to start over",
+                file=path,
+                field="pretrained",
+            )
+    elif config.pretrained:
+        warnings.warn(
+            f"{path}: this training state does not record which pretrained weights it started from (written by an "
+            f"older version); resuming assumes they are the ones now at {config.pretrained!r}",
+            stacklevel=2,
+        )
+
+
+def pretrained_sha256(path: str | Path | None) -> str | None:
+    """SHA-256 of a pretrained weights file (`agegender.fingerprint.file_sha256`, cached), None for no file.
+
+    Raises:
+        InputError: the file is missing or unreadable.
+    """
+    if not path:
+        return None
+    try:
+        return file_sha256(path)
+    except OSError as exc:
+        raise InputError(f"pretrained weights file cannot be read ({exc.strerror or exc})", file=path) from exc
 
 
 def _fingerprint(train: pd.DataFrame) -> str:
@@ -654,6 +691,8 @@ class _Run:
     fingerprint: str
     progress: bool
     history: list[dict[str, Any]]
+    #: SHA-256 of the `pretrained` file's contents (None without one): part of what the run resumes from
+    pretrained_sha256: str | None = None
 
 
 def _rules(config: TrainConfig) -> CropRules:
@@ -746,7 +785,7 @@ def _train_stage(run: _Run, stage: int, budget: list[int]) -> dict[str, Any] | N
     state_path = stage_dir / STATE_FILE
     state = _load_state(state_path)
     if state is not None:
-        _check_resume(state, cfg, run.fingerprint, state_path)
+        _check_resume(state, run, state_path)
         if state["epoch"] >= epochs:
             run.history[:] = state["history"]
             return state["summary"]
@@ -906,6 +945,7 @@ def _train_stage(run: _Run, stage: int, budget: list[int]) -> dict[str, Any] | N
                     "global_step": global_step,
                     "config": cfg.to_dict(),
                     "data": run.fingerprint,
+                    "pretrained_sha256": run.pretrained_sha256,
                     "age_range": list(run.age_range),
                     "model": model.state_dict(),
                     "ema": None if ema is None else ema.module.state_dict(),
@@ -1006,7 +1046,7 @@ def train_mivolo(
             )
         run = _Run(
             config, env, device, out, samples, masked, image_roots, train, val, age_range, age_weights,
-            _fingerprint(train), progress, [],
+            _fingerprint(train), progress, [], pretrained_sha256(config.pretrained),
         )  # fmt: skip
         if env.main:
             out.mkdir(parents=True, exist_ok=True)

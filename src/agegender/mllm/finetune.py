@@ -18,12 +18,14 @@ Outputs (`out_dir`)::
                             transformers and vllm backends
     checkpoints.json        index: [{"step", "epoch_fraction", "path", "name", "final"}, ...] in step order;
                             "path" is out_dir/<name> as given, "name" is relative to this file's folder
-    finetune_config.json    the config and data fingerprint (a resumed run must match it)
+    finetune_config.json    the config, the data fingerprint and the base model's revision (a resumed run must
+                            match them)
     finetune_summary.json   what `finetune` returns
     sft_crops/              the training crops as PNG files (cache_crops; reused on resume)
 
 Resuming: run the same command again. With checkpoints in `out_dir` the Trainer resumes from the last one
-(weights, optimizer, scheduler, RNG, data order); a run with another config or other data is refused.
+(weights, optimizer, scheduler, RNG, data order); a run with another config, other data or another base model
+(compared by its weights' revision, `folder_revision`: a base retrained in place is another base) is refused.
 
 One process (CPU or one GPU)::
 
@@ -408,8 +410,13 @@ def _callback(run: _RunInfo) -> Any:
     return CompleteCheckpoints()
 
 
-def _check_resume(out_dir: Path, config: FinetuneConfig, fingerprint: str, base: Path) -> bool:
-    """Whether to resume; refuses a checkpointed run whose config, data or base model differ."""
+def _check_resume(out_dir: Path, config: FinetuneConfig, fingerprint: str, base: Path, base_revision: str) -> bool:
+    """Whether to resume; refuses a checkpointed run whose config, data or base model differ.
+
+    The base model is compared by its revision (`folder_revision`: every byte of its weights and definition), so
+    a base retrained or replaced in the same folder is refused and the same weights in a moved folder are not.
+    Runs recorded before the revision was kept are compared by the folder path, as they were.
+    """
     checkpoints = [p for p in out_dir.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
     if not checkpoints:
         return False
@@ -427,7 +434,14 @@ def _check_resume(out_dir: Path, config: FinetuneConfig, fingerprint: str, base:
         raise InputError(f"cannot resume: settings changed since the checkpoints were made: {changed}", file=path)
     if old.get("data_fingerprint") != fingerprint:
         raise InputError("cannot resume: the training records differ from the checkpointed run's", file=path)
-    if old.get("base_model") != str(base):
+    recorded = old.get("base_model_revision")
+    if recorded is not None and recorded != base_revision:
+        raise InputError(
+            f"cannot resume: the base model's weights changed since the checkpoints were made (revision {recorded}, "
+            f"now {base_revision} in {str(base)!r}); use another output folder, or remove it to start over",
+            file=path,
+        )
+    if recorded is None and old.get("base_model") != str(base):
         raise InputError(f"cannot resume: base model was {old.get('base_model')!r}, now {str(base)!r}", file=path)
     return True
 
@@ -467,6 +481,7 @@ def finetune(
     import torch
     from transformers import Trainer, set_seed
 
+    from agegender.mllm.backends.transformers_backend import folder_revision
     from agegender.mllm.sft_data import SFTCollator, SFTDataset, build_records
 
     config = config or FinetuneConfig()
@@ -490,13 +505,20 @@ def finetune(
             context=context,
             progress=progress and args.process_index == 0,
         )
+        # rank 0 reads the weights once and caches the digest; the other ranks then find it in the cache
+        base_revision = folder_revision(base)
     if not records:
         raise InputError(f"no trainable records (age and gender known, with a {config.input_kind} crop): {data_stats}")
     fingerprint = _fingerprint(records)
     out.mkdir(parents=True, exist_ok=True)
-    resume = _check_resume(out, config, fingerprint, base)
+    resume = _check_resume(out, config, fingerprint, base, base_revision)
     if args.process_index == 0 and not resume:
-        meta = {"config": config.to_dict(), "data_fingerprint": fingerprint, "base_model": str(base)}
+        meta = {
+            "config": config.to_dict(),
+            "data_fingerprint": fingerprint,
+            "base_model": str(base),
+            "base_model_revision": base_revision,
+        }
         _atomic_json(meta, out / CONFIG_FILE)
 
     set_seed(config.seed)

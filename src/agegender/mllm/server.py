@@ -74,6 +74,8 @@ FAULT_KINDS = ("429", "500", "401", "timeout", "malformed", "drop", "refuse", "r
 REFUSAL_TEXT = "I'm sorry, I can't help with that."
 #: the line a server started with `--announce` prints once its socket is bound
 ANNOUNCE_PREFIX = "AGEGENDER_SERVER_PORT="
+#: field of a `/v1/models` entry with what decides the answers: backend, model revision, key options
+IDENTITY_FIELD = "agegender_identity"
 _INLINE_DECODE_BYTES = 64 * 1024
 
 
@@ -574,6 +576,8 @@ def create_app(
     plan = faults if isinstance(faults, FaultPlan) else FaultPlan(faults)
     revision = backend.model_revision
     fingerprint = "fp_" + hashlib.sha256(f"{backend.name}|{backend.model}|{revision}".encode()).hexdigest()[:10]
+    # what decides the answers, for a client's response store (see `served_identity`)
+    identity = {"backend": backend.name, "model_revision": revision, "key_options": backend.key_options()}
     created = int(time.time())
     batcher = MicroBatcher(backend, batch_size or backend.batch_size, max_wait_ms / 1000.0)
     counter = {"requests": 0}
@@ -597,7 +601,16 @@ def create_app(
     async def models() -> dict[str, Any]:
         return {
             "object": "list",
-            "data": [{"id": served, "object": "model", "created": created, "owned_by": "agegender", "root": revision}],
+            "data": [
+                {
+                    "id": served,
+                    "object": "model",
+                    "created": created,
+                    "owned_by": "agegender",
+                    "root": revision,
+                    IDENTITY_FIELD: identity,
+                }
+            ],
         }
 
     @app.get("/stats")
@@ -947,6 +960,48 @@ def exit_with_parent(parent_pid: int, grace_s: float = PARENT_GONE_GRACE_S) -> N
         os._exit(1)
 
     threading.Thread(target=watch, name="agegender-parent-watch", daemon=True).start()
+
+
+def served_identity(base_url: str, *, timeout_s: float = 10.0) -> dict[str, Any]:
+    """What a server of this project serves, as its response store key needs it: backend, revision, options.
+
+    A client of the server keys its store by the served model's name; the weights behind that name (a folder
+    retrained in place) and the wrapped backend's preprocessing must join the key, or a rerun would reuse the
+    old model's answers (`OpenAIBackend(served_identity=...)`).
+
+    Args:
+        base_url: the server's base URL on loopback, e.g. `http://127.0.0.1:51234/v1`.
+        timeout_s: how long to wait for the answer.
+
+    Returns:
+        `{"backend", "model_revision", "key_options"}` of the wrapped backend.
+
+    Raises:
+        InputError: a non-loopback URL, or a server that does not report its identity (not this project's).
+    """
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(base_url)
+    if parts.scheme != "http" or not parts.hostname or not is_loopback_host(parts.hostname):
+        raise InputError("served_identity asks servers on loopback only", field="base_url")
+    conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout_s)
+    try:
+        conn.request("GET", parts.path.rstrip("/") + "/models")
+        response = conn.getresponse()
+        body = response.read()
+    except OSError as exc:
+        raise InputError(f"cannot ask the server what it serves ({exc})", field="base_url") from exc
+    finally:
+        conn.close()
+    try:
+        entries = json.loads(body)["data"]
+        identity = entries[0][IDENTITY_FIELD]
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise InputError(
+            f"the server's /models (HTTP {response.status}) does not say what it serves: not an agegender server",
+            field="base_url",
+        ) from exc
+    return dict(identity)
 
 
 def _url_host(host: str) -> str:

@@ -63,7 +63,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -344,6 +344,10 @@ class OpenAIBackend(Backend):
         batch_size: queries a chunking runner hands over at once (default max(64, 4 * concurrency)).
         allow_insecure_http: accept a plain `http://` base_url that is not this machine's loopback interface
             (the key and the photos travel unencrypted); off by default, see the module notes.
+        served_identity: what the endpoint serves when it is this project's server (`agegender.mllm.server.
+            served_identity`: the wrapped backend, its model revision and answer-changing options). They join the
+            response store's key, so a local model retrained in place, or served with other preprocessing,
+            never gets the old answers back; None for other endpoints (the key is then the model id).
 
     Raises:
         InputError: bad or unknown options; no key for a non-loopback endpoint; plain http to another host
@@ -376,6 +380,7 @@ class OpenAIBackend(Backend):
         http_transport: Any = None,
         jitter_seed: int | None = None,
         allow_insecure_http: bool = False,
+        served_identity: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> None:
         batch_size = options.pop("batch_size", None)
@@ -435,6 +440,7 @@ class OpenAIBackend(Backend):
         self.http_backend = http_backend
         self._transport = http_transport
         self._rng = random.Random(jitter_seed)
+        self.served_identity = dict(served_identity) if served_identity is not None else None
         self._loopback = is_loopback_url(self.base_url)
         self._api_key = self._read_key()
         if max_tokens_param == "auto":
@@ -471,12 +477,15 @@ class OpenAIBackend(Backend):
 
     @property
     def model_revision(self) -> str | None:
-        """None: an endpoint's revision is only known from its answers, and a cache key must not change mid-run.
+        """The served model's revision from `served_identity` (this project's server), else None.
 
-        Each `Answer.model_revision` carries the model id the endpoint reported serving (OpenAI: the dated
-        snapshot behind an alias such as `gpt-4o`); `describe()["served_models"]` counts them. To pin a
+        Other endpoints: an endpoint's revision is only known from its answers, and a cache key must not change
+        mid-run. Each `Answer.model_revision` carries the model id the endpoint reported serving (OpenAI: the
+        dated snapshot behind an alias such as `gpt-4o`); `describe()["served_models"]` counts them. To pin a
         revision, ask for a dated model id.
         """
+        if self.served_identity is not None:
+            return self.served_identity.get("model_revision")
         return None
 
     @property
@@ -490,9 +499,14 @@ class OpenAIBackend(Backend):
 
         The endpoint URL is not one: a local server gets a new port every run.
         """
-        if self.image_format == "png":
-            return {"image_format": "png"}  # lossless: the compression level does not change the pixels
-        return {"image_format": "jpeg", "jpeg_quality": self.jpeg_quality}
+        key: dict[str, Any] = (
+            {"image_format": "png"}  # lossless: the compression level does not change the pixels
+            if self.image_format == "png"
+            else {"image_format": "jpeg", "jpeg_quality": self.jpeg_quality}
+        )
+        if self.served_identity is not None:
+            key["served"] = {k: v for k, v in self.served_identity.items() if k != "model_revision"}
+        return key
 
     def describe(self) -> dict[str, Any]:
         """What the run manifest records: endpoint, settings, what was sent and what came back (never the key)."""

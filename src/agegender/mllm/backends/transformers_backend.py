@@ -14,9 +14,14 @@ the processor (`CLIPImageProcessor`), both placing the image at ((S - w) // 2, (
 `expand2square`. LLaVA-NeXT's any-res tiling is the processor's own.
 
 Model revision (part of the response store's key): the commit hash when the folder is a Hugging Face
-hub snapshot (`.../snapshots/<40 hex>/`); otherwise `local-` + 16 hex of a SHA-256 over config.json
-and, per weights file (name, size, and the file's bytes when the weights total at most
-`FULL_HASH_LIMIT` bytes, else its safetensors header and its first and last MiB). The option
+hub snapshot (`.../snapshots/<40 hex>/`); otherwise `local-` + 16 hex of a SHA-256 over the name, size and full
+SHA-256 of every top-level weights file and of every file that defines what the model sees and says (configs,
+processor, tokenizer, chat template). Every byte of the weights counts: a model retrained into the same folder
+keeps its file sizes and safetensors headers, and a partly frozen or LoRA fine-tune may keep the first and last
+megabytes of every shard, so any sampled digest would serve the old model's answers for the new one. Hashing a
+7B model (~15 GB) reads it once (~10 s at 1.6 GB/s); the digests are then cached per file by its identity
+(`agegender.fingerprint.file_sha256`), so later runs and checkpoint selection do not read it again. Training
+bookkeeping (optimizer, scheduler, RNG state, `trainer_state.json`) is left out. The option
 `model_revision="..."` overrides it.
 """
 
@@ -24,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import struct
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,12 +40,13 @@ from PIL import Image
 
 from agegender.device import resolve_device
 from agegender.errors import InputError
+from agegender.fingerprint import file_sha256
 from agegender.mllm.backends.base import Answer, Backend, GenerationParams, Query, register_backend
 
-#: weights up to this size are hashed in full for the revision digest (tiny and fine-tuned small models)
-FULL_HASH_LIMIT = 512 * 1024 * 1024
 _SNAPSHOT = re.compile(r"/snapshots/([0-9a-f]{40})(/|$)")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+#: other top-level files that change answers: config, generation config, processor, tokenizer, chat template
+_DEFINITION_SUFFIXES = (".json", ".jinja", ".model", ".txt")
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
@@ -58,17 +63,34 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return _DTYPES[dtype]
 
 
-_TRAINING_STATE_PREFIXES = ("optimizer", "scheduler", "rng_state", "scaler", "training_args")
+_TRAINING_STATE_PREFIXES = ("optimizer", "scheduler", "rng_state", "scaler", "training_args", "trainer_state")
+
+
+def _revision_files(folder: Path) -> list[Path]:
+    """The top-level files whose contents make a folder's revision (module docstring), sorted by name."""
+    out = []
+    for p in folder.iterdir():
+        name = p.name
+        if name.startswith(".") or not p.is_file() or name.startswith(_TRAINING_STATE_PREFIXES):
+            continue
+        if name.endswith(_WEIGHT_SUFFIXES) or (
+            name.endswith(_DEFINITION_SUFFIXES) and not name.endswith("_results.json") and not name.startswith("README")
+        ):
+            out.append(p)
+    return sorted(out, key=lambda p: p.name)
 
 
 def folder_revision(folder: str | Path) -> str:
-    """The revision of a model folder: hub commit hash, or a digest of config and weights (module docs).
+    """The revision of a model folder: hub commit hash, or a digest of every byte of its weights and definition.
 
     Args:
         folder: a local model folder (a hub snapshot or any save_pretrained output).
 
     Returns:
-        A 40-hex commit hash, or `local-<16 hex>`.
+        A 40-hex commit hash, or `local-<16 hex>` (see the module docstring for what it covers and costs).
+
+    Raises:
+        InputError: the folder or one of its files cannot be read.
     """
     path = Path(folder).resolve()
     # A snapshot folder's files are symlinks into blobs/, so the resolved folder path still names the commit.
@@ -76,32 +98,11 @@ def folder_revision(folder: str | Path) -> str:
     if match:
         return match.group(1)
     digest = hashlib.sha256()
-    config = path / "config.json"
-    if config.is_file():
-        digest.update(b"config.json\0" + config.read_bytes())
-    # Trainer checkpoints also hold optimizer/scheduler/RNG state as .pt/.pth: not weights, so not the revision
-    weights = sorted(
-        p
-        for p in path.iterdir()
-        if p.is_file() and p.name.endswith(_WEIGHT_SUFFIXES) and not p.name.startswith(_TRAINING_STATE_PREFIXES)
-    )
-    total = sum(p.stat().st_size for p in weights)
-    for p in weights:
-        size = p.stat().st_size
-        digest.update(f"\0{p.name}\0{size}\0".encode())
-        with p.open("rb") as fh:
-            if total <= FULL_HASH_LIMIT:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(chunk)
-                continue
-            if p.suffix == ".safetensors" and size >= 8:
-                (n,) = struct.unpack("<Q", fh.read(8))
-                digest.update(fh.read(min(n, size - 8)))
-            # Large files: their ends catch most re-saves without reading gigabytes.
-            fh.seek(0)
-            digest.update(fh.read(1 << 20))
-            fh.seek(max(0, size - (1 << 20)))
-            digest.update(fh.read(1 << 20))
+    try:
+        for p in _revision_files(path):
+            digest.update(f"{p.name}\0{p.stat().st_size}\0{file_sha256(p)}\n".encode())
+    except OSError as exc:
+        raise InputError(f"cannot read the model folder to fingerprint it ({exc})", file=path) from exc
     return "local-" + digest.hexdigest()[:16]
 
 
