@@ -388,6 +388,7 @@ def query_mllms(params: Params, paths: ProjectPaths, model_key: str, *, progress
         "requests_sent": sum(int(r.manifest.get("requests_sent", 0)) for r in results),
         "cache_hits": sum(int(r.manifest.get("cache_hits", 0)) for r in results),
         "no_crop": sum(len(r.no_crop_ids) for r in results),
+        "bad_images": sum(int(r.manifest["bad_images"]["samples"]) for r in results),  # samples marked failed
     }
     write_metrics(paths, f"query_mllms/{model_key}", summary)
     return summary
