@@ -208,6 +208,9 @@ def predict(params: Params, paths: ProjectPaths, *, progress: bool = True) -> pd
             extra |= {f"{name}.age": round(model.age, 6), f"{name}.gender": model.gender}
         else:
             extra[f"{name}.skipped"] = int(sum(table.attrs.get("skipped", {}).values()))
+            # samples whose image could not be loaded (their rows are `failed`); a model's own predict_samples may
+            # not report them
+            extra[f"{name}.bad_images"] = int(table.attrs.get("bad_images", {}).get("samples", 0))
         _write_predictions(table, out, name)
         tables.append(table)
     for name, ext in params.predict.external.items():

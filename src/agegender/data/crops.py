@@ -78,10 +78,25 @@ class BadImages:
         for sample_id in sample_ids:
             self.samples[str(sample_id)] = str(path)
 
+    def update(self, other: BadImages) -> None:
+        """Add what another collector recorded (e.g. one per input kind of a run)."""
+        for path, reason in other.images.items():
+            self.images.setdefault(path, reason)
+        self.samples.update(other.samples)
+
     def summary(self, limit: int = 20) -> dict[str, Any]:
         """`{"images": n, "samples": n, "examples": {file: reason}}` for a manifest, the first `limit` files named."""
         examples = dict(list(self.images.items())[:limit])
         return {"images": len(self.images), "samples": len(self.samples), "examples": examples}
+
+    @staticmethod
+    def describe(summary: Mapping[str, Any]) -> str:
+        """One line for people from a `summary()` (or summed ones): how many, and each named file with why."""
+        examples = summary.get("examples", {})
+        named = "; ".join(f"{path}: {reason}" for path, reason in examples.items())
+        more = summary["images"] - len(examples)
+        named += f"; and {more} more" if more > 0 else ""
+        return f"{summary['samples']} samples marked failed: {summary['images']} images cannot be loaded ({named})"
 
 
 def _empty_boxes() -> np.ndarray:
@@ -539,7 +554,8 @@ def iter_crops(
         context: a larger sample table whose boxes also count as neighbours for `body_wo_face`
             (pass the full table when `samples` is a subset, such as a NanoLAGENDA-style sample).
         bad_images: where given, an image that cannot be loaded (missing, truncated, not an image) does not
-            raise: it is recorded there with its samples, and each of them yields None.
+            raise: it is recorded there with its samples that have the box `kind` needs, and each of its samples
+            yields None.
 
     Yields:
         (sample_id, crop), where crop is None when the sample has no box for this kind, a drop rule
@@ -586,7 +602,11 @@ def iter_crops(
             except InputError as exc:
                 if bad_images is None:
                     raise
-                bad_images.add(path, exc.message, (ids[pos] for pos in positions))
+                # Only samples with the box this kind needs lose their crop to the file; the others had none anyway.
+                needed = faces if kind == "face" else persons
+                hit = [ids[pos] for pos in positions if np.isfinite(needed[pos]).all()]
+                if hit:
+                    bad_images.add(path, exc.message, hit)
                 pending.update(dict.fromkeys(positions))
             else:
                 for pos in positions:

@@ -493,14 +493,7 @@ def run_queries(
         rows[request_id(sample_id, input_kind)] = {**empty_row(sample_id), "status": "failed"}
         tally.status["failed"] += 1
     if bad.images:
-        _log.warning(
-            "%s [%s]: %d samples on %d images that cannot be loaded are marked failed (first: %s)",
-            model,
-            input_kind,
-            len(bad.samples),
-            len(bad.images),
-            "; ".join(f"{path}: {reason}" for path, reason in list(bad.images.items())[:3]),
-        )
+        _log.warning("%s [%s]: %s", model, input_kind, BadImages.describe(bad.summary(limit=3)))
     # The samples' order (queries follow it; a bad image's samples slot in where they stand).
     ordered = [rid for rid in (request_id(sid, input_kind) for sid in subset["sample_id"].astype(str)) if rid in rows]
     predictions = validate_predictions(pd.DataFrame([rows[rid] for rid in ordered], columns=list(PREDICTION_COLUMNS)))
@@ -895,12 +888,10 @@ def _cmd_query(args: argparse.Namespace) -> int:
         f"{m['rows']} rows -> {preds} ({counts}; {m['requests_sent']} requests, {m['cache_hits']} cached, "
         f"{m['no_crop']} without a {args.input} crop); manifest -> {manifest}"
     )
-    bad = m["bad_images"]
-    if bad["images"]:
-        named = "; ".join(f"{path}: {reason}" for path, reason in bad["examples"].items())
-        more = bad["images"] - len(bad["examples"])
-        named += f"; {more} more, counted in the manifest" if more > 0 else ""
-        print(f"{bad['samples']} samples marked failed: {bad['images']} images cannot be loaded ({named})")
+    if m["bad_images"]["images"]:
+        from agegender.data.crops import BadImages
+
+        print(BadImages.describe(m["bad_images"]))
     return 0
 
 
