@@ -162,9 +162,10 @@ def image_sizes(
 ) -> dict[Path, tuple[int, int] | InputError]:
     """`image_size` of many images at once, in threads, every failure kept rather than raised.
 
-    Threads, not processes: PIL releases the GIL while it decodes, so they scale with the cores at no start-up or
-    pickling cost (`benchmarks/bench_check_images.py` compares the two), and the extra threads beyond the cores
-    keep reading while others wait for the disk.
+    Threads, not processes: PIL releases the GIL while it decodes, so they use every core, with no start-up, no
+    pickling and no fork of a process that may hold other threads (a notebook kernel). On 2 cores a process pool
+    was within the noise of a shared machine (`benchmarks/bench_check_images.py`: 10 % faster in one run, slower in
+    two). Twice as many threads as cores lets some read while others wait for the disk.
 
     Args:
         paths: image files (duplicates are looked at once).

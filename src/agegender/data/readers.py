@@ -314,7 +314,8 @@ def _check_rows(
     # Every image the table names is opened and cheaply decoded first, in threads: a truncated or empty file is a bad
     # row here (`unreadable_image`), not a crash in a long run later. Each distinct image is looked at once.
     named = (str(rec.get(image_col, "")).strip() for rec in records)
-    sizes.update(image_sizes([p for p in dict.fromkeys(root / n for n in named if n) if p not in sizes], decode=True))
+    todo = [p for p in dict.fromkeys(root / n for n in named if n) if p not in sizes]
+    sizes.update(image_sizes(todo, decode=True, progress=True))  # a bar once it takes over a second
     for i, rec in enumerate(records):
         image_name = str(rec.get(image_col, "")).strip()
         if not image_name:
