@@ -1,8 +1,9 @@
 """Check every file a params file names before any work starts, and fingerprint what each stage reads.
 
 `check_params` looks at everything params.yaml points at outside the project (data set folders, annotation
-CSVs and the images they name, MiVOLO checkpoints, external prediction tables, Hugging Face model folders,
-API settings) and returns ALL problems at once, each naming its params key, what is wrong and the file.
+CSVs and the images they name, each present and decoding, MiVOLO checkpoints, external prediction tables,
+Hugging Face model folders, API settings) and returns ALL problems at once, each naming its params key, what is
+wrong and the file.
 What the pipeline makes itself is skipped: data sets inside the generated demo folder, checkpoints inside
 `train_mivolo.out`, model folders inside `finetune_mllm.out`, and `build_tiny` models. API keys are checked
 for presence in the environment only; their values are never read into a message, a fingerprint or a file.
@@ -582,7 +583,10 @@ def check_params(
     """Check every file and setting the params point at, and return ALL problems at once.
 
     Relative paths resolve against the project root. Nothing is loaded beyond headers, checkpoint keys and
-    small JSON files; every image an annotation CSV names is looked up with one `stat` each.
+    small JSON files, except the images a data set names: each is opened and cheaply decoded (a JPEG at 1/8 scale,
+    in threads; `agegender.data.readers.image_problems`), so that a truncated or empty file is reported here, with
+    every other one, and not by a run that stops at it (67,000 LAGENDA-sized JPEGs: ~1.5 ms of CPU each, about
+    50 s on 2 idle cores; `benchmarks/bench_check_images.py`).
 
     Args:
         params: validated params.

@@ -210,6 +210,9 @@ def predict(params: Params, paths: ProjectPaths, *, progress: bool = True) -> pd
             extra |= {f"{name}.age": round(model.age, 6), f"{name}.gender": model.gender}
         else:
             extra[f"{name}.skipped"] = int(sum(table.attrs.get("skipped", {}).values()))
+            # samples whose image could not be loaded (their rows are `failed`); a model's own predict_samples may
+            # not report them
+            extra[f"{name}.bad_images"] = int(table.attrs.get("bad_images", {}).get("samples", 0))
         _write_predictions(table, out, name)
         tables.append(table)
     for name, ext in params.predict.external.items():
@@ -422,6 +425,7 @@ def query_mllms(params: Params, paths: ProjectPaths, model_key: str, *, progress
         "requests_sent": sum(int(r.manifest.get("requests_sent", 0)) for r in results),
         "cache_hits": sum(int(r.manifest.get("cache_hits", 0)) for r in results),
         "no_crop": sum(len(r.no_crop_ids) for r in results),
+        "bad_images": sum(int(r.manifest["bad_images"]["samples"]) for r in results),  # samples marked failed
     }
     write_metrics(paths, f"query_mllms/{model_key}", summary)
     note = outcome.check_failures(**ending)

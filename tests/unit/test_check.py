@@ -12,8 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from agegender import cli
-from agegender.check import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/bad_images.py
+
+from bad_images import write_empty, write_truncated_jpeg  # noqa: E402
+
+from agegender import cli  # noqa: E402
+from agegender.check import (  # noqa: E402
     Problem,
     check_llava_folder,
     check_mivolo_checkpoint,
@@ -22,13 +26,13 @@ from agegender.check import (
     format_problems,
     write_fingerprints,
 )
-from agegender.data import readers
-from agegender.data.readers import check_dataset, read_dataset, register_reader, resolve_reader
-from agegender.errors import InputError
-from agegender.mivolo.checkpoint import save_checkpoint
-from agegender.mivolo.model import create_mivolo
-from agegender.params import load_params, params_from_dict
-from agegender.paths import ProjectPaths
+from agegender.data import readers  # noqa: E402
+from agegender.data.readers import check_dataset, read_dataset, register_reader, resolve_reader  # noqa: E402
+from agegender.errors import InputError  # noqa: E402
+from agegender.mivolo.checkpoint import save_checkpoint  # noqa: E402
+from agegender.mivolo.model import create_mivolo  # noqa: E402
+from agegender.params import load_params, params_from_dict  # noqa: E402
+from agegender.paths import ProjectPaths  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "sk-test-4f9a1c0ffee-not-a-real-key"
@@ -183,6 +187,52 @@ def test_every_fault_is_reported_at_once(project: Path) -> None:
     assert "1 of 1 images" in by_where["prepare_data.datasets.lagenda"].message
     assert text.splitlines()[0] == f"{len(problems)} problems found:"
     assert "[prepare_data]" in text and "[report]" in text and f"{len(problems):3d}. " in text
+
+
+def test_every_bad_image_is_reported_at_once(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Truncated, empty and missing images: each named with the CSV row that names it, in one run of `check`."""
+    lagenda = project / "data" / "lagenda"
+    write_truncated_jpeg(lagenda / "images" / "a.jpg", 32, 24)  # its header still reads
+    write_empty(lagenda / "images" / "b.jpg")
+    write_truncated_jpeg(project / "data" / "wild" / "p1.jpg", 32, 24)
+    problems = check_params(params_from_dict(_config()), ProjectPaths(project), env=ENV, sections=["prepare_data"])
+    lines = {(p.where, p.message) for p in problems}
+    train, test = lagenda / "annotations" / "lagenda_train.csv", lagenda / "annotations" / "lagenda_test.csv"
+    assert len(problems) == 3, format_problems(problems)
+    for where, start, needle in [
+        (
+            "prepare_data.datasets.lagenda",
+            f"{train}, row 1, field 'img_name': images/a.jpg: cannot be decoded",
+            "trunc",
+        ),
+        ("prepare_data.datasets.lagenda", f"{test}, row 1, field 'img_name': images/b.jpg: image file is empty", ""),
+        (
+            "prepare_data.datasets.wild",
+            f"{project / 'data' / 'wild' / 'labels.csv'}, row 1, field 'image': p1",
+            "trunc",
+        ),
+    ]:
+        assert any(w == where and m.startswith(start) and needle in m for w, m in lines), (where, start, lines)
+    argv = ["check", "--root", str(project), "--params", "params.yaml", "--section", "prepare_data"]
+    (project / "params.yaml").write_text(json.dumps(_config()))
+    assert cli.main(argv) == 1
+    out = capsys.readouterr().out
+    assert "3 problems found" in out and "images/a.jpg" in out and "images/b.jpg" in out and "p1.jpg" in out
+
+
+def test_thousands_of_bad_images_are_counted_not_listed(tmp_path: Path) -> None:
+    root = tmp_path / "wild"
+    names = [f"p{i:02d}.jpg" for i in range(15)]
+    for name in names[:2]:
+        _jpeg(root / name)
+    for name in names[2:]:
+        write_empty(root / name)
+    _write(root / "labels.csv", "image,age,gender\n" + "".join(f"{n},30,male\n" for n in names) + "gone.jpg,3,male\n")
+    problems = check_dataset("folder", root)
+    assert len(problems) == 1 + readers._MAX_NAMED + 1  # the missing one, ten named, the rest counted
+    assert "1 of 16 images" in problems[0] and "gone.jpg" in problems[0]
+    assert all(f"row {i + 1}, field 'image': {names[i]}: image file is empty" in problems[i - 1] for i in range(2, 12))
+    assert "and 3 more images that cannot be decoded (13 of the 15 under" in problems[-1]
 
 
 def test_predict_models_are_checked(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:

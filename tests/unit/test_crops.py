@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,20 +11,26 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from agegender.data import crops
-from agegender.data.crops import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/bad_images.py
+
+from bad_images import write_empty, write_truncated_jpeg  # noqa: E402
+
+from agegender.data import crops  # noqa: E402
+from agegender.data.crops import (  # noqa: E402
     CROP_KINDS,
+    BadImages,
     ImageBoxes,
     body_without_face,
     clamp_box,
     crop,
     crop_sample,
     image_size,
+    image_sizes,
     iter_crops,
     letterbox,
     load_image,
 )
-from agegender.errors import InputError
+from agegender.errors import InputError  # noqa: E402
 
 NAN = float("nan")
 
@@ -54,6 +62,69 @@ def test_load_image_rgb_and_errors(tmp_path: Path) -> None:
         load_image(bad)
     with pytest.raises(InputError, match="cannot be read as an image"):
         image_size(bad)
+
+
+def _noise_jpeg(width: int, height: int, **save: object) -> bytes:
+    pixels = np.random.default_rng(width * height).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90, **save)
+    return buffer.getvalue()
+
+
+def _fails(func, path: Path) -> bool:
+    try:
+        func(path)
+    except InputError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize(
+    "save", [{}, {"progressive": True}, {"subsampling": 0}], ids=["baseline", "progressive", "444"]
+)
+def test_cheap_decode_fails_exactly_where_a_full_load_fails(tmp_path: Path, save: dict) -> None:
+    """`image_size(decode=True)` decodes a JPEG at 1/8 scale: it must refuse every file `load_image` refuses and
+    take every file it takes (truncated anywhere, the end marker cut off, bytes of the stream corrupted)."""
+    data = _noise_jpeg(80, 56, **save)
+    path = tmp_path / "x.jpg"
+    variants = {"whole": data, "no end marker": data[:-2], "one byte short": data[:-1]}
+    variants |= {f"cut at {k}/20": data[: len(data) * k // 20] for k in range(1, 20)}
+    rng = np.random.default_rng(0)
+    for k in range(30):  # bytes flipped past the headers: libjpeg takes some, refuses others
+        corrupt = bytearray(data)
+        for at in rng.integers(len(data) // 4, len(data) - 2, size=8):
+            corrupt[at] = int(rng.integers(0, 256))
+        variants[f"corrupt {k}"] = bytes(corrupt)
+    refused = {}
+    for name, content in variants.items():
+        path.write_bytes(content)
+        refused[name] = _fails(load_image, path)
+        assert _fails(lambda p: image_size(p, decode=True), path) == refused[name], name
+    assert not refused["whole"] and all(v for k, v in refused.items() if k != "whole" and not k.startswith("corrupt"))
+
+
+def test_decode_finds_what_the_header_hides(tmp_path: Path) -> None:
+    cut = write_truncated_jpeg(tmp_path / "cut.jpg", 64, 48)
+    assert image_size(cut) == (64, 48)  # the header alone is fine
+    with pytest.raises(InputError, match="image file is truncated") as err:
+        image_size(cut, decode=True)
+    assert err.value.file == str(cut)
+    empty = write_empty(tmp_path / "empty.jpg")
+    for check in (image_size, lambda p: image_size(p, decode=True), load_image):
+        with pytest.raises(InputError, match=r"image file is empty \(0 bytes\)"):
+            check(empty)
+    png = _save(tmp_path / "ok.png", _flat(6, 9))
+    cut_png = tmp_path / "cut.png"
+    cut_png.write_bytes(png.read_bytes()[:-20])  # into the pixel data: PNG is fully decoded
+    with pytest.raises(InputError, match="cannot be decoded"):
+        image_size(cut_png, decode=True)
+    good = _save(tmp_path / "good.jpg", _flat(30, 40))
+    sizes = image_sizes([good, cut, tmp_path / "gone.jpg", empty, good, png], decode=True, workers=3)
+    assert list(sizes) == [good, cut, tmp_path / "gone.jpg", empty, png]  # in order, each once
+    assert sizes[good] == (40, 30) and sizes[png] == (9, 6)
+    assert [type(sizes[p]) for p in (cut, tmp_path / "gone.jpg", empty)] == [InputError] * 3
+    assert "not found" in str(sizes[tmp_path / "gone.jpg"])
+    assert image_sizes([good, cut], workers=1) == {good: (40, 30), cut: (64, 48)}  # headers only
 
 
 def test_exif_orientation_swaps_size_like_load_image(tmp_path: Path) -> None:
@@ -273,3 +344,31 @@ def test_iter_crops_missing_image_names_file(tmp_path: Path) -> None:
     with pytest.raises(InputError) as err:
         list(iter_crops(samples, None, tmp_path, "face"))
     assert err.value.file == str(tmp_path / "nope.png")
+
+
+def test_iter_crops_records_bad_images_and_goes_on(photo_dir: Path) -> None:
+    write_truncated_jpeg(photo_dir / "cut.jpg", 100, 100)
+    write_empty(photo_dir / "empty.jpg")
+    samples = _table(
+        [
+            _row("s1", "a.png", face=(0, 0, 10, 20)),
+            _row("s2", "cut.jpg", face=(0, 0, 30, 10)),
+            _row("s3", "empty.jpg", face=(5, 5, 15, 15)),
+            _row("s4", "cut.jpg", face=(10, 10, 20, 20)),
+            _row("s5", "c.png", face=(10, 10, 20, 20)),
+        ]
+    )
+    with pytest.raises(InputError, match="truncated"):  # without a collector: as before
+        list(iter_crops(samples, None, photo_dir, "face"))
+    bad = BadImages()
+    out = list(iter_crops(samples, None, photo_dir, "face", bad_images=bad))
+    assert [sid for sid, _ in out] == ["s1", "s2", "s3", "s4", "s5"]
+    assert [c is None for _, c in out] == [False, True, True, True, False]
+    assert bad.samples == {
+        "s2": str(photo_dir / "cut.jpg"),
+        "s3": str(photo_dir / "empty.jpg"),
+        "s4": bad.samples["s2"],
+    }
+    assert list(bad.images) == [str(photo_dir / "cut.jpg"), str(photo_dir / "empty.jpg")]
+    summary = bad.summary(limit=1)
+    assert summary["images"] == 2 and summary["samples"] == 3 and list(summary["examples"]) == [bad.samples["s2"]]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,12 +13,16 @@ import pytest
 import torch
 from PIL import Image
 
-from agegender.data.crops import body_without_face, crop, load_image
-from agegender.data.schema import FACE_BOX, PERSON_BOX, PREDICTION_COLUMNS, validate_samples
-from agegender.errors import InputError
-from agegender.mivolo.model import create_mivolo
-from agegender.mivolo.predict import CropDataset, decode_outputs, input_crops, predict_samples
-from agegender.mivolo.preprocess import make_input
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/bad_images.py
+
+from bad_images import write_empty, write_truncated_jpeg  # noqa: E402
+
+from agegender.data.crops import body_without_face, crop, load_image  # noqa: E402
+from agegender.data.schema import FACE_BOX, PERSON_BOX, PREDICTION_COLUMNS, validate_samples  # noqa: E402
+from agegender.errors import InputError  # noqa: E402
+from agegender.mivolo.model import create_mivolo  # noqa: E402
+from agegender.mivolo.predict import CropDataset, decode_outputs, input_crops, predict_samples  # noqa: E402
+from agegender.mivolo.preprocess import make_input  # noqa: E402
 
 SIZE = 64  # mivolo_tiny_64
 
@@ -216,17 +222,85 @@ def test_bad_inputs(data, tmp_path: Path) -> None:
         predict_samples(model, samples, None, {"other": root}, progress=False)
     broken = tmp_path / "broken"
     broken.mkdir()
-    (broken / "a.png").write_bytes(b"not a png")
-    with pytest.raises(InputError, match="image") as info:
-        predict_samples(model, samples, None, broken, progress=False)
-    assert "a.png" in str(info.value)
     # an image none of whose samples has the box an input kind needs is not even decoded
-    (broken / "b.png").write_bytes(b"not a png either")
+    (broken / "b.png").write_bytes(b"not a png")
     faceless = samples[samples["sample_id"].isin(["b1", "b2"])]
     pred = predict_samples(model, faceless, None, broken, inputs=["face"], progress=False)
-    assert len(pred) == 0 and pred.attrs["skipped"] == {"face": 2}
+    assert len(pred) == 0 and pred.attrs["skipped"] == {"face": 2} and pred.attrs["bad_images"]["images"] == 0
     with pytest.raises(InputError, match="batch size"):
         predict_samples(model, samples, None, root, batch_size=0, progress=False)
+
+
+def _mixed(root: Path, folder: Path) -> Path:
+    """The data set's images with b.png truncated (its header intact) and c.png empty."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(root / "a.png", folder / "a.png")
+    write_truncated_jpeg(folder / "b.png", 200, 160)  # a JPEG under a .png name: PIL goes by the content
+    write_empty(folder / "c.png")
+    return folder
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_a_bad_image_fails_its_samples_not_the_run(data, tmp_path: Path, num_workers: int) -> None:
+    root, samples = data
+    mixed = _mixed(root, tmp_path / "mixed")
+    model, kinds = _model(), ["face_body", "face"]
+    full = predict_samples(model, samples, None, root, inputs=kinds, batch_size=2, progress=False)
+    parts = tmp_path / "parts"
+    pred = predict_samples(
+        model, samples, None, mixed, inputs=kinds, batch_size=2, num_workers=num_workers, progress=False, out=parts
+    )
+    rows = {(r.input, r.sample_id): r for r in pred.itertuples()}
+    # b1 (body only) has no face crop and b2 no box at all: no row, as with a good file; the rest of b and c fail
+    failed = {("face_body", s) for s in ("b0", "b1", "c0", "c1")} | {("face", s) for s in ("b0", "c0", "c1")}
+    assert {k for k, r in rows.items() if r.status == "failed"} == failed
+    assert all(pd.isna(rows[k].age_pred) and pd.isna(rows[k].gender_pred) for k in failed)
+    assert pred[["input", "sample_id"]].values.tolist() == full[["input", "sample_id"]].values.tolist()  # same order
+    ok = pred[pred["status"] == "ok"]
+    assert set(ok["sample_id"]) == {"a0", "a1"}
+    reference = full.set_index(["input", "sample_id"]).loc[list(zip(ok["input"], ok["sample_id"], strict=True))]
+    # other batch companions than in `full`: the batching tolerance of test_batched_equals_one_at_a_time_and_workers
+    np.testing.assert_allclose(ok["age_pred"].to_numpy(float), reference["age_pred"].to_numpy(float), atol=1e-4)
+    bad = pred.attrs["bad_images"]
+    assert (
+        bad["images"] == 2
+        and bad["samples"] == 4
+        and list(bad["examples"]) == [str(mixed / "b.png"), str(mixed / "c.png")]
+    )
+    assert "truncated" in bad["examples"][str(mixed / "b.png")] and "empty" in bad["examples"][str(mixed / "c.png")]
+    # The failed rows are not kept in the resume parts: mended files are predicted by the next run, and only they.
+    shutil.copy(root / "b.png", mixed / "b.png")
+    shutil.copy(root / "c.png", mixed / "c.png")
+    seen = _capture(model)
+    again = predict_samples(model, samples, None, mixed, inputs=kinds, batch_size=2, progress=False, out=parts)
+    assert sum(len(x) for x in seen) == len(failed)
+    assert (again["status"] == "ok").all() and again["sample_id"].tolist() == full["sample_id"].tolist()
+    assert again.attrs["bad_images"]["images"] == 0
+
+
+def test_mivolo_predict_command_names_bad_images_and_exits_3(
+    data, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agegender.mivolo.checkpoint import save_checkpoint
+    from agegender.mivolo.predict import add_mivolo_predict_parser
+
+    root, samples = data
+    mixed = _mixed(root, tmp_path / "mixed")
+    samples.to_parquet(tmp_path / "samples.parquet")
+    ckpt = save_checkpoint(tmp_path / "tiny.pt", _model())
+    out = tmp_path / "pred.parquet"
+    parser = argparse.ArgumentParser(prog="agegender")
+    add_mivolo_predict_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(
+        ["mivolo-predict", "--checkpoint", str(ckpt), "--samples", str(tmp_path / "samples.parquet"), "--out",
+         str(out), "--device", "cpu", "--no-progress", "--data-root", str(mixed)]
+    )  # fmt: skip
+    assert args.func(args) == 3  # a run with failed rows, written all the same
+    printed = capsys.readouterr().out
+    assert f"-> {out}" in printed and "4 samples marked failed: 2 images cannot be loaded" in printed
+    assert str(mixed / "b.png") in printed and "image file is empty" in printed
+    table = pd.read_parquet(out)
+    assert table.loc[table["status"] == "failed", "sample_id"].tolist() == ["b0", "b1", "c0", "c1"]
 
 
 def test_masked_side_table_is_blacked_out(data) -> None:

@@ -11,9 +11,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/mllm_fakes.py
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/mllm_fakes.py, tests/bad_images.py
 
+from bad_images import write_empty, write_truncated_jpeg  # noqa: E402
 from mllm_fakes import BatchBackend, ScriptedBackend, make_dataset  # noqa: E402
 
 from agegender.data.schema import PREDICTION_COLUMNS  # noqa: E402
@@ -142,6 +144,68 @@ def test_every_sample_gets_one_row_with_the_right_status(data, tmp_path: Path) -
     text = json.dumps(m)
     assert "sk-secret" not in text and "api_key" not in text  # describe() leaked a key: scrubbed
     assert "base_url" in text
+
+
+def _with_bad_images(tmp_path: Path) -> tuple[Path, pd.DataFrame, dict[str, Path]]:
+    """The fake data set with a truncated JPEG in the middle (image 6 of 12) and a zero-byte one (image 9)."""
+    root = tmp_path / "data"
+    samples = make_dataset(root, n_images=12)
+    bad = {"images/img006.png": root / "images" / "cut.jpg", "images/img009.png": root / "images" / "empty.jpg"}
+    write_truncated_jpeg(bad["images/img006.png"], 96, 96)
+    write_empty(bad["images/img009.png"])
+    samples["image_path"] = samples["image_path"].replace({k: f"images/{v.name}" for k, v in bad.items()})
+    samples.to_parquet(root / "samples.parquet", index=False)
+    return root, samples, bad
+
+
+def test_a_bad_image_fails_its_samples_not_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root, samples, bad = _with_bad_images(tmp_path)
+    on_bad = samples["image_path"].isin([f"images/{p.name}" for p in bad.values()])
+    # the samples on a bad file that would have had a body crop (the others have no row either way)
+    bad_ids = samples.loc[on_bad & samples["person_x0"].notna(), "sample_id"].tolist()
+    good_ids = [i for i in with_crop((root, samples[~on_bad]), "body")]
+    backend = ScriptedBackend("fake-model")
+    with ResponseStore(tmp_path / "store") as store:  # small chunks: the run goes on past the bad images
+        result = run((root, samples), store, backend, chunk_size=4)
+    preds = result.predictions.set_index("sample_id")
+    assert sorted(backend.requests) == sorted(f"{i}|body" for i in good_ids)  # nothing sent for a bad image
+    assert (preds.loc[good_ids, "status"] == "ok").all()
+    marked = preds.loc[bad_ids]
+    assert (marked["status"] == "failed").all() and marked[["age_pred", "gender_pred", "raw_answer"]].isna().all().all()
+    order = [i for i in samples["sample_id"] if i in set(good_ids) | set(bad_ids)]
+    assert result.predictions["sample_id"].tolist() == order  # the samples' order, bad ones where they stand
+    m = result.manifest
+    assert m["counts"]["failed"] == len(bad_ids) and m["counts"]["ok"] == len(good_ids) == m["queries"]
+    assert m["rows"] == len(good_ids) + len(bad_ids)
+    assert m["bad_images"]["images"] == 2 and m["bad_images"]["samples"] == len(bad_ids)
+    examples = m["bad_images"]["examples"]
+    assert "truncated" in examples[str(bad["images/img006.png"])]
+    assert "empty (0 bytes)" in examples[str(bad["images/img009.png"])]
+    merged = merge_manifests([m, {**m, "shard": {"index": 1, "count": 1}}])["bad_images"]
+    assert merged["images"] == 4 and merged["samples"] == 2 * len(bad_ids) and merged["examples"] == examples
+
+    # Mended files are tried again by the next run (a failed row is never stored as an answer).
+    for seed, path in enumerate(bad.values()):  # noise, so that no two crops are alike and share a request
+        pixels = np.random.default_rng(seed).integers(0, 256, size=(96, 96, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(path, format="JPEG")
+    again = ScriptedBackend("fake-model")
+    with ResponseStore(tmp_path / "store") as store:
+        second = run((root, samples), store, again)
+    retried = set(bad_ids) & set(with_crop((root, samples), "body"))
+    assert retried and sorted(again.requests) == sorted(f"{i}|body" for i in retried)
+    assert second.manifest["bad_images"] == {"images": 0, "samples": 0, "examples": {}}
+    assert second.manifest["counts"]["failed"] == 0
+
+
+def test_cli_query_names_the_bad_images(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root, _, bad = _with_bad_images(tmp_path)
+    argv = ["query", "--samples", str(root / "samples.parquet"), "--data-root", str(root), "--input", "face"]
+    argv += ["--backend", "test-scripted", "--model", "m", "--out", str(tmp_path / "p.parquet"), "--quiet"]
+    cli(argv)  # the exit code for failed rows is the CLI's own business; the rows and the report are checked here
+    out = capsys.readouterr().out
+    assert "2 images cannot be loaded" in out and str(bad["images/img006.png"]) in out and "empty.jpg" in out
+    table = pd.read_parquet(tmp_path / "p.parquet")
+    assert (table.loc[table["sample_id"].str.contains("img006|img009"), "status"] == "failed").all()
 
 
 def test_rerun_sends_nothing_and_retries_the_failed(data, tmp_path: Path) -> None:

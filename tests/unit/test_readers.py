@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,8 +10,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from agegender.data import readers
-from agegender.data.readers import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/bad_images.py
+
+from bad_images import write_empty, write_truncated_jpeg  # noqa: E402
+
+from agegender.data import crops  # noqa: E402
+from agegender.data.readers import (  # noqa: E402
     MASKED_COLUMNS,
     SKIP_REASONS,
     parse_age,
@@ -19,8 +24,8 @@ from agegender.data.readers import (
     read_folder,
     read_mivolo,
 )
-from agegender.data.schema import SAMPLE_COLUMNS
-from agegender.errors import InputError
+from agegender.data.schema import SAMPLE_COLUMNS  # noqa: E402
+from agegender.errors import InputError  # noqa: E402
 
 HEADER = "img_name,age,gender,face_x0,face_y0,face_x1,face_y1,person_x0,person_y0,person_x1,person_y1"
 
@@ -96,16 +101,16 @@ def test_read_mivolo_splits_values_and_report(lagenda: Path) -> None:
 
 
 def test_read_mivolo_opens_each_image_once(lagenda: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    opened: list[Path] = []
-    real = readers.image_size
+    opened: list[tuple[str, bool]] = []
+    real = crops.image_size
 
-    def counting(path):
-        opened.append(Path(path))
-        return real(path)
+    def counting(path, *, decode=False):
+        opened.append((Path(path).name, decode))
+        return real(path, decode=decode)
 
-    monkeypatch.setattr(readers, "image_size", counting)
+    monkeypatch.setattr(crops, "image_size", counting)
     read_mivolo(lagenda, "lagenda", splits={"train": "train", "test": "test"})
-    assert sorted(p.name for p in opened) == ["a.jpg", "b.png"]
+    assert sorted(opened) == [("a.jpg", True), ("b.png", True)]  # once each, decoded (a truncated file is a bad row)
 
 
 def test_read_mivolo_split_rules(lagenda: Path, tmp_path: Path) -> None:
@@ -148,6 +153,8 @@ GOOD = "a.jpg,30,M,10,10,30,30,-1,-1,-1,-1"
         ("a.jpg,30,M,10,ten,30,30,-1,-1,-1,-1", "bad_box", "face_y0"),
         ("gone.jpg,30,M,10,10,30,30,-1,-1,-1,-1", "missing_image", "img_name"),
         ("broken.jpg,30,M,10,10,30,30,-1,-1,-1,-1", "unreadable_image", "img_name"),
+        ("cut.jpg,30,M,10,10,30,30,-1,-1,-1,-1", "unreadable_image", "img_name"),  # the header reads, the rest not
+        ("empty.jpg,30,M,10,10,30,30,-1,-1,-1,-1", "unreadable_image", "img_name"),
         (",30,M,10,10,30,30,-1,-1,-1,-1", "missing_image_name", "img_name"),
         ("a.jpg,30,M,-1,-1,-1,-1,-1,-1,-1,-1", "no_box", "face_x0"),
         ("a.jpg,30,M,30,10,10,30,-1,-1,-1,-1", "degenerate_box", "face_x0"),
@@ -158,6 +165,8 @@ GOOD = "a.jpg,30,M,10,10,30,30,-1,-1,-1,-1"
 def test_bad_rows_raise_or_are_counted(tmp_path: Path, bad: str, reason: str, field: str) -> None:
     _image(tmp_path / "a.jpg", 100, 80)
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    write_truncated_jpeg(tmp_path / "cut.jpg", 100, 80)
+    write_empty(tmp_path / "empty.jpg")
     csv = _csv(tmp_path / "annotations" / "test.csv", HEADER, [GOOD, bad, "a.jpg,40,F,50,10,70,30,-1,-1,-1,-1"])
     with pytest.raises(InputError) as err:
         read_mivolo(tmp_path, "d")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -12,8 +13,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from agegender.data import native
-from agegender.data.native import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/bad_images.py
+
+from bad_images import write_empty, write_truncated_jpeg  # noqa: E402
+
+from agegender.data import native  # noqa: E402
+from agegender.data.native import (  # noqa: E402
     assign_splits,
     fairface_age_class,
     parse_fgnet_name,
@@ -22,9 +27,9 @@ from agegender.data.native import (
     read_fgnet,
     read_utkface,
 )
-from agegender.data.readers import SKIP_REASONS, check_dataset, read_dataset, resolve_reader
-from agegender.data.schema import OPTIONAL_SAMPLE_COLUMNS, SAMPLE_COLUMNS, validate_samples
-from agegender.errors import InputError
+from agegender.data.readers import SKIP_REASONS, check_dataset, read_dataset, resolve_reader  # noqa: E402
+from agegender.data.schema import OPTIONAL_SAMPLE_COLUMNS, SAMPLE_COLUMNS, validate_samples  # noqa: E402
+from agegender.errors import InputError  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
@@ -110,7 +115,7 @@ def test_read_utkface_malformed_name_raises(utk: Path) -> None:
 def test_read_utkface_images_subfolder_and_unreadable(tmp_path: Path) -> None:
     _image(tmp_path / "UTKFace" / "30_0_0_20170116174525125.jpg.chip.jpg", 40, 50)
     (tmp_path / "UTKFace" / "31_0_0_20170116174525125.jpg.chip.jpg").write_bytes(b"\xff\xd8 truncated")
-    with pytest.raises(InputError, match="cannot be read as an image") as err:
+    with pytest.raises(InputError, match="cannot be decoded as an image") as err:
         read_utkface(tmp_path, "u", images="UTKFace")
     assert err.value.field == "image"
     result = read_utkface(tmp_path, "u", images="UTKFace", on_bad_row="skip")
@@ -341,6 +346,19 @@ def test_checks_list_every_problem(fairface: Path, utk: Path, tmp_path: Path) ->
     assert check_dataset("utkface", utk, on_bad_row="skip") == []  # skipped and counted, not a reason to stop
     assert "image folder not found" in check_dataset("fgnet", tmp_path, images="FGNET/images")[0]
     assert "unexpected keyword" in check_dataset("utkface", utk, labels="x.csv")[0]
+
+
+def test_checks_decode_every_image(fairface: Path, utk: Path) -> None:
+    cut = write_truncated_jpeg(utk / "40_1_0_20170116174525125.jpg.chip.jpg", 30, 30)
+    empty = write_empty(utk / "41_0_1_20170116174525125.jpg.chip.jpg")
+    lines = check_dataset("utkface", utk, on_bad_row="skip")  # each file named, with why
+    assert len(lines) == 2
+    assert f"{cut.name}: cannot be decoded" in lines[0] and "truncated" in lines[0] and str(utk) in lines[0]
+    assert f"{empty.name}: image file is empty (0 bytes)" in lines[1]
+    write_truncated_jpeg(fairface / "train" / "2.jpg", 20, 20)
+    (line,) = check_dataset("fairface", fairface, labels="fairface_label_train.csv")
+    assert line.startswith(f"{fairface / 'fairface_label_train.csv'}, row 2, field 'image': train/2.jpg: cannot be")
+    assert "truncated" in line
 
 
 def test_registry_and_read_dataset(utk: Path) -> None:

@@ -9,9 +9,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from agegender.errors import InputError
-from agegender.mivolo.detect import MissingDependencyError
-from agegender.specialized import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/bad_images.py
+
+from bad_images import write_empty, write_truncated_jpeg  # noqa: E402
+
+from agegender.errors import InputError  # noqa: E402
+from agegender.mivolo.detect import MissingDependencyError  # noqa: E402
+from agegender.specialized import (  # noqa: E402
     MODELS,
     ConstantBaseline,
     ModelContext,
@@ -178,6 +182,29 @@ def test_default_predict_samples_makes_crops_and_counts_skips(tiny_images) -> No
     # face crop 20x20; bodies 90x80, 90x92; face_body = face + the body with faces blacked out (s2: no face)
     assert model.seen == [((20, 20, 3), None), (None, (80, 90, 3)), (None, (80, 90, 3)),
                           ((20, 20, 3), (80, 90, 3)), (None, (80, 90, 3))]  # fmt: skip
+
+
+def test_default_predict_samples_fails_the_samples_of_a_bad_image_and_goes_on(tiny_images) -> None:
+    root, samples = tiny_images
+    write_truncated_jpeg(root / "cut.jpg", 96, 80)
+    write_empty(root / "empty.jpg")
+    more = samples.iloc[[0, 1]].assign(sample_id=["s4", "s5"], image_path=["cut.jpg", "empty.jpg"])
+    table_in = pd.concat([samples.iloc[[0]], more.iloc[[0]], samples.iloc[1:], more.iloc[[1]]], ignore_index=True)
+    model = MeanBrightness(model_name="bright")
+    table = model.predict_samples(table_in, None, root, ["face", "body", "face_body"], batch_size=2, progress=False)
+    # s4 is s1's boxes on the truncated file, s5 s2's (a body only) on the empty one: failed where a crop was due
+    assert list(zip(table["input"], table["sample_id"], table["status"], strict=True)) == [
+        ("face", "s1", "ok"), ("face", "s4", "failed"),
+        ("body", "s1", "ok"), ("body", "s4", "failed"), ("body", "s2", "ok"), ("body", "s5", "failed"),
+        ("face_body", "s1", "ok"), ("face_body", "s4", "failed"), ("face_body", "s2", "ok"),
+        ("face_body", "s5", "failed"),
+    ]  # fmt: skip
+    failed = table[table["status"] == "failed"]
+    assert failed[["age_pred", "gender_pred", "gender_score"]].isna().all().all()
+    assert table.attrs["skipped"] == {"face": 3, "body": 1, "face_body": 1}  # s2, s3, s5 have no face box
+    assert table.attrs["bad_images"]["images"] == 2 and table.attrs["bad_images"]["samples"] == 2
+    assert "truncated" in table.attrs["bad_images"]["examples"][str(root / "cut.jpg")]
+    assert len(model.seen) == 5  # only the good crops reached the model
 
 
 def test_predict_samples_inputs_are_checked(tiny_images) -> None:

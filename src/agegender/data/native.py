@@ -1,7 +1,7 @@
 """Readers for the native formats of the standard age data sets: UTKFace, FG-NET, FairFace.
 
 Each builds a labels table from the set's own files and hands it to `readers.read_label_tables`, which checks
-every row and reads the image sizes from the headers. All three are registered on import of
+every row and every image (its size from the header, and a cheap decode). All three are registered on import of
 `agegender.data.readers`:
 
 - `utkface`: a folder of aligned face crops named `AGE_GENDER_RACE_DATETIME.jpg.chip.jpg` (gender 0 = male,
@@ -41,11 +41,13 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from agegender.data.readers import (
+    _MAX_NAMED,
     _ON_BAD_ROW,
     ReadResult,
     _column_errors,
     _read_csv,
     _read_header,
+    image_problems,
     read_label_tables,
     register_reader,
 )
@@ -65,7 +67,6 @@ _OPEN_CLASS = re.compile(r"^\s*(?:more\s+than\s+([0-9]+)|([0-9]+)\s*\+)\s*$", re
 #: The upper bound given to an open-ended class (`70+` -> `70;120`), as DESIGN.md's sample table says.
 OPEN_CLASS_MAX = 120
 _SPLIT_COLUMN = "split"
-_MAX_NAMED = 10
 
 
 # ----------------------------------------------------------------------------------------------
@@ -318,7 +319,8 @@ def _check_named(
     seed: int,
     on_bad_row: str,
 ) -> list[str]:
-    """The shared check of the file-name readers: options, folder, and (with `raise`) every malformed name."""
+    """The shared check of the file-name readers: options, folder, (with `raise`) every malformed name, and every
+    well-named image decodes (`readers.image_problems`)."""
     problems = []
     if on_bad_row not in _ON_BAD_ROW:
         problems.append(f"on_bad_row must be one of {list(_ON_BAD_ROW)}, got {on_bad_row!r}")
@@ -328,14 +330,14 @@ def _check_named(
         names = _list_images(folder)
     except InputError as exc:
         return [*problems, str(exc)]
-    _, bad = _parse_names(folder, names, parse, "skip")
+    good, bad = _parse_names(folder, names, parse, "skip")
     if bad and on_bad_row == "raise":  # with `skip` they are counted skips, not a reason to stop
         shown = "; ".join(bad[:_MAX_NAMED]) + (f"; and {len(bad) - _MAX_NAMED} more" if len(bad) > _MAX_NAMED else "")
         problems.append(
             f"{len(bad)} of {len(names)} file names in {folder} are malformed (on_bad_row: skip counts and skips "
             f"them): {shown}"
         )
-    return problems
+    return problems + image_problems(dict.fromkeys(name for name, _ in good), folder, source=folder)
 
 
 def read_utkface(
@@ -394,7 +396,7 @@ def check_utkface(
     seed: int = 0,
     on_bad_row: str = "raise",
 ) -> list[str]:
-    """Check a UTKFace folder without reading pixels: options, the folder, malformed names (with `raise`).
+    """Check a UTKFace folder: options, the folder, malformed names (with `raise`), images that do not decode.
 
     Returns:
         One line per problem, empty when all is well.
@@ -453,7 +455,7 @@ def check_fgnet(
     seed: int = 0,
     on_bad_row: str = "raise",
 ) -> list[str]:
-    """Check an FG-NET folder without reading pixels: options, the folder, malformed names (with `raise`).
+    """Check an FG-NET folder: options, the folder, malformed names (with `raise`), images that do not decode.
 
     Returns:
         One line per problem, empty when all is well.
@@ -589,8 +591,8 @@ def check_fairface(
     seed: int = 0,
     on_bad_row: str = "raise",
 ) -> list[str]:
-    """Check a FairFace folder without reading pixels: options, each labels file (exists, parses, columns),
-    and that every image it names exists (stat only).
+    """Check a FairFace folder: options, each labels file (exists, parses, columns), and that every image it names
+    exists and decodes (`readers.image_problems`).
 
     Returns:
         One line per problem, empty when all is well.
@@ -620,19 +622,11 @@ def check_fairface(
         except InputError as exc:
             problems.append(str(exc))
             continue
-        names = dict.fromkeys(n.strip() for n in frame["image"].astype(str) if n.strip())
-        missing = [n for n in names if not (root / n).is_file()]
-        if missing:
-            problems.append(
-                str(
-                    InputError(
-                        f"{len(missing)} of {len(names)} images it names are missing under {root} "
-                        f"(first: {', '.join(missing[:5])})",
-                        file=path,
-                        field="image",
-                    )
-                )
-            )
+        names: dict[str, int | None] = {}
+        for row, name in enumerate(frame["image"].astype(str).str.strip(), start=1):
+            if name:
+                names.setdefault(name, row)
+        problems += image_problems(names, root, source=path, field="image")
     return problems
 
 

@@ -11,12 +11,14 @@ The native formats of UTKFace, FG-NET and FairFace (`utkface`, `fgnet`, `fairfac
 
 Both check every row and either raise `InputError` (file, 1-based data row, column) or, with
 `on_bad_row="skip"`, drop the row and count it per reason in the report. Image sizes come from the
-image headers (no pixel decoding), each distinct image opened once.
+image headers, and each distinct image is opened once and cheaply decoded (`crops.image_sizes(decode=True)`, in
+threads), so that a truncated or empty file is a bad row (`unreadable_image`) here rather than a failure later.
 
 Readers are registered by name (`register_reader`); params.yaml may also name one by import path
 (`package.module:attr`, `resolve_reader`), so a new data set format needs no change here. A reader may carry
 a `check(root, **options) -> list[str]` that `check_dataset` runs before any work starts (`agegender check`):
-files and headers only, every problem at once (`check_mivolo`, `check_folder`).
+files, headers and every named image (present and decoding: `image_problems`), every problem at once
+(`check_mivolo`, `check_folder`).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Any
 
 import pandas as pd
 
-from agegender.data.crops import image_size
+from agegender.data.crops import image_sizes
 from agegender.data.schema import AGE_RANGE, FACE_BOX, OPTIONAL_SAMPLE_COLUMNS, PERSON_BOX, validate_samples
 from agegender.errors import InputError
 
@@ -79,6 +81,8 @@ _GENDER_TOKENS: dict[str, str] = {
 # "25;32" (MiVOLO), also "(25, 32)" (Adience's own files) and "30-39" (FairFace's own files).
 _AGE_CLASS = re.compile(r"^\(?\s*([0-9]+(?:\.[0-9]+)?)\s*[;,-]\s*([0-9]+(?:\.[0-9]+)?)\s*\)?$")
 _ON_BAD_ROW = ("raise", "skip")
+#: a check lists at most this many offending files one by one, then counts the rest
+_MAX_NAMED = 10
 
 _SAMPLE_ORDER = (
     "sample_id",
@@ -307,6 +311,11 @@ def _check_rows(
     has_person = all(c in frame.columns for c in PERSON_BOX)
     has_face = all(c in frame.columns for c in FACE_BOX)
     table = _Table(csv=csv, samples=[], rows=[], masked=[])
+    # Every image the table names is opened and cheaply decoded first, in threads: a truncated or empty file is a bad
+    # row here (`unreadable_image`), not a crash in a long run later. Each distinct image is looked at once.
+    named = (str(rec.get(image_col, "")).strip() for rec in records)
+    todo = [p for p in dict.fromkeys(root / n for n in named if n) if p not in sizes]
+    sizes.update(image_sizes(todo, decode=True, progress=True))  # a bar once it takes over a second
     for i, rec in enumerate(records):
         image_name = str(rec.get(image_col, "")).strip()
         if not image_name:
@@ -331,11 +340,6 @@ def _check_rows(
             state.flag(i, "bad_box", bad_col, f"box coordinate {str(rec.get(bad_col)).strip()!r} is not a number")
             continue
         path = root / image_name
-        if path not in sizes:
-            try:
-                sizes[path] = image_size(path)
-            except InputError as exc:
-                sizes[path] = exc
         size = sizes[path]
         if isinstance(size, InputError):
             missing = not path.is_file()
@@ -716,7 +720,7 @@ def read_label_tables(
 
 
 # ----------------------------------------------------------------------------------------------
-# Checks: files and headers only, every problem at once (the reader itself raises at the first bad row)
+# Checks: files, headers and images, every problem at once (the reader itself raises at the first bad row)
 
 
 def _read_header(path: Path) -> list[str]:
@@ -731,8 +735,51 @@ def _read_header(path: Path) -> list[str]:
     return [c.strip() for c in first]
 
 
-def _missing_images(path: Path, root: Path, image_col: str) -> str | None:
-    """One line naming how many of the images a CSV names are missing under `root`, and the first five."""
+def image_problems(names: Mapping[str, int | None], root: Path, *, source: Path, field: str | None = None) -> list[str]:
+    """Every image a labels file names that is missing or cannot be loaded, reported at once.
+
+    Missing images (one `stat` each) make one line: how many, and the first five. The others are opened and
+    cheaply decoded in threads (`agegender.data.crops.image_sizes(decode=True)`: a truncated, empty or corrupt
+    file fails there as it would in a run); each that fails gets a line naming it, its first row and why, up to
+    `_MAX_NAMED`, and one more line counts the rest.
+
+    Args:
+        names: image path (relative to `root`) -> the 1-based row of `source` that first names it (None where the
+            images are not named by rows, e.g. a folder's listing).
+        root: the folder the names are relative to.
+        source: the labels file (or folder) that names them, named by every line.
+        field: the column of the image names, where there is one.
+
+    Returns:
+        One line per problem, empty when every image is there and decodes.
+    """
+    base = str(root)  # plain strings: a Path per image costs more than the stat itself
+    missing = [n for n in names if not os.path.isfile(os.path.join(base, n))]
+    problems = []
+    if missing:
+        message = (
+            f"{len(missing)} of {len(names)} images named in column {field!r} are missing under {root} "
+            if field
+            else f"{len(missing)} of {len(names)} images it names are missing under {root} "
+        )
+        problems.append(str(InputError(f"{message}(first: {', '.join(missing[:5])})", file=source, field=field)))
+    gone = set(missing)
+    present = [n for n in names if n not in gone]
+    results = image_sizes((root / n for n in present), decode=True, progress=True)
+    bad = [(n, result) for n, result in zip(present, results.values(), strict=True) if isinstance(result, InputError)]
+    for name, error in bad[:_MAX_NAMED]:
+        problems.append(str(InputError(f"{name}: {error.message}", file=source, row=names[name], field=field)))
+    if len(bad) > _MAX_NAMED:
+        more = (
+            f"and {len(bad) - _MAX_NAMED} more images that cannot be decoded ({len(bad)} of the {len(present)} "
+            f"under {root}; the first {_MAX_NAMED} are listed above)"
+        )
+        problems.append(str(InputError(more, file=source, field=field)))
+    return problems
+
+
+def _image_names(path: Path, image_col: str) -> dict[str, int] | str:
+    """Image name -> the 1-based data row first naming it, of a CSV's image column; or the line saying why not."""
     try:
         names = pd.read_csv(
             path,
@@ -744,19 +791,11 @@ def _missing_images(path: Path, root: Path, image_col: str) -> str | None:
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         return str(InputError(f"cannot be read as a CSV ({type(exc).__name__}: {exc})", file=path))
     # Empty names are bad rows the reader reports itself; a data set names each image many times (one row per person).
-    unique = dict.fromkeys(n.strip() for n in names if n.strip())
-    base = str(root)  # plain strings: a Path per image costs more than the stat itself
-    missing = [n for n in unique if not os.path.isfile(os.path.join(base, n))]
-    if not missing:
-        return None
-    return str(
-        InputError(
-            f"{len(missing)} of {len(unique)} images named in column {image_col!r} are missing under {root} "
-            f"(first: {', '.join(missing[:5])})",
-            file=path,
-            field=image_col,
-        )
-    )
+    first: dict[str, int] = {}
+    for row, name in enumerate(names, start=1):
+        first.setdefault(name.strip(), row)
+    first.pop("", None)
+    return first
 
 
 def _check_csv(path: Path, root: Path, required: tuple[str, ...], image_col: str) -> list[str]:
@@ -766,8 +805,8 @@ def _check_csv(path: Path, root: Path, required: tuple[str, ...], image_col: str
         return [str(exc)]
     problems = [str(e) for e in _column_errors(columns, required, path)]
     if image_col in columns:
-        missing = _missing_images(path, root, image_col)
-        problems += [missing] if missing else []
+        names = _image_names(path, image_col)
+        problems += [names] if isinstance(names, str) else image_problems(names, root, source=path, field=image_col)
     return problems
 
 
@@ -782,7 +821,7 @@ def check_mivolo(
     """Check a MiVOLO-format data set's files without reading its rows (the options of `read_mivolo`).
 
     Checks: the annotation folder exists, each split token matches at least one CSV (and no CSV matches two),
-    each CSV's header has `MIVOLO_REQUIRED`, and every image the CSVs name exists (stat only).
+    each CSV's header has `MIVOLO_REQUIRED`, and every image the CSVs name exists and decodes (`image_problems`).
 
     Args:
         root: the data set's folder.
@@ -810,7 +849,7 @@ def check_folder(
 ) -> list[str]:
     """Check a labelled folder's files without reading its rows (the options of `read_folder`).
 
-    Checks: the labels CSV exists, its header has `FOLDER_REQUIRED`, and every image it names exists.
+    Checks: the labels CSV exists, its header has `FOLDER_REQUIRED`, and every image it names exists and decodes.
 
     Args:
         root: the folder.
@@ -958,6 +997,7 @@ __all__ = [
     "read_label_tables",
     "empty_masked",
     "empty_report",
+    "image_problems",
     "parse_age",
     "parse_gender",
     "read_dataset",

@@ -9,7 +9,9 @@ crop is a black image, normalised):
 - `body_wo_face`: black face + body-without-face crop.
 
 A face-only (3-channel) model takes only `face`. A sample whose needed crops are all missing gets no
-row (it is unanswered); the skips are counted in the result's `attrs["skipped"]` and logged.
+row (it is unanswered); the skips are counted in the result's `attrs["skipped"]` and logged. An image that
+cannot be loaded (missing, empty, truncated) does not end the run: its samples get a `failed` row with no
+prediction, are counted and named in `attrs["bad_images"]`, and are tried again by a resumed run.
 
 Speed: crops are made one image at a time (each image is decoded once per input kind, and the
 neighbours of a person are every box on the same image file) in a background thread or DataLoader
@@ -37,7 +39,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -45,6 +47,7 @@ from tqdm.auto import tqdm
 
 from agegender.data.crops import (
     INPUT_CROPS,
+    BadImages,
     ImageBoxes,
     _image_boxes,
     body_without_face,
@@ -66,7 +69,7 @@ from agegender.data.schema import (
     validate_samples,
 )
 from agegender.device import resolve_device
-from agegender.errors import InputError
+from agegender.errors import IncompleteRunError, InputError
 from agegender.fingerprint import describe_changes, json_sha256, tensors_sha256, write_json_atomic
 
 if TYPE_CHECKING:
@@ -112,13 +115,35 @@ def input_crops(input_kind: str, with_persons: bool = True) -> tuple[str | None,
     return INPUT_CROPS[input_kind]
 
 
+class CropItem(NamedTuple):
+    """The model inputs of one image file (an item of `CropDataset`).
+
+    Attributes:
+        kept: positions (into the samples) of the image's samples that have at least one needed crop.
+        skipped: positions of those that have none (no row).
+        pixels: the letterboxed uint8 array (len(kept), S, S, 6 | 3) of the kept ones, face then body; None when
+            none is kept.
+        failed: positions of the samples with a needed box, when the image cannot be loaded (then `kept` is empty
+            and the others are `skipped`).
+        error: why it cannot be loaded (None when it could).
+        path: the image file.
+    """
+
+    kept: list[int]
+    skipped: list[int]
+    pixels: np.ndarray | None
+    failed: list[int]
+    error: str | None
+    path: str
+
+
 class CropDataset:
     """Model inputs of one input kind, one item per image file (a map-style dataset for a DataLoader).
 
-    Item i is `(kept, skipped, pixels)`: positions (into `samples`) of the image's samples that have
-    at least one needed crop, positions of those that have none, and the letterboxed uint8 array
-    (len(kept), S, S, 6 | 3) of the kept ones, face then body (None when none is kept). An image none of
-    whose samples has a needed box is not decoded.
+    Item i is a `CropItem`: the positions (into `samples`) of the image's samples with and without a needed crop
+    and the pixels of the former, or, for an image that cannot be loaded, every position as `failed` with the
+    reason (returned, not raised, so that one bad file does not end a run, in DataLoader workers too). An image
+    none of whose samples has a needed box is not decoded.
 
     Args:
         samples: sample table (sample_id, dataset, image_path, box columns).
@@ -186,12 +211,21 @@ class CropDataset:
         boxes = self.neighbours[path]
         return body_without_face(image, person, boxes.faces, boxes.persons)
 
-    def __getitem__(self, index: int) -> tuple[list[int], list[int], np.ndarray | None]:
+    def __getitem__(self, index: int) -> CropItem:
         path, positions = self.groups[index]
-        boxes = [self.faces[p] if k == "face" else self.persons[p] for p in positions for k in self.kinds]
-        if not any(np.isfinite(b).all() for b in boxes):
-            return [], list(positions), None
-        image = load_image(path)
+        has_box = [
+            any(np.isfinite(self.faces[p] if k == "face" else self.persons[p]).all() for k in self.kinds)
+            for p in positions
+        ]
+        if not any(has_box):
+            return CropItem([], list(positions), None, [], None, str(path))
+        try:
+            image = load_image(path)
+        except InputError as exc:
+            # the samples with a box this kind needs are failed; the others would have had no crop anyway
+            failed = [p for p, has in zip(positions, has_box, strict=True) if has]
+            no_box = [p for p, has in zip(positions, has_box, strict=True) if not has]
+            return CropItem([], no_box, None, failed, exc.message, str(path))
         kept, skipped, pixels = [], [], []
         for pos in positions:
             face = self._crop(image, pos, self.face_kind, path)
@@ -202,7 +236,7 @@ class CropDataset:
             kept.append(pos)
             pixels.append((face, body))
         if not kept:
-            return kept, skipped, None
+            return CropItem(kept, skipped, None, [], None, str(path))
         # Letterboxed uint8 (N, S, S, C): normalising happens on the model's device, after a 4x smaller copy.
         channels = 6 if self.with_persons else 3
         buffer = np.zeros((len(kept), self.size, self.size, channels), dtype=np.uint8)
@@ -211,7 +245,7 @@ class CropDataset:
                 buffer[i, :, :, :3] = letterbox(face, self.size)
             if body is not None:
                 buffer[i, :, :, 3:] = letterbox(body, self.size)
-        return kept, skipped, buffer
+        return CropItem(kept, skipped, buffer, [], None, str(path))
 
 
 def _box_array(frame: pd.DataFrame, cols: tuple[str, ...]) -> np.ndarray:
@@ -446,18 +480,22 @@ def _with_skipped(frame: pd.DataFrame, skipped: bool) -> pd.DataFrame:
     return frame.assign(skipped=pd.Series(skipped, index=frame.index, dtype="boolean"))
 
 
-def _rows(ids: Sequence[str], kind: str, model_name: str, decoded: dict[str, np.ndarray | None] | None) -> pd.DataFrame:
+def _rows(
+    ids: Sequence[str], kind: str, model_name: str, decoded: dict[str, np.ndarray | None] | None, status: str = "ok"
+) -> pd.DataFrame:
+    """Prediction rows; `decoded` None: rows without a prediction, `skipped` ones (no crop: kept in the resume parts
+    only) or, with `status="failed"`, the rows of an image that cannot be loaded (in the result, not in the parts)."""
     n = len(ids)
     frame = pd.DataFrame({"sample_id": pd.array(list(ids), dtype="string")})
     frame["model"] = pd.array([model_name] * n, dtype="string")
     frame["input"] = pd.array([kind] * n, dtype="string")
-    if decoded is None:  # skipped samples: kept in the resume parts only
+    if decoded is None:
         for col in ("age_pred", "gender_score"):
             frame[col] = pd.array([pd.NA] * n, dtype="Float64")
         frame["gender_pred"] = pd.array([pd.NA] * n, dtype="string")
-        frame["status"] = pd.array(["ok"] * n, dtype="string")
+        frame["status"] = pd.array([status] * n, dtype="string")
         frame["raw_answer"] = pd.array([pd.NA] * n, dtype="string")
-        return _with_skipped(frame[list(PREDICTION_COLUMNS)], True)
+        return _with_skipped(frame[list(PREDICTION_COLUMNS)], status != "failed")
     frame["age_pred"] = pd.array(decoded["age"], dtype="Float64")
     if decoded["gender"] is None:
         frame["gender_pred"] = pd.array([pd.NA] * n, dtype="string")
@@ -518,8 +556,9 @@ def predict_samples(
 
     Returns:
         The prediction table (`PREDICTION_COLUMNS`, validated), ordered by input kind then sample order,
-        with `attrs["skipped"]` = {input kind: samples without any needed crop (no row)} and
-        `attrs["n_samples"]`.
+        with `attrs["skipped"]` = {input kind: samples without any needed crop (no row)},
+        `attrs["bad_images"]` = `BadImages.summary()` (images that cannot be loaded: their samples' rows are
+        `failed`, without a prediction) and `attrs["n_samples"]`.
 
     Raises:
         InputError: a bad input kind, a missing column or image folder, an unreadable image; rows of `model_name`
@@ -553,6 +592,7 @@ def predict_samples(
     collected: list[pd.DataFrame] = [previous]
     pending: list[pd.DataFrame] = []
     last_flush = time.monotonic()
+    bad = BadImages()
 
     def flush() -> None:
         nonlocal last_flush
@@ -561,9 +601,9 @@ def predict_samples(
             pending.clear()
         last_flush = time.monotonic()
 
-    def emit(frame: pd.DataFrame) -> None:
+    def emit(frame: pd.DataFrame, *, resumable: bool = True) -> None:
         collected.append(frame)
-        if store is None:
+        if store is None or not resumable:  # a failed row is not kept in the parts: a resumed run tries again
             return
         pending.append(frame)
         if sum(len(f) for f in pending) >= flush_rows or time.monotonic() - last_flush >= flush_seconds:
@@ -590,7 +630,12 @@ def predict_samples(
             emit(_rows([ids[p] for p in positions], kind, model_name, decode_outputs(model, outputs)))
 
         try:
-            for kept, skipped, pixels in _items(dataset, num_workers, pin_memory=amp):
+            for kept, skipped, pixels, failed, error, path in _items(dataset, num_workers, pin_memory=amp):
+                if failed:
+                    failed_ids = [todo_ids[p] for p in failed]
+                    bad.add(path, str(error), failed_ids)
+                    emit(_rows(failed_ids, kind, model_name, None, status="failed"), resumable=False)
+                    bar.update(len(failed))
                 if skipped:
                     emit(_rows([todo_ids[p] for p in skipped], kind, model_name, None))
                     bar.update(len(skipped))
@@ -621,9 +666,12 @@ def predict_samples(
     counts = {k: int((skipped & (table["input"] == k)).sum()) for k in kinds}
     result = validate_predictions(table[~skipped].drop(columns=["skipped", "_k", "_s"]))
     result.attrs["skipped"] = counts
+    result.attrs["bad_images"] = bad.summary()
     result.attrs["n_samples"] = len(ids)
     if any(counts.values()):
         _log.info("%s: samples without any needed crop (no prediction): %s", model_name, counts)
+    if bad.images:
+        _log.warning("%s: %s", model_name, BadImages.describe(bad.summary(limit=3)))
     return result
 
 
@@ -699,7 +747,9 @@ def mivolo_predict_command(args: argparse.Namespace) -> int:
 
     Finished rows go to `<out>.parts/` while it runs, so an interrupted run resumes; the folder is
     removed once `out` is written. Resuming over rows another checkpoint or other settings made is refused
-    (exit 2, naming what differs) unless `--restart` discards them.
+    (exit 2, naming what differs) unless `--restart` discards them. Exit code 3 (after writing `out`, like
+    `agegender query` with failed rows) when images could not be loaded: their rows are `failed`, and the
+    images are named.
     """
     samples_path = Path(args.samples)
     samples = validate_samples(read_table(samples_path), source=samples_path)
@@ -727,6 +777,9 @@ def mivolo_predict_command(args: argparse.Namespace) -> int:
     skipped = {k: v for k, v in table.attrs.get("skipped", {}).items() if v}
     note = f" (no crop, so unanswered: {', '.join(f'{k} {v}' for k, v in skipped.items())})" if skipped else ""
     print(f"{len(table)} predictions -> {out}{note}")
+    if table.attrs["bad_images"]["images"]:
+        print(BadImages.describe(table.attrs["bad_images"]))
+        return IncompleteRunError.exit_code
     return 0
 
 

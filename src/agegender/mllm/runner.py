@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
+    from agegender.data.crops import BadImages
     from agegender.mllm.backends.base import Answer, Backend, Query
     from agegender.mllm.store import ResponseStore
 
@@ -57,6 +59,7 @@ MLLM_INPUTS: tuple[str, ...] = ("body", "face", "body_wo_face")
 #: backend.describe() keys that never reach a manifest, whatever a backend puts there.
 _SECRET_KEY = re.compile(r"api[_-]?key|secret|password|passwd|authori[sz]ation|bearer|cookie|credential", re.I)
 _EXAMPLES = 20
+_log = logging.getLogger(__name__)
 
 
 def _now() -> str:
@@ -111,13 +114,15 @@ def crop_queries(
     context: pd.DataFrame | None = None,
     prompt: str | None = None,
     stats: dict[str, Any] | None = None,
+    bad_images: BadImages | None = None,
 ) -> Iterator[Query]:
     """Yield one query per sample that has a crop of `input_kind`, in the samples' order.
 
     Crops follow the official inference rules (`agegender.data.crops`): `body` is the person box with the face
     visible, `face` the face box, `body_wo_face` the person box with every face and overlapping person masked.
     Samples without the crop (no box, or a drop rule of `body_without_face`) make no query; they are counted
-    in `stats["no_crop"]` and listed in `stats["no_crop_ids"]`.
+    in `stats["no_crop"]` and listed in `stats["no_crop_ids"]`. With `bad_images`, the samples of an image that
+    cannot be loaded make no query either: they are recorded there and counted in `stats["bad_image"]`.
 
     Args:
         samples: sample table (DESIGN.md).
@@ -127,13 +132,15 @@ def crop_queries(
         max_side: downscale so the longer side is at most this; None = original size.
         context: a larger sample table whose boxes also count as neighbours for `body_wo_face`.
         prompt: the prompt text (default: the paper's).
-        stats: a dict updated as the queries are made: `queries`, `no_crop`, `no_crop_ids`.
+        stats: a dict updated as the queries are made: `queries`, `no_crop`, `no_crop_ids`, `bad_image`.
+        bad_images: where given, an image that cannot be loaded is recorded there instead of raising.
 
     Yields:
         `Query(request_id=f"{sample_id}|{input_kind}", image=crop, prompt=prompt)`.
 
     Raises:
-        InputError: unknown input kind, bad `max_side`, a data set missing from `image_roots`, an unreadable image.
+        InputError: unknown input kind, bad `max_side`, a data set missing from `image_roots`, or (without
+            `bad_images`) an image that cannot be loaded.
     """
     from agegender.data.crops import iter_crops
     from agegender.mllm.backends.base import Query
@@ -147,7 +154,12 @@ def crop_queries(
     stats.setdefault("queries", 0)
     stats.setdefault("no_crop", 0)
     stats.setdefault("no_crop_ids", [])
-    for sample_id, crop in iter_crops(samples, masked, image_roots, input_kind, context=context):
+    stats.setdefault("bad_image", 0)
+    crops = iter_crops(samples, masked, image_roots, input_kind, context=context, bad_images=bad_images)
+    for sample_id, crop in crops:
+        if bad_images is not None and sample_id in bad_images.samples:
+            stats["bad_image"] += 1
+            continue
         if crop is None:
             stats["no_crop"] += 1
             stats["no_crop_ids"].append(sample_id)
@@ -313,6 +325,10 @@ def run_queries(
     requests become `failed` rows, are not stored as answers, and are sent again by the next run. While one
     chunk's requests are in flight the next chunk's crops are cut in a worker thread.
 
+    An image that cannot be loaded (missing, empty, truncated, not an image) does not end the run: each of its
+    samples gets a `failed` row with no answer (and is tried again by the next run), and the manifest's
+    `bad_images` counts the files and samples and names the files with the reason.
+
     Args:
         samples: the sample table (all shards: a shard's `body_wo_face` crops mask neighbours from every shard).
         masked: the reader's side table of persons that exist only to be masked (or None).
@@ -329,15 +345,16 @@ def run_queries(
         chunk_size: queries handed to the backend at once (default: max(256, 4 * batch size)).
 
     Returns:
-        The prediction table (one row per sample with a crop, in the samples' order) and the manifest.
+        The prediction table (one row per sample with a crop or a bad image, in the samples' order) and the manifest.
 
     Raises:
-        InputError: bad input kind, shard, prompt version or image root; unreadable images.
+        InputError: bad input kind, shard, prompt version or image root.
         Exception: whatever the backend raises from `astream` (answers received before are already stored).
     """
     import pandas as pd
     from tqdm.auto import tqdm
 
+    from agegender.data.crops import BadImages
     from agegender.data.schema import PREDICTION_COLUMNS, validate_predictions
     from agegender.mllm.backends.base import Answer
     from agegender.mllm.parse import parse_answer
@@ -350,8 +367,17 @@ def run_queries(
     subset = select_shard(samples, shard)
     neighbours = samples if context is None else pd.concat([samples, context], ignore_index=True)
     stats: dict[str, Any] = {}
+    bad = BadImages()
     queries = crop_queries(
-        subset, masked, image_roots, input_kind, max_side=max_side, context=neighbours, prompt=prompt, stats=stats
+        subset,
+        masked,
+        image_roots,
+        input_kind,
+        max_side=max_side,
+        context=neighbours,
+        prompt=prompt,
+        stats=stats,
+        bad_images=bad,
     )
     model = model_name or backend.model
     deterministic = backend.params.deterministic
@@ -366,14 +392,16 @@ def run_queries(
     size = chunk_size or max(256, 4 * int(getattr(backend, "batch_size", 1) or 1))
     tally = _Tally()
     rows: dict[str, dict[str, Any]] = {}
-    order: list[str] = []
     bar = tqdm(total=len(subset), desc=f"{model} [{input_kind}]", unit="sample", disable=not progress)
-    shown_no_crop = 0
+    shown_skipped = 0
 
-    def add_row(rid: str, answer: Answer) -> None:
-        nonlocal shown_no_crop
-        row: dict[str, Any] = {
-            "sample_id": rid[: -len(input_kind) - 1],
+    def skipped() -> int:
+        # samples the crop thread passed over (no crop, or an image that cannot be loaded): counted on the bar
+        return stats.get("no_crop", 0) + stats.get("bad_image", 0)
+
+    def empty_row(sample_id: str) -> dict[str, Any]:
+        return {
+            "sample_id": sample_id,
             "model": model,
             "input": input_kind,
             "age_pred": None,
@@ -381,6 +409,10 @@ def run_queries(
             "gender_score": None,
             "raw_answer": None,
         }
+
+    def add_row(rid: str, answer: Answer) -> None:
+        nonlocal shown_skipped
+        row = empty_row(rid[: -len(input_kind) - 1])
         if answer.status == "answered":
             parsed = parse_answer(answer.text, finish_reason=answer.finish_reason, refusal=answer.refusal)
             row.update(status=parsed.status, age_pred=parsed.age, gender_pred=parsed.gender)
@@ -395,16 +427,15 @@ def run_queries(
             tally.errors[(answer.error or "unknown error")[:200]] += 1
         tally.status[row["status"]] += 1
         rows[rid] = row
-        no_crop = stats.get("no_crop", 0)
-        bar.update(1 + no_crop - shown_no_crop)
-        shown_no_crop = no_crop
+        passed = skipped()
+        bar.update(1 + passed - shown_skipped)
+        shown_skipped = passed
         bar.set_postfix({**tally.status, "sent": tally.sent, "hits": tally.hits}, refresh=False)
 
     async def process(chunk: list[Query]) -> None:
         misses: dict[str, list[Query]] = {}
         fields_of: dict[str, dict[str, Any]] = {}
         for q in chunk:
-            order.append(q.request_id)
             fields = key_fields(**base_fields, image_hash=q.image_hash)
             key = make_key(**fields)
             stored = store.get(key) if deterministic else None
@@ -464,11 +495,18 @@ def run_queries(
     try:
         _run_coroutine(main)
     finally:
-        bar.update(max(0, stats.get("no_crop", 0) - shown_no_crop))
+        bar.update(max(0, skipped() - shown_skipped))
         bar.close()
         store.sync()
 
-    predictions = validate_predictions(pd.DataFrame([rows[rid] for rid in order], columns=list(PREDICTION_COLUMNS)))
+    for sample_id in bad.samples:  # no answer, and nothing stored: the next run tries the image again
+        rows[request_id(sample_id, input_kind)] = {**empty_row(sample_id), "status": "failed"}
+        tally.status["failed"] += 1
+    if bad.images:
+        _log.warning("%s [%s]: %s", model, input_kind, BadImages.describe(bad.summary(limit=3)))
+    # The samples' order (queries follow it; a bad image's samples slot in where they stand).
+    ordered = [rid for rid in (request_id(sid, input_kind) for sid in subset["sample_id"].astype(str)) if rid in rows]
+    predictions = validate_predictions(pd.DataFrame([rows[rid] for rid in ordered], columns=list(PREDICTION_COLUMNS)))
     duration = time.perf_counter() - t0
     no_crop_ids = list(stats.get("no_crop_ids", []))
     manifest = {
@@ -485,6 +523,7 @@ def run_queries(
         "queries": stats.get("queries", 0),
         "no_crop": len(no_crop_ids),
         "no_crop_examples": no_crop_ids[:_EXAMPLES],
+        "bad_images": bad.summary(_EXAMPLES),
         "rows": len(predictions),
         "counts": dict(tally.status),
         "notes": dict(tally.notes.most_common()),
@@ -891,6 +930,14 @@ def merge_manifests(manifests: Sequence[Mapping[str, Any] | str | Path]) -> dict
     for _, m in loaded:
         errors.update(m.get("errors", {}))
     merged["errors"] = dict(errors.most_common(_EXAMPLES))
+    examples: dict[str, str] = {}
+    for _, m in loaded:
+        examples.update((m.get("bad_images") or {}).get("examples", {}))
+    merged["bad_images"] = {
+        "images": total("bad_images", "images"),
+        "samples": total("bad_images", "samples"),
+        "examples": dict(list(examples.items())[:_EXAMPLES]),
+    }
     return merged
 
 
@@ -1018,6 +1065,10 @@ def _cmd_query(args: argparse.Namespace) -> int:
         f"{m['rows']} rows -> {preds} ({counts}; {m['requests_sent']} requests, {m['cache_hits']} cached, "
         f"{m['no_crop']} without a {args.input} crop); manifest -> {manifest}"
     )
+    if m["bad_images"]["images"]:
+        from agegender.data.crops import BadImages
+
+        print(BadImages.describe(m["bad_images"]))
     note = outcome.check_failures(out=preds, store=store_dir, rerun="the same command")
     if note is not None:
         print(f"agegender: note: {note}", file=sys.stderr)

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from agegender.data.crops import INPUT_CROPS, iter_crops
+from agegender.data.crops import INPUT_CROPS, BadImages, iter_crops
 from agegender.data.schema import INPUT_KINDS, PREDICTION_COLUMNS, empty_predictions, validate_predictions
 from agegender.errors import InputError
 from agegender.paths import ProjectPaths
@@ -139,7 +139,9 @@ class SpecializedModel:
 
         Crops are made one image at a time in the samples' order (an input kind with a face and a body decodes
         each image once per crop kind) and handed to `predict_crops` in batches. As in MiVOLO's predictor, a
-        sample without any crop the input kind needs gets no row: it is counted in `attrs["skipped"]` and logged.
+        sample without any crop the input kind needs gets no row: it is counted in `attrs["skipped"]` and logged;
+        a sample whose image cannot be loaded (missing, empty, truncated) gets a `failed` row without a prediction
+        and the run goes on (`attrs["bad_images"]` counts and names the files).
 
         Args:
             samples: the sample table (DESIGN.md) to predict.
@@ -153,11 +155,12 @@ class SpecializedModel:
 
         Returns:
             The validated prediction table, ordered by input kind then sample order, with `attrs["skipped"]` =
-            {input kind: samples without a needed crop (no row)} and `attrs["n_samples"]`.
+            {input kind: samples without a needed crop (no row)}, `attrs["bad_images"]` (`BadImages.summary()`)
+            and `attrs["n_samples"]`.
 
         Raises:
-            InputError: a bad input kind or batch size, a missing column or image folder, an unreadable image, or a
-                `predict_crops` result of the wrong length.
+            InputError: a bad input kind or batch size, a missing column or image folder, or a `predict_crops`
+                result of the wrong length.
         """
         if batch_size < 1:
             raise InputError(f"batch size must be >= 1, got {batch_size}", field="batch_size")
@@ -166,12 +169,14 @@ class SpecializedModel:
         samples = samples.reset_index(drop=True)
         frames: list[pd.DataFrame] = []
         skipped: dict[str, int] = {}
+        bad = BadImages()
         for kind in kinds:
             skipped[kind] = 0
             bar = tqdm(total=len(samples), desc=f"{name} {kind}", unit="crop", disable=not progress)
+            bad_here = BadImages()  # per kind: a sample is failed where its image failed to load for this kind
             try:
-                for ids, faces, bodies, n_skipped in _crop_batches(
-                    samples, masked, image_roots, kind, context, batch_size
+                for ids, faces, bodies, n_skipped, failed in _crop_batches(
+                    samples, masked, image_roots, kind, context, batch_size, bad_here
                 ):
                     skipped[kind] += n_skipped
                     if ids:
@@ -180,15 +185,27 @@ class SpecializedModel:
                             message = f"{type(self).__name__}.predict_crops returned {len(out)} rows for {len(ids)}"
                             raise InputError(message, field="predict_crops")
                         frames.append(_rows(ids, kind, name, out))
-                    bar.update(len(ids) + n_skipped)
+                    if failed:
+                        nothing = [None] * len(failed)
+                        out = crop_predictions(nothing, nothing, status=["failed"] * len(failed))
+                        frames.append(_rows(failed, kind, name, out))
+                    bar.update(len(ids) + n_skipped + len(failed))
             finally:
                 bar.close()
+                bad.update(bad_here)
         table = pd.concat(frames, ignore_index=True) if frames else empty_predictions()
+        if bad.images:  # a batch's failed rows follow its answers: back to the samples' order
+            position = {sid: i for i, sid in enumerate(samples["sample_id"].astype(str))}
+            order = np.lexsort((table["sample_id"].map(position), table["input"].map(kinds.index)))
+            table = table.iloc[order].reset_index(drop=True)
         result = validate_predictions(table, source=f"model {name}")
         result.attrs["skipped"] = skipped
+        result.attrs["bad_images"] = bad.summary()
         result.attrs["n_samples"] = len(samples)
         if any(skipped.values()):
             _log.info("%s: samples without any needed crop (no prediction): %s", name, skipped)
+        if bad.images:
+            _log.warning("%s: %s", name, BadImages.describe(bad.summary(limit=3)))
         return result
 
     def describe(self) -> dict[str, Any]:
@@ -206,19 +223,25 @@ def _crop_batches(
     kind: str,
     context: pd.DataFrame | None,
     batch_size: int,
-) -> Iterator[tuple[list[str], list[np.ndarray | None], list[np.ndarray | None], int]]:
-    """(sample ids, face crops, body crops, samples skipped since the last batch) in the samples' order."""
+    bad: BadImages,
+) -> Iterator[tuple[list[str], list[np.ndarray | None], list[np.ndarray | None], int, list[str]]]:
+    """(sample ids, face crops, body crops, samples skipped since the last batch, samples on images that cannot be
+    loaded since the last batch, recorded in `bad`) in the samples' order."""
     streams = [
-        iter_crops(samples, masked, image_roots, crop_kind, context=context) if crop_kind else None
+        iter_crops(samples, masked, image_roots, crop_kind, context=context, bad_images=bad) if crop_kind else None
         for crop_kind in INPUT_CROPS[kind]
     ]
     ids: list[str] = []
     faces: list[np.ndarray | None] = []
     bodies: list[np.ndarray | None] = []
+    failed: list[str] = []
     n_skipped = 0
     for sample_id in samples["sample_id"].astype(str):
         face = next(streams[0])[1] if streams[0] is not None else None
         body = next(streams[1])[1] if streams[1] is not None else None
+        if sample_id in bad.samples:
+            failed.append(sample_id)
+            continue
         if face is None and body is None:
             n_skipped += 1
             continue
@@ -226,10 +249,10 @@ def _crop_batches(
         faces.append(face)
         bodies.append(body)
         if len(ids) >= batch_size:
-            yield ids, faces, bodies, n_skipped
-            ids, faces, bodies, n_skipped = [], [], [], 0
-    if ids or n_skipped:
-        yield ids, faces, bodies, n_skipped
+            yield ids, faces, bodies, n_skipped, failed
+            ids, faces, bodies, n_skipped, failed = [], [], [], 0, []
+    if ids or n_skipped or failed:
+        yield ids, faces, bodies, n_skipped, failed
 
 
 def _rows(ids: Sequence[str], kind: str, model_name: str, out: pd.DataFrame) -> pd.DataFrame:
