@@ -118,6 +118,15 @@ def _cmd_stage_deps(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _cmd_compare_metrics(args: argparse.Namespace) -> int:
+    from agegender.paths import find_root
+    from agegender.tolerances import compare_metrics, dvc_metrics_diff, format_comparison
+
+    comparisons = compare_metrics(dvc_metrics_diff(find_root(args.root), args.rev), exact=args.exact)
+    print(format_comparison(comparisons, rev=args.rev, show_all=args.all))
+    return 1 if any(c.verdict == "OUTSIDE" for c in comparisons) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `agegender` command."""
     parser = argparse.ArgumentParser(prog="agegender", description=__doc__.splitlines()[0])
@@ -177,6 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
     sd.add_argument("--root", default=None, help="project root (default: found above the working directory)")
     sd.add_argument("--check", action="store_true", help="compare with dvc.yaml's deps; exit 1 on any difference")
     sd.set_defaults(func=_cmd_stage_deps)
+
+    cm = sub.add_parser("compare-metrics", help="this run's metrics against the committed ones, within tolerance?")
+    cm.add_argument("--rev", default="HEAD", help="git revision holding the metrics to compare with (default: HEAD)")
+    cm.add_argument("--root", default=None, help="project root (default: found above the working directory)")
+    cm.add_argument("--all", action="store_true", help="list every metric, not only those that differ")
+    cm.add_argument("--exact", action="store_true", help="same machine: every metric but timing must be equal")
+    cm.set_defaults(func=_cmd_compare_metrics)
 
     from agegender.annotate import add_annotate_parser
     from agegender.mivolo.predict import add_mivolo_predict_parser
