@@ -122,7 +122,7 @@ def _cmd_compare_metrics(args: argparse.Namespace) -> int:
     from agegender.paths import find_root
     from agegender.tolerances import compare_metrics, dvc_metrics_diff, format_comparison
 
-    comparisons = compare_metrics(dvc_metrics_diff(find_root(args.root), args.rev), exact=args.exact)
+    comparisons = compare_metrics(dvc_metrics_diff(find_root(args.root), args.rev, args.new), exact=args.exact)
     print(format_comparison(comparisons, rev=args.rev, show_all=args.all))
     return 1 if any(c.verdict == "OUTSIDE" for c in comparisons) else 0
 
@@ -189,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cm = sub.add_parser("compare-metrics", help="this run's metrics against the committed ones, within tolerance?")
     cm.add_argument("--rev", default="HEAD", help="git revision holding the metrics to compare with (default: HEAD)")
+    cm.add_argument("--new", default=None, help="git revision of the fresh metrics (default: the workspace)")
     cm.add_argument("--root", default=None, help="project root (default: found above the working directory)")
     cm.add_argument("--all", action="store_true", help="list every metric, not only those that differ")
     cm.add_argument("--exact", action="store_true", help="same machine: every metric but timing must be equal")

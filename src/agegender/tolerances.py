@@ -189,6 +189,9 @@ def _bound_of(key: str) -> str | None:
     return None
 
 
+_OVERLAP = {"ci": "bootstrap CIs overlap", "rate": "Wilson intervals overlap", "mean_error": "MAE intervals overlap"}
+
+
 def _judge(path: str, key: str, old: Mapping[str, Any], new: Mapping[str, Any], exact: bool) -> Comparison:
     rule = tolerance_for(path, key)
     a, b = old.get(key), new.get(key)
@@ -211,7 +214,7 @@ def _judge(path: str, key: str, old: Mapping[str, Any], new: Mapping[str, Any], 
     allowed = (old_band[1] - x) + (y - new_band[0]) if y >= x else (x - old_band[0]) + (new_band[1] - y)
     top = min(old_band[1], new_band[1])
     overlap = max(old_band[0], new_band[0]) <= top + 1e-12 * max(1.0, abs(top))  # touching intervals overlap
-    note = f"follows {judged}" if metric is not None else f"{rule.kind} intervals overlap"
+    note = "follows its metric" if metric is not None else _OVERLAP[rule.kind]
     return Comparison(path, key, a, b, rule, "within" if overlap else "OUTSIDE", allowed, note)
 
 
@@ -249,7 +252,7 @@ def format_comparison(comparisons: list[Comparison], *, rev: str = "HEAD", show_
         if _same(c.old, c.new) and not show_all:
             continue
         if c.verdict in ("timing", "cache", "free"):
-            tolerance = f"not judged: {c.rule.why}"
+            tolerance = "not judged"
         elif c.verdict == "exact":
             tolerance = ""
         elif c.allowed is None:
@@ -273,14 +276,16 @@ def format_comparison(comparisons: list[Comparison], *, rev: str = "HEAD", show_
     return "\n".join([*lines, summary])
 
 
-def dvc_metrics_diff(root: Path, rev: str = "HEAD") -> dict[str, dict[str, dict[str, Any]]]:
-    """`dvc metrics diff --json --all <rev>` in `root`: every metric of the workspace against git revision `rev`.
+def dvc_metrics_diff(root: Path, rev: str = "HEAD", new: str | None = None) -> dict[str, dict[str, dict[str, Any]]]:
+    """`dvc metrics diff --json --all <rev> [<new>]` in `root`: every metric of the workspace (or of git revision
+    `new`) against git revision `rev`.
 
     Raises:
         InputError: DVC fails (not a DVC project, an unknown revision).
     """
-    command = [sys.executable, "-m", "dvc", "metrics", "diff", "--json", "--all", rev]
+    command = [sys.executable, "-m", "dvc", "metrics", "diff", "--json", "--all", rev, *([new] if new else [])]
     proc = subprocess.run(command, cwd=root, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        raise InputError(f"`dvc metrics diff {rev}` failed in {root}: {proc.stderr.strip() or proc.stdout.strip()}")
+        message = proc.stderr.strip() or proc.stdout.strip()
+        raise InputError(f"`dvc metrics diff {rev}{' ' + new if new else ''}` failed in {root}: {message}")
     return json.loads(proc.stdout or "{}")
