@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from agegender.errors import InputError
+
 PACKAGE = "agegender"
 
 #: what a maintainer runs to see the deps to write into dvc.yaml (named in every problem list)
@@ -199,7 +201,7 @@ def notebook_code(notebook: Path, graph: ImportGraph) -> list[Path]:
     """The package files a notebook runs (module docstring: how they are derived).
 
     Raises:
-        ValueError: the notebook calls no function of an agegender module it imports.
+        InputError: the notebook calls no function of an agegender module it imports (nothing to derive from).
     """
     tree = _notebook_source(notebook)
     seeds: set[str] = set()
@@ -221,7 +223,8 @@ def notebook_code(notebook: Path, graph: ImportGraph) -> list[Path]:
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases:
             entries.setdefault(aliases[node.value.id], set()).add(node.attr)
     if not entries:
-        raise ValueError(f"{notebook}: calls no function of an agegender module it imports (`from agegender import x`)")
+        message = "calls no function of an agegender module it imports (`from agegender import x`, then `x.f(...)`)"
+        raise InputError(message, file=notebook)
     return graph.files(graph.closure(seeds - set(entries), entries))
 
 

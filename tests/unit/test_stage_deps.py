@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from agegender import cli
+from agegender.errors import InputError
 from agegender.stage_deps import HINT, ImportGraph, compact, dvc_stages, notebook_code, stage_code, stage_problems
 
 REPO = Path(__file__).resolve().parents[2]
@@ -136,7 +137,7 @@ def test_toy_derivation_follows_each_import_form(toy: Path) -> None:
 
 def test_toy_notebook_without_an_entry_call_is_an_error(toy: Path) -> None:
     _notebook(toy / "nb_b.ipynb", "from agegender.core import base_fn")
-    with pytest.raises(ValueError, match="calls no function"):
+    with pytest.raises(InputError, match="calls no function"):
         notebook_code(toy / "nb_b.ipynb", ImportGraph(toy / "src" / "agegender"))
 
 
