@@ -28,11 +28,12 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from agegender.files import write_json
 
 _log = logging.getLogger(__name__)
 
@@ -52,29 +53,6 @@ def cache_dir() -> Path:
         return Path(configured).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "agegender"
-
-
-def write_json_atomic(path: str | Path, data: Any) -> Path:
-    """Write JSON (indented, sorted keys) through a temporary file and a rename: readers never see half a file.
-
-    Args:
-        path: the file (its folder is created).
-        data: JSON-serialisable data.
-
-    Returns:
-        The path written.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _hash_file(path: Path) -> str:
@@ -123,7 +101,7 @@ def file_sha256(path: str | Path, *, cache: bool = True) -> str:
     settled = time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) >= RACY_S * 1e9
     if unchanged and settled:
         try:
-            write_json_atomic(entry, {"path": str(path), "size": st.st_size, "sha256": digest})
+            write_json({"path": str(path), "size": st.st_size, "sha256": digest}, entry)
         except OSError as exc:  # a read-only home or a full disk: the digest is still right, only not kept
             _log.debug("file digest cache not written (%s): %s", entry, exc)
     return digest
