@@ -8,7 +8,6 @@ The model returns raw outputs: [male logit, female logit, normalised age] (or on
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -216,11 +215,3 @@ def create_mivolo(name: str, *, in_chans: int = 6, num_classes: int = 3, **kwarg
     if name not in MODEL_SPECS:
         raise KeyError(f"unknown MiVOLO variant {name!r}; known: {sorted(MODEL_SPECS)}")
     return MiVOLOModel(MODEL_SPECS[name], in_chans=in_chans, num_classes=num_classes, **kwargs)
-
-
-def variant_for_size(img_size: int, base: Callable[[int], str] = lambda s: f"mivolo_d1_{s}") -> str:
-    """The registered variant name of a released checkpoint with this input size (224 or 384)."""
-    name = base(img_size)
-    if name not in MODEL_SPECS:
-        raise KeyError(f"no registered MiVOLO variant for input size {img_size}")
-    return name
