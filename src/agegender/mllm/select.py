@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from agegender.errors import InputError
 from agegender.files import atomic_write_text
+from agegender.metrics import METRICS_BY_NAME, evaluate
 from agegender.mllm.backends.base import Answer, Backend, GenerationParams, Query
 
 if TYPE_CHECKING:
@@ -58,8 +59,11 @@ if TYPE_CHECKING:
 
 INDEX_FILE = "checkpoints.json"
 FINAL_DIR = "final"
-#: metric -> True when higher is better
-METRICS: dict[str, bool] = {"age_mae": False, "age_mape": False, "age_cs5": True, "gender_acc": True}
+#: the metrics a checkpoint can be chosen by (those of the paper that pooled data sets give) -> True when higher is
+#: better (`agegender.metrics.METRICS`)
+METRICS: dict[str, bool] = {
+    name: METRICS_BY_NAME[name].higher_is_better for name in ("age_mae", "age_mape", "age_cs5", "gender_acc")
+}
 #: the default share of parsed answers below which a checkpoint cannot win
 MIN_COVERAGE = 0.5
 TABLE_COLUMNS: tuple[str, ...] = (
@@ -383,8 +387,6 @@ def score_predictions(samples: pd.DataFrame, predictions: pd.DataFrame) -> dict[
         `n` (queried samples), `coverage` (share `ok`), `age_mae`, `age_cs5`, `age_mape`, `gender_acc` (NaN
         where nothing could be scored).
     """
-    from agegender.metrics import evaluate
-
     nan = float("nan")
     if len(predictions) == 0:
         return {"n": 0, "coverage": nan, **dict.fromkeys(METRICS, nan)}
