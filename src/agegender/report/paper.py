@@ -39,7 +39,6 @@ PAPER_COLUMNS: tuple[str, ...] = ("table", "model", "train_dataset", "dataset", 
 
 #: canonical ids used in `paper_results.csv`.
 PAPER_DATASETS: tuple[str, ...] = ("lagenda", "imdb_clean", "nanolagenda", "adience", "fairface", "cacd", "wild104")
-PAPER_TRAIN_DATASETS: tuple[str, ...] = ("lagenda", "lagenda_ext", "imdb_clean")
 #: the metrics the paper reports (`MetricDef.in_paper`); percent metrics are stored as fractions, as we compute them.
 PAPER_METRICS: tuple[str, ...] = tuple(m.name for m in METRICS if m.in_paper)
 
