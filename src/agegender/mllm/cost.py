@@ -27,6 +27,8 @@ Decisions (documented here because they change the figures):
 - **Prices are not facts of this code**: `PRICES` is a dated copy of OpenAI's price list (standard tier, USD per
   million tokens) for the paper's models, to be checked against the current list and overridden by arguments.
   The Batch API (half price, answers within 24 h) is not what the runner uses.
+- **Which crops** are priced is the run's own plan (`agegender.mllm.runner.plan_queries`; for a params file the
+  stage's `model_plan`, `inputs_by_dataset` included): a crop the stage never sends is never priced.
 - **Crop sizes** come from the runner's own crop rules (`agegender.data.crops`) and its `max_side` downscale,
   without encoding any image: `face` and `body` crops are their clamped boxes (only image headers are read),
   `body_wo_face` crops are cut as the runner cuts them (its drop rules look at the masked pixels).

@@ -1,4 +1,10 @@
-"""Run the paper's zero-shot protocol over a sample table: crops -> queries -> store -> answers -> predictions.
+"""Run the paper's zero-shot protocol over a sample table: plan -> crops -> queries -> store -> answers -> predictions.
+
+Every query of the package takes one path: `plan_queries` (or `model_plan` for a `query_mllms` model) decides which
+samples are asked with which crop (split, data sets, `inputs_by_dataset`, shard), and `query_samples` creates or
+takes the backend, opens the store, runs `run_queries` once per input kind of the plan, closes both and sums the
+outcome. The `query_mllms` stage, fine-tuning, checkpoint selection, `agegender query` and `annotate` call it, and
+`agegender cost` prices the same plan.
 
 `run_queries` makes one query per sample (the crop of the asked input kind and the paper's prompt), looks each
 up in the response store, sends only the misses through the backend (asynchronously, answers taken as they

@@ -2,7 +2,7 @@
 
 The paper (section 4.3) saved a checkpoint every 450 steps while fine-tuning ShareGPT4V-7B, evaluated each one and
 kept the best (at 40% of the epoch). `select_checkpoint` does that with the zero-shot protocol itself: every
-checkpoint of a fine-tuning run answers the validation crops through `agegender.mllm.runner.run_queries` (same
+checkpoint of a fine-tuning run answers the validation crops through `agegender.mllm.runner.query_samples` (same
 prompt, parser and `transformers` backend as the zero-shot stage), the answers are scored with
 `agegender.metrics.evaluate`, and the best checkpoint by one metric is chosen. `keep_best` copies it to a folder
 that the `transformers` and `vllm` backends serve unchanged, with the table beside it.
