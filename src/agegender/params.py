@@ -123,7 +123,8 @@ class MllmParams:
             query it through the `openai` backend, as one would a vLLM or SGLang server.
         build_tiny: build an untrained tiny LLaVA into the stage's output first (demo profile only).
         inputs_by_dataset: other crops for some data sets, e.g. `{lagenda: [body]}` (the paper ran LLaVA-NeXT on
-            full LAGENDA with body crops only, on NanoLAGENDA with body and body without face).
+            full LAGENDA with body crops only, on NanoLAGENDA with body and body without face). The stage and
+            `agegender cost` plan with it alike (`agegender.mllm.runner.model_plan`).
         max_failed: rows that may stay `failed` after retries before the stage fails (after writing what was
             answered; a rerun resends only the failures): a count (`25`) or a percentage of the stage's rows
             (`"0.5%"`). 0 accepts none; a run that answered nothing fails whatever this says.
@@ -139,14 +140,6 @@ class MllmParams:
     build_tiny: TinyMllmParams | None = None
     inputs_by_dataset: dict[str, tuple[str, ...]] = field(default_factory=dict)
     max_failed: int | str = 0
-
-    def plan(self, study_datasets: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
-        """Input kind -> the data sets queried with it (`inputs_by_dataset` overrides `inputs` per data set)."""
-        plan: dict[str, list[str]] = {}
-        for name in self.datasets or study_datasets:
-            for kind in self.inputs_by_dataset.get(name, self.inputs):
-                plan.setdefault(kind, []).append(name)
-        return {kind: tuple(names) for kind, names in plan.items()}
 
 
 @dataclass(frozen=True)

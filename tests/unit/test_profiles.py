@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from agegender.errors import InputError
+from agegender.mllm.runner import model_plan
 from agegender.params import load_params, params_from_dict
 from agegender.paths import ProjectPaths
 from agegender.profiles import active, available, parse_override, render, use
@@ -126,8 +127,11 @@ def test_inputs_by_dataset_plans_crops_per_data_set() -> None:
     data["query_mllms"]["models"]["tiny_llava"].update(
         datasets=["nanodemo", "demo"], inputs=["body", "body_wo_face"], inputs_by_dataset={"demo": ["body"]}
     )
-    spec = params_from_dict(data).query_mllms.models["tiny_llava"]
-    assert spec.plan(("demo", "nanodemo", "demoadience")) == {
+    params = params_from_dict(data)
+    samples = pd.DataFrame(
+        {"sample_id": ["a", "n", "d"], "dataset": ["demoadience", "nanodemo", "demo"], "split": params.study.split}
+    )
+    assert model_plan(params, "tiny_llava", samples).datasets == {
         "body": ("nanodemo", "demo"),
         "body_wo_face": ("nanodemo",),
     }

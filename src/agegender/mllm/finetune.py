@@ -678,26 +678,15 @@ def evaluate_model(
     """
     from agegender.metrics import evaluate
     from agegender.mllm.backends.base import GenerationParams
-    from agegender.mllm.backends.transformers_backend import TransformersBackend
-    from agegender.mllm.runner import run_queries
-    from agegender.mllm.store import ResponseStore
+    from agegender.mllm.runner import BackendSpec, plan_queries, query_samples
 
     params = GenerationParams(max_new_tokens=max_new_tokens)
-    backend = TransformersBackend(str(model_dir), params=params, device="auto", batch_size=batch_size)
-    try:
-        with ResponseStore(store_dir) as store:
-            result = run_queries(
-                samples,
-                masked,
-                image_roots,
-                input_kind=input_kind,
-                backend=backend,
-                store=store,
-                model_name=model_name,
-                progress=progress,
-            )
-    finally:
-        backend.close()
+    backend = BackendSpec("transformers", str(model_dir), params, {"device": "auto", "batch_size": batch_size})
+    run = query_samples(
+        plan_queries(samples, [input_kind]), masked, image_roots, backend=backend, store=store_dir,
+        model_name=model_name, progress=progress,
+    )  # fmt: skip
+    result = run.results[input_kind]
     table = evaluate(samples, result.predictions, views=("answered",))
     return result.predictions, table
 

@@ -2,7 +2,7 @@
 
 The paper (section 4.3) saved a checkpoint every 450 steps while fine-tuning ShareGPT4V-7B, evaluated each one and
 kept the best (at 40% of the epoch). `select_checkpoint` does that with the zero-shot protocol itself: every
-checkpoint of a fine-tuning run answers the validation crops through `agegender.mllm.runner.run_queries` (same
+checkpoint of a fine-tuning run answers the validation crops through `agegender.mllm.runner.query_samples` (same
 prompt, parser and `transformers` backend as the zero-shot stage), the answers are scored with
 `agegender.metrics.evaluate`, and the best checkpoint by one metric is chosen. `keep_best` copies it to a folder
 that the `transformers` and `vllm` backends serve unchanged, with the table beside it.
@@ -462,28 +462,21 @@ def _evaluate_checkpoint(
     progress: bool,
 ) -> tuple[dict[str, Any], pd.DataFrame, dict[str, Any]]:
     """Query one checkpoint through the zero-shot runner and score it: (numbers, predictions, manifest)."""
-    from agegender.mllm.backends.base import create_backend
-    from agegender.mllm.runner import run_queries
+    from agegender.mllm.runner import BackendSpec, plan_queries, query_samples
 
     model = str(checkpoint.path.resolve())
-    if backend_name == "transformers":
-        backend: Backend = _LazyTransformers(model, params=generation, **backend_options)
-    else:
-        backend = create_backend(backend_name, model, params=generation, **backend_options)
-    try:
-        result = run_queries(
-            samples,
-            masked,
-            image_roots,
-            input_kind=input_kind,
-            backend=backend,
-            store=store,
-            model_name=checkpoint.name,
-            progress=progress,
-        )
-        loaded = getattr(backend, "real", True) is not None
-    finally:
-        backend.close()
+    backend: Backend | BackendSpec = (
+        _LazyTransformers(model, params=generation, **backend_options)
+        if backend_name == "transformers"
+        else BackendSpec(backend_name, model, generation, backend_options)
+    )
+    run = query_samples(
+        plan_queries(samples, [input_kind]), masked, image_roots, backend=backend, store=store,
+        model_name=checkpoint.name, progress=progress,
+    )  # fmt: skip
+    result = run.results[input_kind]
+    # whether the checkpoint's model had to be loaded (a lazy backend whose answers were all stored never loads)
+    loaded = getattr(backend, "real", True) is not None
     numbers = score_predictions(samples, result.predictions)
     numbers.update(
         n_no_crop=len(result.no_crop_ids), requests_sent=int(result.manifest["requests_sent"]), model_loaded=loaded
