@@ -19,7 +19,7 @@ from bad_images import write_empty, write_truncated_jpeg  # noqa: E402
 from mllm_fakes import BatchBackend, ScriptedBackend, make_dataset  # noqa: E402
 
 from agegender.data.schema import PREDICTION_COLUMNS  # noqa: E402
-from agegender.errors import InputError  # noqa: E402
+from agegender.errors import IncompleteRunError, InputError  # noqa: E402
 from agegender.mllm.backends.base import GenerationParams, create_backend  # noqa: E402
 from agegender.mllm.prompt import PROMPT, PROMPT_VERSION, prompt_hash  # noqa: E402
 from agegender.mllm.runner import (  # noqa: E402
@@ -204,7 +204,9 @@ def test_cli_query_names_the_bad_images(tmp_path: Path, capsys: pytest.CaptureFi
     root, _, bad = _with_bad_images(tmp_path)
     argv = ["query", "--samples", str(root / "samples.parquet"), "--data-root", str(root), "--input", "face"]
     argv += ["--backend", "test-scripted", "--model", "m", "--out", str(tmp_path / "p.parquet"), "--quiet"]
-    cli(argv)  # the exit code for failed rows is the CLI's own business; the rows and the report are checked here
+    with pytest.raises(IncompleteRunError, match="3 of 13 rows failed") as info:  # exit 3, after writing
+        cli(argv)
+    assert "the image cannot be loaded" in str(info.value)
     out = capsys.readouterr().out
     assert "2 images cannot be loaded" in out and str(bad["images/img006.png"]) in out and "empty.jpg" in out
     table = pd.read_parquet(tmp_path / "p.parquet")

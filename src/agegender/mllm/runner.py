@@ -629,6 +629,7 @@ def run_queries(
     for sample_id in bad.samples:  # no answer, and nothing stored: the next run tries the image again
         rows[request_id(sample_id, input_kind)] = {**empty_row(sample_id), "status": "failed"}
         tally.status["failed"] += 1
+        tally.errors["the image cannot be loaded (see bad_images)"] += 1
     if bad.images:
         _log.warning("%s [%s]: %s", model, input_kind, BadImages.describe(bad.summary(limit=3)))
     # The samples' order (queries follow it; a bad image's samples slot in where they stand).
