@@ -19,8 +19,6 @@ from bad_images import write_empty, write_truncated_jpeg  # noqa: E402
 from agegender import cli  # noqa: E402
 from agegender.check import (  # noqa: E402
     Problem,
-    check_llava_folder,
-    check_mivolo_checkpoint,
     check_params,
     fingerprints,
     format_problems,
@@ -29,8 +27,9 @@ from agegender.check import (  # noqa: E402
 from agegender.data import readers  # noqa: E402
 from agegender.data.readers import check_dataset, read_dataset, register_reader, resolve_reader  # noqa: E402
 from agegender.errors import InputError  # noqa: E402
-from agegender.mivolo.checkpoint import save_checkpoint  # noqa: E402
+from agegender.mivolo.checkpoint import check_mivolo_checkpoint, save_checkpoint  # noqa: E402
 from agegender.mivolo.model import create_mivolo  # noqa: E402
+from agegender.mllm.convert import check_llava_folder  # noqa: E402
 from agegender.params import load_params, params_from_dict  # noqa: E402
 from agegender.paths import ProjectPaths  # noqa: E402
 
