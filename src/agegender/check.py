@@ -22,16 +22,16 @@ those inputs changed. Consumers: `prepare_data`, `train_mivolo`, `predict`, `fin
 `query_mllms/<key>` for each configured model. Folders are walked recursively in sorted order (hidden names,
 starting with ".", are left out: editor, OS and download-tool metadata):
 
-- text-like files (`.csv .txt .json .yaml .yml .tsv .jinja .model`) are hashed in full (BLAKE2b);
-- weight files (`.safetensors .bin .pt .pth .tar .gguf`) are recorded by size and a hash of their first and
-  last MiB (reading gigabytes on every `dvc repro` would cost minutes);
+- text-like and weight files (`HASHED_SUFFIXES`) are recorded by size and the SHA-256 of their full contents
+  (`agegender.fingerprint.file_sha256`, the one home of file digests): a model retrained in place keeps its sizes
+  and may keep its first and last megabytes, and must still rerun the stages that read it. Digests of files of
+  1 MiB and more are cached by the file's identity, so a 7B model is read once (~10 s), not on every `dvc repro`;
 - every other file (images above all) is recorded by relative path and size only, folded into one digest per
   folder with the file count and total bytes, so that LAGENDA's 67k images cost 67k `stat` calls and a few
   bytes of JSON.
 
-Limitations: an image (or any other non-text, non-weight file) replaced by a different file of exactly the
-same size is not noticed, and neither is a weight file whose change leaves its size and its first and last MiB
-untouched. Touch the params (or delete the fingerprint file) to force a rerun after such an edit.
+Limitation: an image (or any other file not in `HASHED_SUFFIXES`) replaced by a different file of exactly the
+same size is not noticed. Touch the params (or delete the fingerprint file) to force a rerun after such an edit.
 """
 
 from __future__ import annotations
@@ -49,17 +49,19 @@ from typing import Any
 
 from agegender.errors import InputError
 from agegender.files import atomic_write_text
+from agegender.fingerprint import file_sha256
 from agegender.params import MllmParams, Params
 from agegender.paths import ProjectPaths
 
 #: top-level params sections that `check_params(sections=...)` can limit the check to
 SECTIONS: tuple[str, ...] = ("prepare_data", "train_mivolo", "predict", "query_mllms", "finetune_mllm", "report")
-#: hashed in full by the fingerprints
-TEXT_SUFFIXES: tuple[str, ...] = (".csv", ".txt", ".json", ".yaml", ".yml", ".tsv", ".jinja", ".model")
-#: recorded by size and a hash of the first and last MiB (".pth.tar" ends with ".tar")
-WEIGHT_SUFFIXES: tuple[str, ...] = (".safetensors", ".bin", ".pt", ".pth", ".tar", ".gguf")
+#: recorded by size and the SHA-256 of their full contents in the fingerprints: text-like and weight files
+#: (".pth.tar" ends with ".tar"); any other file by size only
+HASHED_SUFFIXES: tuple[str, ...] = (
+    *(".csv", ".txt", ".json", ".yaml", ".yml", ".tsv", ".jinja", ".model"),
+    *(".safetensors", ".bin", ".pt", ".pth", ".tar", ".gguf"),
+)
 
-_MIB = 1 << 20
 _LOCAL_BACKENDS = ("transformers", "vllm")
 _DEFAULT_KEY_ENV = "OPENAI_API_KEY"  # the openai backend's default `api_key_env`
 
@@ -452,40 +454,13 @@ def format_problems(problems: Sequence[Problem]) -> str:
 # Fingerprints
 
 
-def _hash_file(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(_MIB), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _hash_ends(path: Path, size: int) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with path.open("rb") as handle:
-        h.update(handle.read(_MIB))
-        if size > _MIB:
-            handle.seek(max(_MIB, size - _MIB))
-            h.update(handle.read(_MIB))
-    return h.hexdigest()
-
-
-def _kind(name: str) -> str:
-    lower = name.lower()
-    if lower.endswith(TEXT_SUFFIXES):
-        return "text"
-    if lower.endswith(WEIGHT_SUFFIXES):
-        return "weights"
-    return "other"
+def _hashed(name: str) -> bool:
+    """Whether a file's fingerprint holds a digest of its contents (`HASHED_SUFFIXES`), not only its size."""
+    return name.lower().endswith(HASHED_SUFFIXES)
 
 
 def _file_entry(path: Path, size: int) -> dict[str, Any]:
-    kind = _kind(path.name)
-    if kind == "text":
-        return {"size": size, "blake2b": _hash_file(path)}
-    if kind == "weights":
-        return {"size": size, "ends_blake2b": _hash_ends(path, size)}
-    return {"size": size}
+    return {"size": size, "sha256": file_sha256(path)} if _hashed(path.name) else {"size": size}
 
 
 def _walk(folder: Path, prefix: str, seen: set[tuple[int, int]]) -> Iterator[tuple[str, Path, os.stat_result | None]]:
@@ -520,8 +495,8 @@ def fingerprint_path(path: Path) -> dict[str, Any]:
         path: the file or folder.
 
     Returns:
-        `{"missing": true}`, a file's entry (`size` and a hash for text and weight files), or for a folder
-        `{"files": {relative path: entry} for text and weight files, "other": {"count", "bytes", "blake2b"}}`.
+        `{"missing": true}`, a file's entry (`size`, and `sha256` for a file in `HASHED_SUFFIXES`), or for a
+        folder `{"files": {relative path: entry} of its hashed files, "other": {"count", "bytes", "blake2b"}}`.
     """
     if not path.exists():
         return {"missing": True}
@@ -534,7 +509,7 @@ def fingerprint_path(path: Path) -> dict[str, Any]:
     for rel, file, st in _walk(path, "", {(root_stat.st_dev, root_stat.st_ino)}):
         if st is None:
             files[rel] = {"missing": True}
-        elif _kind(rel) == "other":
+        elif not _hashed(rel):
             count += 1
             total += st.st_size
             other.update(f"{rel}\0{st.st_size}\n".encode())
@@ -702,6 +677,7 @@ def add_check_parser(sub: Any) -> None:
 
 
 __all__ = [
+    "HASHED_SUFFIXES",
     "SECTIONS",
     "Problem",
     "Problems",
