@@ -248,7 +248,6 @@ class _Checker:
 
     def query_mllms(self) -> None:
         from agegender.mllm.backends.base import known_backends
-        from agegender.mllm.convert import check_llava_folder
 
         known = known_backends()
         for key, spec in self.params.query_mllms.models.items():
@@ -268,6 +267,8 @@ class _Checker:
                     continue
                 folder = self._model_folder(f"{where}.model", spec.model)
                 if folder is not None:
+                    from agegender.mllm.convert import check_llava_folder  # torch: imported only when needed
+
                     for line in check_llava_folder(folder):
                         self.add(f"{where}.model", line, folder)
                 if backend == "vllm" and importlib.util.find_spec("vllm") is None:
