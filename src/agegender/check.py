@@ -181,10 +181,6 @@ class _Checker:
             if not path.is_file():
                 self.add("train_mivolo.config.pretrained", "pretrained weights file not found", path)
 
-    def _made_by_training(self, path: Path) -> bool:
-        cfg = self.params.train_mivolo
-        return cfg.dataset is not None and _inside(path, self.paths(cfg.out))
-
     def predict(self) -> None:
         from agegender.evaluate import check_predictions_file
         from agegender.specialized import dataset_option_values, model_problems, resolve_model
