@@ -19,8 +19,6 @@ from bad_images import write_empty, write_truncated_jpeg  # noqa: E402
 from agegender import cli  # noqa: E402
 from agegender.check import (  # noqa: E402
     Problem,
-    check_llava_folder,
-    check_mivolo_checkpoint,
     check_params,
     fingerprints,
     format_problems,
@@ -29,8 +27,10 @@ from agegender.check import (  # noqa: E402
 from agegender.data import readers  # noqa: E402
 from agegender.data.readers import check_dataset, read_dataset, register_reader, resolve_reader  # noqa: E402
 from agegender.errors import InputError  # noqa: E402
-from agegender.mivolo.checkpoint import save_checkpoint  # noqa: E402
+from agegender.fingerprint import file_sha256  # noqa: E402
+from agegender.mivolo.checkpoint import check_mivolo_checkpoint, save_checkpoint  # noqa: E402
 from agegender.mivolo.model import create_mivolo  # noqa: E402
+from agegender.mllm.convert import check_llava_folder  # noqa: E402
 from agegender.params import load_params, params_from_dict  # noqa: E402
 from agegender.paths import ProjectPaths  # noqa: E402
 
@@ -469,8 +469,9 @@ def test_fingerprints_follow_content_and_keep_mtimes(project: Path) -> None:
     assert lagenda["other"]["count"] == 2  # the images: path and size only
     predict = json.loads((out / "predict.json").read_text())
     assert set(predict["models"]) == {"mivolo_d1"}  # train_mivolo's own output is DVC's business
-    assert "ends_blake2b" in predict["models"]["mivolo_d1"]["checkpoint"]
-    assert "blake2b" in predict["external"]["new_model"]
+    released = project / "models" / "released" / "mivolo.pth.tar"
+    assert predict["models"]["mivolo_d1"]["checkpoint"]["sha256"] == file_sha256(released)  # every byte
+    assert predict["external"]["new_model"]["sha256"] == file_sha256(project / "preds" / "new.csv")
     llava = json.loads((out / "query_mllms" / "llava.json").read_text())
     assert set(llava["folder"]["files"]) == {
         "config.json",
@@ -500,6 +501,20 @@ def test_fingerprints_follow_content_and_keep_mtimes(project: Path) -> None:
     del cfg["query_mllms"]["models"]["gpt4o"]
     write_fingerprints(params_from_dict(cfg), paths, out)
     assert not (out / "query_mllms" / "gpt4o.json").exists() and (out / "query_mllms" / "llava.json").exists()
+
+
+def test_weights_retrained_in_place_change_the_fingerprint(project: Path) -> None:
+    """Same size, same first and last MiB, another middle (a partly frozen fine-tune): the stage must rerun."""
+    weights = project / "models" / "volo_d1.pth"
+    data = bytearray(3 << 20)
+    weights.write_bytes(data)
+    params, paths = params_from_dict(_config()), ProjectPaths(project)
+    before = fingerprints(params, paths)["train_mivolo"]
+    data[len(data) // 2] = 1
+    weights.write_bytes(data)
+    after = fingerprints(params, paths)["train_mivolo"]
+    assert before["pretrained"]["size"] == after["pretrained"]["size"] == 3 << 20
+    assert after["pretrained"]["sha256"] == file_sha256(weights) != before["pretrained"]["sha256"]
 
 
 def test_missing_sources_are_recorded_as_missing(project: Path) -> None:

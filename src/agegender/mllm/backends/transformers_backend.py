@@ -106,6 +106,24 @@ def folder_revision(folder: str | Path) -> str:
     return "local-" + digest.hexdigest()[:16]
 
 
+def is_hub_id(model: str) -> bool:
+    """Whether a model name reads as a Hugging Face hub id (`owner/name`) rather than a path."""
+    return not model.startswith((".", "/", "~")) and model.count("/") == 1
+
+
+def cached_snapshot(model: str) -> Path | None:
+    """The folder of a hub id's snapshot in the local Hugging Face cache, or None; never downloads.
+
+    For callers that report a missing model themselves (`agegender check`, the stages' fingerprints).
+    """
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(model, local_files_only=True))
+    except Exception:  # several hub error types (and a missing package) all mean "not available here"
+        return None
+
+
 def find_model_folder(model: str, *, local_files_only: bool = True) -> Path | None:
     """The local folder of a model: the folder itself, or the cached hub snapshot of a hub id.
 
@@ -123,7 +141,7 @@ def find_model_folder(model: str, *, local_files_only: bool = True) -> Path | No
     path = Path(model).expanduser()
     if path.is_dir():
         return path
-    if path.exists() or model.startswith((".", "/", "~")) or model.count("/") != 1:
+    if path.exists() or not is_hub_id(model):
         raise InputError("model folder not found (expected a folder with config.json)", file=model)
     from huggingface_hub import snapshot_download
 
