@@ -60,7 +60,6 @@ WEIGHT_SUFFIXES: tuple[str, ...] = (".safetensors", ".bin", ".pt", ".pth", ".tar
 
 _MIB = 1 << 20
 _LOCAL_BACKENDS = ("transformers", "vllm")
-_DEFAULT_KEY_ENV = "OPENAI_API_KEY"  # the openai backend's default `api_key_env`
 
 
 @dataclass(frozen=True)
@@ -464,32 +463,14 @@ class _Checker:
                 self.add(f"{where}.backend", f"unknown MLLM backend {backend!r}; known: {known} or 'module:Class'")
 
     def _openai(self, where: str, spec: MllmParams) -> None:
-        from agegender.mllm.backends.openai_backend import (
-            INSECURE_HTTP_OPTION,
-            base_url_problem,
-            insecure_http_problem,
-            is_loopback_url,
-        )
+        """What the environment must give an API model; its options were checked when params were loaded."""
+        from agegender.mllm.backend_options import OpenAIOptions, is_loopback_url
 
-        if not (spec.model or spec.options.get("model")):
+        if not spec.model:
             self.add(f"{where}.model", "the openai backend needs a model id (e.g. gpt-4o-2024-08-06)")
-        allow_insecure = spec.options.get(INSECURE_HTTP_OPTION, False)
-        if not isinstance(allow_insecure, bool):
-            self.add(f"{where}.options.{INSECURE_HTTP_OPTION}", f"must be true or false, not {allow_insecure!r}")
-            allow_insecure = False
         base_url = spec.options.get("base_url")
-        loopback = False
-        if base_url is not None:
-            # the backend's own refusals, reported before the run (the same words, the same opt-in)
-            problem = base_url_problem(str(base_url))
-            if problem is not None:
-                self.add(f"{where}.options.base_url", problem)
-                return
-            loopback = is_loopback_url(str(base_url))
-            problem = insecure_http_problem(str(base_url))
-            if problem is not None and not allow_insecure:
-                self.add(f"{where}.options.base_url", problem)
-        key_env = spec.options.get("api_key_env", _DEFAULT_KEY_ENV)
+        loopback = is_loopback_url(base_url)
+        key_env = spec.options.get("api_key_env", OpenAIOptions.api_key_env)
         # only presence is looked at: the value is never read into a message
         if key_env and not loopback and not self.env.get(str(key_env)):
             self.add(
@@ -742,7 +723,7 @@ def _model_fingerprint(params: Params, paths: ProjectPaths, spec: MllmParams) ->
     if spec.build_tiny is not None:
         return {}
     if spec.backend == "openai" and not spec.serve:
-        from agegender.mllm.backends.openai_backend import OPENAI_BASE_URL, safe_url
+        from agegender.mllm.backend_options import OPENAI_BASE_URL, safe_url
 
         base_url = spec.options.get("base_url") or OPENAI_BASE_URL
         return {"backend": "openai", "model": spec.model or spec.options.get("model"), "base_url": safe_url(base_url)}

@@ -389,10 +389,10 @@ def query_mllms(params: Params, paths: ProjectPaths, model_key: str, *, progress
     with contextlib.ExitStack() as stack:
         options = dict(spec.options)
         if spec.serve:
+            from agegender.mllm.backend_options import SERVED_CLIENT_OPTIONS
             from agegender.mllm.server import running_server, served_identity
 
-            client_only = ("concurrency", "base_url", "api_key_env", "allow_insecure_http")
-            local = {k: v for k, v in options.items() if k not in client_only}
+            local = {k: v for k, v in options.items() if k not in SERVED_CLIENT_OPTIONS}
             base_url = stack.enter_context(
                 running_server(spec.backend, model, params=generation, backend_options=local, served_model=model_key)
             )
