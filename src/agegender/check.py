@@ -354,7 +354,7 @@ class _Checker:
         if cfg.dataset is None:
             return  # this profile trains no MiVOLO
         self.prepared_ref("train_mivolo.dataset", cfg.dataset)
-        pretrained = cfg.config.get("pretrained")
+        pretrained = cfg.config.pretrained
         if pretrained:
             self.ran()
             path = self.paths(str(pretrained))
@@ -500,7 +500,7 @@ class _Checker:
         else:
             for line in check_llava_folder(folder):
                 self.add("finetune_mllm.base_model", line, folder)
-        deepspeed = cfg.config.get("deepspeed")
+        deepspeed = cfg.config.deepspeed
         if deepspeed:
             self.ran()
             path = self.paths(str(deepspeed))
@@ -779,7 +779,7 @@ def fingerprints(params: Params, paths: ProjectPaths) -> dict[str, dict]:
     out["prepare_data"] = {k: v for k, v in (("datasets", datasets), ("subsets", subsets)) if v}
 
     train = params.train_mivolo
-    pretrained = train.config.get("pretrained")
+    pretrained = train.config.pretrained
     out["train_mivolo"] = {"pretrained": _source(paths, str(pretrained))} if train.dataset and pretrained else {}
 
     models: dict[str, Any] = {}
@@ -799,8 +799,8 @@ def fingerprints(params: Params, paths: ProjectPaths) -> dict[str, dict]:
     finetune: dict[str, Any] = {}
     if ft is not None and ft.build_tiny is None and ft.base_model is not None:
         finetune["base_model"] = _source(paths, ft.base_model)
-        if ft.config.get("deepspeed"):
-            finetune["deepspeed"] = _source(paths, str(ft.config["deepspeed"]))
+        if ft.config.deepspeed:
+            finetune["deepspeed"] = _source(paths, ft.config.deepspeed)
     out["finetune_mllm"] = finetune
 
     for key, spec in params.query_mllms.models.items():

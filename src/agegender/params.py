@@ -16,7 +16,9 @@ import yaml
 
 from agegender.data.schema import INPUT_KINDS
 from agegender.errors import InputError, failure_budget
+from agegender.mivolo.config import TrainConfig
 from agegender.mllm.backend_options import check_backend_options
+from agegender.mllm.finetune_config import FinetuneConfig
 from agegender.settings import build_settings
 
 
@@ -87,14 +89,12 @@ class StudyParams:
 
 @dataclass(frozen=True)
 class TrainMivoloParams:
-    """Section `train_mivolo`: which data set trains MiVOLO and how (`agegender.mivolo.train.TrainConfig`).
-
-    `config` is checked by `TrainConfig.from_dict` when the stage runs (it needs torch, params do not).
-    """
+    """Section `train_mivolo`: which data set trains MiVOLO and how (`config`: `agegender.mivolo.config.TrainConfig`,
+    checked with the params, so a bad setting is reported by its key path before any stage runs)."""
 
     out: str = "models/mivolo"
     dataset: str | None = "demo"  # None: this profile trains no MiVOLO (it uses released checkpoints)
-    config: dict[str, Any] = field(default_factory=dict)
+    config: TrainConfig = field(default_factory=TrainConfig)
 
 
 @dataclass(frozen=True)
@@ -208,7 +208,7 @@ class FinetuneMllmParams:
         base_model: local Hugging Face folder to start from (paper: ShareGPT4V-7B in HF format). With neither
             `base_model` nor `build_tiny`, the profile fine-tunes nothing and the stage says so.
         build_tiny: demo only: build an untrained tiny LLaVA with these `build_tiny_llava` arguments instead.
-        config: `agegender.mllm.finetune.FinetuneConfig` (checked when the stage runs).
+        config: `agegender.mllm.finetune_config.FinetuneConfig`, checked with the params.
         inputs: crops the kept model answers on the study's data sets.
         datasets: data sets it answers (None: all of `study.datasets`).
         backend_options: `TransformersOptions` of the backend that answers with the kept model, e.g.
@@ -223,7 +223,7 @@ class FinetuneMllmParams:
     dataset: str = "demo"
     base_model: str | None = None
     build_tiny: dict[str, Any] | None = None
-    config: dict[str, Any] = field(default_factory=dict)
+    config: FinetuneConfig = field(default_factory=FinetuneConfig)
     select: SelectionParams = field(default_factory=SelectionParams)
     inputs: tuple[str, ...] = ("body", "body_wo_face")
     datasets: tuple[str, ...] | None = None

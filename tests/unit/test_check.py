@@ -210,6 +210,20 @@ def test_backend_options_are_checked_with_their_key_path(
         assert needle in err, (needle, err)
 
 
+def test_a_bad_training_setting_is_reported_with_its_key_path(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A training hyper-parameter is checked with the params, not when training starts hours later."""
+    cfg = _config()
+    cfg["train_mivolo"]["config"]["lr"] = -1
+    (project / "params.yaml").write_text(json.dumps(cfg))
+    assert cli.main(["check", "--root", str(project), "--params", "params.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "params.yaml: train_mivolo.config.lr: must be a number >= 0, got -1" in err
+    with pytest.raises(InputError, match=r"train_mivolo\.config\.lr: must be a number >= 0"):
+        load_params(project / "params.yaml")
+
+
 def test_every_bad_image_is_reported_at_once(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Truncated, empty and missing images: each named with the CSV row that names it, in one run of `check`."""
     lagenda = project / "data" / "lagenda"
