@@ -98,6 +98,20 @@ def test_predict_models():
             {"finetune_mllm": {"backend_options": {"btach_size": 4}}},
             "finetune_mllm.backend_options.btach_size: unknown",
         ),
+        ({"train_mivolo": {"config": {"lr": -1}}}, "train_mivolo.config.lr: must be a number >= 0, got -1"),
+        ({"train_mivolo": {"config": {"lr": "fast"}}}, "train_mivolo.config.lr: expected a number, got 'fast'"),
+        ({"train_mivolo": {"config": {"epochs": 3}}}, "train_mivolo.config.epochs: unknown key (known: variant,"),
+        ({"train_mivolo": {"config": {"variant": "volo_d9"}}}, "train_mivolo.config.variant: unknown MiVOLO variant"),
+        (
+            {"train_mivolo": {"config": {"drop_face_p": 0.6, "drop_body_p": 0.6}}},
+            "train_mivolo.config.drop_body_p: must be at most 1 - drop_face_p, got 0.6",
+        ),
+        (
+            {"finetune_mllm": {"config": {"learning_rate": 0}}},
+            "finetune_mllm.config.learning_rate: must be a positive number, got 0.0",
+        ),
+        ({"finetune_mllm": {"config": {"input_kind": "torso"}}}, "finetune_mllm.config.input_kind: must be one of"),
+        ({"finetune_mllm": {"config": {"lora_rank": 8}}}, "finetune_mllm.config.lora_rank: unknown key"),
     ],
 )
 def test_bad_params_name_the_key(data, message, tmp_path):
