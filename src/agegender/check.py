@@ -63,7 +63,6 @@ HASHED_SUFFIXES: tuple[str, ...] = (
 )
 
 _LOCAL_BACKENDS = ("transformers", "vllm")
-_DEFAULT_KEY_ENV = "OPENAI_API_KEY"  # the openai backend's default `api_key_env`
 
 
 @dataclass(frozen=True)
@@ -174,7 +173,7 @@ class _Checker:
         if cfg.dataset is None:
             return  # this profile trains no MiVOLO
         self.prepared_ref("train_mivolo.dataset", cfg.dataset)
-        pretrained = cfg.config.get("pretrained")
+        pretrained = cfg.config.pretrained
         if pretrained:
             self.ran()
             path = self.paths(str(pretrained))
@@ -277,32 +276,14 @@ class _Checker:
                 self.add(f"{where}.backend", f"unknown MLLM backend {backend!r}; known: {known} or 'module:Class'")
 
     def _openai(self, where: str, spec: MllmParams) -> None:
-        from agegender.mllm.backends.openai_backend import (
-            INSECURE_HTTP_OPTION,
-            base_url_problem,
-            insecure_http_problem,
-            is_loopback_url,
-        )
+        """What the environment must give an API model; its options were checked when params were loaded."""
+        from agegender.mllm.backend_options import OpenAIOptions, is_loopback_url
 
-        if not (spec.model or spec.options.get("model")):
+        if not spec.model:
             self.add(f"{where}.model", "the openai backend needs a model id (e.g. gpt-4o-2024-08-06)")
-        allow_insecure = spec.options.get(INSECURE_HTTP_OPTION, False)
-        if not isinstance(allow_insecure, bool):
-            self.add(f"{where}.options.{INSECURE_HTTP_OPTION}", f"must be true or false, not {allow_insecure!r}")
-            allow_insecure = False
         base_url = spec.options.get("base_url")
-        loopback = False
-        if base_url is not None:
-            # the backend's own refusals, reported before the run (the same words, the same opt-in)
-            problem = base_url_problem(str(base_url))
-            if problem is not None:
-                self.add(f"{where}.options.base_url", problem)
-                return
-            loopback = is_loopback_url(str(base_url))
-            problem = insecure_http_problem(str(base_url))
-            if problem is not None and not allow_insecure:
-                self.add(f"{where}.options.base_url", problem)
-        key_env = spec.options.get("api_key_env", _DEFAULT_KEY_ENV)
+        loopback = is_loopback_url(base_url)
+        key_env = spec.options.get("api_key_env", OpenAIOptions.api_key_env)
         # only presence is looked at: the value is never read into a message
         if key_env and not loopback and not self.env.get(str(key_env)):
             self.add(
@@ -334,7 +315,7 @@ class _Checker:
         else:
             for line in check_llava_folder(folder):
                 self.add("finetune_mllm.base_model", line, folder)
-        deepspeed = cfg.config.get("deepspeed")
+        deepspeed = cfg.config.deepspeed
         if deepspeed:
             self.ran()
             path = self.paths(str(deepspeed))
@@ -523,7 +504,7 @@ def _model_fingerprint(params: Params, paths: ProjectPaths, spec: MllmParams) ->
     if spec.build_tiny is not None:
         return {}
     if spec.backend == "openai" and not spec.serve:
-        from agegender.mllm.backends.openai_backend import OPENAI_BASE_URL, safe_url
+        from agegender.mllm.backend_options import OPENAI_BASE_URL, safe_url
 
         base_url = spec.options.get("base_url") or OPENAI_BASE_URL
         return {"backend": "openai", "model": spec.model or spec.options.get("model"), "base_url": safe_url(base_url)}
@@ -581,7 +562,7 @@ def fingerprints(params: Params, paths: ProjectPaths) -> dict[str, dict]:
     out["prepare_data"] = {k: v for k, v in (("datasets", datasets), ("subsets", subsets)) if v}
 
     train = params.train_mivolo
-    pretrained = train.config.get("pretrained")
+    pretrained = train.config.pretrained
     out["train_mivolo"] = {"pretrained": _source(paths, str(pretrained))} if train.dataset and pretrained else {}
 
     models: dict[str, Any] = {}
@@ -601,8 +582,8 @@ def fingerprints(params: Params, paths: ProjectPaths) -> dict[str, dict]:
     finetune: dict[str, Any] = {}
     if ft is not None and ft.build_tiny is None and ft.base_model is not None:
         finetune["base_model"] = _source(paths, ft.base_model)
-        if ft.config.get("deepspeed"):
-            finetune["deepspeed"] = _source(paths, str(ft.config["deepspeed"]))
+        if ft.config.deepspeed:
+            finetune["deepspeed"] = _source(paths, ft.config.deepspeed)
     out["finetune_mllm"] = finetune
 
     for key, spec in params.query_mllms.models.items():

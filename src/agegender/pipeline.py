@@ -109,7 +109,7 @@ def train_mivolo(params: Params, paths: ProjectPaths, *, progress: bool = True) 
     other settings, other data or other pretrained weights (by content) is cleared first (DVC reruns the stage
     exactly when those change).
     """
-    from agegender.mivolo.train import TrainConfig, pretrained_sha256
+    from agegender.mivolo.train import pretrained_sha256
     from agegender.mivolo.train import train_mivolo as _train
 
     cfg = params.train_mivolo
@@ -120,7 +120,7 @@ def train_mivolo(params: Params, paths: ProjectPaths, *, progress: bool = True) 
         write_metrics(paths, "train_mivolo", {"trained": False})
         reason = "train_mivolo.dataset is null: no MiVOLO is trained in this profile"
         return {"trained": False, "reason": reason, "history": []}
-    config = TrainConfig.from_dict(cfg.config)
+    config = cfg.config
     data = load_prepared(params, paths)
     samples = data.samples[data.samples["dataset"] == cfg.dataset].reset_index(drop=True)
     import agegender.mivolo
@@ -128,7 +128,7 @@ def train_mivolo(params: Params, paths: ProjectPaths, *, progress: bool = True) 
     _reset_if_changed(
         out,
         {
-            "config": cfg.config,
+            "config": config.to_dict(),
             "dataset": cfg.dataset,
             "samples": _digest(paths(params.prepare_data.out) / SAMPLES_FILE),
             "pretrained_sha256": pretrained_sha256(config.pretrained),
@@ -367,10 +367,10 @@ def query_mllms(params: Params, paths: ProjectPaths, model_key: str, *, progress
     with contextlib.ExitStack() as stack:
         options = dict(spec.options)
         if spec.serve:
+            from agegender.mllm.backend_options import SERVED_CLIENT_OPTIONS
             from agegender.mllm.server import running_server, served_identity
 
-            client_only = ("concurrency", "base_url", "api_key_env", "allow_insecure_http")
-            local = {k: v for k, v in options.items() if k not in client_only}
+            local = {k: v for k, v in options.items() if k not in SERVED_CLIENT_OPTIONS}
             base_url = stack.enter_context(
                 running_server(spec.backend, model, params=generation, backend_options=local, served_model=model_key)
             )
@@ -426,7 +426,7 @@ def _launch_finetune(
     cfg = params.finetune_mllm
     assert cfg is not None and cfg.launch is not None
     config_file = out / "launch_config.yaml"
-    config_file.write_text(yaml.safe_dump({"config": dict(cfg.config)}, sort_keys=True))
+    config_file.write_text(yaml.safe_dump({"config": cfg.config.to_dict()}, sort_keys=True))
     prepared = paths(params.prepare_data.out)
     image_roots = [f"{name}={root}" for name, root in roots.items()]
     command = [sys.executable, "-m", "accelerate.commands.launch"]
@@ -453,7 +453,7 @@ def finetune_mllm(params: Params, paths: ProjectPaths, *, progress: bool = True)
     kept model answers the study's samples like any zero-shot model (`<predictions>/predictions.parquet`).
     """
     from agegender.mllm.backends import GenerationParams
-    from agegender.mllm.finetune import FinetuneConfig, finetune
+    from agegender.mllm.finetune import finetune
     from agegender.mllm.runner import BackendSpec, plan_queries, query_samples
     from agegender.mllm.select import keep_best, select_checkpoint
 
@@ -467,7 +467,7 @@ def finetune_mllm(params: Params, paths: ProjectPaths, *, progress: bool = True)
         write_metrics(paths, "finetune_mllm", {"finetuned": False})
         reason = "finetune_mllm has neither base_model nor build_tiny: nothing is fine-tuned in this profile"
         return {"finetuned": False, "reason": reason, "selection": pd.DataFrame()}
-    config = FinetuneConfig.from_dict(cfg.config)
+    config = cfg.config
     data = load_prepared(params, paths)
     samples, roots = data.samples, data.image_roots(paths)
     pool = samples[samples["dataset"] == cfg.dataset].reset_index(drop=True)

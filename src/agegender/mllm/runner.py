@@ -1285,7 +1285,7 @@ def add_insecure_http_argument(parser: Any) -> None:
     The flag exists so that sending the key and the photos in clear text to another host is a decision the user
     wrote down, never a default: the openai backend refuses such a base_url without it.
     """
-    from agegender.mllm.backends.openai_backend import INSECURE_HTTP_FLAG
+    from agegender.mllm.backend_options import INSECURE_HTTP_FLAG
 
     parser.add_argument(
         INSECURE_HTTP_FLAG,
