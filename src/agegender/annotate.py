@@ -19,7 +19,6 @@ may be incomplete).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import os
@@ -36,6 +35,7 @@ from agegender.data.schema import FACE_BOX, PERSON_BOX
 from agegender.errors import InputError
 from agegender.files import atomic_path
 from agegender.mivolo.detect import Detections, Detector, assign_faces
+from agegender.photos import list_images
 from agegender.specialized import MODELS, ModelContext, SpecializedModel, create_model
 
 if TYPE_CHECKING:
@@ -45,8 +45,6 @@ if TYPE_CHECKING:
 
 #: `--face-detector` value that keeps the whole image as the one person (or face)
 NO_FACE_DETECTOR = "none"
-
-IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp")
 
 #: columns of the annotate CSV, in order.
 ANNOTATE_COLUMNS: tuple[str, ...] = (
@@ -64,25 +62,6 @@ ANNOTATE_COLUMNS: tuple[str, ...] = (
 #: `status` values: predicted; detected but no usable crop; nothing detected; the file cannot be decoded; the
 #: predictor could not take the crop.
 ANNOTATE_STATUSES: tuple[str, ...] = ("ok", "no_crop", "no_detection", "unreadable", "failed")
-
-
-def list_images(folder: str | Path) -> list[str]:
-    """Image files below a folder (recursive), as sorted POSIX paths relative to it.
-
-    Args:
-        folder: the folder to scan.
-
-    Returns:
-        Relative paths of files with a suffix in `IMAGE_SUFFIXES` (any case).
-
-    Raises:
-        InputError: the folder does not exist.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError("image folder not found", file=folder)
-    found = (p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    return sorted(p.relative_to(folder).as_posix() for p in found)
 
 
 def _read_done(out_csv: Path) -> set[str]:
@@ -328,7 +307,7 @@ def _annotate_chunk(
 
 
 # ---------------------------------------------------------------------------------------------
-# `agegender annotate`
+# Face detectors (`agegender annotate --face-detector`)
 
 
 def build_face_detector(name: str, **options: Any) -> Detector | None:
@@ -343,107 +322,3 @@ def build_face_detector(name: str, **options: Any) -> Detector | None:
     from agegender.faces import resolve_face_detector
 
     return resolve_face_detector(name, **options)
-
-
-def _predictor_args(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
-    """(model name or import path, options) from `--predictor`, `--checkpoint`, `--mivolo`, `--predictor-option`."""
-    import yaml
-
-    name = args.predictor
-    options: dict[str, Any] = {}
-    for item in args.predictor_option or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise InputError(f"{item!r} is not KEY=VALUE", field="--predictor-option")
-        options[key] = yaml.safe_load(raw)
-    if args.mivolo:
-        if name not in (None, "mivolo") or args.checkpoint:
-            raise InputError(
-                "--mivolo CKPT is --predictor mivolo --checkpoint CKPT: give one of them", field="--mivolo"
-            )
-        name, options["checkpoint"] = "mivolo", args.mivolo
-    elif args.checkpoint:
-        options["checkpoint"] = args.checkpoint
-    if name is None:
-        raise InputError("give --predictor NAME (or --mivolo CKPT)", field="--predictor")
-    return name, options
-
-
-def annotate_command(args: argparse.Namespace) -> int:
-    """Run `agegender annotate` (arguments as in the report's parser code); returns the exit code."""
-    from agegender.mivolo.detect import YoloDetector
-
-    name, options = _predictor_args(args)
-    model = load_predictor(name, options, device=args.device)
-    if args.detector:
-        detector: Detector | None = YoloDetector(args.detector, device=args.device)
-    else:
-        detector = build_face_detector(args.face_detector)
-    try:
-        table = annotate_folder(
-            args.folder,
-            model,
-            args.out,
-            detector=detector,
-            batch_size=args.batch_size,
-            progress=not getattr(args, "no_progress", False),
-        )
-    finally:
-        model.close()
-    c = table.attrs["counts"]
-    failed = f", {c['failed']} the model could not take" if c["failed"] else ""
-    print(
-        f"{c['processed']} images annotated ({c['done_before']} already in {args.out}): {c['predicted']} people "
-        f"predicted, {c['no_crop']} without a usable crop{failed}, {c['no_detection']} images with nobody found, "
-        f"{c['unreadable']} unreadable images skipped -> {args.out}"
-    )
-    return 0
-
-
-def add_annotate_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register `agegender annotate FOLDER --predictor NAME [--checkpoint CKPT] [--detector WEIGHTS] --out CSV ...`.
-
-    This module imports no torch at import time, so registering costs the CLI little.
-
-    Args:
-        subparsers: the object `ArgumentParser.add_subparsers()` returned.
-
-    Returns:
-        The subcommand's parser (its `func` default runs `annotate_command`).
-    """
-    from agegender.mllm.annotate import add_mllm_annotate_arguments, dispatch_annotate
-
-    parser = subparsers.add_parser(
-        "annotate",
-        help="label a folder of photos with a specialized model (--predictor) or an MLLM (--backend): a CSV with "
-        "age and gender",
-    )
-    parser.add_argument("folder", help="folder of photos (jpg, jpeg, png, webp; searched recursively)")
-    parser.add_argument(
-        "--predictor",
-        default=None,
-        help=f"a specialized model: {', '.join(sorted(MODELS))}, or module:Class (agegender.specialized)",
-    )
-    parser.add_argument("--checkpoint", default=None, help="the predictor's checkpoint (mivolo)")
-    parser.add_argument("--mivolo", default=None, help="MiVOLO checkpoint: the same as --predictor mivolo --checkpoint")
-    parser.add_argument(
-        "--predictor-option", action="append", default=None, metavar="KEY=VALUE", help="a predictor option (repeatable)"
-    )
-    parser.add_argument(
-        "--detector",
-        default=None,
-        help="ultralytics YOLO weights with classes 'person' and 'face' (pip install 'agegender[detect]')",
-    )
-    parser.add_argument(
-        "--face-detector",
-        default="mtcnn",
-        help="without --detector: the offline face detector that finds faces (agegender.faces; default: mtcnn); "
-        f"'{NO_FACE_DETECTOR}': every image is one person (one face for a face-only predictor)",
-    )
-    parser.add_argument("--out", required=True, help="output CSV; images already in it are skipped (resume)")
-    parser.add_argument("--batch-size", type=int, default=32, help="the predictor's batch size (default: 32)")
-    parser.add_argument("--device", default=None, help="torch device: cuda, cuda:1, cpu (default: cuda if available)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_mllm_annotate_arguments(parser)
-    parser.set_defaults(func=lambda args: dispatch_annotate(args, annotate_command))
-    return parser

@@ -36,7 +36,6 @@ same size is not noticed. Touch the params (or delete the fingerprint file) to f
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib.util
 import json
@@ -622,44 +621,11 @@ def write_fingerprints(params: Params, paths: ProjectPaths, out_dir: Path) -> li
     return files
 
 
-# ----------------------------------------------------------------------------------------------
-# Command line
-
-
-def _cmd_check(args: argparse.Namespace) -> int:
-    from agegender.params import load_params
-
-    paths = ProjectPaths.at(args.root)
-    params = load_params(paths(args.params))
-    problems = check_params(params, paths, sections=args.section)
-    if args.fingerprints:
-        files = write_fingerprints(params, paths, paths(args.fingerprints))
-        print(f"fingerprints: {len(files)} files in {paths(args.fingerprints)}")
-    if problems:
-        print(format_problems(problems))
-        return 1
-    print(f"OK: {problems.n_checks} checks")
-    return 0
-
-
-def add_check_parser(sub: Any) -> None:
-    """Register `agegender check` on the CLI's subparsers."""
-    parser = sub.add_parser("check", help="check every file and setting params.yaml names; list all problems")
-    parser.add_argument("--params", default="params.yaml", help="params file, relative to the project root")
-    parser.add_argument("--root", default=None, help="project root (default: found above the working directory)")
-    parser.add_argument(
-        "--section", action="extend", nargs="+", choices=SECTIONS, default=None, help="check only these sections"
-    )
-    parser.add_argument("--fingerprints", default=None, help="also write the stages' fingerprints to this folder")
-    parser.set_defaults(func=_cmd_check)
-
-
 __all__ = [
     "HASHED_SUFFIXES",
     "SECTIONS",
     "Problem",
     "Problems",
-    "add_check_parser",
     "check_params",
     "fingerprint_path",
     "fingerprints",

@@ -145,36 +145,3 @@ def use(paths: ProjectPaths, name: str, overrides: Sequence[str] = (), *, force:
     )
     target.write_text(header + body)
     return target
-
-
-def _cmd_profile(args: Any) -> int:
-    paths = ProjectPaths.at(args.root)
-    if args.name is None:
-        name, edited = active(paths)
-        state = "none" if name is None else name + (" (edited since)" if edited else "")
-        print(f"active: {state}; available: {', '.join(available(paths))}")
-        return 0
-    target = use(paths, args.name, args.set or (), force=args.force)
-    print(f"{target}: profile {args.name} is active")
-    if args.no_check:
-        return 0
-    from agegender.check import check_params, format_problems
-
-    params = params_from_text(target.read_text(), target)
-    problems = check_params(params, paths)
-    if problems:
-        print(f"{len(problems)} problem(s) to fix before `dvc repro` (README: run-book):\n{format_problems(problems)}")
-        return 1
-    print("check: every configured file is in place; next: dvc repro")
-    return 0
-
-
-def add_profile_parser(sub: Any) -> None:
-    """Register `agegender profile [NAME] [--set key=value ...] [--force] [--no-check]`."""
-    pr = sub.add_parser("profile", help="make a profile (profiles/NAME.yaml) the active params.yaml, then check it")
-    pr.add_argument("name", nargs="?", default=None, help="demo, paper, ... (none: show the active one)")
-    pr.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. predict.batch_size=128")
-    pr.add_argument("--force", action="store_true", help="overwrite a params.yaml with hand edits")
-    pr.add_argument("--no-check", action="store_true", help="do not check the configured files")
-    pr.add_argument("--root", default=None, help="project root (default: found above the working directory)")
-    pr.set_defaults(func=_cmd_profile)

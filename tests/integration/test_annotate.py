@@ -20,18 +20,18 @@ from PIL import Image
 
 from agegender.annotate import (
     ANNOTATE_COLUMNS,
-    add_annotate_parser,
     annotate_folder,
     build_face_detector,
-    list_images,
 )
 from agegender.cli import main
+from agegender.cli.annotate import add_annotate_parser
 from agegender.data.crops import load_image
 from agegender.errors import InputError
 from agegender.mivolo.checkpoint import save_checkpoint
 from agegender.mivolo.detect import Detections
 from agegender.mivolo.model import create_mivolo
 from agegender.mivolo.predict import predict_samples
+from agegender.photos import list_images
 from agegender.specialized import MODELS, SpecializedModel, crop_predictions, register_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py

@@ -14,10 +14,11 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 
+from agegender.cli.mllm_server import main
 from agegender.errors import InputError
 from agegender.mllm.backends.base import Answer, Backend, GenerationParams, Query
 from agegender.mllm.backends.openai_backend import OpenAIBackend
-from agegender.mllm.server import REFUSAL_TEXT, FaultPlan, main, running_server
+from agegender.mllm.server import REFUSAL_TEXT, FaultPlan, running_server
 
 SECRET = "sk-integration-SECRET-9876543210"
 

@@ -281,8 +281,8 @@ def test_a_bad_image_fails_its_samples_not_the_run(data, tmp_path: Path, num_wor
 def test_mivolo_predict_command_names_bad_images_and_exits_3(
     data, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from agegender.cli.mivolo import add_mivolo_predict_parser
     from agegender.mivolo.checkpoint import save_checkpoint
-    from agegender.mivolo.predict import add_mivolo_predict_parser
 
     root, samples = data
     mixed = _mixed(root, tmp_path / "mixed")
@@ -329,11 +329,11 @@ def test_cuda_bf16_matches_cpu(data) -> None:
 def test_mivolo_predict_command_output_goes_through_evaluate(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from agegender.cli.mivolo import add_mivolo_predict_parser
     from agegender.data.demo import DemoConfig, generate_demo
     from agegender.data.readers import read_mivolo
     from agegender.evaluate import evaluate_files
     from agegender.mivolo.checkpoint import save_checkpoint
-    from agegender.mivolo.predict import add_mivolo_predict_parser
 
     demo = tmp_path / "demo"
     generate_demo(demo, DemoConfig(n_train=0, n_val=0, n_test=5, image_size=96, p_masked_bystander=0.5))

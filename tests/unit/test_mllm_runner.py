@@ -18,14 +18,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/mllm_fakes
 from bad_images import write_empty, write_truncated_jpeg  # noqa: E402
 from mllm_fakes import BatchBackend, ScriptedBackend, make_dataset  # noqa: E402
 
+from agegender.cli.mllm import add_merge_parser, add_query_parser  # noqa: E402
 from agegender.data.schema import PREDICTION_COLUMNS  # noqa: E402
 from agegender.errors import IncompleteRunError, InputError  # noqa: E402
 from agegender.mllm.backends.base import GenerationParams, create_backend  # noqa: E402
 from agegender.mllm.prompt import PROMPT, PROMPT_VERSION, prompt_hash  # noqa: E402
 from agegender.mllm.runner import (  # noqa: E402
     BackendSpec,
-    add_merge_parser,
-    add_query_parser,
     crop_queries,
     downscale,
     merge_manifests,

@@ -29,7 +29,6 @@ data order depends only on (seed, stage, epoch), augmentations on (seed, stage, 
 
 from __future__ import annotations
 
-import argparse
 import ast
 import csv
 import json
@@ -53,7 +52,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
-from agegender.data.schema import read_table, validate_samples
+from agegender.data.schema import validate_samples
 from agegender.errors import InputError
 from agegender.files import atomic_path, atomic_write_text
 from agegender.fingerprint import file_sha256
@@ -768,7 +767,7 @@ def _train_stage(run: _Run, stage: int, budget: list[int]) -> dict[str, Any] | N
             "epochs": epochs,
             "steps": global_step,
             # where the weights came from and, for pretrained / stage-1 starts, what was skipped or left random
-            "init": {k: v for k, v in _plain(init).items() if k != "loaded"},
+            "init": {k: v for k, v in plain_data(init).items() if k != "loaded"},
             **info,
             **{k: row[k] for k in row if k.startswith("val_")},
         }
@@ -791,7 +790,7 @@ def _train_stage(run: _Run, stage: int, budget: list[int]) -> dict[str, Any] | N
                     "scheduler": scheduler.state_dict(),
                     "rng": _rng_state(),
                     "history": history,
-                    "init": _plain(init),
+                    "init": plain_data(init),
                     "summary": summary,
                 },
                 state_path,
@@ -802,12 +801,12 @@ def _train_stage(run: _Run, stage: int, budget: list[int]) -> dict[str, Any] | N
     return summary
 
 
-def _plain(obj: Any) -> Any:
+def plain_data(obj: Any) -> Any:
     """Keep only types that `torch.load(weights_only=True)` reads back."""
     if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
+        return {str(k): plain_data(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_plain(v) for v in obj]
+        return [plain_data(v) for v in obj]
     if isinstance(obj, str | int | float | bool) or obj is None:
         return obj
     return str(obj)
@@ -915,8 +914,8 @@ def train_mivolo(
             model = create_mivolo(config.variant, in_chans=6 if last_stage == 2 else 3, num_classes=3)
             model.load_state_dict(_eval_weights(final_state))
             model.set_age_range(*age_range)
-            save_checkpoint(out / FINAL_CHECKPOINT, model, extra={"train_config": _plain(config.to_dict())})
-            atomic_write_text(out / SUMMARY_FILE, json.dumps(_plain(result), indent=2, allow_nan=True) + "\n")
+            save_checkpoint(out / FINAL_CHECKPOINT, model, extra={"train_config": plain_data(config.to_dict())})
+            atomic_write_text(out / SUMMARY_FILE, json.dumps(plain_data(result), indent=2, allow_nan=True) + "\n")
         _barrier(env)
         return result
     finally:
@@ -925,25 +924,15 @@ def train_mivolo(
 
 
 # ----------------------------------------------------------------------------------------------
-# Command line (also the torchrun entry point)
+# Config file and overrides (the settings of `python -m agegender.mivolo.train`, parsed in agegender.cli)
 
 
-def _parse_roots(values: Sequence[str]) -> ImageRoot:
-    if len(values) == 1 and "=" not in values[0]:
-        return values[0]
-    roots = {}
-    for value in values:
-        name, sep, folder = value.partition("=")
-        if not sep or not name or not folder:
-            raise InputError(
-                f"--image-root {value!r}: give one folder, or NAME=FOLDER per data set", field="image_root"
-            )
-        roots[name] = folder
-    return roots
+def read_config(path: str | None, section: str | None, overrides: Sequence[str]) -> TrainConfig:
+    """The settings of a YAML file's section (a params.yaml: `train_mivolo.config`), then the `--set` overrides.
 
-
-def _read_config(path: str | None, section: str | None, overrides: Sequence[str]) -> TrainConfig:
-    """The settings of a YAML file's section (a params.yaml: `train_mivolo.config`), then the `--set` overrides."""
+    Raises:
+        InputError: unreadable file, missing section, malformed override, unknown or bad setting.
+    """
     import yaml
 
     data: dict[str, Any] = {}
@@ -974,40 +963,7 @@ def _read_config(path: str | None, section: str | None, overrides: Sequence[str]
         raise InputError(str(exc), file=path) from exc
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m agegender.mivolo.train` (or under `torchrun`): train from a sample table and a config file."""
-    parser = argparse.ArgumentParser(prog="python -m agegender.mivolo.train", description=__doc__.split("\n")[0])
-    parser.add_argument("--samples", required=True, help="sample table (.parquet or .csv)")
-    parser.add_argument("--masked", help="masked-persons side table (.parquet or .csv)")
-    parser.add_argument("--image-root", nargs="+", required=True, help="FOLDER, or NAME=FOLDER per data set")
-    parser.add_argument("--config", help="YAML with the settings (a params.yaml: its train_mivolo section)")
-    parser.add_argument("--section", help="section of the YAML to read (default: train_mivolo if present)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
-    parser.add_argument("--out", help="output folder (default: out_dir of the config)")
-    parser.add_argument("--stop-after", type=int, help="stop after this many epochs (resume later)")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    try:
-        config = _read_config(args.config, args.section, args.set)
-        samples = validate_samples(read_table(args.samples), source=args.samples)
-        masked = read_table(args.masked) if args.masked else None
-        result = train_mivolo(
-            samples,
-            masked,
-            _parse_roots(args.image_root),
-            config,
-            args.out,
-            progress=not args.no_progress,
-            stop_after=args.stop_after,
-        )
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if DistEnv.from_env().main:
-        brief = {k: v for k, v in result.items() if k != "history"}
-        print(json.dumps(_plain(brief), indent=2))
-    return 0
-
-
 if __name__ == "__main__":
+    from agegender.cli.mivolo_train import main
+
     sys.exit(main())

@@ -7,9 +7,7 @@ every other query, so an interrupted run resumes and a rerun sends nothing.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
@@ -20,6 +18,7 @@ from agegender.mllm.backends.base import Backend
 from agegender.mllm.prompt import PROMPT_VERSION
 from agegender.mllm.runner import BackendSpec
 from agegender.mllm.store import ResponseStore
+from agegender.photos import list_images
 
 ANNOTATION_COLUMNS = ("image", "age", "gender", "status", "raw_answer")
 
@@ -30,8 +29,6 @@ def folder_samples(folder: str | Path) -> tuple[pd.DataFrame, list[str]]:
     Returns:
         The table, and the photos that could not be read (skipped, reported by the caller).
     """
-    from agegender.annotate import list_images
-
     folder = Path(folder)
     rows, unreadable = [], []
     for rel in list_images(folder):
@@ -88,54 +85,3 @@ def annotate_folder_mllm(
     table.attrs["unreadable"] = unreadable
     table.attrs["manifest"] = result.manifest
     return table
-
-
-def annotate_command_mllm(args: argparse.Namespace) -> int:
-    """`agegender annotate FOLDER --backend NAME --model M --out CSV` (see `add_mllm_annotate_arguments`)."""
-    from agegender.mllm.backends.base import GenerationParams
-    from agegender.mllm.runner import backend_options
-
-    params = GenerationParams(max_new_tokens=args.max_new_tokens)
-    backend = BackendSpec(args.backend, args.model, params, backend_options(args))
-    out = Path(args.out)
-    store_dir = Path(args.store) if args.store else out.parent / "mllm_responses"
-    table = annotate_folder_mllm(
-        args.folder, backend, store_dir, out, max_side=args.max_side, progress=not args.no_progress
-    )
-    counts = table["status"].value_counts().to_dict()
-    m = table.attrs["manifest"]
-    print(
-        f"{len(table)} photos -> {out} ({counts}; {m['requests_sent']} requests, {m['cache_hits']} cached; "
-        f"{len(table.attrs['unreadable'])} unreadable photos skipped)"
-    )
-    return 0
-
-
-def add_mllm_annotate_arguments(parser: argparse.ArgumentParser) -> None:
-    """The MLLM options of `agegender annotate` (the specialized-model ones live in `agegender.annotate`)."""
-    from agegender.mllm.runner import add_insecure_http_argument
-
-    group = parser.add_argument_group("with an MLLM instead of a specialized model")
-    group.add_argument("--backend", default=None, help="registered MLLM backend: openai, transformers, vllm, ...")
-    group.add_argument("--model", default=None, help="model id (server) or folder (local)")
-    group.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint (openai backend)")
-    add_insecure_http_argument(group)
-    group.add_argument("--concurrency", type=int, default=None, help="requests in flight (openai backend)")
-    group.add_argument("--api-key-env", default=None, help="NAME of the environment variable holding the API key")
-    group.add_argument("--option", action="append", default=None, help="backend option name=value (repeatable)")
-    group.add_argument("--store", default=None, help="response store folder (default: mllm_responses/ beside --out)")
-    group.add_argument("--max-side", type=int, default=None, help="downscale photos to this longer side")
-    group.add_argument("--max-new-tokens", type=int, default=32)
-
-
-def dispatch_annotate(args: argparse.Namespace, specialized_command: Any) -> int:
-    """Run the specialized-model or the MLLM annotation, whichever the arguments ask for (exactly one)."""
-    specialized = bool(getattr(args, "mivolo", None) or getattr(args, "predictor", None))
-    if specialized == bool(args.backend):
-        message = "give either --predictor NAME (or --mivolo CKPT) or --backend NAME --model M"
-        raise InputError(message, field="annotate")
-    if args.backend:
-        if not args.model:
-            raise InputError("--backend needs --model", field="model")
-        return annotate_command_mllm(args)
-    return specialized_command(args)

@@ -39,7 +39,6 @@ the tensors as they are); verification reloads the output and streams the source
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import logging
@@ -77,7 +76,8 @@ ORIGINAL_LLAVA_ARCHITECTURES: frozenset[str] = frozenset(
     {"LlavaLlamaForCausalLM", "LlavaMistralForCausalLM", "LlavaMptForCausalLM", "Share4VLlamaForCausalLM"}
 )
 _SELECT_STRATEGY = {"patch": "default", "cls_patch": "full"}
-_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+#: the `--dtype` names `agegender convert-llava` takes, and the torch dtype each one means
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 _CKPT_TOWER = "model.vision_tower.vision_tower."
 _CKPT_PROJECTOR = "model.mm_projector."
@@ -589,9 +589,9 @@ def _mean_extended(weight: torch.Tensor, rows: int) -> torch.Tensor:
 def _resolve_dtype(dtype: str) -> torch.dtype | None:
     if dtype == "auto":
         return None
-    if dtype not in _DTYPES:
-        raise InputError(f"unknown dtype {dtype!r}; use auto, {', '.join(_DTYPES)}", field="dtype")
-    return _DTYPES[dtype]
+    if dtype not in DTYPES:
+        raise InputError(f"unknown dtype {dtype!r}; use auto, {', '.join(DTYPES)}", field="dtype")
+    return DTYPES[dtype]
 
 
 def _plan_keys(
@@ -700,7 +700,7 @@ def convert_llava(
     target_dtype = _resolve_dtype(dtype)
     original = read_original_config(src)
     if target_dtype is None:  # `auto`: what the checkpoint was saved in, as its config says
-        target_dtype = _DTYPES.get(str(original.get("torch_dtype") or original.get("dtype")))
+        target_dtype = DTYPES.get(str(original.get("torch_dtype") or original.get("dtype")))
     ckpt = list_weights(src)
     tower = _plan_tower(src, original, ckpt, None if vision_tower is None else Path(vision_tower))
     vision = _vision_config(tower.config_folder)
@@ -915,44 +915,3 @@ def verify_conversion(
         )
     log.info("verified %d tensors against the sources", len(checked))
     return len(checked)
-
-
-# -------------------------------------------------------------------------------------------------- CLI
-
-
-def _cmd_convert(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    out = convert_llava(
-        args.src,
-        args.out,
-        vision_tower=args.vision_tower,
-        dtype=args.dtype,
-        overwrite=args.overwrite,
-        verify=not args.no_verify,
-    )
-    record = json.loads((out / "conversion.json").read_text())
-    checked = f", verified {record['verified_tensors']} tensors" if record["verified"] else ", not verified"
-    print(f"llava-hf folder -> {out} ({record['dtype']}{checked})")
-    return 0
-
-
-def add_convert_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add `agegender convert-llava` to a subparsers object (from `ArgumentParser.add_subparsers`)."""
-    p = subparsers.add_parser(
-        "convert-llava",
-        help="original LLaVA-1.5 / ShareGPT4V checkpoint -> Hugging Face llava-hf folder (verified)",
-        description=__doc__.splitlines()[0],
-    )
-    p.add_argument("src", help="original checkpoint folder (config.json with mm_* keys, weights, tokenizer)")
-    p.add_argument("out", help="output folder (llava-hf layout)")
-    p.add_argument(
-        "--vision-tower",
-        default=None,
-        help="CLIP vision folder (ShareGPT4V: Lin-Chen/ShareGPT4V-7B_Pretrained_vit-large336-l12, downloaded); "
-        "default: the checkpoint's own tower, else mm_vision_tower if it is local or cached",
-    )
-    p.add_argument("--dtype", default="auto", choices=["auto", *_DTYPES], help="default: the checkpoint's own")
-    p.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
-    p.add_argument("--no-verify", action="store_true", help="skip reloading the output and comparing every tensor")
-    p.set_defaults(func=_cmd_convert)
-    return p

@@ -36,8 +36,6 @@ Decisions (documented here because they change the figures):
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -47,14 +45,12 @@ from typing import TYPE_CHECKING, Any
 from agegender.errors import InputError
 from agegender.mllm.prompt import PROMPT_VERSION, get_prompt
 from agegender.mllm.runner import (
-    MLLM_INPUTS,
     QueryPlan,
     _check_input,
     _check_max_side,
     downscaled_size,
     mask_neighbours,
     model_plan,
-    plan_queries,
 )
 
 if TYPE_CHECKING:
@@ -719,108 +715,3 @@ def estimate_params(
             prompt_version=cfg.prompt_version, context=data.samples, **options,
         )  # fmt: skip
     return out
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# CLI: `agegender cost`
-
-
-def _hours(seconds: float) -> str:
-    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
-
-
-def _print_estimates(estimates: Mapping[str, CostEstimate], args: argparse.Namespace) -> None:
-    for name, estimate in estimates.items():
-        print(estimate.table(title=name))
-        seconds = estimate.duration_s(
-            concurrency=args.concurrency, latency_s=args.latency_s, rpm=args.rpm, tpm=args.tpm
-        )
-        print(
-            f"time: about {_hours(seconds)} ({estimate.requests:,} requests, concurrency {args.concurrency}, "
-            f"{args.latency_s:g} s per request" + (f", {args.rpm:g} RPM" if args.rpm else "")
-            + (f", {args.tpm:g} TPM" if args.tpm else "") + ")\n"
-        )  # fmt: skip
-
-
-def _cmd_cost(args: argparse.Namespace) -> int:
-    options: dict[str, Any] = {
-        "price_in": args.price_in,
-        "price_out": args.price_out,
-        "output_tokens": args.output_tokens,
-        "text_tokens": args.text_tokens,
-        "upscale": args.upscale,
-        "progress": not args.quiet,
-    }
-    if args.params is not None:
-        if args.samples is not None:
-            raise InputError("give either --params or --samples, not both", field="params")
-        from agegender import pipeline
-
-        params, paths = pipeline.setup(args.root, args.params)
-        estimates = estimate_params(params, paths, model_key=args.model_key, model=args.model, **options)
-    else:
-        from agegender.data.schema import read_table, validate_samples
-        from agegender.mllm.runner import parse_data_roots
-
-        if args.samples is None or not args.data_root:
-            raise InputError("give --params, or --samples with --data-root", field="samples")
-        samples = validate_samples(read_table(args.samples), source=args.samples)
-        plan = plan_queries(
-            samples, args.input, split=None if args.split == "all" else args.split, datasets=args.datasets,
-            source=args.samples,
-        )  # fmt: skip
-        masked = read_table(args.masked) if args.masked else None
-        detail = None if args.detail == "none" else args.detail
-        estimate = estimate_cost(
-            plan, masked, parse_data_roots(args.data_root), model=args.model or "gpt-4o", detail=detail,
-            max_side=args.max_side, prompt_version=args.prompt_version, context=samples, **options,
-        )  # fmt: skip
-        estimates = {estimate.model: estimate}
-    _print_estimates(estimates, args)
-    if args.json:
-        payload = {name: e.as_dict() for name, e in estimates.items()}
-        Path(args.json).write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
-        print(f"-> {args.json}")
-    return 0
-
-
-def add_cost_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add `agegender cost` (API cost and time of a zero-shot run, from the real crop sizes)."""
-    p = subparsers.add_parser(
-        "cost",
-        help="API cost and time of a zero-shot run through OpenAI, from the real crop sizes",
-        description="Tokens, USD and time of the queries a run would send (no request is sent). Either "
-        "--params (the query_mllms models of a params file, over the prepared data) or --samples/--data-root.",
-    )
-    p.add_argument("--params", default=None, help="params file: price its query_mllms models with backend openai")
-    p.add_argument("--root", default=None, help="project root (default: found above the working directory)")
-    p.add_argument("--model-key", default=None, help="one entry of query_mllms.models (default: the openai ones)")
-    p.add_argument("--samples", default=None, help="sample table (.parquet or .csv), instead of --params")
-    p.add_argument("--data-root", nargs="+", default=None, help="image folder, or dataset=folder pairs")
-    p.add_argument("--masked", default=None, help="the reader's masked-persons side table (for body_wo_face)")
-    p.add_argument("--datasets", nargs="*", default=None, help="data sets to count (default: all)")
-    p.add_argument("--split", default="test", help="split to count, or 'all' (default: test)")
-    p.add_argument(
-        "--input",
-        nargs="+",
-        choices=MLLM_INPUTS,
-        default=["body", "body_wo_face"],
-        help="input kinds (default: the paper's)",
-    )
-    p.add_argument("--model", default=None, help="OpenAI model id to price (default: gpt-4o; --params: each entry's)")
-    p.add_argument("--detail", default="high", choices=("high", "low", "auto", "none"), help="image detail sent")
-    p.add_argument("--max-side", type=int, default=None, help="the run's downscale (default: none, as the paper)")
-    p.add_argument("--prompt-version", default=PROMPT_VERSION)
-    p.add_argument("--price-in", type=float, default=None, help="USD per million input tokens (default: PRICES)")
-    p.add_argument("--price-out", type=float, default=None, help="USD per million output tokens (default: PRICES)")
-    p.add_argument("--output-tokens", type=int, default=DEFAULT_OUTPUT_TOKENS, help="tokens per answer (default 8)")
-    p.add_argument("--text-tokens", type=int, default=None, help="exact text tokens per request (prompt + framing)")
-    p.add_argument("--upscale", action="store_true", help="the tile rule's literal reading: enlarge small crops")
-    p.add_argument("--concurrency", type=int, default=8, help="time estimate: requests in flight (default 8)")
-    p.add_argument("--latency-s", type=float, default=3.0, help="time estimate: seconds per request (default 3)")
-    p.add_argument("--rpm", type=float, default=None, help="time estimate: the account's requests per minute")
-    p.add_argument("--tpm", type=float, default=None, help="time estimate: the account's tokens per minute")
-    p.add_argument("--json", default=None, help="also write the estimates as JSON here")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_cost)
-    return p

@@ -30,14 +30,11 @@ OpenCV and the backends are imported where they are used.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
-import os
 import re
 import statistics
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
@@ -61,8 +58,9 @@ if TYPE_CHECKING:
 
 #: input kinds an MLLM gets (the paper's): the person crop with the face visible, the face, the masked body.
 MLLM_INPUTS: tuple[str, ...] = ("body", "face", "body_wo_face")
-#: backend.describe() keys that never reach a manifest, whatever a backend puts there.
-_SECRET_KEY = re.compile(r"api[_-]?key|secret|password|passwd|authori[sz]ation|bearer|cookie|credential", re.I)
+#: names of settings that hold secrets: backend.describe() keys that never reach a manifest, whatever a backend
+#: puts there, and `--option` names the command line refuses.
+SECRET_KEY_NAME = re.compile(r"api[_-]?key|secret|password|passwd|authori[sz]ation|bearer|cookie|credential", re.I)
 _EXAMPLES = 20
 _log = logging.getLogger(__name__)
 
@@ -370,7 +368,7 @@ def _scrub(value: Any) -> Any:
     if isinstance(value, Mapping):
         # `*_env` keys hold the NAME of a variable (e.g. api_key_env="OPENAI_API_KEY"), not its value: kept.
         return {
-            str(k): _scrub(v) for k, v in value.items() if str(k).endswith("_env") or not _SECRET_KEY.search(str(k))
+            str(k): _scrub(v) for k, v in value.items() if str(k).endswith("_env") or not SECRET_KEY_NAME.search(str(k))
         }
     if isinstance(value, list | tuple):
         return [_scrub(v) for v in value]
@@ -991,7 +989,8 @@ def write_run(
     return preds, manifest
 
 
-def _expand(paths: Iterable[str | Path]) -> list[Path]:
+def prediction_files(paths: Iterable[str | Path]) -> list[Path]:
+    """The prediction tables named: files as given, folders replaced by the tables in them (sorted)."""
     out: list[Path] = []
     for p in paths:
         p = Path(p)
@@ -1020,7 +1019,7 @@ def merge_predictions(paths: Sequence[str | Path], out: str | Path | None = None
 
     from agegender.data.schema import read_table, validate_predictions
 
-    files = _expand(paths)
+    files = prediction_files(paths)
     if not files:
         raise InputError("no prediction tables to merge", field="predictions")
     frames = []
@@ -1150,7 +1149,7 @@ def merge_manifests(manifests: Sequence[Mapping[str, Any] | str | Path]) -> dict
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# CLI glue (`agegender query`, `agegender merge`)
+# Command-line values (`--data-root`), read by agegender.cli
 
 
 def parse_data_roots(values: Sequence[str]) -> Path | dict[str, Path]:
@@ -1175,183 +1174,3 @@ def parse_data_roots(values: Sequence[str]) -> Path | dict[str, Path]:
             raise InputError(f"--data-root {value!r}: expected dataset=folder", field="data_root")
         roots[name.strip()] = Path(folder.strip())
     return roots
-
-
-def _option_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def backend_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Backend options from the `query` arguments (`--base-url`, `--allow-insecure-http`, `--concurrency`,
-    `--api-key-env`, `--option`).
-
-    The API key itself never passes through here: only the NAME of the environment variable that holds it.
-
-    Raises:
-        InputError: a malformed `--option`, or an `--api-key-env` variable that is not set.
-    """
-    options: dict[str, Any] = {}
-    for item in args.option or []:
-        name, sep, value = item.partition("=")
-        if not sep or not name.strip():
-            raise InputError(f"--option {item!r}: expected name=value", field="option")
-        if _SECRET_KEY.search(name):
-            raise InputError(
-                f"--option {name}: secrets are never given on the command line; use --api-key-env VAR", field="option"
-            )
-        options[name.strip()] = _option_value(value)
-    if args.base_url:
-        options["base_url"] = args.base_url
-    if args.allow_insecure_http:
-        options["allow_insecure_http"] = True  # the openai backend decides whether the URL needs it
-    if args.concurrency is not None:
-        if args.concurrency < 1:
-            raise InputError("--concurrency must be at least 1", field="concurrency")
-        options["concurrency"] = args.concurrency
-    if args.api_key_env:
-        if args.api_key_env not in os.environ:
-            raise InputError(f"environment variable {args.api_key_env} (--api-key-env) is not set", field="api_key_env")
-        options["api_key_env"] = args.api_key_env
-    return options
-
-
-def _cmd_query(args: argparse.Namespace) -> int:
-    from agegender.data.schema import read_table, validate_samples
-    from agegender.mllm.backends.base import GenerationParams
-
-    table = validate_samples(read_table(args.samples), source=args.samples)
-    shard = parse_shard(args.shard) if args.shard else (0, 1)
-    plan = plan_queries(
-        table, [args.input], split=None if args.split == "all" else args.split, datasets=args.datasets or None,
-        shard=shard, source=args.samples,
-    )  # fmt: skip
-    selection = (
-        "the table has no data rows"
-        if table.empty
-        else f"none in split {args.split!r}" + (f" of data sets {list(args.datasets)}" if args.datasets else "")
-    )
-    require_samples(plan.sample_ids(), source=args.samples, selection=selection)
-    masked = read_table(args.masked) if args.masked else None
-    roots = parse_data_roots(args.data_root)
-    get_prompt(args.prompt_version)
-    detail = None if args.detail == "none" else args.detail
-    params = GenerationParams(
-        temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed, n=1, detail=detail
-    )
-    out = Path(args.out)
-    store_dir = Path(args.store) if args.store else out.parent / "mllm_responses"
-    run = query_samples(
-        plan, masked, roots, backend=BackendSpec(args.backend, args.model, params, backend_options(args)),
-        store=store_dir, store_tag=f"s{shard[0] + 1}of{shard[1]}", prompt_version=args.prompt_version,
-        max_side=args.max_side, model_name=args.model_name, progress=not args.quiet, max_failed=args.max_failed,
-        budget_name="--max-failed",
-    )  # fmt: skip
-    result, outcome = run.results[args.input], run.outcome
-    outcome.check_answered(source=args.samples, out=out, store=store_dir, rerun="the same command")
-    preds, manifest = write_run(result, out, args.manifest)
-    m = result.manifest
-    counts = ", ".join(f"{k} {v}" for k, v in m["counts"].items())
-    print(
-        f"{m['rows']} rows -> {preds} ({counts}; {m['requests_sent']} requests, {m['cache_hits']} cached, "
-        f"{m['no_crop']} without a {args.input} crop); manifest -> {manifest}"
-    )
-    if m["bad_images"]["images"]:
-        from agegender.data.crops import BadImages
-
-        print(BadImages.describe(m["bad_images"]))
-    note = outcome.check_failures(out=preds, store=store_dir, rerun="the same command")
-    if note is not None:
-        print(f"agegender: note: {note}", file=sys.stderr)
-    return 0
-
-
-def _cmd_merge(args: argparse.Namespace) -> int:
-    merged = merge_predictions(args.predictions, args.out)
-    line = f"{len(merged)} rows from {len(_expand(args.predictions))} files -> {args.out}"
-    if args.manifests:
-        manifest = merge_manifests(args.manifests)
-        path = write_json(manifest, args.manifest_out or default_manifest_path(args.out))
-        line += f"; manifest -> {path}" + ("" if manifest["complete"] else " (NOT every shard is present)")
-    print(line)
-    return 0
-
-
-def add_insecure_http_argument(parser: Any) -> None:
-    """`--allow-insecure-http`, for every command that takes `--base-url` (read by `backend_options`).
-
-    The flag exists so that sending the key and the photos in clear text to another host is a decision the user
-    wrote down, never a default: the openai backend refuses such a base_url without it.
-    """
-    from agegender.mllm.backend_options import INSECURE_HTTP_FLAG
-
-    parser.add_argument(
-        INSECURE_HTTP_FLAG,
-        action="store_true",
-        help="accept a plain http:// --base-url that is not this machine's loopback (key and photos unencrypted)",
-    )
-
-
-def add_query_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add `agegender query` to a subparsers object (from `ArgumentParser.add_subparsers`).
-
-    The command sets `func` (returns the exit code). API keys are read by the backend from the environment
-    variable named by `--api-key-env`; there is deliberately no option that takes a key.
-
-    Exit codes (through `agegender.cli.main`): 0 done; 2 bad input, or nothing to do (no sample selected, no
-    crop), with nothing written; 3 more rows stayed `failed` after retries than `--max-failed` allows (the
-    table and manifest are written, a summary says why and how to resume), or no request was answered at all
-    (nothing written).
-    """
-    p = subparsers.add_parser(
-        "query",
-        help="ask an MLLM for [gender; age] on every sample (resumable, shardable)",
-        description="Zero-shot MLLM queries with the paper's prompt; answers are stored and reused.",
-    )
-    p.add_argument("--samples", required=True, help="sample table (.parquet or .csv)")
-    p.add_argument("--data-root", required=True, nargs="+", help="image folder, or dataset=folder pairs")
-    p.add_argument("--masked", default=None, help="the reader's masked-persons side table (for body_wo_face)")
-    p.add_argument("--input", required=True, choices=MLLM_INPUTS, help="crop sent to the model")
-    p.add_argument("--backend", required=True, help="registered backend: openai, transformers, vllm, ...")
-    p.add_argument("--model", required=True, help="model id (server) or folder (local)")
-    p.add_argument("--model-name", default=None, help="name in the prediction table's model column")
-    p.add_argument("--out", required=True, help="prediction table (.parquet or .csv)")
-    p.add_argument("--manifest", default=None, help="run manifest (default: <out>.manifest.json)")
-    p.add_argument("--store", default=None, help="response store folder (default: mllm_responses/ beside --out)")
-    p.add_argument("--shard", default=None, help="i/n, 1-based: run the i-th of n shards")
-    p.add_argument("--split", default="test", help="split to query, or 'all' (default: test)")
-    p.add_argument("--datasets", nargs="*", default=None, help="data sets to query (default: all)")
-    p.add_argument("--max-side", type=int, default=None, help="downscale crops to this longer side (default: none)")
-    p.add_argument("--prompt-version", default=PROMPT_VERSION, help=f"registered prompt (default: {PROMPT_VERSION})")
-    p.add_argument("--base-url", default=None, help="server URL (OpenAI-compatible backends)")
-    add_insecure_http_argument(p)
-    p.add_argument("--concurrency", type=int, default=None, help="requests in flight (server backends)")
-    p.add_argument("--api-key-env", default=None, help="NAME of the environment variable holding the API key")
-    p.add_argument("--option", action="append", default=None, help="backend option name=value (JSON values)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy, the paper's (and cacheable)")
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--seed", type=int, default=1234, help="sent where the endpoint takes it (paper: 1234)")
-    p.add_argument("--detail", default="high", choices=("high", "low", "auto", "none"), help="OpenAI image detail")
-    p.add_argument(
-        "--max-failed",
-        default="0",
-        help="rows that may stay failed after retries: a count N or a percentage P%% of the rows (default 0). More "
-        "end the run with exit code 3 after writing what was answered; a run that answered nothing writes nothing "
-        "and ends with 3 too",
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_query)
-    return p
-
-
-def add_merge_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add `agegender merge` (join shard prediction tables, and optionally their manifests)."""
-    p = subparsers.add_parser("merge", help="join shard prediction tables (and manifests) into one")
-    p.add_argument("--predictions", required=True, nargs="+", help="shard prediction tables or folders of them")
-    p.add_argument("--out", required=True, help="merged table (.parquet or .csv)")
-    p.add_argument("--manifests", nargs="*", default=None, help="shard manifests to merge too")
-    p.add_argument("--manifest-out", default=None, help="merged manifest (default: <out>.manifest.json)")
-    p.set_defaults(func=_cmd_merge)
-    return p

@@ -1,23 +1,14 @@
-"""`agegender ...`: the package's functions from the shell.
-
-Exit codes: 0 done; 2 bad input (a one-line message naming the file, row and field) or nothing to
-do, with no output written; 3 a run that finished but left work undone (MLLM requests that stayed
-failed after retries: the message says what was kept and that running it again resumes). A
-traceback means a bug in agegender. Outputs are written only after everything succeeded, each
-atomically, so a failed command leaves earlier outputs as they were.
-"""
+"""`agegender evaluate | stage | sample | stage-deps | compare-metrics | check | profile`: data, stages, checks."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from agegender import __version__
-from agegender.errors import AgegenderError
-
+#: the stages `agegender stage NAME` runs, in pipeline order
 STAGES = ("check", "prepare_data", "train_mivolo", "finetune_mllm", "query_mllms", "predict", "evaluate", "report")
 
 
@@ -83,28 +74,6 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_export(args: argparse.Namespace) -> int:
-    from agegender.mivolo.checkpoint import load_checkpoint
-    from agegender.mivolo.export import export_onnx, export_torchscript
-
-    if not args.onnx and not args.torchscript:
-        raise AgegenderError("nothing to do: give --onnx and/or --torchscript")
-    model = load_checkpoint(args.checkpoint, variant=args.variant)
-    if args.onnx:
-        export_onnx(model, args.onnx, opset=args.opset, atol=args.atol, batch_dynamic=not args.static_batch)
-        print(f"ONNX -> {args.onnx} (checked against PyTorch, atol {args.atol:g})")
-    if args.torchscript:
-        export_torchscript(model, args.torchscript, atol=args.atol)
-        print(f"TorchScript -> {args.torchscript} (checked against PyTorch, atol {args.atol:g})")
-    return 0
-
-
-def _cmd_train_mivolo(args: argparse.Namespace) -> int:
-    from agegender.mivolo.train import main as train_main
-
-    return train_main(args.rest)
-
-
 def _cmd_stage_deps(args: argparse.Namespace) -> int:
     from agegender.paths import find_root
     from agegender.stage_deps import HINT, deps_lines, stage_code
@@ -132,12 +101,52 @@ def _cmd_compare_metrics(args: argparse.Namespace) -> int:
     return 1 if any(c.verdict == "OUTSIDE" for c in comparisons) else 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the `agegender` command."""
-    parser = argparse.ArgumentParser(prog="agegender", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"agegender {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _cmd_check(args: argparse.Namespace) -> int:
+    from agegender.check import check_params, format_problems, write_fingerprints
+    from agegender.params import load_params
+    from agegender.paths import ProjectPaths
 
+    paths = ProjectPaths.at(args.root)
+    params = load_params(paths(args.params))
+    problems = check_params(params, paths, sections=args.section)
+    if args.fingerprints:
+        files = write_fingerprints(params, paths, paths(args.fingerprints))
+        print(f"fingerprints: {len(files)} files in {paths(args.fingerprints)}")
+    if problems:
+        print(format_problems(problems))
+        return 1
+    print(f"OK: {problems.n_checks} checks")
+    return 0
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from agegender.params import params_from_text
+    from agegender.paths import ProjectPaths
+    from agegender.profiles import active, available, use
+
+    paths = ProjectPaths.at(args.root)
+    if args.name is None:
+        name, edited = active(paths)
+        state = "none" if name is None else name + (" (edited since)" if edited else "")
+        print(f"active: {state}; available: {', '.join(available(paths))}")
+        return 0
+    target = use(paths, args.name, args.set or (), force=args.force)
+    print(f"{target}: profile {args.name} is active")
+    if args.no_check:
+        return 0
+    from agegender.check import check_params, format_problems
+
+    params = params_from_text(target.read_text(), target)
+    problems = check_params(params, paths)
+    if problems:
+        print(f"{len(problems)} problem(s) to fix before `dvc repro` (README: run-book):\n{format_problems(problems)}")
+        return 1
+    print("check: every configured file is in place; next: dvc repro")
+    return 0
+
+
+def add_evaluate_parser(sub: Any) -> None:
+    """Register `agegender evaluate` on the CLI's subparsers."""
     ev = sub.add_parser("evaluate", help="metrics of prediction tables against a sample table")
     ev.add_argument("--samples", required=True, help="sample table (.parquet or .csv)")
     ev.add_argument("--predictions", required=True, nargs="+", help="prediction tables or folders of them")
@@ -152,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--age-groups", help="also write MAE per 5-year age group (CSV) here")
     ev.set_defaults(func=_cmd_evaluate)
 
+
+def add_stage_parser(sub: Any) -> None:
+    """Register `agegender stage NAME` on the CLI's subparsers."""
     st = sub.add_parser("stage", help="run one pipeline stage without its notebook")
     st.add_argument("name", choices=STAGES)
     st.add_argument("--root", default=None, help="project root (default: found above the working directory)")
@@ -159,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--model", default=None, help="query_mllms: one model of query_mllms.models (default: all)")
     st.set_defaults(func=_cmd_stage)
 
+
+def add_sample_parser(sub: Any) -> None:
+    """Register `agegender sample` on the CLI's subparsers."""
     sa = sub.add_parser("sample", help="NanoLAGENDA-style subset: N samples per 5-year age bin")
     sa.add_argument("--samples", required=True)
     sa.add_argument("--out", required=True, help=".parquet or .csv")
@@ -172,26 +187,18 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--name", default=None, help="name of the new data set")
     sa.set_defaults(func=_cmd_sample)
 
-    ex = sub.add_parser("export", help="MiVOLO checkpoint -> ONNX and/or TorchScript, checked against PyTorch")
-    ex.add_argument("checkpoint")
-    ex.add_argument("--onnx", default=None, help="output .onnx file")
-    ex.add_argument("--torchscript", default=None, help="output TorchScript file")
-    ex.add_argument("--variant", default=None, help="architecture, when the checkpoint does not say")
-    ex.add_argument("--opset", type=int, default=18)
-    ex.add_argument("--atol", type=float, default=1e-4)
-    ex.add_argument("--static-batch", action="store_true")
-    ex.set_defaults(func=_cmd_export)
 
-    tm = sub.add_parser("train-mivolo", help="two-stage MiVOLO training (resumable; run under torchrun for DDP)")
-    tm.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of python -m agegender.mivolo.train")
-    tm.set_defaults(func=_cmd_train_mivolo)
-
+def add_stage_deps_parser(sub: Any) -> None:
+    """Register `agegender stage-deps` on the CLI's subparsers."""
     sd = sub.add_parser("stage-deps", help="the package files each dvc.yaml stage runs: its code deps")
     sd.add_argument("stages", nargs="*", help="stages of dvc.yaml (default: all)")
     sd.add_argument("--root", default=None, help="project root (default: found above the working directory)")
     sd.add_argument("--check", action="store_true", help="compare with dvc.yaml's deps; exit 1 on any difference")
     sd.set_defaults(func=_cmd_stage_deps)
 
+
+def add_compare_metrics_parser(sub: Any) -> None:
+    """Register `agegender compare-metrics` on the CLI's subparsers."""
     cm = sub.add_parser("compare-metrics", help="this run's metrics against the committed ones, within tolerance?")
     cm.add_argument("--rev", default="HEAD", help="git revision holding the metrics to compare with (default: HEAD)")
     cm.add_argument("--new", default=None, help="git revision of the fresh metrics (default: the workspace)")
@@ -200,38 +207,27 @@ def build_parser() -> argparse.ArgumentParser:
     cm.add_argument("--exact", action="store_true", help="same machine: every metric but timing must be equal")
     cm.set_defaults(func=_cmd_compare_metrics)
 
-    from agegender.annotate import add_annotate_parser
-    from agegender.mivolo.predict import add_mivolo_predict_parser
-    from agegender.mllm.runner import add_merge_parser, add_query_parser
 
-    add_annotate_parser(sub)
-    add_mivolo_predict_parser(sub)
-    add_query_parser(sub)
-    add_merge_parser(sub)
-    from agegender.check import add_check_parser
+def add_check_parser(sub: Any) -> None:
+    """Register `agegender check` on the CLI's subparsers."""
+    from agegender.check import SECTIONS
 
-    add_check_parser(sub)
-    from agegender.profiles import add_profile_parser
-
-    add_profile_parser(sub)
-    from agegender.mllm.cost import add_cost_parser
-
-    add_cost_parser(sub)
-    from agegender.mllm.convert import add_convert_parser
-
-    add_convert_parser(sub)
-    return parser
+    parser = sub.add_parser("check", help="check every file and setting params.yaml names; list all problems")
+    parser.add_argument("--params", default="params.yaml", help="params file, relative to the project root")
+    parser.add_argument("--root", default=None, help="project root (default: found above the working directory)")
+    parser.add_argument(
+        "--section", action="extend", nargs="+", choices=SECTIONS, default=None, help="check only these sections"
+    )
+    parser.add_argument("--fingerprints", default=None, help="also write the stages' fingerprints to this folder")
+    parser.set_defaults(func=_cmd_check)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `agegender` console script."""
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (AgegenderError, FileNotFoundError) as exc:
-        print(f"agegender: error: {exc}", file=sys.stderr)
-        return getattr(exc, "exit_code", 2)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def add_profile_parser(sub: Any) -> None:
+    """Register `agegender profile [NAME] [--set key=value ...] [--force] [--no-check]`."""
+    pr = sub.add_parser("profile", help="make a profile (profiles/NAME.yaml) the active params.yaml, then check it")
+    pr.add_argument("name", nargs="?", default=None, help="demo, paper, ... (none: show the active one)")
+    pr.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. predict.batch_size=128")
+    pr.add_argument("--force", action="store_true", help="overwrite a params.yaml with hand edits")
+    pr.add_argument("--no-check", action="store_true", help="do not check the configured files")
+    pr.add_argument("--root", default=None, help="project root (default: found above the working directory)")
+    pr.set_defaults(func=_cmd_profile)
