@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from agegender.cli.mivolo_train import main
 from agegender.data.demo import DemoConfig, generate_demo
 from agegender.data.readers import read_mivolo
 from agegender.errors import InputError
@@ -29,7 +30,6 @@ from agegender.mivolo.train import (
     derive_seed,
     lds_weights,
     load_pretrained,
-    main,
     train_mivolo,
     transfer_weights,
 )
