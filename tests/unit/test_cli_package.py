@@ -150,8 +150,8 @@ def test_cycle_finder_finds_every_cycle() -> None:
     assert _cycles({"a": {"b"}, "b": set()}) == []
 
 
-def test_the_package_module_builds_no_parser_of_its_own() -> None:
-    """Importing a `python -m` entry module as a library builds no parser; the CLI group modules are reachable."""
+def test_cli_exports_main_on_first_use_and_the_entry_modules_keep_no_parser() -> None:
+    """`agegender.cli.main` (the console script) resolves lazily; `python -m` modules hand their command line over."""
     from agegender import cli
 
     assert callable(cli.main) and callable(cli.build_parser)
