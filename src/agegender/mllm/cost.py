@@ -682,7 +682,7 @@ def estimate_params(
     version, and the prepared data (`agegender.data.prepare.load_prepared`).
 
     Args:
-        params, paths: as loaded by `agegender.pipeline.setup`.
+        params, paths: as loaded by `agegender.stages.common.setup`.
         model_key: one entry of `query_mllms.models` (default: every entry whose backend is `openai`).
         model: the OpenAI model id to price instead of each entry's `model` (e.g. to price a local model's
             workload as if sent to gpt-4o).
@@ -754,9 +754,9 @@ def _cmd_cost(args: argparse.Namespace) -> int:
     if args.params is not None:
         if args.samples is not None:
             raise InputError("give either --params or --samples, not both", field="params")
-        from agegender import pipeline
+        from agegender.stages.common import setup
 
-        params, paths = pipeline.setup(args.root, args.params)
+        params, paths = setup(args.root, args.params)
         estimates = estimate_params(params, paths, model_key=args.model_key, model=args.model, **options)
     else:
         from agegender.data.schema import read_table, validate_samples
