@@ -14,7 +14,9 @@ its notebook and its `dvc.yaml` entry.
 
 Stage modules are imported by name, on first use, so that importing one stage does not import the others (nor
 make them part of its code deps, `agegender.stage_deps`); no module imports a stage module but through `stage`
-or `registered`.
+or `registered`. For the same reason a stage module imports `agegender.check` (which imports the registry) only
+inside its `check` and `fingerprint` functions, or for annotations under `TYPE_CHECKING`: its `run` then depends
+on its own code alone, while the `check` stage depends on every stage's checks.
 """
 
 from __future__ import annotations
