@@ -5,11 +5,15 @@ stale results that look current; and a module it does not run must not be, or an
 code a stage runs is derived statically (`ast`, nothing is imported):
 
 - the stage's notebook (the `.ipynb` among its deps) imports agegender modules and calls functions of the modules
-  it imports as objects (`from agegender import pipeline`, then `pipeline.query_mllms(...)`). Such an *entry
-  module* holds every stage's entry point and imports lazily inside its functions, so it is read function by
-  function: its module-level statements, the functions the notebook names and, transitively, the functions of
-  the same module those name;
-- every other agegender module reached counts whole: its imports at module level and inside functions, absolute
+  it imports as objects (`from agegender.stages import query_mllms`, then `query_mllms.run(...)`). Such an *entry
+  module* (a stage's module holds its run, its checks and its fingerprints, and imports lazily inside its
+  functions) is read function by function: its module-level statements, the functions the notebook names and,
+  transitively, the functions of the same module those name;
+- the stage registry: code that imports `agegender.stages.registered` (the `check` stage's machinery) runs the
+  `check` and `fingerprint` functions (`STAGE_INTERFACE`) of every stage `agegender.stages.STAGES` names, so
+  those stage modules are read function by function with those functions;
+- every other agegender module reached counts whole: its imports at module level and inside functions (but not
+  those under `if TYPE_CHECKING:`, which never run), absolute
   (`import agegender.x`, `from agegender.x import y`, `from agegender import x` where `x` is a submodule) and
   relative (`from .x import y`), together with the `__init__.py` of every package on the way;
 - code loaded by name at run time is reached through the strings that name it: a string constant equal to an
@@ -44,6 +48,13 @@ PACKAGE = "agegender"
 HINT = "`agegender stage-deps` prints each stage's code deps for dvc.yaml"
 
 _FILE_NAME = re.compile(r"[\w.-]{1,200}")
+
+#: the stage registry (`agegender.stages`), the name of its tuple of stage module names, and the function whose
+#: import runs every registered stage's `STAGE_INTERFACE`
+REGISTRY = f"{PACKAGE}.stages"
+REGISTRY_NAMES = "STAGES"
+REGISTRY_FUNCTION = "registered"
+STAGE_INTERFACE = ("check", "fingerprint")
 
 
 @dataclass(frozen=True)
@@ -99,6 +110,18 @@ class ImportGraph:
                     exports[str(key.value)] = f"{name}.{target.value}"
         return exports
 
+    def registered_stages(self) -> list[str]:
+        """The module names of the stages the registry lists (`REGISTRY_NAMES`, a tuple of string constants)."""
+        if REGISTRY not in self.modules:
+            return []
+        for node in self.tree(REGISTRY).body:
+            target = node.targets[0] if isinstance(node, ast.Assign) else getattr(node, "target", None)
+            value = getattr(node, "value", None)
+            if isinstance(target, ast.Name) and target.id == REGISTRY_NAMES and isinstance(value, ast.Tuple):
+                names = [e.value for e in value.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)]
+                return [f"{REGISTRY}.{n}" for n in names if f"{REGISTRY}.{n}" in self.modules]
+        return []
+
     def _resolve_from(self, node: ast.ImportFrom, current: str) -> str:
         if not node.level:
             return node.module or ""
@@ -108,7 +131,8 @@ class ImportGraph:
         return f"{package}.{node.module}" if node.module else package
 
     def imports(self, nodes: Iterable[ast.AST], current: str) -> set[str]:
-        """The agegender modules (and package data files, as `file:<path>`) that the code of `nodes` imports.
+        """The agegender modules (and package data files, as `file:<path>`; registered stages reached through the
+        registry, as `stage:<module>`) that the code of `nodes` imports.
 
         Args:
             nodes: statements of module `current` (all of them, or those of some of its functions).
@@ -116,7 +140,7 @@ class ImportGraph:
         """
         found: set[str] = set()
         folder = self.modules[current].path.parent
-        for node in (sub for top in nodes for sub in ast.walk(top)):
+        for node in (sub for top in nodes for sub in _walk_run(top)):
             if isinstance(node, ast.Import):
                 found.update(alias.name for alias in node.names if alias.name in self.modules)
             elif isinstance(node, ast.ImportFrom):
@@ -125,6 +149,8 @@ class ImportGraph:
                     continue
                 found.add(base)
                 lazy = self.lazy_exports(base)
+                if base == REGISTRY and any(alias.name == REGISTRY_FUNCTION for alias in node.names):
+                    found.update(f"stage:{name}" for name in self.registered_stages())
                 for alias in node.names:
                     if f"{base}.{alias.name}" in self.modules:
                         found.add(f"{base}.{alias.name}")
@@ -144,24 +170,29 @@ class ImportGraph:
             seeds: module names reached directly.
             entries: entry modules -> the functions called in them. An entry module counts only its module-level
                 statements and those functions (and the functions of the module they name), also where another
-                module imports it.
+                module imports it. A registered stage reached through the registry is an entry module with
+                `STAGE_INTERFACE` added to its functions.
         """
-        reached: set[str] = set()
+        functions = {name: set(called) for name, called in entries.items()}
+        read: dict[str, frozenset[str] | None] = {}  # module -> the functions read (None: the whole module)
         todo = [*seeds, *entries]
         while todo:
             name = todo.pop()
-            if name in reached:
+            if name.startswith("stage:"):
+                name = name[len("stage:") :]
+                functions.setdefault(name, set()).update(STAGE_INTERFACE)
+            wanted = frozenset(functions[name]) if name in functions else None
+            if name in read and read[name] == wanted:
                 continue
-            reached.add(name)
+            read[name] = wanted
             if name.startswith("file:"):
                 continue
             parent = name.rpartition(".")[0]
             if parent:
                 todo.append(parent)
-            body = self.tree(name).body
-            nodes = self.entry_nodes(name, entries[name]) if name in entries else body
-            todo.extend(self.imports(nodes, name) - reached)
-        return reached
+            nodes = self.tree(name).body if wanted is None else self.entry_nodes(name, wanted)
+            todo.extend(self.imports(nodes, name))
+        return set(read)
 
     def entry_nodes(self, name: str, functions: Iterable[str]) -> list[ast.stmt]:
         """Module `name`'s module-level statements plus `functions` and the functions of `name` they name."""
@@ -184,6 +215,29 @@ class ImportGraph:
     def files(self, reached: Iterable[str]) -> list[Path]:
         """The files of modules and data files in `reached`, sorted."""
         return sorted(Path(n[5:]) if n.startswith("file:") else self.modules[n].path for n in reached)
+
+
+def _type_checking_only(node: ast.AST) -> bool:
+    """Whether `node` is an `if TYPE_CHECKING:` block (imports for annotations, never run)."""
+    if not isinstance(node, ast.If):
+        return False
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _walk_run(node: ast.AST) -> Iterator[ast.AST]:
+    """`ast.walk(node)` without the `if TYPE_CHECKING:` blocks (their `else` branches are kept)."""
+    todo = [node]
+    while todo:
+        current = todo.pop()
+        if _type_checking_only(current):
+            assert isinstance(current, ast.If)
+            todo.extend(current.orelse)
+            continue
+        yield current
+        todo.extend(ast.iter_child_nodes(current))
 
 
 def _notebook_source(notebook: Path) -> ast.Module:

@@ -56,12 +56,12 @@ def merge(base: dict, extra: dict) -> dict:
 
 
 def test_the_guide_works_as_written(tmp_path: Path) -> None:
-    from agegender import pipeline
     from agegender.check import check_params, format_problems
     from agegender.mllm.server import running_server
     from agegender.mllm.tiny import build_tiny_llava
     from agegender.paths import ProjectPaths
     from agegender.profiles import render
+    from agegender.stages import common, evaluate, finetune_mllm, predict, prepare_data, query_mllms, report
 
     blocks = guide_blocks()
     root = tmp_path
@@ -100,26 +100,26 @@ def test_the_guide_works_as_written(tmp_path: Path) -> None:
         server["query_mllms"]["models"]["qwen2-vl-7b"]["options"]["base_url"] = f"http://127.0.0.1:{port}/v1"
         merge(data, server)
         (root / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-        params, paths = pipeline.setup(root)
+        params, paths = common.setup(root)
         assert params.query_mllms.models["qwen2-vl-7b"].options["api_key_env"] is None
 
         problems = check_params(params, paths)
         assert problems == [], format_problems(problems)
 
-        pipeline.prepare_data(params, paths, progress=False)
+        prepare_data.run(params, paths, progress=False)
         samples = pd.read_parquet(root / "data" / "prepared" / "samples.parquet")
         utk_rows = samples[samples["dataset"] == "utkface"].sort_values("age")
         assert list(utk_rows["age"]) == [3.0, 25.0, 40.0, 61.0]
         assert list(utk_rows["gender"]) == ["male", "male", "female", "female"]
         assert utk_rows["face_x1"].eq(48).all()
 
-        counts = pipeline.predict(params, paths, progress=False)
+        counts = predict.run(params, paths, progress=False)
         assert set(counts.loc[counts["model"] == "brightness_regressor", "input"]) == {"face"}
         for key in ("llava-next-mistral-7b", "qwen2-vl-7b"):
-            summary = pipeline.query_mllms(params, paths, key, progress=False)
+            summary = query_mllms.run(params, paths, key, progress=False)
             assert summary["requests_sent"] > 0
-    pipeline.finetune_mllm(params, paths, progress=False)  # the cut-down profile fine-tunes nothing
-    result = pipeline.evaluate(params, paths)
+    finetune_mllm.run(params, paths, progress=False)  # the cut-down profile fine-tunes nothing
+    result = evaluate.run(params, paths)
     rows = result.rows[result.rows["view"] == "answered"]
     have = set(zip(rows["dataset"], rows["input"], rows["model"], strict=True))
     assert ("nanolagenda", "face", "brightness_regressor") in have
@@ -129,5 +129,5 @@ def test_the_guide_works_as_written(tmp_path: Path) -> None:
     assert ("utkface", "face", "baseline") in have
     regressor = rows[(rows["model"] == "brightness_regressor") & (rows["dataset"] == "nanolagenda")].iloc[0]
     assert regressor["n_answered"] > 0 and regressor["age_mae"] > 0
-    pipeline.report(params, paths)
+    report.run(params, paths)
     assert "brightness_regressor" in (root / "reports" / "tables" / "summary.md").read_text()

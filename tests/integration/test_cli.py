@@ -194,10 +194,10 @@ def test_evaluate_with_nothing_to_evaluate_keeps_the_previous_outputs(files, cap
 
 def test_evaluate_stage_with_nothing_to_evaluate_keeps_its_outputs(files):
     """The `evaluate` stage reads prediction tables through the same checks as the CLI."""
-    from agegender import pipeline
     from agegender.errors import InputError
     from agegender.params import params_from_dict
     from agegender.paths import ProjectPaths
+    from agegender.stages import evaluate
 
     tmp, s, _, preds = files
     root = tmp / "project"
@@ -218,7 +218,7 @@ def test_evaluate_stage_with_nothing_to_evaluate_keeps_its_outputs(files):
     paths = ProjectPaths(root)
     table = root / "predictions" / "predict" / "m.parquet"
     preds.to_parquet(table, index=False)
-    pipeline.evaluate(params, paths)
+    evaluate.run(params, paths)
     outputs = [
         root / "reports" / "evaluation.json",
         root / "reports" / "age_groups.csv",
@@ -232,6 +232,6 @@ def test_evaluate_stage_with_nothing_to_evaluate_keeps_its_outputs(files):
     ]:
         bad.to_parquet(table, index=False)
         with pytest.raises(InputError, match=re.escape(expected)) as info:
-            pipeline.evaluate(params, paths)
+            evaluate.run(params, paths)
         assert str(table) in str(info.value)
         assert [p.read_bytes() for p in outputs] == before

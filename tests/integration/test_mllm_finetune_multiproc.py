@@ -96,7 +96,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
 
 def test_the_stage_trains_through_accelerate_launch(tmp_path, monkeypatch):
     """`finetune_mllm.launch`: the DVC stage itself runs the training in 2 processes, then selects and predicts."""
-    from agegender import pipeline
+    from agegender.stages import common, finetune_mllm, prepare_data
 
     params = yaml.safe_load((REPO / "profiles" / "demo.yaml").read_text())
     params["prepare_data"]["demo"].update(n_train=12, n_val=6, n_test=8, image_size=96)
@@ -114,9 +114,9 @@ def test_the_stage_trains_through_accelerate_launch(tmp_path, monkeypatch):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    loaded, paths = pipeline.setup(tmp_path)
-    pipeline.prepare_data(loaded, paths, progress=False)
-    summary = pipeline.finetune_mllm(loaded, paths, progress=False)
+    loaded, paths = common.setup(tmp_path)
+    prepare_data.run(loaded, paths, progress=False)
+    summary = finetune_mllm.run(loaded, paths, progress=False)
     run = json.loads((tmp_path / "models" / "finetune_mllm" / "run" / "finetune_summary.json").read_text())
     assert run["world_size"] == 2 and run["global_batch"] == 4
     assert summary["train_steps"] == run["steps"] > 0

@@ -327,7 +327,7 @@ def test_check_reports_detector_problems(tmp_path: Path, absent_package: str) ->
 
 
 def test_prepare_data_fills_faces_and_reports_counts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from agegender import pipeline
+    from agegender.stages import prepare_data
 
     monkeypatch.setattr(faces, "FACE_DETECTORS", dict(FACE_DETECTORS))
     built: list[dict] = []
@@ -350,7 +350,7 @@ def test_prepare_data_fills_faces_and_reports_counts(tmp_path: Path, monkeypatch
 
     root = _project(tmp_path)
     params = params_from_dict(_params("fake", {"size": 30}))
-    summary = pipeline.prepare_data(params, ProjectPaths(root), progress=False)
+    summary = prepare_data.run(params, ProjectPaths(root), progress=False)
     assert built == [{"size": 30}]
     counts = summary["datasets"]["wild"]["faces"]
     assert counts["detector"] == "fake" and counts["filled"] == 1 and counts["no_face"] == 1

@@ -349,11 +349,11 @@ def _two_data_sets(root: Path) -> Path:
 
 
 def test_cost_prices_exactly_the_queries_the_stage_sends(tmp_path):
-    from agegender import pipeline
     from agegender.mllm.cost import estimate_params
     from agegender.mllm.runner import model_plan
+    from agegender.stages import common, query_mllms
 
-    params, paths = pipeline.setup(tmp_path, _two_data_sets(tmp_path))
+    params, paths = common.setup(tmp_path, _two_data_sets(tmp_path))
     samples = pd.read_parquet(tmp_path / "data" / "prepared" / "samples.parquet")
     plan = model_plan(params, "m", samples)
     assert plan.datasets == {"body": ("photos", "wild"), "body_wo_face": ("photos",)}
@@ -366,7 +366,7 @@ def test_cost_prices_exactly_the_queries_the_stage_sends(tmp_path):
     assert requests == {"body": 4, "body_wo_face": 2}
     assert {kind: k.no_crop for kind, k in estimate.by_input.items()} == {"body": 2, "body_wo_face": 1}
     # and the stage, run on the same plan, asks exactly these queries
-    pipeline.query_mllms(params, paths, "m", progress=False)
+    query_mllms.run(params, paths, "m", progress=False)
     runs = json.loads((tmp_path / "predictions" / "query_mllms" / "m" / "manifest.json").read_text())["runs"]
     assert {kind: run["queries"] for kind, run in runs.items()} == requests
     # full-size crops of 1000 x 2000 (1105 tokens) and 200 x 600 (425): per data set for body, `photos` only masked

@@ -623,13 +623,13 @@ def stage_project(data, tmp_path: Path, samples: pd.DataFrame | None = None, **m
 def test_query_mllms_stage_fails_on_failed_rows_after_writing_them(
     data, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from agegender import pipeline
     from agegender.errors import AgegenderError
+    from agegender.stages import query_mllms
 
     ids = with_crop(data, "body")
     params, paths = stage_project(data, tmp_path, options={"fail": ids[:2]})
     with pytest.raises(AgegenderError, match=f"2 of {len(ids)} rows failed") as info:
-        pipeline.query_mllms(params, paths, "flaky", progress=False)
+        query_mllms.run(params, paths, "flaky", progress=False)
     assert type(info.value).__name__ == "IncompleteRunError" and info.value.exit_code == 3
     assert "query_mllms.models.flaky.max_failed 0 allows" in str(info.value)
     assert "stage query_mllms@flaky again resumes" in str(info.value)
@@ -638,24 +638,24 @@ def test_query_mllms_stage_fails_on_failed_rows_after_writing_them(
     assert json.loads((tmp_path / "metrics" / "query_mllms" / "flaky.json").read_text())["body.failed"] == 2
     # within the model's budget the stage succeeds, and says what failed
     params, paths = stage_project(data, tmp_path, options={"fail": ids[:2]}, max_failed=2)
-    assert pipeline.query_mllms(params, paths, "flaky", progress=False)["body.failed"] == 2
+    assert query_mllms.run(params, paths, "flaky", progress=False)["body.failed"] == 2
     assert "note: 2 of" in capsys.readouterr().err
     params, paths = stage_project(data, tmp_path)
-    summary = pipeline.query_mllms(params, paths, "flaky", progress=False)
+    summary = query_mllms.run(params, paths, "flaky", progress=False)
     assert summary["requests_sent"] == 2 and "body.failed" not in summary
 
 
 def test_query_mllms_stage_with_nothing_to_ask_keeps_earlier_results(data, tmp_path: Path) -> None:
-    from agegender import pipeline
+    from agegender.stages import query_mllms
 
     _, samples = data
     params, paths = stage_project(data, tmp_path)
-    pipeline.query_mllms(params, paths, "flaky", progress=False)
+    query_mllms.run(params, paths, "flaky", progress=False)
     out = tmp_path / "predictions" / "query_mllms" / "flaky" / "predictions.parquet"
     before = out.read_bytes()
     params, paths = stage_project(data, tmp_path, samples=samples.assign(split="train"))  # none in study.split
     with pytest.raises(InputError, match="nothing to do") as info:
-        pipeline.query_mllms(params, paths, "flaky", progress=False)
+        query_mllms.run(params, paths, "flaky", progress=False)
     assert info.value.file.endswith("samples.parquet")
     assert out.read_bytes() == before
 

@@ -46,10 +46,10 @@ def _project(root: Path, models: dict, n_test: int = 3, n_train: int = 0, **sect
 
 def test_served_model_retrained_in_place_is_asked_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`serve: true` keys the response store by what the server serves, not by the model's name alone."""
-    from agegender import pipeline
     from agegender.mllm import server
     from agegender.mllm.tiny import build_tiny_llava
     from agegender.params import load_params
+    from agegender.stages import query_mllms
 
     served = {"backend": "transformers", "serve": True, "model": "models/served", "datasets": ["demo"],
               "inputs": ["body"], "options": {"batch_size": 4, "concurrency": 2, "device": "cpu"}}  # fmt: skip
@@ -61,13 +61,13 @@ def test_served_model_retrained_in_place_is_asked_again(tmp_path: Path, monkeypa
     real = server.running_server
     monkeypatch.setattr(server, "running_server", lambda *a, **k: real(*a, **{**k, "in_process": True}))
 
-    first = pipeline.query_mllms(params, paths, "served", progress=False)
+    first = query_mllms.run(params, paths, "served", progress=False)
     asked = first["requests_sent"]
     assert asked > 0
-    assert pipeline.query_mllms(params, paths, "served", progress=False)["requests_sent"] == 0  # the store works
+    assert query_mllms.run(params, paths, "served", progress=False)["requests_sent"] == 0  # the store works
     shutil.rmtree(folder)
     build_tiny_llava(folder, seed=2, image_size=56)  # retrained into the same folder
-    assert pipeline.query_mllms(params, paths, "served", progress=False)["requests_sent"] == asked
+    assert query_mllms.run(params, paths, "served", progress=False)["requests_sent"] == asked
 
 
 def _volo(path: Path, seed: int) -> Path:
@@ -82,9 +82,9 @@ def _volo(path: Path, seed: int) -> Path:
 
 def test_train_stage_starts_afresh_when_the_pretrained_weights_change(tmp_path: Path) -> None:
     """New weights under the configured `pretrained` path: the persisted run is cleared, not refused or reused."""
-    from agegender import pipeline
     from agegender.mivolo.train import FINAL_CHECKPOINT
     from agegender.params import load_params
+    from agegender.stages import train_mivolo
 
     weights = _volo(tmp_path / "volo.pth", seed=1)
     config = {"variant": "mivolo_tiny_64", "stage1_epochs": 1, "stage2_epochs": 0, "batch_size": 8, "threads": 1,
@@ -96,10 +96,10 @@ def test_train_stage_starts_afresh_when_the_pretrained_weights_change(tmp_path: 
     def weights_of_final() -> dict[str, torch.Tensor]:
         return torch.load(final, map_location="cpu", weights_only=True)["state_dict"]
 
-    assert pipeline.train_mivolo(params, paths, progress=False)["status"] == "done"
+    assert train_mivolo.run(params, paths, progress=False)["status"] == "done"
     first = weights_of_final()
     _volo(weights, seed=2)  # other weights, same path and settings
-    assert pipeline.train_mivolo(params, paths, progress=False)["status"] == "done"
+    assert train_mivolo.run(params, paths, progress=False)["status"] == "done"
     second = weights_of_final()
     assert any(not torch.equal(first[k], second[k]) for k in first)  # trained again from the new start
     recorded = json.loads((final.parent / "run.json").read_text())["pretrained_sha256"]
@@ -112,10 +112,10 @@ class _Stop(Exception):
 
 def test_finetune_stage_starts_afresh_when_the_base_model_changes(tmp_path: Path, monkeypatch) -> None:
     """A base model retrained in its folder clears the persisted run (the section names only its path)."""
-    from agegender import pipeline
     from agegender.mllm import finetune as finetune_module
     from agegender.mllm.tiny import build_tiny_llava
     from agegender.params import load_params
+    from agegender.stages import finetune_mllm
 
     section = {"build_tiny": None, "base_model": "models/base", "launch": None}
     paths = _project(tmp_path, {}, n_test=2, finetune_mllm=section)
@@ -128,16 +128,16 @@ def test_finetune_stage_starts_afresh_when_the_base_model_changes(tmp_path: Path
 
     monkeypatch.setattr(finetune_module, "finetune", stop)
     with pytest.raises(_Stop):
-        pipeline.finetune_mllm(params, paths, progress=False)
+        finetune_mllm.run(params, paths, progress=False)
     run.mkdir(parents=True)
     (run / "checkpoint-1").mkdir()  # what an interrupted run leaves
     with pytest.raises(_Stop):
-        pipeline.finetune_mllm(params, paths, progress=False)
+        finetune_mllm.run(params, paths, progress=False)
     assert (run / "checkpoint-1").is_dir()  # same base: kept for the resume
     shutil.rmtree(base)
     build_tiny_llava(base, seed=2, image_size=56)
     with pytest.raises(_Stop):
-        pipeline.finetune_mllm(params, paths, progress=False)
+        finetune_mllm.run(params, paths, progress=False)
     assert not run.exists()  # another base: the run starts afresh
 
 

@@ -148,7 +148,7 @@ def test_model_names_share_one_namespace() -> None:
 
 
 def test_external_predictions_are_checked_and_named(tmp_path: Path) -> None:
-    from agegender.pipeline import read_external_predictions
+    from agegender.evaluate import read_external_predictions
 
     known = pd.Series(["a", "b", "c"])
     table = pd.DataFrame({"sample_id": ["a", "b"], "input": "face", "age_pred": [30.0, 41.5], "gender_pred": "male"})

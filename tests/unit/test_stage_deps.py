@@ -13,6 +13,7 @@ import yaml
 from agegender import cli
 from agegender.errors import InputError
 from agegender.stage_deps import HINT, ImportGraph, compact, dvc_stages, notebook_code, stage_code, stage_problems
+from agegender.stages import STAGES
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = "src/agegender"
@@ -36,10 +37,17 @@ def _runs(stage: str) -> set[str]:
 
 def test_derived_code_reaches_entry_points_registries_and_data_files() -> None:
     query = _runs("query_mllms")
-    # every stage's entry point, the crops every model sees, and backends the registry imports by name only
-    assert {f"{PACKAGE}/pipeline.py", f"{PACKAGE}/data/crops.py"} <= query
+    # the stage's module, the crops every model sees, and backends the registry imports by name only
+    assert {f"{PACKAGE}/stages/query_mllms.py", f"{PACKAGE}/data/crops.py"} <= query
     assert {f"{PACKAGE}/mllm/backends/{b}_backend.py" for b in ("openai", "transformers", "vllm")} <= query
-    assert f"{PACKAGE}/mllm/finetune.py" not in query  # pipeline.finetune_mllm's import is not query_mllms'
+    assert f"{PACKAGE}/mllm/finetune.py" not in query  # finetune_mllm's import is not query_mllms'
+    # one stage's module does not make another's its code: editing predict reruns neither query_mllms nor evaluate
+    assert not {f"{PACKAGE}/stages/{s}.py" for s in ("predict", "finetune_mllm", "check")} & query
+    assert f"{PACKAGE}/stages/predict.py" not in _runs("evaluate")
+    # the check stage runs every registered stage's checks and fingerprints (the registry), but not their runs
+    check = _runs("check")
+    assert {f"{PACKAGE}/stages/{s}.py" for s in STAGES} <= check
+    assert f"{PACKAGE}/mllm/finetune.py" not in check and f"{PACKAGE}/mivolo/train.py" not in check
     # the native-format readers register themselves when readers.py imports them
     assert {f"{PACKAGE}/data/readers.py", f"{PACKAGE}/data/native.py"} <= _runs("prepare_data")
     # specialized models register themselves through the package's __init__
@@ -47,7 +55,7 @@ def test_derived_code_reaches_entry_points_registries_and_data_files() -> None:
     # the paper's numbers: a data file next to the module that opens it by name
     assert f"{PACKAGE}/report/paper_results.csv" in _runs("report")
     for stage, runs in _repo_stages().items():
-        assert {f"{PACKAGE}/__init__.py", f"{PACKAGE}/pipeline.py"} <= runs, stage
+        assert {f"{PACKAGE}/__init__.py", f"{PACKAGE}/stages/common.py", f"{PACKAGE}/stages/{stage}.py"} <= runs, stage
 
 
 def _project_copy(tmp_path: Path, edit) -> Path:
@@ -61,8 +69,9 @@ def _project_copy(tmp_path: Path, edit) -> Path:
 
 
 def test_a_removed_dep_fails_naming_stage_and_module(tmp_path: Path) -> None:
-    root = _project_copy(tmp_path, lambda stages: stages["query_mllms"]["do"]["deps"].remove(f"{PACKAGE}/pipeline.py"))
-    assert stage_problems(root) == [f"stage query_mllms: runs {PACKAGE}/pipeline.py, which its deps do not cover"]
+    module = f"{PACKAGE}/stages/query_mllms.py"
+    root = _project_copy(tmp_path, lambda stages: stages["query_mllms"]["do"]["deps"].remove(module))
+    assert stage_problems(root) == [f"stage query_mllms: runs {module}, which its deps do not cover"]
 
 
 def test_an_unrun_module_or_a_too_wide_folder_fails(tmp_path: Path) -> None:
@@ -158,7 +167,45 @@ def test_toy_dvc_yaml_checked_and_compacted(toy: Path) -> None:
 def test_cli_prints_and_checks(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["stage-deps", "query_mllms", "--root", str(REPO)]) == 0
     printed = capsys.readouterr().out.splitlines()
-    assert printed[0] == "query_mllms:" and f"  - {PACKAGE}/pipeline.py" in printed
+    assert printed[0] == "query_mllms:" and f"  - {PACKAGE}/stages/query_mllms.py" in printed
     assert f"  - {PACKAGE}/mllm/backends" in printed  # a folder whose every file the stage runs
     assert cli.main(["stage-deps", "--check", "--root", str(REPO)]) == 0
     assert cli.main(["stage-deps", "nope", "--root", str(REPO)]) == 2
+
+
+def test_toy_registry_reaches_each_stage_check_and_fingerprint_only(tmp_path: Path) -> None:
+    """Importing `agegender.stages.registered` runs every registered stage's `check` and `fingerprint` (and what they
+    name), not its `run`; `if TYPE_CHECKING:` imports never run; a stage's notebook reaches its own module only."""
+    pkg = tmp_path / "src" / "agegender"
+    _write(pkg / "__init__.py")
+    _write(
+        pkg / "stages" / "__init__.py",
+        'from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from agegender import typed\nSTAGES = ("a", "b")\n\n'
+        "def registered():\n    pass\n",
+    )
+    for name in ("a", "b"):
+        _write(
+            pkg / "stages" / f"{name}.py",
+            f"def run():\n    from agegender import run_{name}\n\n"
+            f"def check(checker):\n    return _helper()\n\n"
+            f"def _helper():\n    from agegender import check_{name}\n\n"
+            f"def fingerprint(params, paths):\n    from agegender import print_{name}\n",
+        )
+        for kind in ("run", "check", "print"):
+            _write(pkg / f"{kind}_{name}.py")
+    _write(pkg / "stages" / "unregistered.py", "def check(checker):\n    from agegender import typed\n")
+    _write(pkg / "typed.py")
+    _write(pkg / "machinery.py", "from agegender.stages import registered\n")
+    _write(pkg / "stages" / "c.py", "def run():\n    from agegender import machinery\n")
+    _notebook(tmp_path / "nb_c.ipynb", "from agegender.stages import c", "c.run()")
+    _notebook(tmp_path / "nb_a.ipynb", "from agegender.stages import a", "a.run()")
+    graph = ImportGraph(pkg)
+
+    def runs(notebook: str) -> set[str]:
+        return {p.relative_to(pkg).as_posix() for p in notebook_code(tmp_path / notebook, graph)}
+
+    assert runs("nb_c.ipynb") == {
+        "__init__.py", "stages/__init__.py", "stages/c.py", "machinery.py",
+        "stages/a.py", "stages/b.py", "check_a.py", "check_b.py", "print_a.py", "print_b.py",
+    }  # fmt: skip
+    assert runs("nb_a.ipynb") == {"__init__.py", "stages/__init__.py", "stages/a.py", "run_a.py"}

@@ -8,8 +8,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-#: the stages `agegender stage NAME` runs, in pipeline order
-STAGES = ("check", "prepare_data", "train_mivolo", "finetune_mllm", "query_mllms", "predict", "evaluate", "report")
+from agegender.stages import STAGES as _REGISTERED
+
+#: the stages `agegender stage NAME` runs, in pipeline order: `check`, then the registered stages
+STAGES = ("check", *_REGISTERED)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -42,15 +44,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_stage(args: argparse.Namespace) -> int:
-    from agegender import pipeline
+    from agegender.stages import check, stage
+    from agegender.stages.common import setup
 
-    params, paths = pipeline.setup(args.root, args.params)
-    if args.name == "query_mllms":
+    params, paths = setup(args.root, args.params)
+    if args.name == check.NAME:
+        check.run(params, paths, params_file=args.params)
+    elif args.name == "query_mllms":
         keys = [args.model] if args.model else list(params.query_mllms.models)
         for key in keys:
-            pipeline.query_mllms(params, paths, key)
+            stage(args.name).run(params, paths, key)
     else:
-        getattr(pipeline, args.name)(params, paths)
+        stage(args.name).run(params, paths)
     print(f"stage {args.name} done")
     return 0
 

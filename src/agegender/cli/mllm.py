@@ -258,9 +258,9 @@ def _cmd_cost(args: argparse.Namespace) -> int:
     if args.params is not None:
         if args.samples is not None:
             raise InputError("give either --params or --samples, not both", field="params")
-        from agegender import pipeline
+        from agegender.stages.common import setup
 
-        params, paths = pipeline.setup(args.root, args.params)
+        params, paths = setup(args.root, args.params)
         estimates = estimate_params(params, paths, model_key=args.model_key, model=args.model, **options)
     else:
         from agegender.data.schema import read_table, validate_samples

@@ -678,7 +678,7 @@ def estimate_params(
     version, and the prepared data (`agegender.data.prepare.load_prepared`).
 
     Args:
-        params, paths: as loaded by `agegender.pipeline.setup`.
+        params, paths: as loaded by `agegender.stages.common.setup`.
         model_key: one entry of `query_mllms.models` (default: every entry whose backend is `openai`).
         model: the OpenAI model id to price instead of each entry's `model` (e.g. to price a local model's
             workload as if sent to gpt-4o).

@@ -1,0 +1,66 @@
+"""Stage `evaluate`: every prediction table against the labels -> metric rows with CIs, age groups, metrics.
+
+It reads only the pipeline's own outputs, so it has nothing to check or fingerprint before the run.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from agegender.data.prepare import load_prepared
+from agegender.evaluate import (
+    EvaluationResult,
+    describe_selection,
+    evaluate_tables,
+    load_predictions,
+    select_samples,
+    write_age_groups,
+    write_rows_json,
+)
+from agegender.metrics import flat_metrics
+from agegender.params import Params
+from agegender.paths import ProjectPaths
+from agegender.stages.common import AGE_GROUPS_FILE, EVALUATION_FILE, prediction_dirs, write_metrics
+
+if TYPE_CHECKING:
+    from agegender.check import Checker
+
+NAME = "evaluate"
+
+
+def run(params: Params, paths: ProjectPaths) -> EvaluationResult:
+    """Metric rows with CIs -> reports/evaluation.json, age groups, metrics/evaluate.json."""
+    data = load_prepared(params, paths)
+    study = params.study
+    targets = select_samples(data.samples, study.split, study.datasets)
+    predictions = load_predictions(
+        prediction_dirs(params, paths),
+        data.samples["sample_id"],
+        targets["sample_id"],
+        describe_selection(study.split, study.datasets),
+    )
+    cfg = params.evaluate
+    result = evaluate_tables(
+        data.samples,
+        predictions,
+        split=params.study.split,
+        datasets=params.study.datasets,
+        ci=cfg.ci,
+        n_resamples=cfg.n_resamples,
+        ci_level=cfg.ci_level,
+        seed=cfg.seed,
+        age_group_width=cfg.age_group_width,
+    )
+    write_rows_json(result.rows, paths(EVALUATION_FILE))
+    write_age_groups(result.age_groups, paths(AGE_GROUPS_FILE))
+    write_metrics(paths, NAME, flat_metrics(result.rows, views=("answered", "common")))
+    return result
+
+
+def check(checker: Checker) -> None:
+    """Nothing: the stage reads only earlier stages' outputs and its own params (validated when loaded)."""
+
+
+def fingerprint(params: Params, paths: ProjectPaths) -> dict[str, dict]:
+    """None: the stage reads nothing from outside the project."""
+    return {}
