@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 export MPLBACKEND := Agg
 
-.PHONY: install repro real paper test lint format bench clean-outputs
+.PHONY: install repro real paper test lint format bench compare clean-outputs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,12 @@ real: install
 paper: install
 	$(BIN)/agegender profile paper
 	$(BIN)/dvc repro
+
+## this run's metrics against the committed ones, metric by metric, within the README's tolerances?
+## (REV=<git revision> to compare with another commit; exits non-zero if a metric moved outside its tolerance)
+REV ?= HEAD
+compare: install
+	$(BIN)/agegender compare-metrics --rev $(REV)
 
 ## the whole test suite, notebooks included
 test: install

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from agegender.data.crops import load_image
 from agegender.data.schema import FACE_BOX, PERSON_BOX
 from agegender.errors import InputError
+from agegender.files import atomic_path
 from agegender.mivolo.detect import Detections, Detector, assign_faces
 from agegender.specialized import MODELS, ModelContext, SpecializedModel, create_model
 
@@ -105,9 +106,8 @@ def _read_done(out_csv: Path) -> set[str]:
         )
     kept = frame[frame["image"] != frame["image"].iloc[-1]] if len(frame) else frame
     if len(cut) != len(data) or len(kept) != len(frame):
-        tmp = out_csv.with_name(f".{out_csv.name}.tmp")
-        kept.to_csv(tmp, index=False, lineterminator="\n")
-        os.replace(tmp, out_csv)
+        with atomic_path(out_csv) as tmp:
+            kept.to_csv(tmp, index=False, lineterminator="\n")
     return set(kept["image"])
 
 

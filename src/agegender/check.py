@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from agegender.errors import InputError
+from agegender.files import atomic_write_text
 from agegender.params import MllmParams, Params
 from agegender.paths import ProjectPaths
 
@@ -847,10 +848,7 @@ def write_fingerprints(params: Params, paths: ProjectPaths, out_dir: Path) -> li
         path = out_dir / f"{consumer}.json"
         text = json.dumps(data, indent=1, sort_keys=True) + "\n"
         if not path.is_file() or path.read_text(encoding="utf-8") != text:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, path)  # a reader never sees half a file
+            atomic_write_text(path, text)  # a reader never sees half a file
         files.append(path)
     models = out_dir / "query_mllms"
     if models.is_dir():

@@ -105,6 +105,33 @@ def _cmd_train_mivolo(args: argparse.Namespace) -> int:
     return train_main(args.rest)
 
 
+def _cmd_stage_deps(args: argparse.Namespace) -> int:
+    from agegender.paths import find_root
+    from agegender.stage_deps import HINT, deps_lines, stage_code
+
+    root = find_root(args.root)
+    stages = [s for s in stage_code(root) if not args.stages or s.stage in args.stages]
+    unknown = sorted(set(args.stages) - {s.stage for s in stages})
+    if unknown:
+        print(f"agegender: error: no stage {', '.join(unknown)} in {root / 'dvc.yaml'}", file=sys.stderr)
+        return 2
+    if not args.check:
+        print("\n".join(deps_lines(stages, root)))
+        return 0
+    problems = [line for stage in stages for line in stage.problems(root)]
+    print("\n".join([*problems, HINT]) if problems else f"{len(stages)} stage(s): code deps exact")
+    return 1 if problems else 0
+
+
+def _cmd_compare_metrics(args: argparse.Namespace) -> int:
+    from agegender.paths import find_root
+    from agegender.tolerances import compare_metrics, dvc_metrics_diff, format_comparison
+
+    comparisons = compare_metrics(dvc_metrics_diff(find_root(args.root), args.rev, args.new), exact=args.exact)
+    print(format_comparison(comparisons, rev=args.rev, show_all=args.all))
+    return 1 if any(c.verdict == "OUTSIDE" for c in comparisons) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `agegender` command."""
     parser = argparse.ArgumentParser(prog="agegender", description=__doc__.splitlines()[0])
@@ -158,6 +185,20 @@ def build_parser() -> argparse.ArgumentParser:
     tm = sub.add_parser("train-mivolo", help="two-stage MiVOLO training (resumable; run under torchrun for DDP)")
     tm.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of python -m agegender.mivolo.train")
     tm.set_defaults(func=_cmd_train_mivolo)
+
+    sd = sub.add_parser("stage-deps", help="the package files each dvc.yaml stage runs: its code deps")
+    sd.add_argument("stages", nargs="*", help="stages of dvc.yaml (default: all)")
+    sd.add_argument("--root", default=None, help="project root (default: found above the working directory)")
+    sd.add_argument("--check", action="store_true", help="compare with dvc.yaml's deps; exit 1 on any difference")
+    sd.set_defaults(func=_cmd_stage_deps)
+
+    cm = sub.add_parser("compare-metrics", help="this run's metrics against the committed ones, within tolerance?")
+    cm.add_argument("--rev", default="HEAD", help="git revision holding the metrics to compare with (default: HEAD)")
+    cm.add_argument("--new", default=None, help="git revision of the fresh metrics (default: the workspace)")
+    cm.add_argument("--root", default=None, help="project root (default: found above the working directory)")
+    cm.add_argument("--all", action="store_true", help="list every metric, not only those that differ")
+    cm.add_argument("--exact", action="store_true", help="same machine: every metric but timing must be equal")
+    cm.set_defaults(func=_cmd_compare_metrics)
 
     from agegender.annotate import add_annotate_parser
     from agegender.mivolo.predict import add_mivolo_predict_parser

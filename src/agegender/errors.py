@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import re
+from fractions import Fraction
 from pathlib import Path
 
 
@@ -56,3 +59,31 @@ class IncompleteRunError(AgegenderError):
     """
 
     exit_code = 3
+
+
+#: a failure budget: a count N, or a percentage P% of the rows
+_BUDGET_RE = re.compile(r"(?P<count>\d+)|(?P<percent>\d+(?:\.\d+)?)\s*%")
+
+
+def failure_budget(max_failed: int | str, rows: int) -> int:
+    """How many rows may stay `failed` after retries before a run counts as incomplete.
+
+    Args:
+        max_failed: a count `N` (an int, or its digits as text) or a percentage `"P%"` of the run's rows, rounded
+            down (`"1%"` of 150 rows allows 1). 0, the default everywhere, accepts no failed row.
+        rows: the run's rows (the percentage's base).
+
+    Raises:
+        InputError: anything else (a negative count, a percentage above 100, a bare fraction such as 0.05, which
+            would be ambiguous between a share and a count).
+    """
+    m = None if isinstance(max_failed, bool) else _BUDGET_RE.fullmatch(str(max_failed).strip())
+    if m is None or (m["percent"] is not None and Fraction(m["percent"]) > 100):
+        raise InputError(
+            f"max_failed must be a count N or a percentage P% of the rows (0 <= P <= 100; e.g. 0, 25 or 2.5%), "
+            f"got {max_failed!r}",
+            field="max_failed",
+        )
+    if m["count"] is not None:
+        return int(m["count"])
+    return math.floor(Fraction(m["percent"]) * rows / 100)  # exact: 2.5% of 200 rows is 5, not 4.999...

@@ -9,9 +9,11 @@ Only the standard library is imported at the top, so that modules the CLI import
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Mapping
+import secrets
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,9 +26,30 @@ if TYPE_CHECKING:
 TABLE_SUFFIXES: tuple[str, ...] = (".parquet", ".pq", ".csv")
 
 
-def _tmp_path(path: Path) -> Path:
-    # the pid keeps two processes writing the same target from sharing one temporary file
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+@contextlib.contextmanager
+def atomic_path(path: str | Path, *, fsync: bool = False) -> Iterator[Path]:
+    """A temporary path beside `path` to write to; renamed onto `path` when the block ends without an error.
+
+    For writers that take a path (pandas, torch.save, PIL): `with atomic_path(out) as tmp: frame.to_parquet(tmp)`.
+    On an error the temporary file is removed and `path` keeps its previous content. The temporary name is new
+    for every call (not only every process), so threads and processes writing one target never share it.
+
+    Args:
+        path: the target (its folder is created).
+        fsync: flush the file to disk before the rename (for files a crash must not lose, e.g. checkpoints).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # not mkstemp: its file is private (0600), and the rename would hand that mode to the output
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        yield tmp
+        if fsync:
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -35,15 +58,9 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     Returns:
         The path written.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
-    try:
+    with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return Path(path)
 
 
 def write_json(data: Mapping[str, Any], path: str | Path) -> Path:
@@ -61,14 +78,9 @@ def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
     suffix = path.suffix.lower()
     if suffix not in TABLE_SUFFIXES:
         raise InputError("unknown table format (expected .parquet or .csv)", file=path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
-    try:
+    with atomic_path(path) as tmp:
         if suffix == ".csv":
             frame.to_csv(tmp, index=False)
         else:
             frame.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path

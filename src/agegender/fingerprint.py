@@ -38,12 +38,13 @@ import logging
 import os
 import sqlite3
 import stat
-import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple
+
+from agegender.files import write_json
 
 _log = logging.getLogger(__name__)
 
@@ -63,29 +64,6 @@ def cache_dir() -> Path:
         return Path(configured).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "agegender"
-
-
-def write_json_atomic(path: str | Path, data: Any) -> Path:
-    """Write JSON (indented, sorted keys) through a temporary file and a rename: readers never see half a file.
-
-    Args:
-        path: the file (its folder is created).
-        data: JSON-serialisable data.
-
-    Returns:
-        The path written.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _hash_file(path: Path) -> str:
@@ -211,7 +189,7 @@ def file_sha256(path: str | Path, *, cache: bool = True) -> str:
     digest = _hash_file(real)
     if identity.settled(read_from) and identity.unchanged():
         try:
-            write_json_atomic(entry, {"path": identity.path, "size": identity.size, "sha256": digest})
+            write_json({"path": identity.path, "size": identity.size, "sha256": digest}, entry)
         except OSError as exc:  # a read-only home or a full disk: the digest is still right, only not kept
             _log.debug("file digest cache not written (%s): %s", entry, exc)
     return digest

@@ -17,8 +17,7 @@ from typing import Any
 import yaml
 
 from agegender.data.schema import INPUT_KINDS
-from agegender.errors import InputError
-from agegender.mllm.runner import failure_budget
+from agegender.errors import InputError, failure_budget
 
 
 @dataclass(frozen=True)

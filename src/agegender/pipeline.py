@@ -136,11 +136,15 @@ def train_mivolo(params: Params, paths: ProjectPaths, *, progress: bool = True) 
         code=Path(agegender.mivolo.__path__[0]),
     )
     summary = _train(samples, data.masked, data.image_roots(paths), config, out, progress=progress)
+    stages = summary.get("stages", {}).values()
+    # val_n: the sample size behind the val metrics, from which `agegender.tolerances` sizes their intervals
+    val_n = max((int(st.get("val_samples", 0)) for st in stages), default=0)
     write_metrics(
         paths,
         "train_mivolo",
         {k: summary[k] for k in ("val_age_mae", "val_gender_acc") if summary.get(k) is not None}
-        | {"steps": sum(int(st.get("steps", 0)) for st in summary.get("stages", {}).values()), "trained": True},
+        | {"steps": sum(int(st.get("steps", 0)) for st in stages), "trained": True}
+        | ({"val_n": val_n} if val_n else {}),
     )
     return summary
 

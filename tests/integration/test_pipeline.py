@@ -61,6 +61,8 @@ def test_every_stage_ran_and_wrote_its_outputs(project):
         assert (root / "metrics" / "query_mllms" / f"{key}.json").is_file()
         assert (root / "predictions" / "query_mllms" / key / "predictions.parquet").is_file()
     assert (root / "models" / "mivolo" / "mivolo.pth.tar").is_file()
+    # the val split's size: the tolerance of the val metrics follows from it (agegender.tolerances)
+    assert json.loads((root / "metrics" / "train_mivolo.json").read_text())["val_n"] > 0
     assert (root / "models" / "finetune_mllm" / "best" / "config.json").is_file()
     assert (root / "models" / "finetune_mllm" / "selection.md").is_file()
     for nb in (

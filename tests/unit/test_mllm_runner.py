@@ -429,7 +429,7 @@ def outputs(tmp_path: Path) -> dict[str, bytes]:
 
 
 def test_failure_budget() -> None:
-    from agegender.mllm.runner import failure_budget
+    from agegender.errors import failure_budget
 
     assert failure_budget(0, 100) == 0 and failure_budget(7, 3) == 7 and failure_budget("12", 0) == 12
     assert failure_budget("25%", 14) == 3 and failure_budget("20%", 14) == 2  # rounded down

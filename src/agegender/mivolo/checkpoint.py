@@ -15,10 +15,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import pickle
 import re
-import tempfile
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,6 +27,7 @@ import torch
 from torch import nn
 
 from agegender.errors import InputError
+from agegender.files import atomic_path
 from agegender.mivolo.model import MODEL_SPECS, MiVOLOModel, MiVOLOSpec
 
 #: Globals a released MiVOLO / timm training checkpoint needs besides tensors and plain containers.
@@ -408,15 +407,6 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, extra: Mapping[str, A
         if key in ckpt or key in _STATE_KEYS_EMA:
             raise ValueError(f"extra key {key!r} would overwrite a checkpoint layout key")
         ckpt[key] = value
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(ckpt, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, fsync=True) as tmp:
+        torch.save(ckpt, tmp)
     return path

@@ -32,7 +32,6 @@ import dataclasses
 import inspect
 import json
 import logging
-import os
 import queue
 import shutil
 import threading
@@ -70,7 +69,8 @@ from agegender.data.schema import (
 )
 from agegender.device import resolve_device
 from agegender.errors import IncompleteRunError, InputError
-from agegender.fingerprint import describe_changes, json_sha256, tensors_sha256, write_json_atomic
+from agegender.files import atomic_path, write_json, write_table
+from agegender.fingerprint import describe_changes, json_sha256, tensors_sha256
 
 if TYPE_CHECKING:
     import torch
@@ -453,12 +453,11 @@ class _PartStore:
                 if other.all():
                     part.unlink()
                 else:
-                    tmp = part.with_name(part.name + ".tmp")
-                    frame[~other].to_parquet(tmp, index=False)
-                    os.replace(tmp, part)
+                    with atomic_path(part) as tmp:
+                        frame[~other].to_parquet(tmp, index=False)
             _log.warning("%s: discarded %d rows of %s made by another producer (%s)", self.folder, n, model_name, what)
         if not self._producer_file(digest).is_file():  # before any row of this producer is written
-            write_json_atomic(self._producer_file(digest), fingerprint)
+            write_json(fingerprint, self._producer_file(digest))
         frames = [f for f in kept if len(f)]
         rows = pd.concat(frames, ignore_index=True) if frames else _with_skipped(empty_predictions(), False)
         return digest, rows.drop(columns=[PRODUCER_COLUMN], errors="ignore")
@@ -469,11 +468,10 @@ class _PartStore:
         parts = self._parts()
         index = int(parts[-1].name.split("-")[1].split(".")[0]) + 1 if parts else 0
         final = self.folder / f"part-{index:06d}{PART_SUFFIX}"
-        tmp = final.with_name(final.name + ".tmp")
-        frame.assign(**{PRODUCER_COLUMN: pd.array([producer] * len(frame), dtype="string")}).to_parquet(
-            tmp, index=False
-        )
-        os.replace(tmp, final)
+        with atomic_path(final) as tmp:
+            frame.assign(**{PRODUCER_COLUMN: pd.array([producer] * len(frame), dtype="string")}).to_parquet(
+                tmp, index=False
+            )
 
 
 def _with_skipped(frame: pd.DataFrame, skipped: bool) -> pd.DataFrame:
@@ -725,21 +723,6 @@ def parse_data_roots(values: Sequence[str]) -> ImageRoots:
     if plain:
         return Path(plain[0])
     return {k: Path(v) for k, v in (item.split("=", 1) for item in named)}
-
-
-def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
-    """Write a table as parquet or CSV (by suffix) atomically: a crash never leaves half a file."""
-    path = Path(path)
-    if path.suffix.lower() not in {".parquet", ".csv"}:
-        raise InputError("output must end in .parquet or .csv", file=path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    if path.suffix.lower() == ".csv":
-        frame.to_csv(tmp, index=False)
-    else:
-        frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-    return path
 
 
 def mivolo_predict_command(args: argparse.Namespace) -> int:

@@ -55,6 +55,7 @@ from tqdm.auto import tqdm
 
 from agegender.data.schema import read_table, validate_samples
 from agegender.errors import InputError
+from agegender.files import atomic_path, atomic_write_text
 from agegender.fingerprint import file_sha256
 from agegender.mivolo.checkpoint import save_checkpoint
 from agegender.mivolo.dataset import Augment, CropRules, ImageRoot, MiVOLODataset
@@ -557,27 +558,18 @@ def val_metrics(ages: np.ndarray, p_female: np.ndarray, dataset: MiVOLODataset, 
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
     if not history:
         return
     columns = list(dict.fromkeys(k for row in history for k in row))
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         writer.writerows(history)
-    os.replace(tmp, path)
 
 
 def _load_state(path: Path) -> dict[str, Any] | None:
@@ -1078,7 +1070,7 @@ def train_mivolo(
             model.load_state_dict(_eval_weights(final_state))
             model.set_age_range(*age_range)
             save_checkpoint(out / FINAL_CHECKPOINT, model, extra={"train_config": _plain(config.to_dict())})
-            _atomic_text(out / SUMMARY_FILE, json.dumps(_plain(result), indent=2, allow_nan=True) + "\n")
+            atomic_write_text(out / SUMMARY_FILE, json.dumps(_plain(result), indent=2, allow_nan=True) + "\n")
         _barrier(env)
         return result
     finally:

@@ -51,7 +51,6 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -63,6 +62,7 @@ from typing import Any
 import pandas as pd
 
 from agegender.errors import InputError
+from agegender.files import atomic_write_text
 
 CHECKPOINT_INDEX = "checkpoints.json"
 CONFIG_FILE = "finetune_config.json"
@@ -248,9 +248,7 @@ def _is_zero3(path: str | None) -> bool:
 
 
 def _atomic_json(data: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")  # insertion order kept
 
 
 def load_model(base_model_dir: str | Path, config: FinetuneConfig) -> tuple[Any, Any]:

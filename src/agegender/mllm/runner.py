@@ -28,7 +28,6 @@ import argparse
 import hashlib
 import json
 import logging
-import math
 import os
 import re
 import statistics
@@ -38,11 +37,10 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agegender.errors import IncompleteRunError, InputError
+from agegender.errors import IncompleteRunError, InputError, failure_budget
 from agegender.files import write_json, write_table
 from agegender.mllm.prompt import PROMPT_VERSION, get_prompt, prompt_hash
 
@@ -601,33 +599,6 @@ def require_samples(samples: Sized, *, source: str | Path | None, selection: str
             file=source,
             field="sample_id",
         )
-
-
-_BUDGET_RE = re.compile(r"(?P<count>\d+)|(?P<percent>\d+(?:\.\d+)?)\s*%")
-
-
-def failure_budget(max_failed: int | str, rows: int) -> int:
-    """How many rows may stay `failed` after retries before a run counts as incomplete.
-
-    Args:
-        max_failed: a count `N` (an int, or its digits as text) or a percentage `"P%"` of the run's rows, rounded
-            down (`"1%"` of 150 rows allows 1). 0, the default everywhere, accepts no failed row.
-        rows: the run's rows (the percentage's base).
-
-    Raises:
-        InputError: anything else (a negative count, a percentage above 100, a bare fraction such as 0.05, which
-            would be ambiguous between a share and a count).
-    """
-    m = None if isinstance(max_failed, bool) else _BUDGET_RE.fullmatch(str(max_failed).strip())
-    if m is None or (m["percent"] is not None and Fraction(m["percent"]) > 100):
-        raise InputError(
-            f"max_failed must be a count N or a percentage P% of the rows (0 <= P <= 100; e.g. 0, 25 or 2.5%), "
-            f"got {max_failed!r}",
-            field="max_failed",
-        )
-    if m["count"] is not None:
-        return int(m["count"])
-    return math.floor(Fraction(m["percent"]) * rows / 100)  # exact: 2.5% of 200 rows is 5, not 4.999...
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agegender.errors import InputError
+from agegender.files import atomic_write_text
 from agegender.mllm.backends.base import Answer, Backend, GenerationParams, Query
 
 if TYPE_CHECKING:
@@ -658,12 +659,6 @@ def _copy_tree(src: Path, dst: Path, link: bool) -> None:
         shutil.copy2(item, target)
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def keep_best(
     result: SelectionResult,
     dest: str | Path,
@@ -738,7 +733,7 @@ def keep_best(
     from agegender.mllm.runner import write_table
 
     write_table(result.table, tables / "selection.csv")
-    _atomic_text(tables / "selection.md", selection_markdown(result, caption))
+    atomic_write_text(tables / "selection.md", selection_markdown(result, caption))
     return dest
 
 

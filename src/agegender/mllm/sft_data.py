@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +42,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from agegender.errors import InputError
+from agegender.files import atomic_path, atomic_write_text
 from agegender.mllm.backends.transformers_backend import chat_prompt, check_image, pad_to_square, square_pad_color
 from agegender.mllm.prompt import PROMPT, format_answer
 
@@ -96,9 +96,8 @@ def crop_file_name(sample_id: str, input_kind: str) -> str:
 
 def _write_png(image: np.ndarray, path: Path) -> None:
     # Atomic: several training processes may write the same crop; a reader never sees half a file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    Image.fromarray(np.ascontiguousarray(image)).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.ascontiguousarray(image)).save(tmp, format="PNG")
 
 
 def build_records(
@@ -415,9 +414,5 @@ def export_llava_json(
                 ],
             }
         )
-    out = Path(out_json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(entries, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, out)
+    out = atomic_write_text(out_json, json.dumps(entries, indent=1, ensure_ascii=False) + "\n")
     return {"entries": len(entries), "json": str(out), "image_dir": str(folder)}

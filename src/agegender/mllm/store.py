@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from agegender.errors import InputError
+from agegender.files import atomic_path
 from agegender.mllm.backends.base import Answer
 
 RECORD_VERSION = 1
@@ -394,13 +395,9 @@ class ResponseStore:
                 records.append(record)
         token = f"{os.getpid()}-{secrets.token_hex(4)}"
         target = self.folder / f"responses-compacted-{token}.jsonl"
-        tmp = target.with_suffix(".tmp")
-        with open(tmp, "w", encoding="utf-8") as handle:
+        with atomic_path(target, fsync=True) as tmp, open(tmp, "w", encoding="utf-8") as handle:
             for record in records:
                 handle.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
         for path in old:
             path.unlink()
         self.load()
