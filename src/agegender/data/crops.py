@@ -186,9 +186,10 @@ def image_sizes(
 
     Threads, not processes: PIL releases the GIL while it decodes, so they use every core, with no start-up, no
     pickling and no fork of a process that may hold other threads (a notebook kernel). The price, measured on 2
-    idle cores (`benchmarks/bench_check_images.py`), is ~10 %: 0.75 against 0.68 ms per image for a 2-process
-    pool, as the GIL is held while PIL parses a header; on the busy shared machine the pool was slower as often
-    as not. Twice as many threads as cores lets some read while others wait for the disk.
+    idle cores (`benchmarks/bench_check_images.py`), is ~10 %: 0.74 against 0.66 ms per image for a 2-process
+    forkserver pool, as the GIL is held while PIL parses a header; on the busy shared machine the pool was slower
+    as often as not, and with the cache only a data set's first check pays it. Twice as many threads as cores lets
+    some read while others wait for the disk.
 
     Args:
         paths: image files (duplicates are looked at once).
