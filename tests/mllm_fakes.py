@@ -173,8 +173,7 @@ def make_dataset(root: Path, n_images: int = 12, seed: int = 0) -> pd.DataFrame:
 
 
 def _run(argv: Sequence[str]) -> int:
-    from agegender.mllm.runner import run_queries, write_run
-    from agegender.mllm.store import ResponseStore
+    from agegender.mllm.runner import plan_queries, query_samples, write_run
 
     p = argparse.ArgumentParser()
     p.add_argument("--data", required=True)
@@ -189,17 +188,18 @@ def _run(argv: Sequence[str]) -> int:
     data = Path(args.data)
     samples = pd.read_parquet(data / "samples.parquet")
     backend = ScriptedBackend("fake-model", latency_s=args.latency, concurrency=args.concurrency, log=args.log)
-    with ResponseStore(args.store, tag="kill") as store:
-        result = run_queries(
-            samples,
-            None,
-            data,
-            input_kind=args.input,
-            backend=backend,
-            store=store,
-            progress=False,
-            chunk_size=args.chunk_size,
-        )
+    plan = plan_queries(samples, [args.input])
+    run = query_samples(
+        plan,
+        None,
+        data,
+        backend=backend,
+        store=args.store,
+        store_tag="kill",
+        progress=False,
+        chunk_size=args.chunk_size,
+    )
+    result = run.results[args.input]
     write_run(result, args.out)
     print(json.dumps({"requests": len(backend.requests), "rows": len(result.predictions)}))
     return 0

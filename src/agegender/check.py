@@ -1,9 +1,17 @@
-"""Check every file a params file names before any work starts, and fingerprint what each stage reads.
+"""The `check` stage's shared machinery: walk the params, collect every problem at once, fingerprint inputs.
 
-`check_params` looks at everything params.yaml points at outside the project (data set folders, annotation
-CSVs and the images they name, each present and decoding, MiVOLO checkpoints, external prediction tables,
-Hugging Face model folders, API settings) and returns ALL problems at once, each naming its params key, what is
-wrong and the file.
+`check_params` walks everything params.yaml points at outside the project (data set folders, annotation CSVs and
+the images they name, MiVOLO checkpoints, external prediction tables, Hugging Face model folders, API settings)
+and returns ALL problems at once, each naming its params key, what is wrong and the file. The checks of a format
+live beside the code that reads it; this module decides which apply where, and collects their lines:
+
+- data sets: `agegender.data.readers.check_dataset` (each reader's own `check`), face detectors:
+  `agegender.faces.check_face_detector`;
+- specialized models: `agegender.specialized.model_problems` and each class's `check_file` (MiVOLO checkpoints:
+  `agegender.mivolo.checkpoint.check_mivolo_checkpoint`);
+- external prediction tables: `agegender.evaluate.check_predictions_file`;
+- LLaVA model folders: `agegender.mllm.convert.check_llava_folder`.
+
 What the pipeline makes itself is skipped: data sets inside the generated demo folder, checkpoints inside
 `train_mivolo.out`, model folders inside `finetune_mllm.out`, and `build_tiny` models. API keys are checked
 for presence in the environment only; their values are never read into a message, a fingerprint or a file.
@@ -14,23 +22,22 @@ those inputs changed. Consumers: `prepare_data`, `train_mivolo`, `predict`, `fin
 `query_mllms/<key>` for each configured model. Folders are walked recursively in sorted order (hidden names,
 starting with ".", are left out: editor, OS and download-tool metadata):
 
-- text-like files (`.csv .txt .json .yaml .yml .tsv .jinja .model`) are hashed in full (BLAKE2b);
-- weight files (`.safetensors .bin .pt .pth .tar .gguf`) are recorded by size and a hash of their first and
-  last MiB (reading gigabytes on every `dvc repro` would cost minutes);
+- text-like and weight files (`HASHED_SUFFIXES`) are recorded by size and the SHA-256 of their full contents
+  (`agegender.fingerprint.file_sha256`, the one home of file digests): a model retrained in place keeps its sizes
+  and may keep its first and last megabytes, and must still rerun the stages that read it. Digests of files of
+  1 MiB and more are cached by the file's identity, so a 7B model is read once (~10 s), not on every `dvc repro`;
 - every other file (images above all) is recorded by relative path and size only, folded into one digest per
   folder with the file count and total bytes, so that LAGENDA's 67k images cost 67k `stat` calls and a few
   bytes of JSON.
 
-Limitations: an image (or any other non-text, non-weight file) replaced by a different file of exactly the
-same size is not noticed, and neither is a weight file whose change leaves its size and its first and last MiB
-untouched. Touch the params (or delete the fingerprint file) to force a rerun after such an edit.
+Limitation: an image (or any other file not in `HASHED_SUFFIXES`) replaced by a different file of exactly the
+same size is not noticed. Touch the params (or delete the fingerprint file) to force a rerun after such an edit.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib
 import importlib.util
 import json
 import os
@@ -42,25 +49,20 @@ from typing import Any
 
 from agegender.errors import InputError
 from agegender.files import atomic_write_text
+from agegender.fingerprint import file_sha256
 from agegender.params import MllmParams, Params
 from agegender.paths import ProjectPaths
 
 #: top-level params sections that `check_params(sections=...)` can limit the check to
 SECTIONS: tuple[str, ...] = ("prepare_data", "train_mivolo", "predict", "query_mllms", "finetune_mllm", "report")
-#: `model_type`s of the Hugging Face folders that the transformers / vllm backends and fine-tuning take
-SUPPORTED_MODEL_TYPES: tuple[str, ...] = ("llava", "llava_next")
-#: architectures of the original LLaVA / ShareGPT4V code (not loadable by transformers without conversion)
-ORIGINAL_LLAVA_ARCHITECTURES: frozenset[str] = frozenset(
-    {"LlavaLlamaForCausalLM", "LlavaMistralForCausalLM", "LlavaMptForCausalLM", "Share4VLlamaForCausalLM"}
+#: recorded by size and the SHA-256 of their full contents in the fingerprints: text-like and weight files
+#: (".pth.tar" ends with ".tar"); any other file by size only
+HASHED_SUFFIXES: tuple[str, ...] = (
+    *(".csv", ".txt", ".json", ".yaml", ".yml", ".tsv", ".jinja", ".model"),
+    *(".safetensors", ".bin", ".pt", ".pth", ".tar", ".gguf"),
 )
-#: hashed in full by the fingerprints
-TEXT_SUFFIXES: tuple[str, ...] = (".csv", ".txt", ".json", ".yaml", ".yml", ".tsv", ".jinja", ".model")
-#: recorded by size and a hash of the first and last MiB (".pth.tar" ends with ".tar")
-WEIGHT_SUFFIXES: tuple[str, ...] = (".safetensors", ".bin", ".pt", ".pth", ".tar", ".gguf")
 
-_MIB = 1 << 20
 _LOCAL_BACKENDS = ("transformers", "vllm")
-_DEFAULT_KEY_ENV = "OPENAI_API_KEY"  # the openai backend's default `api_key_env`
 
 
 @dataclass(frozen=True)
@@ -92,190 +94,6 @@ def _inside(path: Path, folder: Path) -> bool:
     """Whether `path` is `folder` or lies below it (both resolved, so `..` and symlinked roots compare right)."""
     path, folder = path.resolve(), folder.resolve()
     return path == folder or folder in path.parents
-
-
-def _is_hub_id(model: str) -> bool:
-    # as transformers_backend.find_model_folder: `owner/name`, not a path-looking string
-    return not model.startswith((".", "/", "~")) and model.count("/") == 1
-
-
-def _hub_snapshot(model: str) -> Path | None:
-    """The cached snapshot folder of a hub id, or None (never downloads)."""
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(model, local_files_only=True))
-    except Exception:  # several hub error types (and a missing package) all mean "not available here"
-        return None
-
-
-def check_llava_folder(folder: Path) -> list[str]:
-    """Check that a folder is a Hugging Face LLaVA-family model the transformers / vllm backends can load.
-
-    Args:
-        folder: the model folder.
-
-    Returns:
-        One line per problem: config.json missing or invalid, the original LLaVA / ShareGPT4V layout (convert it
-        with `agegender convert-llava`), an unsupported `model_type`, missing weights or shards, no tokenizer,
-        no image processor.
-    """
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        return [f"no config.json in {folder}: not a Hugging Face model folder"]
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return [f"{config_path} is not valid JSON ({exc})"]
-    if not isinstance(config, dict):
-        return [f"{config_path} holds a {type(config).__name__}, not a JSON object"]
-    architectures = config.get("architectures") or []
-    if "mm_vision_tower" in config or ORIGINAL_LLAVA_ARCHITECTURES & set(architectures):
-        return [
-            f"{folder} is in the original LLaVA / ShareGPT4V layout (architectures {architectures}), which "
-            "transformers cannot load: convert it to the llava-hf layout with `agegender convert-llava` and point "
-            "the params at the converted folder"
-        ]
-    problems = []
-    model_type = config.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        problems.append(
-            f"model_type {model_type!r} in {config_path} is not supported; supported: "
-            f"{', '.join(SUPPORTED_MODEL_TYPES)} (LLaVA-1.5 and LLaVA-NeXT in the llava-hf layout)"
-        )
-    indexes = sorted(folder.glob("*.index.json"))
-    if indexes:
-        for index in indexes:
-            try:
-                shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-                problems.append(f"{index} is not a weights index with a weight_map ({type(exc).__name__}: {exc})")
-                continue
-            missing = [s for s in shards if not (folder / s).is_file()]
-            if missing:
-                problems.append(
-                    f"{len(missing)} of {len(shards)} weight shards listed in {index.name} are missing "
-                    f"(first: {', '.join(missing[:5])})"
-                )
-    elif not any(folder.glob("*.safetensors")) and not any(folder.glob("pytorch_model*.bin")):
-        problems.append(f"no weights in {folder} (*.safetensors, an index json with its shards, or pytorch_model*.bin)")
-    if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer.model").is_file():
-        problems.append(f"no tokenizer in {folder} (tokenizer.json or tokenizer.model)")
-    if not (folder / "preprocessor_config.json").is_file() and not (folder / "processor_config.json").is_file():
-        problems.append(f"no image processor in {folder} (preprocessor_config.json or processor_config.json)")
-    return problems
-
-
-def check_mivolo_checkpoint(path: Path) -> list[str]:
-    """Check that a file (or a Hugging Face folder) holds a MiVOLO checkpoint, without building the model.
-
-    Torch files are loaded with `weights_only=True` (nothing in them can run code) and memory-mapped where the
-    format allows, so a large checkpoint costs little; Hugging Face files are checked by their safetensors
-    header only.
-
-    Args:
-        path: a `.pth` / `.pth.tar` / `.pt` file, a `.safetensors` file or a folder with `model.safetensors`.
-
-    Returns:
-        One line per problem, empty when the file holds MiVOLO weights (`patch_embed.`, `pos_embed`,
-        `head.weight`) and an age range.
-    """
-    if not path.exists():
-        return [f"checkpoint not found: {path}"]
-    if path.is_dir() or path.suffix == ".safetensors":
-        return _check_hf_mivolo(path)
-    import torch
-
-    from agegender.mivolo.checkpoint import SAFE_GLOBALS
-
-    def load(mmap: bool) -> Any:
-        with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-
-    try:
-        try:
-            ckpt = load(mmap=True)
-        except RuntimeError as exc:  # files written with the legacy (non-zip) format cannot be memory-mapped
-            if "mmap" not in str(exc):
-                raise
-            ckpt = load(mmap=False)
-    except Exception as exc:  # corrupt files and refused pickles fail with many exception types
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        return [f"{path} cannot be loaded as a weights-only torch checkpoint ({type(exc).__name__}: {first})"]
-    if not isinstance(ckpt, Mapping):
-        return [f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict"]
-    state = next(
-        (ckpt[k] for k in ("state_dict_ema", "model_ema", "state_dict", "model") if isinstance(ckpt.get(k), Mapping)),
-        None,
-    )
-    if state is None:
-        return [f"{path} has no state dict (looked for state_dict_ema, model_ema, state_dict, model)"]
-    problems = _mivolo_keys(list(state), path)
-    missing = [k for k in ("min_age", "max_age") if ckpt.get(k) is None]
-    if missing:
-        problems.append(f"{path} has no age range ({', '.join(missing)} missing): not a MiVOLO checkpoint")
-    return problems
-
-
-def _mivolo_keys(keys: list[str], path: Path) -> list[str]:
-    prefixes = ("module.", "_orig_mod.", "mivolo.model.")
-    clean = set()
-    for key in keys:
-        for prefix in prefixes:
-            if key.startswith(prefix):
-                key = key[len(prefix) :]
-        clean.add(key)
-    missing = [k for k in ("pos_embed", "head.weight") if k not in clean]
-    if not any(k.startswith("patch_embed.") for k in clean):
-        missing.insert(0, "patch_embed.*")
-    if missing:
-        return [f"{path} holds no MiVOLO / VOLO weights ({', '.join(missing)} missing)"]
-    return []
-
-
-def _check_hf_mivolo(path: Path) -> list[str]:
-    weights = path / "model.safetensors" if path.is_dir() else path
-    config = weights.parent / "config.json"
-    problems = []
-    if not weights.is_file():
-        return [f"no model.safetensors in {path}"]
-    if not config.is_file():
-        problems.append(f"no config.json beside {weights} (it carries the age range)")
-    else:
-        try:
-            meta = json.loads(config.read_text(encoding="utf-8"))
-            if not isinstance(meta, dict) or "min_age" not in meta:
-                problems.append(f"{config} has no min_age: not a MiVOLO config")
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            problems.append(f"{config} is not valid JSON ({exc})")
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(weights), framework="pt", device="cpu") as handle:
-            keys = list(handle.keys())
-    except Exception as exc:  # SafetensorError and OSError variants
-        return [*problems, f"{weights} cannot be read as safetensors ({type(exc).__name__}: {exc})"]
-    return problems + _mivolo_keys(keys, weights)
-
-
-def check_predictions_file(path: Path, model: str) -> list[str]:
-    """Check an external prediction table: readable, the prediction-table columns and values, the model name.
-
-    Args:
-        path: a `.parquet` or `.csv` file.
-        model: the model name its `model` column must hold (when it has one).
-
-    Returns:
-        One line per problem.
-    """
-    from agegender.evaluate import read_external_predictions
-
-    try:
-        # the same reading and checks as the predict stage's (sample ids are checked there, against the sample table)
-        read_external_predictions(path, model, None)
-    except InputError as exc:
-        return [str(exc)]
-    return []
 
 
 # ----------------------------------------------------------------------------------------------
@@ -355,19 +173,16 @@ class _Checker:
         if cfg.dataset is None:
             return  # this profile trains no MiVOLO
         self.prepared_ref("train_mivolo.dataset", cfg.dataset)
-        pretrained = cfg.config.get("pretrained")
+        pretrained = cfg.config.pretrained
         if pretrained:
             self.ran()
             path = self.paths(str(pretrained))
             if not path.is_file():
                 self.add("train_mivolo.config.pretrained", "pretrained weights file not found", path)
 
-    def _made_by_training(self, path: Path) -> bool:
-        cfg = self.params.train_mivolo
-        return cfg.dataset is not None and _inside(path, self.paths(cfg.out))
-
     def predict(self) -> None:
-        from agegender.specialized import option_problems, resolve_model
+        from agegender.evaluate import check_predictions_file
+        from agegender.specialized import dataset_option_values, model_problems, resolve_model
 
         cfg = self.params.predict
         for name, spec in cfg.models.items():
@@ -378,16 +193,9 @@ class _Checker:
             except InputError as exc:
                 self.add(f"{where}.model", exc.message)
                 continue
-            for line in option_problems(cls, spec.options):
-                self.add(f"{where}.options", line)
-            bad = [k for k in spec.inputs or () if k not in cls.inputs]
-            if bad:  # a model that narrows its kinds once loaded (a face-only MiVOLO) is told at predict
-                self.add(f"{where}.inputs", f"model {spec.model!r} cannot answer {bad}; it answers {list(cls.inputs)}")
-            for module, install in cls.requires.items():
-                if importlib.util.find_spec(module) is None:
-                    self.add(f"{where}.model", f"model {spec.model!r} needs the package {module!r}: {install}")
-            for option in cls.dataset_options:
-                value = spec.options.get(option, _option_default(cls, option))
+            for field, line in model_problems(cls, spec.model, spec.options, spec.inputs):
+                self.add(f"{where}.{field}", line)
+            for option, value in dataset_option_values(cls, spec.options).items():
                 self.prepared_ref(f"{where}.options.{option}", value)
             for option, path in _model_files(self.params, self.paths, spec.options, cls):
                 self.ran()
@@ -417,8 +225,10 @@ class _Checker:
         if path.exists():
             self.add(where, "not a folder (a Hugging Face model folder is expected)", path)
             return None
-        if _is_hub_id(model):
-            snapshot = _hub_snapshot(model)
+        from agegender.mllm.backends.transformers_backend import cached_snapshot, is_hub_id
+
+        if is_hub_id(model):
+            snapshot = cached_snapshot(model)
             if snapshot is not None:
                 return snapshot
             self.add(
@@ -452,6 +262,8 @@ class _Checker:
                     continue
                 folder = self._model_folder(f"{where}.model", spec.model)
                 if folder is not None:
+                    from agegender.mllm.convert import check_llava_folder  # torch: imported only when needed
+
                     for line in check_llava_folder(folder):
                         self.add(f"{where}.model", line, folder)
                 if backend == "vllm" and importlib.util.find_spec("vllm") is None:
@@ -464,32 +276,14 @@ class _Checker:
                 self.add(f"{where}.backend", f"unknown MLLM backend {backend!r}; known: {known} or 'module:Class'")
 
     def _openai(self, where: str, spec: MllmParams) -> None:
-        from agegender.mllm.backends.openai_backend import (
-            INSECURE_HTTP_OPTION,
-            base_url_problem,
-            insecure_http_problem,
-            is_loopback_url,
-        )
+        """What the environment must give an API model; its options were checked when params were loaded."""
+        from agegender.mllm.backend_options import OpenAIOptions, is_loopback_url
 
-        if not (spec.model or spec.options.get("model")):
+        if not spec.model:
             self.add(f"{where}.model", "the openai backend needs a model id (e.g. gpt-4o-2024-08-06)")
-        allow_insecure = spec.options.get(INSECURE_HTTP_OPTION, False)
-        if not isinstance(allow_insecure, bool):
-            self.add(f"{where}.options.{INSECURE_HTTP_OPTION}", f"must be true or false, not {allow_insecure!r}")
-            allow_insecure = False
         base_url = spec.options.get("base_url")
-        loopback = False
-        if base_url is not None:
-            # the backend's own refusals, reported before the run (the same words, the same opt-in)
-            problem = base_url_problem(str(base_url))
-            if problem is not None:
-                self.add(f"{where}.options.base_url", problem)
-                return
-            loopback = is_loopback_url(str(base_url))
-            problem = insecure_http_problem(str(base_url))
-            if problem is not None and not allow_insecure:
-                self.add(f"{where}.options.base_url", problem)
-        key_env = spec.options.get("api_key_env", _DEFAULT_KEY_ENV)
+        loopback = is_loopback_url(base_url)
+        key_env = spec.options.get("api_key_env", OpenAIOptions.api_key_env)
         # only presence is looked at: the value is never read into a message
         if key_env and not loopback and not self.env.get(str(key_env)):
             self.add(
@@ -512,6 +306,8 @@ class _Checker:
                 self.add("finetune_mllm.launch.config_file", "accelerate config not found", launch_config)
         if cfg.build_tiny is not None or cfg.base_model is None:
             return  # built by the stage, or this profile fine-tunes nothing
+        from agegender.mllm.convert import check_llava_folder
+
         self.ran()
         folder = self.paths(cfg.base_model)
         if not folder.is_dir():
@@ -519,7 +315,7 @@ class _Checker:
         else:
             for line in check_llava_folder(folder):
                 self.add("finetune_mllm.base_model", line, folder)
-        deepspeed = cfg.config.get("deepspeed")
+        deepspeed = cfg.config.deepspeed
         if deepspeed:
             self.ran()
             path = self.paths(str(deepspeed))
@@ -539,13 +335,6 @@ class _Checker:
             self.dataset_ref(f"report.roles.{role}", name, study, "study.datasets")
         self.dataset_ref("report.age_group_dataset", cfg.age_group_dataset, study, "study.datasets")
         self.dataset_ref("report.gallery.dataset", cfg.gallery.dataset, study, "study.datasets")
-
-
-def _option_default(cls: type, option: str) -> Any:
-    from agegender.specialized import model_options
-
-    param = model_options(cls)[0].get(option)
-    return None if param is None or param.default is param.empty else param.default
 
 
 def _model_files(params: Params, paths: ProjectPaths, options: Mapping[str, Any], cls: type) -> list[tuple[str, Path]]:
@@ -644,40 +433,13 @@ def format_problems(problems: Sequence[Problem]) -> str:
 # Fingerprints
 
 
-def _hash_file(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(_MIB), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _hash_ends(path: Path, size: int) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with path.open("rb") as handle:
-        h.update(handle.read(_MIB))
-        if size > _MIB:
-            handle.seek(max(_MIB, size - _MIB))
-            h.update(handle.read(_MIB))
-    return h.hexdigest()
-
-
-def _kind(name: str) -> str:
-    lower = name.lower()
-    if lower.endswith(TEXT_SUFFIXES):
-        return "text"
-    if lower.endswith(WEIGHT_SUFFIXES):
-        return "weights"
-    return "other"
+def _hashed(name: str) -> bool:
+    """Whether a file's fingerprint holds a digest of its contents (`HASHED_SUFFIXES`), not only its size."""
+    return name.lower().endswith(HASHED_SUFFIXES)
 
 
 def _file_entry(path: Path, size: int) -> dict[str, Any]:
-    kind = _kind(path.name)
-    if kind == "text":
-        return {"size": size, "blake2b": _hash_file(path)}
-    if kind == "weights":
-        return {"size": size, "ends_blake2b": _hash_ends(path, size)}
-    return {"size": size}
+    return {"size": size, "sha256": file_sha256(path)} if _hashed(path.name) else {"size": size}
 
 
 def _walk(folder: Path, prefix: str, seen: set[tuple[int, int]]) -> Iterator[tuple[str, Path, os.stat_result | None]]:
@@ -712,8 +474,8 @@ def fingerprint_path(path: Path) -> dict[str, Any]:
         path: the file or folder.
 
     Returns:
-        `{"missing": true}`, a file's entry (`size` and a hash for text and weight files), or for a folder
-        `{"files": {relative path: entry} for text and weight files, "other": {"count", "bytes", "blake2b"}}`.
+        `{"missing": true}`, a file's entry (`size`, and `sha256` for a file in `HASHED_SUFFIXES`), or for a
+        folder `{"files": {relative path: entry} of its hashed files, "other": {"count", "bytes", "blake2b"}}`.
     """
     if not path.exists():
         return {"missing": True}
@@ -726,7 +488,7 @@ def fingerprint_path(path: Path) -> dict[str, Any]:
     for rel, file, st in _walk(path, "", {(root_stat.st_dev, root_stat.st_ino)}):
         if st is None:
             files[rel] = {"missing": True}
-        elif _kind(rel) == "other":
+        elif not _hashed(rel):
             count += 1
             total += st.st_size
             other.update(f"{rel}\0{st.st_size}\n".encode())
@@ -743,7 +505,7 @@ def _model_fingerprint(params: Params, paths: ProjectPaths, spec: MllmParams) ->
     if spec.build_tiny is not None:
         return {}
     if spec.backend == "openai" and not spec.serve:
-        from agegender.mllm.backends.openai_backend import OPENAI_BASE_URL, safe_url
+        from agegender.mllm.backend_options import OPENAI_BASE_URL, safe_url
 
         base_url = spec.options.get("base_url") or OPENAI_BASE_URL
         return {"backend": "openai", "model": spec.model or spec.options.get("model"), "base_url": safe_url(base_url)}
@@ -754,8 +516,10 @@ def _model_fingerprint(params: Params, paths: ProjectPaths, spec: MllmParams) ->
     cfg = params.finetune_mllm
     if cfg is not None and _inside(path, paths(cfg.out)):
         return out  # made by finetune_mllm: DVC tracks it as that stage's output
-    if not path.exists() and _is_hub_id(spec.model):
-        snapshot = _hub_snapshot(spec.model)
+    from agegender.mllm.backends.transformers_backend import cached_snapshot, is_hub_id
+
+    if not path.exists() and is_hub_id(spec.model):
+        snapshot = cached_snapshot(spec.model)
         out["folder"] = fingerprint_path(snapshot) if snapshot is not None else {"missing": True}
     elif path.exists() or spec.backend in _LOCAL_BACKENDS:
         out["folder"] = fingerprint_path(path)
@@ -799,7 +563,7 @@ def fingerprints(params: Params, paths: ProjectPaths) -> dict[str, dict]:
     out["prepare_data"] = {k: v for k, v in (("datasets", datasets), ("subsets", subsets)) if v}
 
     train = params.train_mivolo
-    pretrained = train.config.get("pretrained")
+    pretrained = train.config.pretrained
     out["train_mivolo"] = {"pretrained": _source(paths, str(pretrained))} if train.dataset and pretrained else {}
 
     models: dict[str, Any] = {}
@@ -819,8 +583,8 @@ def fingerprints(params: Params, paths: ProjectPaths) -> dict[str, dict]:
     finetune: dict[str, Any] = {}
     if ft is not None and ft.build_tiny is None and ft.base_model is not None:
         finetune["base_model"] = _source(paths, ft.base_model)
-        if ft.config.get("deepspeed"):
-            finetune["deepspeed"] = _source(paths, str(ft.config["deepspeed"]))
+        if ft.config.deepspeed:
+            finetune["deepspeed"] = _source(paths, ft.config.deepspeed)
     out["finetune_mllm"] = finetune
 
     for key, spec in params.query_mllms.models.items():
@@ -892,15 +656,12 @@ def add_check_parser(sub: Any) -> None:
 
 
 __all__ = [
+    "HASHED_SUFFIXES",
     "SECTIONS",
-    "SUPPORTED_MODEL_TYPES",
     "Problem",
     "Problems",
     "add_check_parser",
-    "check_llava_folder",
-    "check_mivolo_checkpoint",
     "check_params",
-    "check_predictions_file",
     "fingerprint_path",
     "fingerprints",
     "format_problems",

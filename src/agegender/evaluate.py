@@ -146,6 +146,26 @@ def read_external_predictions(
     return table
 
 
+def check_predictions_file(path: Path, model: str) -> list[str]:
+    """The pre-flight check of an external prediction table (`agegender check`): its problem as a line, or none.
+
+    The same reading and checks as the predict stage's `read_external_predictions`, so that check and stage
+    cannot disagree; the sample ids are checked by the stage only, against the sample table it has.
+
+    Args:
+        path: a `.parquet` or `.csv` file.
+        model: the model name its `model` column must hold (when it has one).
+
+    Returns:
+        One line per problem (the first the reader finds).
+    """
+    try:
+        read_external_predictions(path, model, None)
+    except InputError as exc:
+        return [str(exc)]
+    return []
+
+
 def select_samples(samples: pd.DataFrame, split: str | None, datasets: Sequence[str] | None = None) -> pd.DataFrame:
     """The evaluated samples: one split (None = all) of the given data sets (None = all)."""
     keep = pd.Series(True, index=samples.index)

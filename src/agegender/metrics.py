@@ -23,8 +23,10 @@ from __future__ import annotations
 import re
 import warnings
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -38,35 +40,7 @@ from agegender.errors import InputError
 #: Float tolerance of the threshold metrics: 30.000000001 vs 25 still counts as an error of 5 years.
 TOLERANCE: float = 1e-9
 
-#: Metrics that get a confidence interval, in output order.
-CI_METRICS: tuple[str, ...] = ("age_mae", "age_cs5", "age_mape", "age_ce20", "gender_acc", "class_acc", "class_mae")
-
-#: Metrics `paired_bootstrap` accepts (the same set).
-PAIRED_METRICS: tuple[str, ...] = CI_METRICS
-
 VIEWS: tuple[str, ...] = ("answered", "common")
-
-#: Columns of `evaluate`'s output without confidence intervals, in order.
-EVAL_COLUMNS: tuple[str, ...] = (
-    "dataset",
-    "input",
-    "model",
-    "view",
-    "n_total",
-    "n_answered",
-    "coverage",
-    "age_n",
-    "age_mae",
-    "age_cs5",
-    "age_mape",
-    "age_ce20",
-    "gender_n",
-    "gender_acc",
-    "class_scheme",
-    "class_n",
-    "class_acc",
-    "class_mae",
-)
 
 # Bound on the elements of one resample-weight matrix (float64), so that 84k samples x 1000 resamples
 # are processed in chunks of ~16 MB instead of one 670 MB matrix.
@@ -101,6 +75,33 @@ def _mean(values: np.ndarray) -> float:
     return float(values.mean()) if values.size else float("nan")
 
 
+def absolute_error(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """Per-sample |pred - gt|: years for ages, classes for class indices (the MAEs average it)."""
+    return np.abs(pred - gt)
+
+
+def within(pred: np.ndarray, gt: np.ndarray, k: float) -> np.ndarray:
+    """Per-sample 1.0 where |pred - gt| <= k (inclusive, with `TOLERANCE`), else 0.0: CS@k averages it."""
+    return (np.abs(pred - gt) <= k + TOLERANCE).astype("float64")
+
+
+def beyond(pred: np.ndarray, gt: np.ndarray, k: float) -> np.ndarray:
+    """Per-sample 1.0 where |pred - gt| >= k (inclusive, with `TOLERANCE`), else 0.0: CE@k averages it."""
+    return (np.abs(pred - gt) >= k - TOLERANCE).astype("float64")
+
+
+def relative_error(pred: np.ndarray, gt: np.ndarray, eps: float = 1.0) -> np.ndarray:
+    """Per-sample |pred - gt| / (gt + eps), the term of the paper's eq. 1 (MAPE averages it); eps = 1 keeps
+    infants (gt near 0) from dominating the mean."""
+    return np.abs(pred - gt) / (gt + eps)
+
+
+def equal(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """Per-sample 1.0 where the prediction is the ground truth (gender or class codes), else 0.0: accuracies
+    average it."""
+    return (pred == gt).astype("float64")
+
+
 def age_mae(pred: ArrayLike, gt: ArrayLike) -> float:
     """Mean absolute age error in years.
 
@@ -111,8 +112,7 @@ def age_mae(pred: ArrayLike, gt: ArrayLike) -> float:
     Returns:
         mean |pred - gt|; NaN for empty input (a NaN in the input gives NaN: mask first).
     """
-    p, g = _pair(pred, gt)
-    return _mean(np.abs(p - g))
+    return _mean(absolute_error(*_pair(pred, gt)))
 
 
 def cs_at(pred: ArrayLike, gt: ArrayLike, k: float = 5.0) -> float:
@@ -129,7 +129,7 @@ def cs_at(pred: ArrayLike, gt: ArrayLike, k: float = 5.0) -> float:
     p, g = _pair(pred, gt)
     if np.isnan(p).any() or np.isnan(g).any():
         return float("nan")
-    return _mean(np.abs(p - g) <= k + TOLERANCE)
+    return _mean(within(p, g, k))
 
 
 def ce_at(pred: ArrayLike, gt: ArrayLike, k: float = 20.0) -> float:
@@ -146,13 +146,11 @@ def ce_at(pred: ArrayLike, gt: ArrayLike, k: float = 20.0) -> float:
     p, g = _pair(pred, gt)
     if np.isnan(p).any() or np.isnan(g).any():
         return float("nan")
-    return _mean(np.abs(p - g) >= k - TOLERANCE)
+    return _mean(beyond(p, g, k))
 
 
 def mape(pred: ArrayLike, gt: ArrayLike, eps: float = 1.0) -> float:
     """Mean absolute percentage error of the paper's eq. 1: mean |pred - gt| / (gt + eps).
-
-    eps = 1 keeps infants (gt near 0) from dominating the mean.
 
     Args:
         pred: predicted ages.
@@ -162,8 +160,7 @@ def mape(pred: ArrayLike, gt: ArrayLike, eps: float = 1.0) -> float:
     Returns:
         A FRACTION (0.1686 for the paper's 16.86 %); NaN for empty input.
     """
-    p, g = _pair(pred, gt)
-    return _mean(np.abs(p - g) / (g + eps))
+    return _mean(relative_error(*_pair(pred, gt), eps))
 
 
 def gender_accuracy(pred: ArrayLike, gt: ArrayLike) -> float:
@@ -183,6 +180,171 @@ def gender_accuracy(pred: ArrayLike, gt: ArrayLike) -> float:
     if len(p) == 0 or p.isna().any() or g.isna().any():
         return float("nan")
     return float(np.asarray(p == g, dtype=bool).mean())
+
+
+# --------------------------------------------------------------------------------------------------
+# The metric table
+# --------------------------------------------------------------------------------------------------
+
+#: The ground truth a metric scores. Its samples are the answered ones with that label and a prediction
+#: of it; `evaluate` counts them in the column `<target>_n`.
+Target = Literal["age", "gender", "class"]
+TARGETS: tuple[Target, ...] = ("age", "gender", "class")
+
+
+@dataclass(frozen=True)
+class MetricDef:
+    """One metric: how a sample scores, how the reports show it, and how far it may move between runs.
+
+    Everything that reads metrics (evaluation, bootstrap intervals, flat metrics, report tables and
+    figures, checkpoint selection, the tolerance table) reads this, so that adding or changing a metric
+    is one entry of `METRICS`.
+
+    Attributes:
+        name: column of `evaluate`'s table and last part of a flat metrics key.
+        label: our name in tables and figures (``Age MAE``); a percent metric's header adds ``, %``.
+        target: the ground truth it scores; None for coverage (answered / evaluated samples).
+        per_sample: (prediction, ground truth) arrays -> each sample's score; the metric is its mean
+            over the target's samples, which is also what the bootstrap resamples. None for coverage,
+            which is a ratio of counts and has no bootstrap interval.
+        percent: a fraction (0.1686) that the reports print as percent (16.86).
+        higher_is_better: its direction (the arrows of the paper's headers, checkpoint selection).
+        statistic: how its sampling noise behaves without a bootstrap: ``rate`` for a share of samples
+            (Wilson's interval), ``mean_error`` for a mean of per-sample errors (the normal interval of a
+            mean absolute error); `agegender.tolerances` judges moved results by it.
+        digits: decimals printed, in display units (percent for percent metrics).
+        paper_label: the paper's wording where it differs from `label` (its tables call class accuracy
+            "Age Acc").
+        in_paper: whether the paper reports it (`paper_results.csv` may hold it).
+    """
+
+    name: str
+    label: str
+    target: Target | None
+    per_sample: Callable[[np.ndarray, np.ndarray], np.ndarray] | None
+    percent: bool
+    higher_is_better: bool
+    statistic: Literal["rate", "mean_error"]
+    digits: int = 2
+    paper_label: str | None = None
+    in_paper: bool = True
+
+    @property
+    def bootstrapped(self) -> bool:
+        """Whether `evaluate` gives it a percentile bootstrap interval (every per-sample mean)."""
+        return self.per_sample is not None
+
+    @property
+    def column_label(self) -> str:
+        """Our column header: the label with its unit (``Age CS@5, %``)."""
+        return f"{self.label}, %" if self.percent else self.label
+
+    @property
+    def paper_header(self) -> str:
+        """The paper's column header: its wording, unit and direction arrow (``Age CS@5, % ↑``)."""
+        unit = ", %" if self.percent else ""
+        return f"{self.paper_label or self.label}{unit} {'↑' if self.higher_is_better else '↓'}"
+
+    def format(self, value: float | None) -> str:
+        """The value as the paper prints it: percent metrics times 100; `digits` decimals; "-" when missing."""
+        if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+            return "-"
+        value = float(value)
+        return f"{100.0 * value if self.percent else value:.{self.digits}f}"
+
+    def format_delta(self, ours: float, paper: float) -> str:
+        """ours - paper in display units (percentage points for percent metrics), with an explicit sign (+0.07)."""
+        scale = 100.0 if self.percent else 1.0
+        delta = round(scale * (float(ours) - float(paper)), self.digits)
+        # round() may leave -0.0, which would print as "-0.00" for a perfect match
+        return f"{delta + 0.0:+.{self.digits}f}"
+
+
+METRICS: tuple[MetricDef, ...] = (
+    MetricDef(
+        "coverage", "Coverage", None, None, percent=True, higher_is_better=True, statistic="rate", in_paper=False
+    ),
+    MetricDef(
+        "age_mae", "Age MAE", "age", absolute_error, percent=False, higher_is_better=False, statistic="mean_error"
+    ),
+    MetricDef(
+        "age_cs5", "Age CS@5", "age", partial(within, k=5.0), percent=True, higher_is_better=True, statistic="rate"
+    ),
+    MetricDef(
+        "age_mape", "Age MAPE", "age", relative_error, percent=True, higher_is_better=False, statistic="mean_error"
+    ),
+    MetricDef(
+        "age_ce20",
+        "Age CE@20",
+        "age",
+        partial(beyond, k=20.0),
+        percent=True,
+        higher_is_better=False,
+        statistic="rate",
+        in_paper=False,
+    ),
+    MetricDef("gender_acc", "Gender Acc", "gender", equal, percent=True, higher_is_better=True, statistic="rate"),
+    MetricDef(
+        "class_acc",
+        "Class Acc",
+        "class",
+        equal,
+        percent=True,
+        higher_is_better=True,
+        statistic="rate",
+        paper_label="Age Acc",
+    ),
+    MetricDef(
+        "class_mae",
+        "Class MAE",
+        "class",
+        absolute_error,
+        percent=False,
+        higher_is_better=False,
+        statistic="mean_error",
+        digits=3,
+        paper_label="Age class MAE",
+    ),
+)
+
+METRICS_BY_NAME: dict[str, MetricDef] = {m.name: m for m in METRICS}
+
+#: Metrics with a bootstrap interval (and a paired bootstrap), in output order.
+CI_METRICS: tuple[str, ...] = tuple(m.name for m in METRICS if m.bootstrapped)
+
+#: Metrics that are fractions, printed as percent.
+PERCENT_METRICS: frozenset[str] = frozenset(m.name for m in METRICS if m.percent)
+
+#: Count columns of `evaluate`'s output: evaluated and answered samples, and the samples of each target.
+COUNT_COLUMNS: tuple[str, ...] = ("n_total", "n_answered", *(f"{t}_n" for t in TARGETS))
+
+#: Text columns of `evaluate`'s output: the row's key and the class scheme of its data set.
+TEXT_COLUMNS: tuple[str, ...] = ("dataset", "input", "model", "view", "class_scheme")
+
+
+def _evaluation_columns() -> tuple[str, ...]:
+    """Key and counts, coverage, then per target its count and metrics; the class scheme heads the class block."""
+    columns = [*TEXT_COLUMNS[:4], "n_total", "n_answered", *(m.name for m in METRICS if m.target is None)]
+    for target in TARGETS:
+        columns += ["class_scheme"] if target == "class" else []
+        columns += [f"{target}_n", *(m.name for m in METRICS if m.target == target)]
+    return tuple(columns)
+
+
+#: Columns of `evaluate`'s output without confidence intervals, in order.
+EVAL_COLUMNS: tuple[str, ...] = _evaluation_columns()
+
+
+def metric_def(name: str) -> MetricDef:
+    """The entry of `METRICS` called `name`.
+
+    Raises:
+        ValueError: naming the known metrics.
+    """
+    try:
+        return METRICS_BY_NAME[name]
+    except KeyError:
+        raise ValueError(f"unknown metric {name!r}; expected one of {list(METRICS_BY_NAME)}") from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -388,7 +550,7 @@ def class_accuracy(pred_idx: ArrayLike, gt_idx: ArrayLike) -> float:
     p, g = _ints(pred_idx, "pred_idx"), _ints(gt_idx, "gt_idx")
     if p.shape != g.shape:
         raise ValueError(f"pred_idx and gt_idx differ in length ({p.size} vs {g.size})")
-    return _mean(p == g)
+    return _mean(equal(p, g))
 
 
 def class_mae(pred_idx: ArrayLike, gt_idx: ArrayLike) -> float:
@@ -404,7 +566,7 @@ def class_mae(pred_idx: ArrayLike, gt_idx: ArrayLike) -> float:
     p, g = _ints(pred_idx, "pred_idx"), _ints(gt_idx, "gt_idx")
     if p.shape != g.shape:
         raise ValueError(f"pred_idx and gt_idx differ in length ({p.size} vs {g.size})")
-    return _mean(np.abs(p - g).astype("float64"))
+    return _mean(absolute_error(p, g).astype("float64"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -538,14 +700,16 @@ class _Prepared:
     mod: np.ndarray
     group: np.ndarray  # dense code of (dataset, input, model), sorted order
     ok: np.ndarray
+    # per target (`TARGETS`): prediction, ground truth, and whether the row is scored on it (answered, both known)
+    age_pred: np.ndarray
     age_gt: np.ndarray
     age_valid: np.ndarray
-    age_err: np.ndarray  # 0 where not valid
+    gender_pred: np.ndarray  # codes into GENDERS, -1 missing
+    gender_gt: np.ndarray
     gender_valid: np.ndarray
-    gender_correct: np.ndarray
+    class_pred: np.ndarray  # class indices, -1 missing
+    class_gt: np.ndarray
     class_valid: np.ndarray
-    class_abs: np.ndarray
-    class_correct: np.ndarray
 
     @property
     def n_groups(self) -> int:
@@ -557,24 +721,15 @@ class _Prepared:
         return group // (n_inp * n_mod), (group // n_mod) % n_inp, group % n_mod
 
     def values(self, metric: str) -> tuple[np.ndarray, np.ndarray]:
-        """(per-row value, per-row validity) of a metric; values are 0 where not valid."""
-        if metric == "age_mae":
-            return self.age_err, self.age_valid
-        if metric == "age_cs5":
-            return (self.age_valid & (self.age_err <= 5.0 + TOLERANCE)).astype("float64"), self.age_valid
-        if metric == "age_mape":
-            with np.errstate(invalid="ignore", divide="ignore"):
-                v = np.where(self.age_valid, self.age_err / (self.age_gt + 1.0), 0.0)
-            return v, self.age_valid
-        if metric == "age_ce20":
-            return (self.age_valid & (self.age_err >= 20.0 - TOLERANCE)).astype("float64"), self.age_valid
-        if metric == "gender_acc":
-            return self.gender_correct.astype("float64"), self.gender_valid
-        if metric == "class_acc":
-            return self.class_correct.astype("float64"), self.class_valid
-        if metric == "class_mae":
-            return self.class_abs.astype("float64"), self.class_valid
-        raise ValueError(f"unknown metric {metric!r}; expected one of {list(PAIRED_METRICS)}")
+        """(per-row score, per-row validity) of a bootstrapped metric (`CI_METRICS`); scores are 0 where not valid."""
+        definition = metric_def(metric)
+        if definition.per_sample is None or definition.target is None:
+            raise ValueError(f"metric {metric!r} has no per-sample score; expected one of {list(CI_METRICS)}")
+        target = definition.target
+        valid = getattr(self, f"{target}_valid")
+        with np.errstate(invalid="ignore", divide="ignore"):  # rows off the mask may hold NaN or -1 codes
+            score = definition.per_sample(getattr(self, f"{target}_pred"), getattr(self, f"{target}_gt"))
+        return np.where(valid, score, 0.0).astype("float64", copy=False), valid
 
 
 def _require(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
@@ -683,12 +838,10 @@ def _prepare(samples: pd.DataFrame, predictions: pd.DataFrame) -> _Prepared:
     age_pred = predictions["age_pred"].to_numpy(dtype="float64", na_value=np.nan)
     age_gt = age_gt_s[pos]
     age_valid = ok & ~np.isnan(age_gt) & ~np.isnan(age_pred)
-    age_err = np.where(age_valid, np.abs(age_pred - age_gt), 0.0)
 
     gender_gt = gender_gt_s[pos]
     gender_pred = _gender_codes(predictions["gender_pred"])
     gender_valid = ok & (gender_gt >= 0) & (gender_pred >= 0)
-    gender_correct = gender_valid & (gender_gt == gender_pred)
 
     class_gt = class_gt_s[pos]
     class_pred = np.full(len(predictions), -1, dtype=np.int64)
@@ -697,8 +850,6 @@ def _prepare(samples: pd.DataFrame, predictions: pd.DataFrame) -> _Prepared:
             rows = np.flatnonzero(ds == d)
             class_pred[rows] = age_to_class(age_pred[rows], scheme)
     class_valid = ok & (class_gt >= 0) & (class_pred >= 0)
-    class_abs = np.where(class_valid, np.abs(class_pred - class_gt), 0)
-    class_correct = class_valid & (class_pred == class_gt)
 
     return _Prepared(
         datasets=datasets,
@@ -713,14 +864,15 @@ def _prepare(samples: pd.DataFrame, predictions: pd.DataFrame) -> _Prepared:
         mod=mod,
         group=group,
         ok=ok,
+        age_pred=age_pred,
         age_gt=age_gt,
         age_valid=age_valid,
-        age_err=age_err,
+        gender_pred=gender_pred,
+        gender_gt=gender_gt,
         gender_valid=gender_valid,
-        gender_correct=gender_correct,
+        class_pred=class_pred,
+        class_gt=class_gt,
         class_valid=class_valid,
-        class_abs=class_abs,
-        class_correct=class_correct,
     )
 
 
@@ -792,7 +944,7 @@ def evaluate(
         raise ValueError(f"views must be a non-empty subset of {list(VIEWS)}, got {list(views)}")
     columns = list(EVAL_COLUMNS) + ([f"{m}_ci_{s}" for m in CI_METRICS for s in ("low", "high")] if ci else [])
     if len(predictions) == 0:
-        return pd.DataFrame({c: pd.Series(dtype="object" if c in _TEXT_COLUMNS else "float64") for c in columns})
+        return pd.DataFrame({c: pd.Series(dtype="object" if c in TEXT_COLUMNS else "float64") for c in columns})
 
     prep = _prepare(samples, predictions)
     present = np.bincount(prep.group, minlength=prep.n_groups) > 0
@@ -817,14 +969,14 @@ def evaluate(
             "coverage": n_answered / n_total,
         }
         counts = {}
-        for label in ("age", "gender", "class"):  # the metrics of a label share its mask
-            valid = getattr(prep, f"{label}_valid")
-            counts[label] = np.bincount(g[valid[rows]], minlength=prep.n_groups)[groups].astype(np.int64)
-            out[f"{label}_n"] = counts[label]
+        for target in TARGETS:  # the metrics of a target share its mask
+            valid = getattr(prep, f"{target}_valid")
+            counts[target] = np.bincount(g[valid[rows]], minlength=prep.n_groups)[groups].astype(np.int64)
+            out[f"{target}_n"] = counts[target]
         for name in CI_METRICS:
-            # values are 0 off their label mask, so summing over all rows of the view sums the labelled ones
+            # values are 0 off their target's mask, so summing over all rows of the view sums the scored ones
             total = np.bincount(g, weights=metric_values[name][0][rows], minlength=prep.n_groups)[groups]
-            out[name] = _ratio(total, counts[name.split("_")[0]])
+            out[name] = _ratio(total, counts[metric_def(name).target])
         # object dtype keeps None (pandas 3 would turn a str column's None into NaN)
         out["class_scheme"] = pd.Series(
             [None if (s := prep.scheme_of_dataset[k]) is None else s.name for k in d], dtype="object"
@@ -840,9 +992,6 @@ def evaluate(
 
     result = pd.concat(frames, ignore_index=True)[columns]
     return result.sort_values(["dataset", "input", "model", "view"], kind="stable").reset_index(drop=True)
-
-
-_TEXT_COLUMNS = frozenset({"dataset", "input", "model", "view", "class_scheme"})
 
 
 def _row_intervals(
@@ -906,7 +1055,7 @@ def paired_bootstrap(
         input: the input kind.
         model_a: first model.
         model_b: second model.
-        metric: one of `PAIRED_METRICS` (e.g. ``age_mae``).
+        metric: one of `CI_METRICS` (e.g. ``age_mae``).
         n_resamples: number of resamples.
         ci_level: confidence level of the difference's interval.
         seed: seed of the resamples.
@@ -918,8 +1067,8 @@ def paired_bootstrap(
     Raises:
         ValueError: unknown metric, or a dataset/input/model that has no prediction rows.
     """
-    if metric not in PAIRED_METRICS:
-        raise ValueError(f"unknown metric {metric!r}; expected one of {list(PAIRED_METRICS)}")
+    if metric not in CI_METRICS:
+        raise ValueError(f"unknown metric {metric!r}; expected one of {list(CI_METRICS)}")
     prep = _prepare(samples, predictions)
     value, valid = prep.values(metric)
     per_model = []
@@ -1014,7 +1163,7 @@ def age_group_mae(
     n_bins = len(edges)
     key = prep.group[mask] * n_bins + bins
     n = np.bincount(key, minlength=prep.n_groups * n_bins)
-    err = np.bincount(key, weights=prep.age_err[mask], minlength=prep.n_groups * n_bins)
+    err = np.bincount(key, weights=prep.values("age_mae")[0][mask], minlength=prep.n_groups * n_bins)
     cells = np.flatnonzero(n)
     group, b = cells // n_bins, cells % n_bins
     d, i, m = prep.unpack(group)
@@ -1048,7 +1197,7 @@ def flat_metrics(table: pd.DataFrame, *, views: Sequence[str] = ("answered",)) -
     Returns:
         A flat dict, keys sorted, ints for counts and floats for everything else.
     """
-    names = [c for c in table.columns if c not in _TEXT_COLUMNS]
+    names = [c for c in table.columns if c not in TEXT_COLUMNS]
     out: dict[str, float | int] = {}
     rows = table[table["view"].isin(list(views))]
     for row in rows.itertuples(index=False):  # over table rows (models x inputs), not samples
@@ -1060,5 +1209,5 @@ def flat_metrics(table: pd.DataFrame, *, views: Sequence[str] = ("answered",)) -
             value = rec[name]
             if pd.isna(value):
                 continue
-            out[f"{prefix}.{name}"] = int(value) if name.startswith("n_") or name.endswith("_n") else float(value)
+            out[f"{prefix}.{name}"] = int(value) if name in COUNT_COLUMNS else float(value)
     return dict(sorted(out.items()))

@@ -8,8 +8,6 @@ instead of surfacing later as a KeyError inside a notebook.
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,10 @@ import yaml
 
 from agegender.data.schema import INPUT_KINDS
 from agegender.errors import InputError, failure_budget
+from agegender.mivolo.config import TrainConfig
+from agegender.mllm.backend_options import check_backend_options
+from agegender.mllm.finetune_config import FinetuneConfig
+from agegender.settings import build_settings
 
 
 @dataclass(frozen=True)
@@ -87,14 +89,12 @@ class StudyParams:
 
 @dataclass(frozen=True)
 class TrainMivoloParams:
-    """Section `train_mivolo`: which data set trains MiVOLO and how (`agegender.mivolo.train.TrainConfig`).
-
-    `config` is checked by `TrainConfig.from_dict` when the stage runs (it needs torch, params do not).
-    """
+    """Section `train_mivolo`: which data set trains MiVOLO and how (`config`: `agegender.mivolo.config.TrainConfig`,
+    checked with the params, so a bad setting is reported by its key path before any stage runs)."""
 
     out: str = "models/mivolo"
     dataset: str | None = "demo"  # None: this profile trains no MiVOLO (it uses released checkpoints)
-    config: dict[str, Any] = field(default_factory=dict)
+    config: TrainConfig = field(default_factory=TrainConfig)
 
 
 @dataclass(frozen=True)
@@ -115,15 +115,18 @@ class MllmParams:
         model: model id (server) or local folder; may be omitted when `build_tiny` is set.
         inputs: crops sent to it (`body`, `face`, `body_wo_face`).
         datasets: data sets it answers (None: all of `study.datasets`).
-        options: backend options (`base_url`, `concurrency`, `batch_size`, `api_key_env`, `system_prompt`, ...;
-            `allow_insecure_http: true` lets the `openai` backend use a plain-http base_url that is not loopback).
+        options: backend options, checked when params are loaded against the backend's options class
+            (`agegender.mllm.backend_options`: `OpenAIOptions` with `base_url`, `concurrency`, `api_key_env`,
+            `allow_insecure_http`, ...; `TransformersOptions` with `batch_size`, `system_prompt`, ...). With `serve`,
+            the served backend's options and the client's `concurrency`.
         max_side: downscale crops so that the longer side is at most this (None: original size, the
             paper's setting for ChatGPT; LLaVA processors resize on their own).
         serve: start agegender's OpenAI-compatible server on loopback for this local model (transformers) and
             query it through the `openai` backend, as one would a vLLM or SGLang server.
         build_tiny: build an untrained tiny LLaVA into the stage's output first (demo profile only).
         inputs_by_dataset: other crops for some data sets, e.g. `{lagenda: [body]}` (the paper ran LLaVA-NeXT on
-            full LAGENDA with body crops only, on NanoLAGENDA with body and body without face).
+            full LAGENDA with body crops only, on NanoLAGENDA with body and body without face). The stage and
+            `agegender cost` plan with it alike (`agegender.mllm.runner.model_plan`).
         max_failed: rows that may stay `failed` after retries before the stage fails (after writing what was
             answered; a rerun resends only the failures): a count (`25`) or a percentage of the stage's rows
             (`"0.5%"`). 0 accepts none; a run that answered nothing fails whatever this says.
@@ -139,14 +142,6 @@ class MllmParams:
     build_tiny: TinyMllmParams | None = None
     inputs_by_dataset: dict[str, tuple[str, ...]] = field(default_factory=dict)
     max_failed: int | str = 0
-
-    def plan(self, study_datasets: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
-        """Input kind -> the data sets queried with it (`inputs_by_dataset` overrides `inputs` per data set)."""
-        plan: dict[str, list[str]] = {}
-        for name in self.datasets or study_datasets:
-            for kind in self.inputs_by_dataset.get(name, self.inputs):
-                plan.setdefault(kind, []).append(name)
-        return {kind: tuple(names) for kind, names in plan.items()}
 
 
 @dataclass(frozen=True)
@@ -206,11 +201,11 @@ class FinetuneMllmParams:
         base_model: local Hugging Face folder to start from (paper: ShareGPT4V-7B in HF format). With neither
             `base_model` nor `build_tiny`, the profile fine-tunes nothing and the stage says so.
         build_tiny: demo only: build an untrained tiny LLaVA with these `build_tiny_llava` arguments instead.
-        config: `agegender.mllm.finetune.FinetuneConfig` (checked when the stage runs).
+        config: `agegender.mllm.finetune_config.FinetuneConfig`, checked with the params.
         inputs: crops the kept model answers on the study's data sets.
         datasets: data sets it answers (None: all of `study.datasets`).
-        backend_options: options of the `transformers` backend that answers with the kept model, e.g.
-            `{batch_size: 32}` on a GPU (selection and predictions).
+        backend_options: `TransformersOptions` of the backend that answers with the kept model, e.g.
+            `{batch_size: 32}` on a GPU (selection and predictions); checked when params are loaded.
         launch: train through `accelerate launch` in several processes (e.g. 8 GPUs, ZeRO-3 with
             `config.deepspeed`); None = in the stage's own process.
     """
@@ -221,7 +216,7 @@ class FinetuneMllmParams:
     dataset: str = "demo"
     base_model: str | None = None
     build_tiny: dict[str, Any] | None = None
-    config: dict[str, Any] = field(default_factory=dict)
+    config: FinetuneConfig = field(default_factory=FinetuneConfig)
     select: SelectionParams = field(default_factory=SelectionParams)
     inputs: tuple[str, ...] = ("body", "body_wo_face")
     datasets: tuple[str, ...] | None = None
@@ -337,6 +332,7 @@ class Params:
                 raise ValueError(f"query_mllms.models.{name}.inputs: {bad} not among ['body', 'face', 'body_wo_face']")
             if m.model is None and m.build_tiny is None:
                 raise ValueError(f"query_mllms.models.{name}: needs `model` (or `build_tiny` in the demo profile)")
+            check_backend_options(m.backend, m.options, where=f"query_mllms.models.{name}.options", serve=m.serve)
             try:
                 failure_budget(m.max_failed, 0)
             except InputError as exc:
@@ -354,6 +350,9 @@ class Params:
         names = [*self.predict.models, *self.predict.external, *self.query_mllms.models]
         if self.finetune_mllm is not None:
             names.append(self.finetune_mllm.name)
+            check_backend_options(
+                "transformers", self.finetune_mllm.backend_options, where="finetune_mllm.backend_options"
+            )
         dotted = [n for n in [*names, *self.prepare_data.datasets, *self.prepare_data.subsets] if "." in n]
         if dotted:
             raise ValueError(
@@ -375,77 +374,6 @@ class Params:
                 raise ValueError(f"prepare_data.subsets.{name}.source: unknown data set {subset.source!r}")
 
 
-def _convert(tp: Any, value: Any, where: str) -> Any:
-    """Convert `value` to the annotated type `tp`, raising ValueError naming the key path `where`."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(tp)
-        if value is None and type(None) in options:
-            return None
-        inner = [t for t in options if t is not type(None)]
-        if len(inner) == 1:
-            return _convert(inner[0], value, where)
-        for option in inner:  # in the annotation's order: `int | str` keeps 5 an int and reads "5%" as text
-            try:
-                return _convert(option, value, where)
-            except ValueError:
-                continue
-        names = " or ".join(getattr(t, "__name__", str(t)) for t in inner)
-        raise ValueError(f"{where}: expected {names}, got {value!r}")
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, where)
-    if origin is dict:
-        key_tp, val_tp = typing.get_args(tp)
-        if not isinstance(value, dict):
-            raise ValueError(f"{where}: expected a mapping, got {type(value).__name__}")
-        return {str(k): _convert(val_tp, v, f"{where}.{k}") for k, v in value.items()}
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ValueError(f"{where}: expected a list, got {type(value).__name__}")
-        (item_tp, _) = typing.get_args(tp)
-        return tuple(_convert(item_tp, v, f"{where}[{i}]") for i, v in enumerate(value))
-    if tp is Any:
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"{where}: expected true/false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ValueError(f"{where}: expected a string, got {value!r}")
-        return value
-    raise TypeError(f"{where}: unsupported annotation {tp!r}")
-
-
-def _build(cls: type, data: Any, where: str) -> Any:
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{where or 'params'}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        prefix = f"{where}." if where else ""
-        raise ValueError(f"{prefix}{unknown[0]}: unknown key (known: {', '.join(fields)})")
-    kwargs = {}
-    for name, f in fields.items():
-        path = f"{where}.{name}" if where else name
-        if name in data:
-            kwargs[name] = _convert(hints[name], data[name], path)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ValueError(f"{path}: required key is missing")
-    return cls(**kwargs)
-
-
 def params_from_dict(data: dict[str, Any], source: str | Path = "params") -> Params:
     """Build and validate `Params` from a parsed params mapping.
 
@@ -453,7 +381,7 @@ def params_from_dict(data: dict[str, Any], source: str | Path = "params") -> Par
         InputError: naming `source` and the key path of the first problem.
     """
     try:
-        return _build(Params, data, "")
+        return build_settings(Params, data)
     except ValueError as exc:
         raise InputError(str(exc), file=source) from None
 

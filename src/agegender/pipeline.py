@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from agegender.data.prepare import MASKED_FILE, SAMPLES_FILE, PreparedData, load_prepared
+from agegender.data.prepare import MASKED_FILE, SAMPLES_FILE, load_prepared
 from agegender.data.prepare import prepare_data as _prepare_data
 from agegender.errors import InputError
 from agegender.evaluate import (
@@ -109,7 +109,7 @@ def train_mivolo(params: Params, paths: ProjectPaths, *, progress: bool = True) 
     other settings, other data or other pretrained weights (by content) is cleared first (DVC reruns the stage
     exactly when those change).
     """
-    from agegender.mivolo.train import TrainConfig, pretrained_sha256
+    from agegender.mivolo.train import pretrained_sha256
     from agegender.mivolo.train import train_mivolo as _train
 
     cfg = params.train_mivolo
@@ -120,7 +120,7 @@ def train_mivolo(params: Params, paths: ProjectPaths, *, progress: bool = True) 
         write_metrics(paths, "train_mivolo", {"trained": False})
         reason = "train_mivolo.dataset is null: no MiVOLO is trained in this profile"
         return {"trained": False, "reason": reason, "history": []}
-    config = TrainConfig.from_dict(cfg.config)
+    config = cfg.config
     data = load_prepared(params, paths)
     samples = data.samples[data.samples["dataset"] == cfg.dataset].reset_index(drop=True)
     import agegender.mivolo
@@ -128,7 +128,7 @@ def train_mivolo(params: Params, paths: ProjectPaths, *, progress: bool = True) 
     _reset_if_changed(
         out,
         {
-            "config": cfg.config,
+            "config": config.to_dict(),
             "dataset": cfg.dataset,
             "samples": _digest(paths(params.prepare_data.out) / SAMPLES_FILE),
             "pretrained_sha256": pretrained_sha256(config.pretrained),
@@ -321,22 +321,6 @@ def _mivolo_history(params: Params, paths: ProjectPaths) -> pd.DataFrame | None:
     return pd.read_csv(path) if params.train_mivolo.dataset is not None and path.is_file() else None
 
 
-def _query_inputs(
-    data: PreparedData,
-    paths: ProjectPaths,
-    targets: dict[str, pd.DataFrame],
-    **run: object,
-) -> list:
-    """`run_queries` once per input kind over its samples (neighbours for masking: every sample)."""
-    from agegender.mllm.runner import run_queries
-
-    roots = data.image_roots(paths)
-    return [
-        run_queries(rows, data.masked, roots, input_kind=kind, context=data.samples, **run)  # type: ignore[arg-type]
-        for kind, rows in targets.items()
-    ]
-
-
 def query_mllms(params: Params, paths: ProjectPaths, model_key: str, *, progress: bool = True) -> dict:
     """Stage `query_mllms@<model_key>`: one MLLM, zero-shot with the paper's prompt, over the study's samples.
 
@@ -356,21 +340,16 @@ def query_mllms(params: Params, paths: ProjectPaths, model_key: str, *, progress
     import contextlib
     import sys
 
-    from agegender.mllm.backends import GenerationParams, create_backend
-    from agegender.mllm.runner import require_samples, run_outcome
-    from agegender.mllm.store import ResponseStore
+    from agegender.mllm.backends import GenerationParams
+    from agegender.mllm.runner import BackendSpec, model_plan, query_samples, require_samples
 
     cfg = params.query_mllms
-    if model_key not in cfg.models:
-        raise InputError(f"unknown model {model_key!r}; query_mllms.models has {sorted(cfg.models)}", field="model")
-    spec = cfg.models[model_key]
     data = load_prepared(params, paths)
-    samples = data.samples
-    plan = spec.plan(params.study.datasets)
-    targets = {kind: select_samples(samples, params.study.split, names) for kind, names in plan.items()}
     samples_file = paths(params.prepare_data.out) / SAMPLES_FILE
+    plan = model_plan(params, model_key, data.samples, source=samples_file)
+    spec = cfg.models[model_key]
     require_samples(
-        [sid for rows in targets.values() for sid in rows["sample_id"]],
+        plan.sample_ids(),
         source=samples_file,
         selection=f"none in split {params.study.split!r} of the data sets {model_key} answers",
     )
@@ -385,43 +364,34 @@ def query_mllms(params: Params, paths: ProjectPaths, model_key: str, *, progress
             shutil.rmtree(target)
         model = str(build_tiny_llava(target, kind=spec.build_tiny.kind, seed=spec.build_tiny.seed))
     generation = GenerationParams(**as_dict(cfg.generation))
-    store = ResponseStore(out / "store")
     with contextlib.ExitStack() as stack:
         options = dict(spec.options)
         if spec.serve:
+            from agegender.mllm.backend_options import SERVED_CLIENT_OPTIONS
             from agegender.mllm.server import running_server, served_identity
 
-            client_only = ("concurrency", "base_url", "api_key_env", "allow_insecure_http")
-            local = {k: v for k, v in options.items() if k not in client_only}
+            local = {k: v for k, v in options.items() if k not in SERVED_CLIENT_OPTIONS}
             base_url = stack.enter_context(
                 running_server(spec.backend, model, params=generation, backend_options=local, served_model=model_key)
             )
-            backend = create_backend(
-                "openai",
-                model_key,
-                params=generation,
-                base_url=base_url,
-                concurrency=options.get("concurrency", 8),
-                # the served folder's revision and preprocessing key the store, not only the name
-                served_identity=served_identity(base_url),
-            )
+            # the served folder's revision and preprocessing key the store, not only the name
+            client = {"base_url": base_url, "concurrency": options.get("concurrency", 8)}
+            client["served_identity"] = served_identity(base_url)
+            backend = BackendSpec("openai", model_key, generation, client)
         else:
-            backend = create_backend(spec.backend, model, params=generation, **options)
-        stack.callback(backend.close)
-        stack.callback(store.close)
-        results = _query_inputs(
-            data, paths, targets, backend=backend, store=store, prompt_version=cfg.prompt_version,
-            model_name=model_key, max_side=spec.max_side, progress=progress,
+            backend = BackendSpec(spec.backend, model, generation, options)
+        run = query_samples(
+            plan, data.masked, data.image_roots(paths), backend=backend, store=out / "store", context=data.samples,
+            prompt_version=cfg.prompt_version, max_side=spec.max_side, model_name=model_key, progress=progress,
+            max_failed=spec.max_failed, budget_name=f"query_mllms.models.{model_key}.max_failed",
         )  # fmt: skip
-    outcome = run_outcome(
-        [r.manifest for r in results], spec.max_failed, budget_name=f"query_mllms.models.{model_key}.max_failed"
-    )
+    results, outcome = list(run.results.values()), run.outcome
     ending = {"out": out / "predictions.parquet", "store": out / "store", "rerun": f"stage query_mllms@{model_key}"}
     outcome.check_answered(source=samples_file, **ending)
-    table = pd.concat([r.predictions for r in results], ignore_index=True)
+    table = run.predictions
     _write_predictions(table, out, "predictions")
-    manifest = {"model": model_key, "runs": {kind: r.manifest for kind, r in zip(plan, results, strict=True)}}
-    manifest["datasets"] = {kind: list(names) for kind, names in plan.items()}
+    manifest = {"model": model_key, "runs": {kind: r.manifest for kind, r in run.results.items()}}
+    manifest["datasets"] = {kind: list(names) for kind, names in plan.datasets.items()}
     atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True, default=str) + "\n")
     counts = table.groupby(["input", "status"]).size()
     summary = {f"{kind}.{status}": int(n) for (kind, status), n in counts.items()}
@@ -456,7 +426,7 @@ def _launch_finetune(
     cfg = params.finetune_mllm
     assert cfg is not None and cfg.launch is not None
     config_file = out / "launch_config.yaml"
-    config_file.write_text(yaml.safe_dump({"config": dict(cfg.config)}, sort_keys=True))
+    config_file.write_text(yaml.safe_dump({"config": cfg.config.to_dict()}, sort_keys=True))
     prepared = paths(params.prepare_data.out)
     image_roots = [f"{name}={root}" for name, root in roots.items()]
     command = [sys.executable, "-m", "accelerate.commands.launch"]
@@ -482,10 +452,10 @@ def finetune_mllm(params: Params, paths: ProjectPaths, *, progress: bool = True)
     a Hugging Face folder the `transformers` and `vllm` backends serve unchanged; `<out>/selection.md`), then the
     kept model answers the study's samples like any zero-shot model (`<predictions>/predictions.parquet`).
     """
-    from agegender.mllm.backends import GenerationParams, create_backend
-    from agegender.mllm.finetune import FinetuneConfig, finetune
+    from agegender.mllm.backends import GenerationParams
+    from agegender.mllm.finetune import finetune
+    from agegender.mllm.runner import BackendSpec, plan_queries, query_samples
     from agegender.mllm.select import keep_best, select_checkpoint
-    from agegender.mllm.store import ResponseStore
 
     cfg = params.finetune_mllm
     if cfg is None:
@@ -497,7 +467,7 @@ def finetune_mllm(params: Params, paths: ProjectPaths, *, progress: bool = True)
         write_metrics(paths, "finetune_mllm", {"finetuned": False})
         reason = "finetune_mllm has neither base_model nor build_tiny: nothing is fine-tuned in this profile"
         return {"finetuned": False, "reason": reason, "selection": pd.DataFrame()}
-    config = FinetuneConfig.from_dict(cfg.config)
+    config = cfg.config
     data = load_prepared(params, paths)
     samples, roots = data.samples, data.image_roots(paths)
     pool = samples[samples["dataset"] == cfg.dataset].reset_index(drop=True)
@@ -554,17 +524,13 @@ def finetune_mllm(params: Params, paths: ProjectPaths, *, progress: bool = True)
 
     preds_dir = paths(cfg.predictions)
     preds_dir.mkdir(parents=True, exist_ok=True)
-    targets = select_samples(samples, params.study.split, cfg.datasets or params.study.datasets)
-    backend = create_backend("transformers", str(best), params=generation, **options)
-    try:
-        with ResponseStore(out / "query_store") as store:
-            results = _query_inputs(
-                data, paths, {kind: targets for kind in cfg.inputs}, backend=backend, store=store,
-                prompt_version=params.query_mllms.prompt_version, model_name=cfg.name, progress=progress,
-            )  # fmt: skip
-    finally:
-        backend.close()
-    table = pd.concat([r.predictions for r in results], ignore_index=True)
+    plan = plan_queries(samples, cfg.inputs, split=params.study.split, datasets=cfg.datasets or params.study.datasets)
+    run = query_samples(
+        plan, data.masked, roots, backend=BackendSpec("transformers", str(best), generation, options),
+        store=out / "query_store", context=samples, prompt_version=params.query_mllms.prompt_version,
+        model_name=cfg.name, progress=progress,
+    )  # fmt: skip
+    table = run.predictions
     _write_predictions(table, preds_dir, "predictions")
     summary = {
         "train_steps": trained.get("steps"),

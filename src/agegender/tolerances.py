@@ -36,6 +36,7 @@ from statistics import NormalDist
 from typing import Any, Literal
 
 from agegender.errors import InputError
+from agegender.metrics import METRICS
 
 Kind = Literal["exact", "ci", "rate", "mean_error", "free", "timing", "cache"]
 
@@ -79,13 +80,21 @@ TOLERANCES: tuple[Tolerance, ...] = (
     Tolerance(f"{_QUERY}:cache_hits", "cache", why="what the response store held before the run"),
     Tolerance(f"{_QUERY}:no_crop", "exact", why="crops are cut from the data with integer boxes"),
     Tolerance(f"{_QUERY}:*.*", "rate", SIBLINGS, why="answer statuses of a generating model, out of its queries"),
-    Tolerance(f"{_TRAIN}:val_age_mae", "mean_error", "val_n", why="MAE of the trained MiVOLO on the val split"),
-    Tolerance(f"{_TRAIN}:val_gender_acc", "rate", "val_n", why="gender accuracy of the trained MiVOLO on val"),
+    # a metric without a bootstrap interval is judged by the interval its statistic (`MetricDef.statistic`) has
+    *(
+        Tolerance(f"{_TRAIN}:val_{m.name}", m.statistic, "val_n", why=f"{m.label} of the trained MiVOLO on val")
+        for m in METRICS
+        if m.bootstrapped
+    ),
     Tolerance(f"{_FT}:train_loss", "free", why="a training diagnostic: the model is judged by its held-out metrics"),
     Tolerance(f"{_FT}:selection.best_name", "free", why="which checkpoint won follows the selection metrics"),
     Tolerance(f"{_FT}:selection.best_step", "free", why="which checkpoint won follows the selection metrics"),
     Tolerance(f"{_FT}:selection.best_epoch_fraction", "free", why="which checkpoint won follows the selection metrics"),
-    Tolerance(f"{_FT}:selection.best_age_ma*", "mean_error", "best_n", why="MAE / MAPE of the kept checkpoint"),
+    *(
+        Tolerance(f"{_FT}:selection.best_{m.name}", m.statistic, "best_n", why=f"{m.label} of the kept checkpoint")
+        for m in METRICS
+        if m.statistic == "mean_error"
+    ),
     Tolerance(f"{_FT}:selection.best_*", "rate", "best_n", why="rates and answered count of the kept checkpoint"),
     Tolerance(f"{_FT}:selection.*", "exact", why="the selection's settings and number of checkpoints"),
     Tolerance(f"{_FT}:*.*", "rate", SIBLINGS, why="answer statuses of the fine-tuned model, out of its queries"),

@@ -16,7 +16,7 @@ sys.path.insert(0, str(TESTS))  # tests/mllm_fakes.py
 
 from mllm_fakes import ScriptedBackend, make_dataset  # noqa: E402
 
-from agegender.mllm.runner import crop_queries, run_queries  # noqa: E402
+from agegender.mllm.runner import crop_queries, plan_queries, query_samples  # noqa: E402
 from agegender.mllm.store import ResponseStore, iter_records  # noqa: E402
 
 
@@ -60,7 +60,8 @@ def test_sigkill_mid_run_then_resume(tmp_path: Path) -> None:
 
     # resume: only the requests without a stored answer are sent, and the table is whole
     backend = ScriptedBackend("fake-model")
-    result = run_queries(samples, None, data, input_kind="body", backend=backend, store=store, progress=False)
+    plan = plan_queries(samples, ["body"])
+    result = query_samples(plan, None, data, backend=backend, store=store, progress=False).results["body"]
     assert sorted(backend.requests) == sorted(set(expected) - done)
     assert result.manifest["cache_hits"] == len(done) and result.manifest["requests_sent"] == len(expected) - len(done)
     preds = result.predictions
@@ -68,5 +69,5 @@ def test_sigkill_mid_run_then_resume(tmp_path: Path) -> None:
     assert (preds["status"] == "ok").all()
     # and a third run sends nothing
     final = ScriptedBackend("fake-model")
-    run_queries(samples, None, data, input_kind="body", backend=final, store=ResponseStore(store_dir), progress=False)
+    query_samples(plan, None, data, backend=final, store=store_dir, progress=False)
     assert final.requests == []

@@ -19,8 +19,6 @@ from bad_images import write_empty, write_truncated_jpeg  # noqa: E402
 from agegender import cli  # noqa: E402
 from agegender.check import (  # noqa: E402
     Problem,
-    check_llava_folder,
-    check_mivolo_checkpoint,
     check_params,
     fingerprints,
     format_problems,
@@ -29,8 +27,10 @@ from agegender.check import (  # noqa: E402
 from agegender.data import readers  # noqa: E402
 from agegender.data.readers import check_dataset, read_dataset, register_reader, resolve_reader  # noqa: E402
 from agegender.errors import InputError  # noqa: E402
-from agegender.mivolo.checkpoint import save_checkpoint  # noqa: E402
+from agegender.fingerprint import file_sha256  # noqa: E402
+from agegender.mivolo.checkpoint import check_mivolo_checkpoint, save_checkpoint  # noqa: E402
 from agegender.mivolo.model import create_mivolo  # noqa: E402
+from agegender.mllm.convert import check_llava_folder  # noqa: E402
 from agegender.params import load_params, params_from_dict  # noqa: E402
 from agegender.paths import ProjectPaths  # noqa: E402
 
@@ -157,7 +157,6 @@ def test_every_fault_is_reported_at_once(project: Path) -> None:
     original = project / "models" / "llava-orig"
     _write(original / "config.json", json.dumps({"architectures": ["LlavaLlamaForCausalLM"], "mm_vision_tower": "x"}))
     cfg["query_mllms"]["models"]["llava"]["model"] = "models/llava-orig"
-    cfg["query_mllms"]["models"]["gpt4o"]["options"]["base_url"] = "http://example.com:8000/v1"
     cfg["finetune_mllm"]["config"]["deepspeed"] = "configs/missing.json"
     cfg["report"]["roles"]["imdb_clean"] = "imdb"
     cfg["train_mivolo"]["dataset"] = "nano"  # a subset, not a data set prepare_data reads
@@ -171,7 +170,6 @@ def test_every_fault_is_reported_at_once(project: Path) -> None:
         "predict.models.mivolo_d1.options.checkpoint": ("mivolo.pth.tar", "no state dict"),
         "predict.external.new_model.path": ("new.csv", "gender_pred"),
         "query_mllms.models.llava.model": ("llava-orig", "agegender convert-llava"),
-        "query_mllms.models.gpt4o.options.base_url": ("http://", "unencrypted"),
         "query_mllms.models.gpt4o.options.api_key_env": ("TEST_KEY",),
         "finetune_mllm.config.deepspeed": ("missing.json",),
         "report.roles.imdb_clean": ("'imdb'",),
@@ -187,6 +185,43 @@ def test_every_fault_is_reported_at_once(project: Path) -> None:
     assert "1 of 1 images" in by_where["prepare_data.datasets.lagenda"].message
     assert text.splitlines()[0] == f"{len(problems)} problems found:"
     assert "[prepare_data]" in text and "[report]" in text and f"{len(problems):3d}. " in text
+
+
+@pytest.mark.parametrize(
+    ("options", "where", "needles"),
+    [
+        ({"base_url": "http://example.com:8000/v1"}, "options.base_url", ("http://", "unencrypted")),
+        ({"concurency": 4}, "options.concurency", ("unknown key", "concurrency")),
+        ({"timeout_s": "fast"}, "options.timeout_s", ("expected a number",)),
+        ({"allow_insecure_http": "false"}, "options.allow_insecure_http", ("true/false",)),
+    ],
+)
+def test_backend_options_are_checked_with_their_key_path(
+    project: Path, capsys: pytest.CaptureFixture[str], options: dict, where: str, needles: tuple[str, ...]
+) -> None:
+    """`agegender check` reports an unknown, ill-typed or unsafe backend option of params.yaml by its key path."""
+    cfg = _config()
+    cfg["query_mllms"]["models"]["gpt4o"]["options"].update(options)
+    (project / "params.yaml").write_text(json.dumps(cfg))
+    assert cli.main(["check", "--root", str(project), "--params", "params.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert f"params.yaml: query_mllms.models.gpt4o.{where}: " in err
+    for needle in needles:
+        assert needle in err, (needle, err)
+
+
+def test_a_bad_training_setting_is_reported_with_its_key_path(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A training hyper-parameter is checked with the params, not when training starts hours later."""
+    cfg = _config()
+    cfg["train_mivolo"]["config"]["lr"] = -1
+    (project / "params.yaml").write_text(json.dumps(cfg))
+    assert cli.main(["check", "--root", str(project), "--params", "params.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "params.yaml: train_mivolo.config.lr: must be a number >= 0, got -1" in err
+    with pytest.raises(InputError, match=r"train_mivolo\.config\.lr: must be a number >= 0"):
+        load_params(project / "params.yaml")
 
 
 def test_every_bad_image_is_reported_at_once(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -277,14 +312,9 @@ def test_key_value_never_appears(
     cfg = _config()
     user_info = "https://user:hunter2-pass@api.example.com/v1?token=qs-secret-77"
     cfg["query_mllms"]["models"]["gpt4o"]["options"]["base_url"] = user_info
-    cfg["query_mllms"]["models"]["plain"] = {
-        "backend": "openai",
-        "model": "m",
-        "options": {"base_url": "http://10.1.2.3:8000/v1", "api_key_env": "TEST_KEY"},
-    }
     params = params_from_dict(cfg)
     problems = check_params(params, ProjectPaths(project), env=ENV)
-    assert [p.where for p in problems] == ["query_mllms.models.plain.options.base_url"]
+    assert problems == [], format_problems(problems)
     prints = fingerprints(params, ProjectPaths(project))
     assert prints["query_mllms/gpt4o"] == {
         "backend": "openai",
@@ -293,13 +323,27 @@ def test_key_value_never_appears(
     }
     _write(project / "params.yaml", json.dumps(cfg))
     monkeypatch.setenv("TEST_KEY", SECRET)
-    code = cli.main(["check", "--root", str(project), "--fingerprints", "data/sources"])
-    out = capsys.readouterr()
-    assert code == 1
+    assert cli.main(["check", "--root", str(project), "--fingerprints", "data/sources"]) == 0
+    clean = capsys.readouterr()
     written = "".join(p.read_text() for p in (project / "data" / "sources").rglob("*.json"))
+    # a refused base_url is reported when params are loaded, without the URL's secrets
+    cfg["query_mllms"]["models"]["plain"] = {
+        "backend": "openai",
+        "model": "m",
+        "options": {
+            "base_url": "http://user:hunter2-pass@10.1.2.3:8000/v1?token=qs-secret-77",
+            "api_key_env": "TEST_KEY",
+        },
+    }
+    with pytest.raises(InputError, match=r"query_mllms\.models\.plain\.options\.base_url: plain http://") as info:
+        params_from_dict(cfg)
+    _write(project / "params.yaml", json.dumps(cfg))
+    assert cli.main(["check", "--root", str(project), "--fingerprints", "data/sources"]) == 2
+    refused = capsys.readouterr()
     for secret in (SECRET, "hunter2-pass", "qs-secret-77"):
-        for shown in (format_problems(problems), repr(problems), json.dumps(prints), out.out, out.err, written):
+        for shown in (repr(problems), json.dumps(prints), clean.out, clean.err, written, str(info.value), refused.err):
             assert secret not in shown
+        assert secret not in refused.out
 
 
 def test_loopback_needs_no_key_and_unset_key_is_named(project: Path) -> None:
@@ -325,36 +369,37 @@ def test_loopback_needs_no_key_and_unset_key_is_named(project: Path) -> None:
         ("https://192.0.2.2/v1", False, False),
     ],
 )
-def test_check_refuses_plain_http_exactly_when_the_backend_does(
-    project: Path, url: str, allow: bool, refused: bool
-) -> None:
+def test_params_refuse_plain_http_exactly_when_the_backend_does(url: str, allow: bool, refused: bool) -> None:
     from agegender.mllm.backends.openai_backend import OpenAIBackend
 
     cfg = _config()
     options = {"base_url": url, "api_key_env": "TEST_KEY"} | ({"allow_insecure_http": True} if allow else {})
     cfg["query_mllms"]["models"]["gpt4o"]["options"] = options
-    problems = check_params(params_from_dict(cfg), ProjectPaths(project), env=ENV, sections=["query_mllms"])
-    assert [p.where for p in problems] == (["query_mllms.models.gpt4o.options.base_url"] if refused else [])
+    try:
+        params_from_dict(cfg)
+    except InputError as exc:
+        loaded = exc.message
+    else:
+        loaded = None
+    assert (loaded is not None) == refused
     try:
         OpenAIBackend("gpt-4o", base_url=url, api_key_env=None, allow_insecure_http=allow)
     except InputError as exc:
-        assert refused and problems[0].message == exc.message  # one check, the same words
+        # one check (OpenAIOptions), the same words
+        assert refused and loaded == f"query_mllms.models.gpt4o.options.base_url: {exc.message}"
     else:
         assert not refused
     if refused:
-        assert "allow_insecure_http: true" in problems[0].message and "unencrypted" in problems[0].message
+        assert "allow_insecure_http: true" in loaded and "unencrypted" in loaded
 
 
-def test_a_non_boolean_opt_in_is_reported(project: Path) -> None:
+def test_a_non_boolean_opt_in_is_reported() -> None:
     cfg = _config()
     cfg["query_mllms"]["models"]["gpt4o"]["options"] |= {"base_url": "http://192.0.2.2/v1", "allow_insecure_http": "no"}
-    problems = check_params(params_from_dict(cfg), ProjectPaths(project), env=ENV, sections=["query_mllms"])
-    by_where = {p.where: p.message for p in problems}
-    assert set(by_where) == {
-        "query_mllms.models.gpt4o.options.allow_insecure_http",
-        "query_mllms.models.gpt4o.options.base_url",
-    }
-    assert "true or false" in by_where["query_mllms.models.gpt4o.options.allow_insecure_http"]
+    with pytest.raises(
+        InputError, match=r"query_mllms\.models\.gpt4o\.options\.allow_insecure_http: expected true/false"
+    ):
+        params_from_dict(cfg)
 
 
 def test_backends_by_import_path_are_imported_and_named(project: Path) -> None:
@@ -469,8 +514,9 @@ def test_fingerprints_follow_content_and_keep_mtimes(project: Path) -> None:
     assert lagenda["other"]["count"] == 2  # the images: path and size only
     predict = json.loads((out / "predict.json").read_text())
     assert set(predict["models"]) == {"mivolo_d1"}  # train_mivolo's own output is DVC's business
-    assert "ends_blake2b" in predict["models"]["mivolo_d1"]["checkpoint"]
-    assert "blake2b" in predict["external"]["new_model"]
+    released = project / "models" / "released" / "mivolo.pth.tar"
+    assert predict["models"]["mivolo_d1"]["checkpoint"]["sha256"] == file_sha256(released)  # every byte
+    assert predict["external"]["new_model"]["sha256"] == file_sha256(project / "preds" / "new.csv")
     llava = json.loads((out / "query_mllms" / "llava.json").read_text())
     assert set(llava["folder"]["files"]) == {
         "config.json",
@@ -500,6 +546,20 @@ def test_fingerprints_follow_content_and_keep_mtimes(project: Path) -> None:
     del cfg["query_mllms"]["models"]["gpt4o"]
     write_fingerprints(params_from_dict(cfg), paths, out)
     assert not (out / "query_mllms" / "gpt4o.json").exists() and (out / "query_mllms" / "llava.json").exists()
+
+
+def test_weights_retrained_in_place_change_the_fingerprint(project: Path) -> None:
+    """Same size, same first and last MiB, another middle (a partly frozen fine-tune): the stage must rerun."""
+    weights = project / "models" / "volo_d1.pth"
+    data = bytearray(3 << 20)
+    weights.write_bytes(data)
+    params, paths = params_from_dict(_config()), ProjectPaths(project)
+    before = fingerprints(params, paths)["train_mivolo"]
+    data[len(data) // 2] = 1
+    weights.write_bytes(data)
+    after = fingerprints(params, paths)["train_mivolo"]
+    assert before["pretrained"]["size"] == after["pretrained"]["size"] == 3 << 20
+    assert after["pretrained"]["sha256"] == file_sha256(weights) != before["pretrained"]["sha256"]
 
 
 def test_missing_sources_are_recorded_as_missing(project: Path) -> None:

@@ -452,6 +452,65 @@ def test_flat_metrics() -> None:
     assert list(both) == sorted(both)
 
 
+def test_metric_table_is_what_evaluation_rows_carry() -> None:
+    """Every metric column of the evaluation rows (and of the flat metrics) is in `METRICS`, and every entry is
+    produced, with a value where its target has labels and a bootstrap interval when it has a per-sample score."""
+    table = evaluate(_samples(), _predictions(), ci=True, n_resamples=20)
+    plain = [c for c in table.columns if not c.endswith(("_ci_low", "_ci_high"))]
+    assert set(plain) == set(metrics.TEXT_COLUMNS) | set(metrics.COUNT_COLUMNS) | set(metrics.METRICS_BY_NAME)
+    assert [c for c in plain if c in metrics.METRICS_BY_NAME] == [m.name for m in metrics.METRICS]
+    bounds = {c.rsplit("_ci_", 1)[0] for c in table.columns if c.endswith(("_ci_low", "_ci_high"))}
+    assert bounds == {m.name for m in metrics.METRICS if m.bootstrapped} == set(metrics.CI_METRICS)
+    for m in metrics.METRICS:
+        assert table[m.name].notna().any(), f"{m.name} is never produced"
+        assert (m.target is None) == (m.per_sample is None), m.name
+        if m.target is not None:
+            assert f"{m.target}_n" in metrics.COUNT_COLUMNS, m.name
+    flat = metrics.flat_metrics(table, views=("answered", "common"))
+    names = {key.rsplit(".", 1)[1] for key in flat}
+    assert names <= set(metrics.COUNT_COLUMNS) | set(metrics.METRICS_BY_NAME) | {
+        f"{m}_ci_{side}" for m in metrics.CI_METRICS for side in ("low", "high")
+    }
+    assert set(metrics.METRICS_BY_NAME) <= names
+
+
+def test_each_metric_is_the_mean_of_its_per_sample_score() -> None:
+    """The score `evaluate` sums and the bootstrap resamples is the one the elementwise functions average."""
+    rng = np.random.default_rng(0)
+    pred, gt = rng.uniform(0, 90, 200), rng.uniform(0, 90, 200)
+    pred[:5] = gt[:5] + 5.0  # on the CS@5 threshold
+    scores = {m.name: m.per_sample for m in metrics.METRICS if m.per_sample is not None}
+    assert np.mean(scores["age_mae"](pred, gt)) == age_mae(pred, gt)
+    assert np.mean(scores["age_cs5"](pred, gt)) == cs_at(pred, gt, 5.0)
+    assert np.mean(scores["age_mape"](pred, gt)) == mape(pred, gt)
+    assert np.mean(scores["age_ce20"](pred, gt)) == ce_at(pred, gt, 20.0)
+    cls_pred, cls_gt = rng.integers(0, 8, 200), rng.integers(0, 8, 200)
+    assert np.mean(scores["class_acc"](cls_pred, cls_gt)) == class_accuracy(cls_pred, cls_gt)
+    assert np.mean(scores["class_mae"](cls_pred, cls_gt)) == class_mae(cls_pred, cls_gt)
+    genders = np.array(["male", "female"])[rng.integers(0, 2, (2, 200))]
+    assert np.mean(scores["gender_acc"](*genders)) == gender_accuracy(*genders)
+
+
+def test_metric_definitions_print_as_the_paper() -> None:
+    headers = {m.name: m.paper_header for m in metrics.METRICS if m.in_paper or m.name == "age_ce20"}
+    assert headers == {
+        "age_mape": "Age MAPE, % ↓",
+        "age_mae": "Age MAE ↓",
+        "age_cs5": "Age CS@5, % ↑",
+        "age_ce20": "Age CE@20, % ↓",
+        "gender_acc": "Gender Acc, % ↑",
+        "class_acc": "Age Acc, % ↑",
+        "class_mae": "Age class MAE ↓",
+    }
+    assert metrics.metric_def("coverage").column_label == "Coverage, %"
+    assert metrics.metric_def("class_mae").column_label == "Class MAE"
+    assert {"coverage", "age_cs5", "age_mape", "age_ce20", "gender_acc", "class_acc"} == metrics.PERCENT_METRICS
+    assert metrics.metric_def("age_mape").format(0.16864) == "16.86"
+    assert metrics.metric_def("class_acc").format(pd.NA) == "-"
+    with pytest.raises(ValueError, match="unknown metric 'age_rmse'; expected one of"):
+        metrics.metric_def("age_rmse")
+
+
 # ---------------------------------------------------------------- bootstrap
 
 

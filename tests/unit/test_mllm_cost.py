@@ -34,7 +34,7 @@ from agegender.mllm.cost import (  # noqa: E402
     prompt_tokens,
 )
 from agegender.mllm.prompt import PROMPT  # noqa: E402
-from agegender.mllm.runner import crop_queries, downscale  # noqa: E402
+from agegender.mllm.runner import crop_queries, downscale, plan_queries  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------------------------
 # The tile rule
@@ -242,7 +242,7 @@ def _known_sizes(root: Path) -> pd.DataFrame:
 def test_estimate_cost_over_crops_of_known_size(tmp_path):
     samples = _known_sizes(tmp_path)
     est = estimate_cost(
-        samples, None, {"photos": tmp_path}, input_kinds=("body", "face"), model="gpt-4o-2024-05-13",
+        plan_queries(samples, ("body", "face")), None, {"photos": tmp_path}, model="gpt-4o-2024-05-13",
         text_tokens=100, output_tokens=8,
     )  # fmt: skip
     body, face = est.by_input["body"], est.by_input["face"]
@@ -252,7 +252,7 @@ def test_estimate_cost_over_crops_of_known_size(tmp_path):
     assert est.usd() == pytest.approx(((1530 + 510 + 400) * 5.0 + 32 * 15.0) / 1e6)
     assert est.usd("body") + est.usd("face") == pytest.approx(est.usd())
     # the paper-style masked body goes through the runner's own cropping
-    wo = estimate_cost(samples, None, tmp_path, input_kinds=("body_wo_face",), text_tokens=0, max_side=512)
+    wo = estimate_cost(plan_queries(samples, ("body_wo_face",)), None, tmp_path, text_tokens=0, max_side=512)
     assert wo.by_input["body_wo_face"].requests == 2
     assert wo.by_input["body_wo_face"].image_tokens == 255 + 255  # 256 x 512 and 171 x 512 after max_side
 
@@ -319,3 +319,56 @@ def test_cost_command_from_params(tmp_path, capsys):
     llava = json.loads(out.read_text())["llava"]
     assert llava["max_side"] == 512 and llava["by_input"]["body"]["image_tokens"] == 255 + 255
     assert main([*base, "--model-key", "nope"]) == 2
+
+
+def _two_data_sets(root: Path) -> Path:
+    """The paper profile's shape: one model asked body and body_wo_face on `photos`, body only on `wild` (as
+    gpt-4v/gpt-4o on wild104); each data set is `_known_sizes` (2 body crops, 2 masked bodies, 3 samples)."""
+    photos = _known_sizes(root / "data" / "photos")
+    wild = _known_sizes(root / "data" / "wild").assign(dataset="wild", sample_id=lambda t: "w" + t["sample_id"])
+    prepared = root / "data" / "prepared"
+    prepared.mkdir(parents=True)
+    pd.concat([photos, wild], ignore_index=True).to_parquet(prepared / "samples.parquet", index=False)
+    photos.iloc[0:0].to_parquet(prepared / "masked.parquet", index=False)
+    roots = {name: {"root": f"data/{name}", "source": None} for name in ("photos", "wild")}
+    (prepared / "datasets.json").write_text(json.dumps(roots))
+    model = {"backend": "test-scripted", "model": "fake-model", "inputs": ["body", "body_wo_face"]}
+    params = {
+        "profile": "paper",
+        "study": {"split": "test", "datasets": ["photos", "wild"], "inputs": ["body", "body_wo_face"]},
+        "prepare_data": {
+            "out": "data/prepared",
+            "datasets": {name: {"reader": "mivolo", "root": f"data/{name}"} for name in ("photos", "wild")},
+        },
+        "query_mllms": {"models": {"m": model | {"inputs_by_dataset": {"wild": ["body"]}}}},
+    }
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    (root / "dvc.yaml").write_text("stages: {}\n")
+    return path
+
+
+def test_cost_prices_exactly_the_queries_the_stage_sends(tmp_path):
+    from agegender import pipeline
+    from agegender.mllm.cost import estimate_params
+    from agegender.mllm.runner import model_plan
+
+    params, paths = pipeline.setup(tmp_path, _two_data_sets(tmp_path))
+    samples = pd.read_parquet(tmp_path / "data" / "prepared" / "samples.parquet")
+    plan = model_plan(params, "m", samples)
+    assert plan.datasets == {"body": ("photos", "wild"), "body_wo_face": ("photos",)}
+    asked = {kind: sorted(sid for sid, k in plan.pairs() if k == kind) for kind in plan.samples}
+    assert asked == {"body": ["s0", "s1", "s2", "ws0", "ws1", "ws2"], "body_wo_face": ["s0", "s1", "s2"]}
+
+    estimate = estimate_params(params, paths, model_key="m", model="gpt-4o", text_tokens=0)["m"]
+    requests = {kind: k.requests for kind, k in estimate.by_input.items()}
+    # by hand: 2 body crops in each data set (s1 has no person box); 2 masked bodies, in `photos` only
+    assert requests == {"body": 4, "body_wo_face": 2}
+    assert {kind: k.no_crop for kind, k in estimate.by_input.items()} == {"body": 2, "body_wo_face": 1}
+    # and the stage, run on the same plan, asks exactly these queries
+    pipeline.query_mllms(params, paths, "m", progress=False)
+    runs = json.loads((tmp_path / "predictions" / "query_mllms" / "m" / "manifest.json").read_text())["runs"]
+    assert {kind: run["queries"] for kind, run in runs.items()} == requests
+    # full-size crops of 1000 x 2000 (1105 tokens) and 200 x 600 (425): per data set for body, `photos` only masked
+    assert estimate.by_input["body"].image_tokens == 2 * (1105 + 425)
+    assert estimate.by_input["body_wo_face"].image_tokens == 1105 + 425

@@ -68,7 +68,7 @@ def test_defaults_are_the_papers():
 
 
 def test_config_rejects_unknown_and_bad_values(tmp_path):
-    with pytest.raises(InputError, match="unknown finetune setting"):
+    with pytest.raises(InputError, match=r"finetune_mllm\.config\.learning_rte: unknown key \(known: learning_rate,"):
         FinetuneConfig.from_dict({"learning_rte": 1e-3})
     with pytest.raises(InputError, match="input_kind"):
         FinetuneConfig(input_kind="face_body")

@@ -16,16 +16,13 @@ import pytest
 from PIL import Image
 
 from agegender.errors import InputError
+from agegender.mllm.backend_options import insecure_http_problem, is_loopback_host, is_loopback_url, safe_url
 from agegender.mllm.backends.base import Answer, GenerationParams, Query, create_backend
 from agegender.mllm.backends.openai_backend import (
     OpenAIBackend,
     answer_from_completion,
     encode_image,
-    insecure_http_problem,
-    is_loopback_host,
-    is_loopback_url,
     parse_retry_after,
-    safe_url,
 )
 
 LOCAL = "http://127.0.0.1:9/v1"  # never contacted: the transport is mocked

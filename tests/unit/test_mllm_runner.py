@@ -19,10 +19,11 @@ from bad_images import write_empty, write_truncated_jpeg  # noqa: E402
 from mllm_fakes import BatchBackend, ScriptedBackend, make_dataset  # noqa: E402
 
 from agegender.data.schema import PREDICTION_COLUMNS  # noqa: E402
-from agegender.errors import InputError  # noqa: E402
+from agegender.errors import IncompleteRunError, InputError  # noqa: E402
 from agegender.mllm.backends.base import GenerationParams, create_backend  # noqa: E402
 from agegender.mllm.prompt import PROMPT, PROMPT_VERSION, prompt_hash  # noqa: E402
 from agegender.mllm.runner import (  # noqa: E402
+    BackendSpec,
     add_merge_parser,
     add_query_parser,
     crop_queries,
@@ -31,6 +32,8 @@ from agegender.mllm.runner import (  # noqa: E402
     merge_predictions,
     parse_data_roots,
     parse_shard,
+    plan_queries,
+    query_samples,
     run_queries,
     select_shard,
     shard_of,
@@ -47,11 +50,11 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
     return root, samples
 
 
-def run(data, store, backend, **kw):
+def run(data, store, backend, *, input_kind: str = "body", shard: tuple[int, int] = (0, 1), **kw):
+    """One input kind over the whole fake data set, through the one query path (`query_samples`)."""
     root, samples = data
-    return run_queries(
-        samples, None, root, backend=backend, store=store, progress=False, **{"input_kind": "body", **kw}
-    )
+    plan = plan_queries(samples, [input_kind], shard=shard)
+    return query_samples(plan, None, root, backend=backend, store=store, progress=False, **kw).results[input_kind]
 
 
 def with_crop(data, kind: str) -> list[str]:
@@ -201,7 +204,9 @@ def test_cli_query_names_the_bad_images(tmp_path: Path, capsys: pytest.CaptureFi
     root, _, bad = _with_bad_images(tmp_path)
     argv = ["query", "--samples", str(root / "samples.parquet"), "--data-root", str(root), "--input", "face"]
     argv += ["--backend", "test-scripted", "--model", "m", "--out", str(tmp_path / "p.parquet"), "--quiet"]
-    cli(argv)  # the exit code for failed rows is the CLI's own business; the rows and the report are checked here
+    with pytest.raises(IncompleteRunError, match="3 of 13 rows failed") as info:  # exit 3, after writing
+        cli(argv)
+    assert "the image cannot be loaded" in str(info.value)
     out = capsys.readouterr().out
     assert "2 images cannot be loaded" in out and str(bad["images/img006.png"]) in out and "empty.jpg" in out
     table = pd.read_parquet(tmp_path / "p.parquet")
@@ -286,6 +291,73 @@ def test_backend_exceptions_propagate_after_storing_what_arrived(data, tmp_path:
     with pytest.raises(RuntimeError, match="401"):
         run(data, store, Broken("fake-model", concurrency=1))
     assert len(ResponseStore(tmp_path)) == 4
+
+
+# -- the plan and the one query path ------------------------------------------------------------------------------
+
+
+def test_plan_queries_honours_inputs_by_dataset_split_and_shards(data) -> None:
+    _, samples = data
+    other = samples.assign(dataset="other", sample_id="o" + samples["sample_id"])
+    both = pd.concat([samples, other], ignore_index=True)
+    both.loc[both.index % 4 == 3, "split"] = "val"
+    plan = plan_queries(
+        both, ["body", "body_wo_face"], split="test", datasets=["other", "fake"], inputs_by_dataset={"other": ["face"]}
+    )
+    # kinds in the order they first appear going through the data sets; samples in the table's order
+    assert plan.datasets == {"face": ("other",), "body": ("fake",), "body_wo_face": ("fake",)}
+    test = both[both["split"] == "test"]
+    assert plan.samples["face"]["sample_id"].tolist() == test.loc[test["dataset"] == "other", "sample_id"].tolist()
+    assert plan.samples["body"]["sample_id"].tolist() == test.loc[test["dataset"] == "fake", "sample_id"].tolist()
+    assert len(plan.sample_ids()) == len(test) + len(plan.samples["body_wo_face"])
+    # every data set, in table order, when none are named; shards split the pairs without overlap
+    assert plan_queries(both, ["body"]).datasets == {"body": ("fake", "other")}
+    shards = [plan_queries(both, ["body", "face"], shard=(k, 3)).pairs() for k in range(3)]
+    assert sorted(p for pairs in shards for p in pairs) == sorted(plan_queries(both, ["body", "face"]).pairs())
+    assert all(shard_of(sid, 3) == k for k, pairs in enumerate(shards) for sid, _ in pairs)
+    assert plan_queries(both.iloc[:0], ["body"]).sample_ids() == []  # an empty table plans every kind, empty
+    for bad, match in [({"datasets": ["nope"]}, r"data sets \['nope'\]"), ({"shard": (3, 3)}, "shard")]:
+        with pytest.raises(InputError, match=match):
+            plan_queries(both, ["body"], **bad)
+    with pytest.raises(InputError, match="input kind"):
+        plan_queries(both, ["body"], inputs_by_dataset={"fake": ["face_body"]})
+
+
+def test_query_samples_runs_the_plan_and_closes_what_it_holds(data, tmp_path: Path) -> None:
+    root, samples = data
+    plan = plan_queries(samples, ["body", "face"])
+    failing = next(i for i in with_crop(data, "face") if i not in with_crop(data, "body"))  # one failed row
+    backend = ScriptedBackend("fake-model", fail=[failing])
+    closed: list[str] = []
+    backend.close = lambda: closed.append("backend")  # type: ignore[method-assign]
+    store = tmp_path / "store"
+    run = query_samples(
+        plan, None, root, backend=backend, store=store, store_tag="t1", progress=False, max_failed=1, budget_name="b"
+    )
+    assert closed == ["backend"] and list(run.results) == ["body", "face"]
+    assert run.predictions["input"].tolist() == ["body"] * len(with_crop(data, "body")) + ["face"] * len(
+        with_crop(data, "face")
+    )
+    assert (run.outcome.failed, run.outcome.allowed, run.outcome.budget_name) == (1, 1, "b")
+    assert [m["input"] for m in run.manifests] == ["body", "face"]
+    assert {p.name.split("-")[1] for p in store.glob("*.jsonl")} == {"t1"}  # the writer tag names its files
+    # the store was closed (flushed): a backend made from a spec finds every answer but the failed one
+    again = query_samples(plan, None, root, backend=BackendSpec("test-scripted", "fake-model"), store=store)
+    assert sum(m["requests_sent"] for m in again.manifests) == 1 and again.outcome.failed == 0
+
+    class Broken(ScriptedBackend):
+        async def astream(self, queries):
+            raise RuntimeError("401 Unauthorized")
+            yield  # pragma: no cover
+
+    broken = Broken("other-model")
+    broken.close = lambda: closed.append("broken")  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="401"):
+        query_samples(plan, None, root, backend=broken, store=store, progress=False)
+    assert closed[-1] == "broken"
+    # a malformed budget is reported before anything starts (this backend name would fail next)
+    with pytest.raises(InputError, match="max_failed must be a count"):
+        query_samples(plan, None, root, backend=BackendSpec("no-such-backend", "m"), store=store, max_failed="x%")
 
 
 # -- sharding and merging -----------------------------------------------------------------------------------------

@@ -246,3 +246,17 @@ def test_folder_revision_sees_every_byte_of_large_weights(tmp_path: Path, monkey
     (folder / "optimizer.pt").write_bytes(b"state")
     (folder / "README.md").write_text("notes")
     assert folder_revision(folder) == with_template
+
+
+def test_hub_ids_and_cached_snapshots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`owner/name` reads as a hub id, a path does not; a snapshot not in the cache is None, never a download."""
+    assert transformers_backend.is_hub_id("llava-hf/llava-1.5-7b-hf")
+    for path in ("models/llava/hf", "./llava", "/models/llava", "~/llava", "llava"):
+        assert not transformers_backend.is_hub_id(path)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert transformers_backend.cached_snapshot("agegender-test/not-cached") is None
+    with pytest.raises(InputError, match="not in the Hugging Face cache"):
+        transformers_backend.find_model_folder("agegender-test/not-cached")
+    with pytest.raises(InputError, match="model folder not found"):
+        transformers_backend.find_model_folder(str(tmp_path / "nowhere"))

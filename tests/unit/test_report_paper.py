@@ -8,13 +8,13 @@ import pandas as pd
 import pytest
 
 from agegender.data.schema import INPUT_KINDS
+from agegender.metrics import PERCENT_METRICS
 from agegender.report.paper import (
     MODEL_NAMES,
     PAPER_COLUMNS,
     PAPER_DATASETS,
     PAPER_METRICS,
     PAPER_TABLES,
-    RATE_METRICS,
     load_paper_results,
     model_display_name,
     paper_value,
@@ -119,7 +119,7 @@ def test_vocabularies(paper):
 
 
 def test_value_ranges(paper):
-    rates = paper[paper["metric"].isin(RATE_METRICS)]
+    rates = paper[paper["metric"].isin(PERCENT_METRICS)]
     assert ((rates["value"] > 0.1) & (rates["value"] < 1.0)).all(), "rates must be stored as fractions"
     mae = paper[paper["metric"] == "age_mae"]["value"]
     assert ((mae > 3.0) & (mae < 20.0)).all()

@@ -10,12 +10,11 @@ import pytest
 from agegender.data.schema import validate_predictions, validate_samples
 from agegender.errors import InputError
 from agegender.evaluate import evaluate_tables
+from agegender.metrics import metric_def
 from agegender.report.tables import (
     ALL_ANSWERED,
     NO_PREDICTIONS,
     SAME_IN_BOTH_VIEWS,
-    format_delta,
-    format_metric,
     latex_escape,
     render_markdown,
     write_tables,
@@ -74,16 +73,16 @@ def _table_lines(path) -> list[str]:
 
 
 def test_format_metric_and_delta():
-    assert format_metric("age_mae", 4.333) == "4.33"
-    assert format_metric("age_cs5", 0.6984) == "69.84"
-    assert format_metric("gender_acc", 0.975) == "97.50"
-    assert format_metric("class_mae", 0.3456) == "0.346"
-    assert format_metric("age_mae", float("nan")) == "-"
-    assert format_metric("age_mae", None) == "-"
-    assert format_delta("age_mae", 4.40, 4.33) == "+0.07"
-    assert format_delta("gender_acc", 0.97, 0.9771) == "-0.71"
-    assert format_delta("class_mae", 0.35, 0.345) == "+0.005"
-    assert format_delta("age_mae", 4.33, 4.33) == "+0.00"
+    assert metric_def("age_mae").format(4.333) == "4.33"
+    assert metric_def("age_cs5").format(0.6984) == "69.84"
+    assert metric_def("gender_acc").format(0.975) == "97.50"
+    assert metric_def("class_mae").format(0.3456) == "0.346"
+    assert metric_def("age_mae").format(float("nan")) == "-"
+    assert metric_def("age_mae").format(None) == "-"
+    assert metric_def("age_mae").format_delta(4.40, 4.33) == "+0.07"
+    assert metric_def("gender_acc").format_delta(0.97, 0.9771) == "-0.71"
+    assert metric_def("class_mae").format_delta(0.35, 0.345) == "+0.005"
+    assert metric_def("age_mae").format_delta(4.33, 4.33) == "+0.00"
 
 
 def test_latex_escape():

@@ -22,6 +22,8 @@ from agegender.specialized import (  # noqa: E402
     SpecializedModel,
     create_model,
     crop_predictions,
+    dataset_option_values,
+    model_problems,
     option_problems,
     register_model,
     resolve_model,
@@ -90,6 +92,29 @@ def test_options_are_checked_by_name() -> None:
     with pytest.raises(InputError, match="predict.models.m.options.*unknown option") as info:
         create_model("test_specialized:MeanBrightness", {"scael": 1}, where="predict.models.m.options")
     assert info.value.field == "predict.models.m.options"
+
+
+class NeedsAPackage(MeanBrightness):
+    """A model that imports a package nobody has, and answers faces only."""
+
+    inputs = ("face",)
+    requires = {"agegender_no_such_package": "pip install agegender-no-such-package"}
+
+
+def test_model_problems_name_their_field() -> None:
+    assert model_problems(MeanBrightness, "test_specialized:MeanBrightness", {"scale": 2.0}, ["face", "body"]) == []
+    assert model_problems(NeedsAPackage, "x:NeedsAPackage", {"scael": 1}, ["face", "body"]) == [
+        ("options", "unknown option(s) ['scael'] of model 'NeedsAPackage'; it takes ['scale']"),
+        ("inputs", "model 'x:NeedsAPackage' cannot answer ['body']; it answers ['face']"),
+        ("model", "model 'x:NeedsAPackage' needs the package 'agegender_no_such_package': pip install "
+         "agegender-no-such-package"),
+    ]  # fmt: skip
+
+
+def test_dataset_option_values_fall_back_to_the_class_default() -> None:
+    assert dataset_option_values(ConstantBaseline, {}) == {"train_dataset": "demo"}
+    assert dataset_option_values(ConstantBaseline, {"train_dataset": "lagenda"}) == {"train_dataset": "lagenda"}
+    assert dataset_option_values(MeanBrightness, {"scale": 1.0}) == {}
 
 
 # ---------------------------------------------------------------------------------------------

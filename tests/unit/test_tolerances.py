@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 
@@ -14,6 +15,7 @@ from agegender.tolerances import (
     SIBLINGS,
     TOLERANCES,
     Comparison,
+    Tolerance,
     compare_metrics,
     dvc_metrics_diff,
     format_comparison,
@@ -137,6 +139,19 @@ def test_table_is_well_formed() -> None:
         assert (rule.n is not None) == (rule.kind in ("rate", "mean_error")), rule.pattern
     assert tolerance_for("metrics/query_mllms/x.json", "body.unparsed").n == SIBLINGS
     assert tolerance_for("metrics/check.json", "checks").kind == "exact"
+
+
+def test_trained_metrics_are_judged_by_their_statistic() -> None:
+    """Metrics without a bootstrap interval take the interval of their `MetricDef.statistic`: MAEs and MAPE the
+    mean-error interval, accuracies and shares Wilson's."""
+    ft, train = "metrics/finetune_mllm.json", "metrics/train_mivolo.json"
+    assert tolerance_for(ft, "selection.best_age_mae").kind == "mean_error"
+    assert tolerance_for(ft, "selection.best_age_mape").kind == "mean_error"
+    assert tolerance_for(ft, "selection.best_age_cs5").kind == "rate"
+    assert tolerance_for(ft, "selection.best_coverage").kind == "rate"
+    assert tolerance_for(train, "val_age_mae") == Tolerance(train + ":val_age_mae", "mean_error", "val_n", why=ANY)
+    assert tolerance_for(train, "val_gender_acc").kind == "rate"
+    assert tolerance_for(train, "val_n").kind == "exact"
 
 
 def test_every_committed_metric_has_its_interval() -> None:

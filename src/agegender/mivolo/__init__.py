@@ -18,9 +18,10 @@ _EXPORTS = {
     "export_onnx": "export",
     "export_torchscript": "export",
     "save_checkpoint": "checkpoint",
-    "MODEL_SPECS": "model",
+    "MODEL_SPECS": "config",
     "MiVOLOModel": "model",
-    "MiVOLOSpec": "model",
+    "MiVOLOSpec": "config",
+    "TrainConfig": "config",
     "create_mivolo": "model",
 }
 

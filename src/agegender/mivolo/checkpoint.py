@@ -44,6 +44,8 @@ HF_CONFIG = "config.json"
 # timm's `load_state_dict(use_ema=True)`, which the official loader calls: EMA weights win when present.
 _STATE_KEYS_EMA = ("state_dict_ema", "model_ema", "state_dict", "model")
 _STATE_KEYS_NO_EMA = ("state_dict", "model")
+# what DataParallel, torch.compile and the Hugging Face port put before the official key names
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.", HF_PREFIX)
 _OFFICIAL_KEYS = ("state_dict", "min_age", "max_age", "avg_age", "no_gender", "with_persons_model")
 _GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+) was not an allowed global")
 
@@ -127,15 +129,21 @@ def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
     return tensors, metadata
 
 
+def _strip_wrappers(key: str) -> str:
+    """A state-dict key under its official name (`_WRAPPER_PREFIXES` removed, in that order)."""
+    for prefix in _WRAPPER_PREFIXES:
+        if key.startswith(prefix):
+            key = key[len(prefix) :]
+    return key
+
+
 def _clean_state_dict(state: Mapping[str, Any], path: Path) -> dict[str, torch.Tensor]:
     """Strip wrapper prefixes, drop the training-only FDS module, keep only tensors."""
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
             raise InputError(f"state dict entry {key!r} is a {type(value).__name__}, not a tensor", file=path)
-        for prefix in ("module.", "_orig_mod.", HF_PREFIX):
-            if key.startswith(prefix):
-                key = key[len(prefix) :]
+        key = _strip_wrappers(key)
         if key.startswith("fds."):
             continue
         out[key] = value
@@ -270,6 +278,89 @@ def read_checkpoint(path: str | Path, *, use_ema: bool = True) -> CheckpointData
     state = _clean_state_dict(raw_state, path)
     extra = {k: v for k, v in ckpt.items() if k not in (*_OFFICIAL_KEYS, *_STATE_KEYS_EMA, VARIANT_KEY, SPEC_KEY)}
     return _finish(path, state, ckpt, "no_gender", extra)
+
+
+def check_mivolo_checkpoint(path: Path) -> list[str]:
+    """Check that a file (or a Hugging Face folder) holds a MiVOLO checkpoint, without building the model.
+
+    The pre-flight check of `agegender check` (through `MivoloModel.check_file`): every problem as a line, where
+    `read_checkpoint` stops at the first with an error. Torch files are loaded with `weights_only=True` (nothing in
+    them can run code) and memory-mapped where the format allows, so that a large checkpoint costs little; Hugging
+    Face files are checked by their safetensors header only.
+
+    Args:
+        path: a `.pth` / `.pth.tar` / `.pt` file, a `.safetensors` file or a folder with `model.safetensors`.
+
+    Returns:
+        One line per problem, empty when the file holds MiVOLO weights (`patch_embed.`, `pos_embed`,
+        `head.weight`) and an age range.
+    """
+    if not path.exists():
+        return [f"checkpoint not found: {path}"]
+    if path.is_dir() or path.suffix == ".safetensors":
+        return _check_hf_checkpoint(path)
+
+    def load(mmap: bool) -> Any:
+        with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
+    try:
+        try:
+            ckpt = load(mmap=True)
+        except RuntimeError as exc:  # files written with the legacy (non-zip) format cannot be memory-mapped
+            if "mmap" not in str(exc):
+                raise
+            ckpt = load(mmap=False)
+    except Exception as exc:  # corrupt files and refused pickles fail with many exception types
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        return [f"{path} cannot be loaded as a weights-only torch checkpoint ({type(exc).__name__}: {first})"]
+    if not isinstance(ckpt, Mapping):
+        return [f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict"]
+    state = next((ckpt[k] for k in _STATE_KEYS_EMA if isinstance(ckpt.get(k), Mapping)), None)
+    if state is None:
+        return [f"{path} has no state dict (looked for {', '.join(_STATE_KEYS_EMA)})"]
+    problems = _weight_key_problems(list(state), path)
+    missing = [k for k in ("min_age", "max_age") if ckpt.get(k) is None]
+    if missing:
+        problems.append(f"{path} has no age range ({', '.join(missing)} missing): not a MiVOLO checkpoint")
+    return problems
+
+
+def _weight_key_problems(keys: list[str], path: Path) -> list[str]:
+    """The MiVOLO / VOLO weights missing from a state dict's keys, as one line (empty when none is missing)."""
+    clean = {_strip_wrappers(key) for key in keys}
+    missing = [k for k in ("pos_embed", "head.weight") if k not in clean]
+    if not any(k.startswith("patch_embed.") for k in clean):
+        missing.insert(0, "patch_embed.*")
+    if missing:
+        return [f"{path} holds no MiVOLO / VOLO weights ({', '.join(missing)} missing)"]
+    return []
+
+
+def _check_hf_checkpoint(path: Path) -> list[str]:
+    """`check_mivolo_checkpoint` of the Hugging Face port: config.json's age range and the safetensors header."""
+    weights = path / HF_WEIGHTS if path.is_dir() else path
+    config = weights.parent / HF_CONFIG
+    problems = []
+    if not weights.is_file():
+        return [f"no {HF_WEIGHTS} in {path}"]
+    if not config.is_file():
+        problems.append(f"no {HF_CONFIG} beside {weights} (it carries the age range)")
+    else:
+        try:
+            meta = json.loads(config.read_text(encoding="utf-8"))
+            if not isinstance(meta, dict) or "min_age" not in meta:
+                problems.append(f"{config} has no min_age: not a MiVOLO config")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            problems.append(f"{config} is not valid JSON ({exc})")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(weights), framework="pt", device="cpu") as handle:
+            keys = list(handle.keys())
+    except Exception as exc:  # SafetensorError and OSError variants
+        return [*problems, f"{weights} cannot be read as safetensors ({type(exc).__name__}: {exc})"]
+    return problems + _weight_key_problems(keys, weights)
 
 
 def _resolve_spec(data: CheckpointData, variant: str | MiVOLOSpec | None, path: Path) -> MiVOLOSpec:

@@ -8,8 +8,6 @@ The model returns raw outputs: [male logit, female logit, normalised age] (or on
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -18,56 +16,7 @@ from timm.layers.bottleneck_attn import PosEmbedRel
 from timm.models.volo import VOLO
 from torch import nn
 
-
-@dataclass(frozen=True)
-class MiVOLOSpec:
-    """Architecture of one registered variant (VOLO arguments, by keyword)."""
-
-    layers: tuple[int, ...]
-    embed_dims: tuple[int, ...]
-    num_heads: tuple[int, ...]
-    img_size: int = 224
-    stem_hidden_dim: int = 64
-    patch_size: int = 8
-    mlp_ratio: float = 3.0
-    downsamples: tuple[bool, ...] = (True, False, False, False)
-    outlook_attention: tuple[bool, ...] = (True, False, False, False)
-    post_layers: tuple[str, ...] = ("ca", "ca")
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for VOLO (timm >= 0.9 inserted `pos_drop_rate`: never pass them by position)."""
-        n = len(self.layers)
-        return {
-            "layers": list(self.layers),
-            "embed_dims": list(self.embed_dims),
-            "num_heads": list(self.num_heads),
-            "img_size": self.img_size,
-            "stem_hidden_dim": self.stem_hidden_dim,
-            "patch_size": self.patch_size,
-            "mlp_ratio": self.mlp_ratio,
-            "downsamples": tuple(self.downsamples[:n]),
-            "outlook_attention": tuple(self.outlook_attention[:n]),
-            "post_layers": self.post_layers,
-            **self.extra,
-        }
-
-
-_D1 = {"layers": (4, 4, 8, 2), "embed_dims": (192, 384, 384, 384), "num_heads": (6, 12, 12, 12)}
-
-#: name -> architecture. `mivolo_d1_*` are the paper's; the small ones are for the demo and tests.
-MODEL_SPECS: dict[str, MiVOLOSpec] = {
-    "mivolo_d1_224": MiVOLOSpec(**_D1, img_size=224),
-    "mivolo_d1_384": MiVOLOSpec(**_D1, img_size=384),
-    "mivolo_small_112": MiVOLOSpec(
-        layers=(1, 1), embed_dims=(64, 128), num_heads=(2, 4), img_size=112, stem_hidden_dim=32
-    ),
-    # the real profile's model: the largest that trains on UTKFace's 6.8k faces in about 15 minutes on 2 CPU cores
-    "mivolo_small_64": MiVOLOSpec(
-        layers=(2, 2), embed_dims=(64, 128), num_heads=(2, 4), img_size=64, stem_hidden_dim=32
-    ),
-    "mivolo_tiny_64": MiVOLOSpec(layers=(1, 1), embed_dims=(32, 64), num_heads=(1, 2), img_size=64, stem_hidden_dim=16),
-}
+from agegender.mivolo.config import MODEL_SPECS, MiVOLOSpec
 
 
 def _stem(in_chans: int, hidden: int) -> nn.Sequential:
@@ -216,11 +165,3 @@ def create_mivolo(name: str, *, in_chans: int = 6, num_classes: int = 3, **kwarg
     if name not in MODEL_SPECS:
         raise KeyError(f"unknown MiVOLO variant {name!r}; known: {sorted(MODEL_SPECS)}")
     return MiVOLOModel(MODEL_SPECS[name], in_chans=in_chans, num_classes=num_classes, **kwargs)
-
-
-def variant_for_size(img_size: int, base: Callable[[int], str] = lambda s: f"mivolo_d1_{s}") -> str:
-    """The registered variant name of a released checkpoint with this input size (224 or 384)."""
-    name = base(img_size)
-    if name not in MODEL_SPECS:
-        raise KeyError(f"no registered MiVOLO variant for input size {img_size}")
-    return name

@@ -41,7 +41,7 @@ import time
 import warnings
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +58,10 @@ from agegender.errors import InputError
 from agegender.files import atomic_path, atomic_write_text
 from agegender.fingerprint import file_sha256
 from agegender.mivolo.checkpoint import save_checkpoint
+from agegender.mivolo.config import TrainConfig
 from agegender.mivolo.dataset import Augment, CropRules, ImageRoot, MiVOLODataset
-from agegender.mivolo.model import MODEL_SPECS, MiVOLOModel, create_mivolo
+from agegender.mivolo.model import MiVOLOModel, create_mivolo
+from agegender.settings import parse_assignments
 
 STATE_FILE = "last.state.pt"
 LAST_CHECKPOINT = "last.pth.tar"
@@ -71,162 +73,6 @@ STATE_VERSION = 1
 # Fields that may change between an interrupted run and its resumption without changing the result
 # (or that only change speed); any other difference makes the resumed run a different run.
 _OPERATIONAL_FIELDS = frozenset({"num_workers", "threads", "eval_batch_size", "cache_crops", "out_dir", "device"})
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything a MiVOLO training run depends on (the `train_mivolo` section of params.yaml).
-
-    Args:
-        variant: a key of `model.MODEL_SPECS`; the input size follows from it (`img_size`).
-        stage1_epochs: epochs of the face-only stage (0 skips it: stage 2 starts from `pretrained` or scratch).
-        stage2_epochs: epochs of the face+body stage (0 stops after stage 1; the final model is face-only).
-        batch_size: samples per step and process; the global batch is this times the number of processes.
-        lr: peak learning rate of stage 1 (AdamW).
-        stage2_lr: peak learning rate of stage 2 (None: `lr`).
-        weight_decay: AdamW weight decay (not applied to biases, norms, position embedding, class token).
-        warmup_epochs: linear warm-up length per stage, in epochs (converted to steps).
-        warmup_lr: learning rate at the first step of the warm-up.
-        min_lr: learning rate at the end of the cosine decay.
-        drop_rate: dropout before the heads.
-        drop_path_rate: stochastic depth.
-        face_blur_p1: face-blur probability in stage 1 (paper: 0.05).
-        face_blur_p2: face-blur probability in stage 2 (paper: up to 0.7).
-        drop_face_p: stage 2: probability of blacking out the face input (the body input kept).
-        drop_body_p: stage 2: probability of blacking out the body input (the face input kept).
-        flip_p: horizontal flip probability.
-        scale_jitter: box scale jitter (fraction).
-        translate_jitter: box translation jitter (fraction of the box side).
-        age_loss: `mse` (the MiVOLO paper) or `l1`, on the normalised age.
-        age_weighting: weight the age loss by label-distribution smoothing (LDS).
-        lds_sigma: Gaussian kernel sigma of the LDS histogram smoothing, in years.
-        lds_power: weights are smoothed_density ** -power (1: inverse frequency, 0.5: its square root).
-        ema: keep an exponential moving average of the weights and evaluate/save it.
-        ema_decay: EMA decay (reached after timm's warm-up of the decay).
-        seed: root seed of initialisation, data order, augmentation and dropout.
-        num_workers: DataLoader worker processes per training process.
-        threads: torch CPU threads per process (0: the machine's cores divided by the local processes).
-        device: `auto` (CUDA when available), `cpu`, `cuda`.
-        bf16: bf16 autocast on CUDA (ignored on the CPU).
-        pretrained: a local timm VOLO ImageNet state dict (.pth/.pt/.bin/.safetensors) to start from, or None.
-        out_dir: default output folder (the `out_dir` argument of `train_mivolo` wins).
-        train_split: split of the sample table to train on.
-        val_split: split evaluated after every epoch (None: no validation).
-        min_face_size: faces whose shorter side is below this many pixels count as missing.
-        min_person_size: persons whose shorter side is below this count as missing (official reader: 100).
-        min_person_nonzero: a masked body crop with less non-black area than this counts as missing.
-        cache_crops: cut the crops once and keep them in memory (False: cut in the DataLoader workers).
-        eval_batch_size: batch size of the validation pass.
-    """
-
-    variant: str = "mivolo_tiny_64"
-    stage1_epochs: int = 2
-    stage2_epochs: int = 4
-    batch_size: int = 32
-    lr: float = 1e-3
-    stage2_lr: float | None = None
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    warmup_lr: float = 1e-5
-    min_lr: float = 1e-5
-    drop_rate: float = 0.1
-    drop_path_rate: float = 0.1
-    face_blur_p1: float = 0.05
-    face_blur_p2: float = 0.5
-    drop_face_p: float = 0.1
-    drop_body_p: float = 0.1
-    flip_p: float = 0.5
-    scale_jitter: float = 0.1
-    translate_jitter: float = 0.05
-    age_loss: str = "mse"
-    age_weighting: bool = True
-    lds_sigma: float = 2.0
-    lds_power: float = 0.5
-    ema: bool = False
-    ema_decay: float = 0.999
-    seed: int = 1234
-    num_workers: int = 0
-    threads: int = 0
-    device: str = "auto"
-    bf16: bool = True
-    pretrained: str | None = None
-    out_dir: str | None = None
-    train_split: str = "train"
-    val_split: str | None = "val"
-    min_face_size: int = 5
-    min_person_size: int = 100
-    min_person_nonzero: float = 0.4
-    cache_crops: bool = True
-    eval_batch_size: int = 64
-
-    def __post_init__(self) -> None:
-        if self.variant not in MODEL_SPECS:
-            raise ValueError(f"unknown MiVOLO variant {self.variant!r}; known: {sorted(MODEL_SPECS)}")
-        for name in ("stage1_epochs", "stage2_epochs", "num_workers", "threads", "min_face_size", "min_person_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"train setting {name!r} must be an integer >= 0, got {value!r}")
-        for name in ("batch_size", "eval_batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"train setting {name!r} must be an integer >= 1, got {value!r}")
-        if self.stage1_epochs + self.stage2_epochs == 0:
-            raise ValueError("train settings: stage1_epochs + stage2_epochs must be at least 1")
-        probs = ("drop_rate", "drop_path_rate", "face_blur_p1", "face_blur_p2", "drop_face_p", "drop_body_p")
-        for name in (*probs, "flip_p", "min_person_nonzero", "ema_decay"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
-                raise ValueError(f"train setting {name!r} must be a number in [0, 1], got {value!r}")
-        if self.drop_face_p + self.drop_body_p > 1.0:
-            raise ValueError("train settings: drop_face_p + drop_body_p must be at most 1")
-        for name in ("lr", "weight_decay", "warmup_epochs", "warmup_lr", "min_lr", "scale_jitter", "translate_jitter"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"train setting {name!r} must be a number >= 0, got {value!r}")
-        if self.stage2_lr is not None and (not isinstance(self.stage2_lr, int | float) or self.stage2_lr < 0):
-            raise ValueError(f"train setting 'stage2_lr' must be a number >= 0 or null, got {self.stage2_lr!r}")
-        if self.scale_jitter >= 0.5 or self.translate_jitter >= 0.5:
-            raise ValueError("train settings: scale_jitter and translate_jitter must be below 0.5")
-        if self.lds_sigma <= 0 or self.lds_power < 0:
-            raise ValueError("train settings: lds_sigma must be > 0 and lds_power >= 0")
-        if self.age_loss not in ("mse", "l1"):
-            raise ValueError(f"train setting 'age_loss' must be 'mse' or 'l1', got {self.age_loss!r}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"train setting 'device' must be auto, cpu or cuda, got {self.device!r}")
-
-    @property
-    def img_size(self) -> int:
-        """The input size of the variant."""
-        return MODEL_SPECS[self.variant].img_size
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
-        """Build a config from a mapping (e.g. params.yaml's `train_mivolo` section).
-
-        Args:
-            d: setting name -> value; missing settings keep their defaults. `img_size` is accepted when it
-                equals the variant's (so a params file may state it).
-
-        Returns:
-            The validated config.
-
-        Raises:
-            ValueError: for an unknown key (a typo would otherwise be ignored) or a bad value.
-        """
-        d = dict(d)
-        img_size = d.pop("img_size", None)
-        known = [f.name for f in fields(cls)]
-        unknown = sorted(str(k) for k in d if k not in known)
-        if unknown:
-            raise ValueError(f"unknown train_mivolo setting(s) {unknown}; known settings are {known}")
-        config = cls(**d)
-        if img_size is not None and int(img_size) != config.img_size:
-            raise ValueError(f"img_size {img_size} does not match variant {config.variant} ({config.img_size})")
-        return config
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the settings as a plain dict (the inverse of `from_dict`)."""
-        return asdict(self)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1097,9 +943,11 @@ def _parse_roots(values: Sequence[str]) -> ImageRoot:
 
 
 def _read_config(path: str | None, section: str | None, overrides: Sequence[str]) -> TrainConfig:
+    """The settings of a YAML file's section (a params.yaml: `train_mivolo.config`), then the `--set` overrides."""
     import yaml
 
     data: dict[str, Any] = {}
+    where = "config"
     if path:
         p = Path(path)
         if not p.is_file():
@@ -1113,17 +961,15 @@ def _read_config(path: str | None, section: str | None, overrides: Sequence[str]
         if section is not None:
             if section not in loaded:
                 raise InputError(f"has no section {section!r}", file=p, field=section)
-            loaded = loaded[section]
+            loaded, where = loaded[section], section
+            if isinstance(loaded, Mapping) and isinstance(loaded.get("config"), Mapping):  # params.yaml's layout
+                loaded, where = loaded["config"], f"{section}.config"
         if not isinstance(loaded, Mapping):
             raise InputError("the config must be a mapping of settings", file=p)
         data.update(loaded)
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise InputError(f"--set {item!r}: expected KEY=VALUE", field="set")
-        data[key] = yaml.safe_load(value)
+    data.update(parse_assignments(overrides, flag="--set"))
     try:
-        return TrainConfig.from_dict(data)
+        return TrainConfig.from_dict(data, where=where)
     except ValueError as exc:
         raise InputError(str(exc), file=path) from exc
 

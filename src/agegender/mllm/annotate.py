@@ -18,6 +18,7 @@ from agegender.data.schema import validate_samples
 from agegender.errors import InputError
 from agegender.mllm.backends.base import Backend
 from agegender.mllm.prompt import PROMPT_VERSION
+from agegender.mllm.runner import BackendSpec
 from agegender.mllm.store import ResponseStore
 
 ANNOTATION_COLUMNS = ("image", "age", "gender", "status", "raw_answer")
@@ -51,8 +52,8 @@ def folder_samples(folder: str | Path) -> tuple[pd.DataFrame, list[str]]:
 
 def annotate_folder_mllm(
     folder: str | Path,
-    backend: Backend,
-    store: ResponseStore,
+    backend: Backend | BackendSpec,
+    store: ResponseStore | str | Path,
     out_csv: str | Path,
     *,
     prompt_version: str = PROMPT_VERSION,
@@ -63,8 +64,8 @@ def annotate_folder_mllm(
 
     Args:
         folder: the photos (searched recursively).
-        backend: any registered MLLM backend.
-        store: the response store (answers are recorded there as they arrive).
+        backend: any registered MLLM backend, or what to create it from (closed when the run ends).
+        store: the response store or its folder (answers are recorded there as they arrive).
         out_csv: the output: image, age, gender, status (`ok`, `refused`, `unparsed`, `failed`), raw_answer.
         prompt_version: the prompt (the paper's by default).
         max_side: downscale photos so that the longer side is at most this (None: original size).
@@ -73,20 +74,14 @@ def annotate_folder_mllm(
     Returns:
         The annotation table; `attrs["unreadable"]` lists the photos that were skipped.
     """
-    from agegender.mllm.runner import run_queries, write_table
+    from agegender.mllm.runner import plan_queries, query_samples, write_table
 
     samples, unreadable = folder_samples(folder)
-    result = run_queries(
-        samples,
-        None,
-        Path(folder),
-        input_kind="body",
-        backend=backend,
-        store=store,
-        prompt_version=prompt_version,
-        max_side=max_side,
-        progress=progress,
-    )
+    run = query_samples(
+        plan_queries(samples, ["body"]), None, Path(folder), backend=backend, store=store,
+        prompt_version=prompt_version, max_side=max_side, progress=progress,
+    )  # fmt: skip
+    result = run.results["body"]
     preds = result.predictions.rename(columns={"sample_id": "image", "age_pred": "age", "gender_pred": "gender"})
     table = preds[list(ANNOTATION_COLUMNS)].sort_values("image").reset_index(drop=True)
     write_table(table, Path(out_csv))
@@ -97,20 +92,16 @@ def annotate_folder_mllm(
 
 def annotate_command_mllm(args: argparse.Namespace) -> int:
     """`agegender annotate FOLDER --backend NAME --model M --out CSV` (see `add_mllm_annotate_arguments`)."""
-    from agegender.mllm.backends.base import GenerationParams, create_backend
+    from agegender.mllm.backends.base import GenerationParams
     from agegender.mllm.runner import backend_options
 
     params = GenerationParams(max_new_tokens=args.max_new_tokens)
-    backend = create_backend(args.backend, args.model, params=params, **backend_options(args))
+    backend = BackendSpec(args.backend, args.model, params, backend_options(args))
     out = Path(args.out)
     store_dir = Path(args.store) if args.store else out.parent / "mllm_responses"
-    try:
-        with ResponseStore(store_dir) as store:
-            table = annotate_folder_mllm(
-                args.folder, backend, store, out, max_side=args.max_side, progress=not args.no_progress
-            )
-    finally:
-        backend.close()
+    table = annotate_folder_mllm(
+        args.folder, backend, store_dir, out, max_side=args.max_side, progress=not args.no_progress
+    )
     counts = table["status"].value_counts().to_dict()
     m = table.attrs["manifest"]
     print(

@@ -70,6 +70,12 @@ PAD_TOKEN = "<pad>"
 #: original-layout model types with a Llama text model (LLaVA-1.5 writes `llava`, ShareGPT4V `share4v`)
 SUPPORTED_MODEL_TYPES = ("llava", "llava_llama", "share4v")
 SUPPORTED_PROJECTORS = ("mlp2x_gelu",)
+#: `model_type`s of the llava-hf folders that the transformers / vllm backends and fine-tuning take
+HF_MODEL_TYPES: tuple[str, ...] = ("llava", "llava_next")
+#: architectures of the original LLaVA / ShareGPT4V code (not loadable by transformers without conversion)
+ORIGINAL_LLAVA_ARCHITECTURES: frozenset[str] = frozenset(
+    {"LlavaLlamaForCausalLM", "LlavaMistralForCausalLM", "LlavaMptForCausalLM", "Share4VLlamaForCausalLM"}
+)
 _SELECT_STRATEGY = {"patch": "default", "cls_patch": "full"}
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -305,6 +311,67 @@ def read_original_config(src: str | Path) -> dict[str, Any]:
         if not isinstance(config.get(key), int):
             raise InputError(f"missing or not an integer: {key}", file=path, field=key)
     return config
+
+
+def check_llava_folder(folder: Path) -> list[str]:
+    """Check that a folder is a Hugging Face LLaVA-family model the transformers / vllm backends can load.
+
+    The pre-flight check of `agegender check` for `query_mllms` models and `finetune_mllm.base_model`: it lives
+    beside the converter because the commonest problem it finds, a folder in the original layout, is what
+    `convert_llava` fixes. Only names and small JSON files are read.
+
+    Args:
+        folder: the model folder.
+
+    Returns:
+        One line per problem: config.json missing or invalid, the original LLaVA / ShareGPT4V layout (convert it
+        with `agegender convert-llava`), an unsupported `model_type`, missing weights or shards, no tokenizer,
+        no image processor.
+    """
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        return [f"no config.json in {folder}: not a Hugging Face model folder"]
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return [f"{config_path} is not valid JSON ({exc})"]
+    if not isinstance(config, dict):
+        return [f"{config_path} holds a {type(config).__name__}, not a JSON object"]
+    architectures = config.get("architectures") or []
+    if "mm_vision_tower" in config or ORIGINAL_LLAVA_ARCHITECTURES & set(architectures):
+        return [
+            f"{folder} is in the original LLaVA / ShareGPT4V layout (architectures {architectures}), which "
+            "transformers cannot load: convert it to the llava-hf layout with `agegender convert-llava` and point "
+            "the params at the converted folder"
+        ]
+    problems = []
+    model_type = config.get("model_type")
+    if model_type not in HF_MODEL_TYPES:
+        problems.append(
+            f"model_type {model_type!r} in {config_path} is not supported; supported: "
+            f"{', '.join(HF_MODEL_TYPES)} (LLaVA-1.5 and LLaVA-NeXT in the llava-hf layout)"
+        )
+    indexes = sorted(folder.glob("*.index.json"))
+    if indexes:
+        for index in indexes:
+            try:
+                shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+                problems.append(f"{index} is not a weights index with a weight_map ({type(exc).__name__}: {exc})")
+                continue
+            missing = [s for s in shards if not (folder / s).is_file()]
+            if missing:
+                problems.append(
+                    f"{len(missing)} of {len(shards)} weight shards listed in {index.name} are missing "
+                    f"(first: {', '.join(missing[:5])})"
+                )
+    elif not any(folder.glob("*.safetensors")) and not any(folder.glob("pytorch_model*.bin")):
+        problems.append(f"no weights in {folder} (*.safetensors, an index json with its shards, or pytorch_model*.bin)")
+    if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer.model").is_file():
+        problems.append(f"no tokenizer in {folder} (tokenizer.json or tokenizer.model)")
+    if not (folder / "preprocessor_config.json").is_file() and not (folder / "processor_config.json").is_file():
+        problems.append(f"no image processor in {folder} (preprocessor_config.json or processor_config.json)")
+    return problems
 
 
 def _text_config(original: dict[str, Any], *, vocab_size: int, pad_id: int | None, bos: Any, eos: Any) -> Any:

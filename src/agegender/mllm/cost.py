@@ -27,6 +27,8 @@ Decisions (documented here because they change the figures):
 - **Prices are not facts of this code**: `PRICES` is a dated copy of OpenAI's price list (standard tier, USD per
   million tokens) for the paper's models, to be checked against the current list and overridden by arguments.
   The Batch API (half price, answers within 24 h) is not what the runner uses.
+- **Which crops** are priced is the run's own plan (`agegender.mllm.runner.plan_queries`; for a params file the
+  stage's `model_plan`, `inputs_by_dataset` included): a crop the stage never sends is never priced.
 - **Crop sizes** come from the runner's own crop rules (`agegender.data.crops`) and its `max_side` downscale,
   without encoding any image: `face` and `body` crops are their clamped boxes (only image headers are read),
   `body_wo_face` crops are cut as the runner cuts them (its drop rules look at the masked pixels).
@@ -37,14 +39,23 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agegender.errors import InputError
 from agegender.mllm.prompt import PROMPT_VERSION, get_prompt
-from agegender.mllm.runner import MLLM_INPUTS, downscaled_size
+from agegender.mllm.runner import (
+    MLLM_INPUTS,
+    QueryPlan,
+    _check_input,
+    _check_max_side,
+    downscaled_size,
+    mask_neighbours,
+    model_plan,
+    plan_queries,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -560,10 +571,8 @@ def crop_sizes(
     from agegender.data.crops import clamp_box, image_file, image_size, iter_crops
     from agegender.data.schema import FACE_BOX, PERSON_BOX
 
-    if input_kind not in MLLM_INPUTS:
-        raise InputError(f"unknown MLLM input kind {input_kind!r}; known: {list(MLLM_INPUTS)}", field="input")
-    if max_side is not None and (not isinstance(max_side, int) or max_side < 1):
-        raise InputError(f"max_side must be a positive integer or None, got {max_side!r}", field="max_side")
+    _check_input(input_kind)
+    _check_max_side(max_side)
     if input_kind == "body_wo_face":
         for sample_id, crop in iter_crops(samples, masked, image_roots, input_kind, context=context, progress=progress):
             yield sample_id, None if crop is None else downscaled_size(crop.shape[1], crop.shape[0], max_side)
@@ -600,11 +609,10 @@ def crop_sizes(
 
 
 def estimate_cost(
-    samples: pd.DataFrame,
+    plan: QueryPlan,
     masked: pd.DataFrame | None,
     image_roots: str | Path | Mapping[str, str | Path],
     *,
-    input_kinds: Sequence[str] = ("body", "body_wo_face"),
     model: str = "gpt-4o",
     detail: str | None = "high",
     max_side: int | None = None,
@@ -618,13 +626,15 @@ def estimate_cost(
     context: pd.DataFrame | None = None,
     progress: bool = False,
 ) -> CostEstimate:
-    """The cost of asking `model` about every sample, once per input kind, with the crops the runner sends.
+    """The cost of asking `model` the queries of a plan, with the crops the runner sends.
+
+    The plan (`agegender.mllm.runner.plan_queries`) is the one `query_samples` runs, so every planned (sample,
+    input kind) with a crop is one request, and nothing else is priced.
 
     Args:
-        samples: the sample table of the run (e.g. the study split of NanoLAGENDA).
+        plan: the run's plan (its shard's samples are priced).
         masked: the reader's side table of persons that exist only to be masked (or None).
         image_roots: the folder image paths are relative to, or a mapping dataset -> folder.
-        input_kinds: `body`, `face`, `body_wo_face` (one request per sample and kind with a crop).
         model: OpenAI model id (image-token rule and default price).
         detail: the `detail` sent (`low`, `high`, `auto`/None counted as high).
         max_side: the runner's downscale (None: original size, the paper's setting).
@@ -634,25 +644,24 @@ def estimate_cost(
         text_tokens: exact text tokens per request instead of counting them.
         upscale: the tile rule's literal reading (see the module notes).
         context: a larger sample table whose boxes are masked in `body_wo_face` crops (the pipeline passes
-            every sample, as `run_queries` does).
+            every sample, as it does to `query_samples`).
         progress: show tqdm bars.
 
     Returns:
-        The estimate: requests, token totals and USD, per input kind and in total.
+        The estimate: requests, token totals and USD, per input kind of the plan and in total.
 
     Raises:
-        InputError: unknown model, kind or prompt, no price, a data set without an image root, unreadable images.
+        InputError: unknown model or prompt, no price, a data set without an image root, unreadable images.
     """
-    if not input_kinds:
-        raise InputError("give at least one input kind", field="input")
     estimate = _new_estimate(
         model, detail, prices=prices, price_in=price_in, price_out=price_out, prompt_version=prompt_version,
         output_tokens=output_tokens, text_tokens=text_tokens, max_side=max_side, upscale=upscale,
     )  # fmt: skip
-    for kind in input_kinds:
+    for kind in plan.samples:
         estimate.by_input[kind] = KindCost()
+        neighbours = mask_neighbours(plan.samples[kind], context)
         for _, size in crop_sizes(
-            samples, masked, image_roots, kind, max_side=max_side, context=context, progress=progress
+            plan.asked(kind), masked, image_roots, kind, max_side=max_side, context=neighbours, progress=progress
         ):
             _add(estimate, kind, size)
     return estimate
@@ -666,10 +675,11 @@ def estimate_params(
     model: str | None = None,
     **options: Any,
 ) -> dict[str, CostEstimate]:
-    """Estimates for the `query_mllms.models` of a params file, over the samples the stage would query.
+    """Estimates for the `query_mllms.models` of a params file: the queries the stage would send.
 
-    Each model gets the stage's samples (the study split of its data sets), inputs, `max_side`, the section's
-    `detail` and prompt version, and the prepared data (`agegender.data.prepare.load_prepared`).
+    Each model is priced over its stage's plan (`agegender.mllm.runner.model_plan`: the study split of its data
+    sets, each with its inputs or its `inputs_by_dataset`), with its `max_side`, the section's `detail` and prompt
+    version, and the prepared data (`agegender.data.prepare.load_prepared`).
 
     Args:
         params, paths: as loaded by `agegender.pipeline.setup`.
@@ -682,26 +692,21 @@ def estimate_params(
     Raises:
         InputError: an unknown key, no `openai` entry, an entry that is not an OpenAI model without `model`.
     """
-    from agegender.data.prepare import load_prepared
-    from agegender.evaluate import select_samples
+    from agegender.data.prepare import SAMPLES_FILE, load_prepared
 
     cfg = params.query_mllms
-    if model_key is not None:
-        if model_key not in cfg.models:
-            raise InputError(f"unknown model {model_key!r}; query_mllms.models has {sorted(cfg.models)}", field="model")
-        keys = [model_key]
-    else:
-        keys = [k for k, spec in cfg.models.items() if spec.backend == "openai"]
-        if not keys:
-            raise InputError(
-                "query_mllms.models has no entry with backend 'openai'; name one with --model-key and price it "
-                "with --model",
-                field="query_mllms.models",
-            )
+    keys = [model_key] if model_key is not None else [k for k, spec in cfg.models.items() if spec.backend == "openai"]
+    if not keys:
+        raise InputError(
+            "query_mllms.models has no entry with backend 'openai'; name one with --model-key and price it "
+            "with --model",
+            field="query_mllms.models",
+        )
     data = load_prepared(params, paths)
     roots = data.image_roots(paths)
     out: dict[str, CostEstimate] = {}
     for key in keys:
+        plan = model_plan(params, key, data.samples, source=paths(params.prepare_data.out) / SAMPLES_FILE)
         spec = cfg.models[key]
         priced = model or (spec.model if spec.backend == "openai" else None)
         if not priced:
@@ -709,10 +714,9 @@ def estimate_params(
                 f"query_mllms.models.{key} is a {spec.backend} model; give the OpenAI model to price (--model)",
                 field="model",
             )
-        targets = select_samples(data.samples, params.study.split, spec.datasets or params.study.datasets)
         out[key] = estimate_cost(
-            targets, data.masked, roots, input_kinds=spec.inputs, model=priced, detail=cfg.generation.detail,
-            max_side=spec.max_side, prompt_version=cfg.prompt_version, context=data.samples, **options,
+            plan, data.masked, roots, model=priced, detail=cfg.generation.detail, max_side=spec.max_side,
+            prompt_version=cfg.prompt_version, context=data.samples, **options,
         )  # fmt: skip
     return out
 
@@ -761,16 +765,15 @@ def _cmd_cost(args: argparse.Namespace) -> int:
         if args.samples is None or not args.data_root:
             raise InputError("give --params, or --samples with --data-root", field="samples")
         samples = validate_samples(read_table(args.samples), source=args.samples)
-        context = samples
-        if args.split != "all":
-            samples = samples[samples["split"] == args.split].reset_index(drop=True)
-        if args.datasets:
-            samples = samples[samples["dataset"].isin(args.datasets)].reset_index(drop=True)
+        plan = plan_queries(
+            samples, args.input, split=None if args.split == "all" else args.split, datasets=args.datasets,
+            source=args.samples,
+        )  # fmt: skip
         masked = read_table(args.masked) if args.masked else None
         detail = None if args.detail == "none" else args.detail
         estimate = estimate_cost(
-            samples, masked, parse_data_roots(args.data_root), input_kinds=args.input, model=args.model or "gpt-4o",
-            detail=detail, max_side=args.max_side, prompt_version=args.prompt_version, context=context, **options,
+            plan, masked, parse_data_roots(args.data_root), model=args.model or "gpt-4o", detail=detail,
+            max_side=args.max_side, prompt_version=args.prompt_version, context=samples, **options,
         )  # fmt: skip
         estimates = {estimate.model: estimate}
     _print_estimates(estimates, args)

@@ -1,4 +1,10 @@
-"""Run the paper's zero-shot protocol over a sample table: crops -> queries -> store -> answers -> predictions.
+"""Run the paper's zero-shot protocol over a sample table: plan -> crops -> queries -> store -> answers -> predictions.
+
+Every query of the package takes one path: `plan_queries` (or `model_plan` for a `query_mllms` model) decides which
+samples are asked with which crop (split, data sets, `inputs_by_dataset`, shard), and `query_samples` creates or
+takes the backend, opens the store, runs `run_queries` once per input kind of the plan, closes both and sums the
+outcome. The `query_mllms` stage, fine-tuning, checkpoint selection, `agegender query` and `annotate` call it, and
+`agegender cost` prices the same plan.
 
 `run_queries` makes one query per sample (the crop of the asked input kind and the paper's prompt), looks each
 up in the response store, sends only the misses through the backend (asynchronously, answers taken as they
@@ -49,8 +55,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from agegender.data.crops import BadImages
-    from agegender.mllm.backends.base import Answer, Backend, Query
+    from agegender.mllm.backends.base import Answer, Backend, GenerationParams, Query
     from agegender.mllm.store import ResponseStore
+    from agegender.params import Params
 
 #: input kinds an MLLM gets (the paper's): the person crop with the face visible, the face, the masked body.
 MLLM_INPUTS: tuple[str, ...] = ("body", "face", "body_wo_face")
@@ -102,6 +109,11 @@ def _check_input(input_kind: str) -> None:
         raise InputError(f"unknown MLLM input kind {input_kind!r}; known: {list(MLLM_INPUTS)}", field="input")
 
 
+def _check_max_side(max_side: int | None) -> None:
+    if max_side is not None and (not isinstance(max_side, int) or max_side < 1):
+        raise InputError(f"max_side must be a positive integer or None, got {max_side!r}", field="max_side")
+
+
 def crop_queries(
     samples: pd.DataFrame,
     masked: pd.DataFrame | None,
@@ -144,8 +156,7 @@ def crop_queries(
     from agegender.mllm.backends.base import Query
 
     _check_input(input_kind)
-    if max_side is not None and (not isinstance(max_side, int) or max_side < 1):
-        raise InputError(f"max_side must be a positive integer or None, got {max_side!r}", field="max_side")
+    _check_max_side(max_side)
     text = get_prompt(PROMPT_VERSION) if prompt is None else prompt
     if stats is None:
         stats = {}
@@ -215,6 +226,124 @@ def select_shard(samples: pd.DataFrame, shard: tuple[int, int]) -> pd.DataFrame:
         return samples.copy()
     mask = [shard_of(s, count) == index for s in samples["sample_id"].astype(str)]
     return samples.loc[mask].copy()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Planning: which samples are asked with which crop
+
+
+@dataclass(frozen=True)
+class QueryPlan:
+    """Which samples a run asks about, with which crop: what `query_samples` sends and `agegender cost` prices.
+
+    One plan serves both so that a price is the price of the queries a run sends (a crop the stage never sends,
+    e.g. `body_wo_face` of a data set that `inputs_by_dataset` limits to `body`, is never priced). Within a
+    planned (sample, input kind), the crop rules (`agegender.data.crops`) still decide whether there is a crop to
+    send: a sample without one (no box, nothing left after masking) makes no query, and is counted as `no_crop`.
+
+    Attributes:
+        samples: input kind -> the samples asked with that crop, every shard (a shard's `body_wo_face` crops mask
+            neighbours from every shard), in the table's order.
+        datasets: input kind -> the data sets asked with it.
+        shard: 0-based (index, count): the shard a run of this plan asks (`asked`).
+    """
+
+    samples: dict[str, pd.DataFrame]
+    datasets: dict[str, tuple[str, ...]]
+    shard: tuple[int, int] = (0, 1)
+
+    def asked(self, input_kind: str) -> pd.DataFrame:
+        """The samples of this plan's shard asked with `input_kind`, in order (`select_shard`)."""
+        return select_shard(self.samples[input_kind], self.shard)
+
+    def sample_ids(self) -> list[str]:
+        """The sample ids of every input kind and shard (a sample asked with two crops appears twice)."""
+        return [str(sid) for rows in self.samples.values() for sid in rows["sample_id"]]
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """(sample_id, input kind) of this plan's shard, by kind then in order: one query each where the crop
+        exists."""
+        return [(str(sid), kind) for kind in self.samples for sid in self.asked(kind)["sample_id"]]
+
+
+def mask_neighbours(samples: pd.DataFrame, context: pd.DataFrame | None) -> pd.DataFrame:
+    """The samples whose boxes a run masks in its `body_wo_face` crops: the run's samples of every shard (a
+    shard's crops mask its neighbours in the other shards) and the `context` (a stage passes every sample)."""
+    import pandas as pd
+
+    return samples if context is None else pd.concat([samples, context], ignore_index=True)
+
+
+def plan_queries(
+    samples: pd.DataFrame,
+    inputs: Sequence[str],
+    *,
+    split: str | None = None,
+    datasets: Sequence[str] | None = None,
+    inputs_by_dataset: Mapping[str, Sequence[str]] | None = None,
+    shard: tuple[int, int] = (0, 1),
+    source: str | Path | None = None,
+) -> QueryPlan:
+    """Plan a run: the samples of `split` in `datasets`, each asked with the crops `inputs` (or its data set's).
+
+    Input kinds come in the order they first appear going through the data sets, each data set's kinds in their
+    order (`query_mllms@<model>` writes its manifest's runs in this order).
+
+    Args:
+        samples: the sample table (DESIGN.md).
+        inputs: the input kinds every data set is asked with (`MLLM_INPUTS`).
+        split: the split asked; None = every split.
+        datasets: the data sets asked, in order; None or empty = every data set of the table, in order of
+            appearance (as `agegender.evaluate.select_samples` reads it).
+        inputs_by_dataset: other input kinds for some data sets (e.g. `{"wild104": ["body"]}`).
+        shard: 0-based (index, count); see `parse_shard` for the CLI's 1-based spelling.
+        source: the sample table's file, named in errors.
+
+    Raises:
+        InputError: an unknown input kind or bad shard, or a data set that is not in the table.
+    """
+    from agegender.evaluate import select_samples
+
+    overrides = {str(name): tuple(kinds) for name, kinds in (inputs_by_dataset or {}).items()}
+    for kind in dict.fromkeys([*inputs, *(k for kinds in overrides.values() for k in kinds)]):
+        _check_input(kind)
+    shard = _check_shard(shard)
+    present = list(dict.fromkeys(samples["dataset"].astype(str)))
+    names = [str(name) for name in datasets] if datasets else present
+    missing = [name for name in names if name not in present]
+    if missing:
+        raise InputError(
+            f"data sets {missing} are not in the sample table: nothing to do; no request was sent and no output was "
+            "written",
+            file=source,
+            field="dataset",
+        )
+    # an empty table has no data set: each input kind then asks no sample
+    by_kind: dict[str, list[str]] = {} if names else {kind: [] for kind in inputs}
+    for name in names:
+        for kind in overrides.get(name, tuple(inputs)):
+            by_kind.setdefault(kind, []).append(name)
+    return QueryPlan(
+        samples={kind: select_samples(samples, split, kind_datasets) for kind, kind_datasets in by_kind.items()},
+        datasets={kind: tuple(kind_datasets) for kind, kind_datasets in by_kind.items()},
+        shard=shard,
+    )
+
+
+def model_plan(params: Params, model_key: str, samples: pd.DataFrame, *, source: str | Path | None = None) -> QueryPlan:
+    """The plan of stage `query_mllms@<model_key>`: the study split of the model's data sets, with its inputs.
+
+    Raises:
+        InputError: a model that is not in `query_mllms.models`, or a data set that is not in the table.
+    """
+    models = params.query_mllms.models
+    if model_key not in models:
+        raise InputError(f"unknown model {model_key!r}; query_mllms.models has {sorted(models)}", field="model")
+    spec = models[model_key]
+    return plan_queries(
+        samples, spec.inputs, split=params.study.split, datasets=spec.datasets or params.study.datasets,
+        inputs_by_dataset=spec.inputs_by_dataset, source=source,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -363,7 +492,7 @@ def run_queries(
     prompt = get_prompt(prompt_version)
     started_at, t0 = _now(), time.perf_counter()
     subset = select_shard(samples, shard)
-    neighbours = samples if context is None else pd.concat([samples, context], ignore_index=True)
+    neighbours = mask_neighbours(samples, context)
     stats: dict[str, Any] = {}
     bad = BadImages()
     queries = crop_queries(
@@ -500,6 +629,7 @@ def run_queries(
     for sample_id in bad.samples:  # no answer, and nothing stored: the next run tries the image again
         rows[request_id(sample_id, input_kind)] = {**empty_row(sample_id), "status": "failed"}
         tally.status["failed"] += 1
+        tally.errors["the image cannot be loaded (see bad_images)"] += 1
     if bad.images:
         _log.warning("%s [%s]: %s", model, input_kind, BadImages.describe(bad.summary(limit=3)))
     # The samples' order (queries follow it; a bad image's samples slot in where they stand).
@@ -729,6 +859,113 @@ def run_outcome(manifests: Iterable[Mapping[str, Any]], max_failed: int | str = 
         deterministic=all(bool(m.get("deterministic", False)) for m in manifests),
         errors=tuple(errors.most_common(3)),
     )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The one query path: backend, store, the plan's runs, outcome
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """A backend for `query_samples` to create (`create_backend`'s arguments), and close when the run ends."""
+
+    name: str
+    model: str
+    params: GenerationParams | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def create(self) -> Backend:
+        """The backend (`create_backend`: a registered name or an import path)."""
+        from agegender.mllm.backends.base import create_backend
+
+        return create_backend(self.name, self.model, params=self.params, **self.options)
+
+
+@dataclass
+class QueryRun:
+    """What `query_samples` did: one `RunResult` per input kind of the plan, and how the runs ended.
+
+    Attributes:
+        results: input kind -> its run, in the plan's order.
+        outcome: the runs summed under the failure budget; the caller acts on it around writing its outputs
+            (`RunOutcome.check_answered` before, `RunOutcome.check_failures` after).
+    """
+
+    results: dict[str, RunResult]
+    outcome: RunOutcome
+
+    @property
+    def predictions(self) -> pd.DataFrame:
+        """The prediction tables of every input kind, one after the other."""
+        import pandas as pd
+
+        return pd.concat([r.predictions for r in self.results.values()], ignore_index=True)
+
+    @property
+    def manifests(self) -> list[dict[str, Any]]:
+        """The run manifests, in the plan's order."""
+        return [r.manifest for r in self.results.values()]
+
+
+def query_samples(
+    plan: QueryPlan,
+    masked: pd.DataFrame | None,
+    image_roots: str | Path | Mapping[str, str | Path],
+    *,
+    backend: Backend | BackendSpec,
+    store: ResponseStore | str | Path,
+    store_tag: str = "w",
+    context: pd.DataFrame | None = None,
+    prompt_version: str = PROMPT_VERSION,
+    max_side: int | None = None,
+    model_name: str | None = None,
+    progress: bool = True,
+    chunk_size: int | None = None,
+    max_failed: int | str = 0,
+    budget_name: str = "max_failed",
+) -> QueryRun:
+    """Ask a backend about a plan's samples, one `run_queries` per input kind: the one way every caller queries
+    (the `query_mllms` stage, fine-tuning, checkpoint selection, `agegender query` and `annotate`).
+
+    The backend is created here from a `BackendSpec`, or taken as given; either way it is closed when the run ends,
+    also on error (every caller's backend serves one run). A store folder is opened here (writer tag `store_tag`)
+    and closed likewise; an open `ResponseStore` is the caller's, who may share it between runs (the checkpoints
+    of a selection) and closes it.
+
+    Args:
+        plan: what to ask (`plan_queries`); its shard is the one asked.
+        masked: the reader's side table of persons that exist only to be masked (or None).
+        image_roots: the folder image paths are relative to, or a mapping dataset -> folder.
+        backend: the backend, or what to create it from.
+        store: the response store, or its folder.
+        store_tag: names this writer's files when the store is opened here (e.g. the shard, `s1of4`).
+        context: extra samples whose boxes are masked in `body_wo_face` crops (a stage passes every sample).
+        prompt_version, max_side, model_name, progress, chunk_size: as for `run_queries`.
+        max_failed: rows that may stay `failed` (`failure_budget`): a count or a percentage of all the runs' rows.
+        budget_name: where that budget is set, for the outcome's messages.
+
+    Raises:
+        InputError: a malformed `max_failed`, and whatever `run_queries` raises (bad input kind, prompt, root).
+    """
+    import contextlib
+
+    from agegender.mllm.store import ResponseStore
+
+    failure_budget(max_failed, 0)  # a malformed budget is reported before anything is sent
+    with contextlib.ExitStack() as stack:
+        runner = backend.create() if isinstance(backend, BackendSpec) else backend
+        stack.callback(runner.close)
+        if not isinstance(store, ResponseStore):
+            store = stack.enter_context(ResponseStore(store, tag=store_tag))
+        results: dict[str, RunResult] = {}
+        for kind, rows in plan.samples.items():
+            results[kind] = run_queries(
+                rows, masked, image_roots, input_kind=kind, backend=runner, store=store,
+                prompt_version=prompt_version, shard=plan.shard, max_side=max_side, model_name=model_name,
+                progress=progress, context=context, chunk_size=chunk_size,
+            )  # fmt: skip
+    outcome = run_outcome([r.manifest for r in results.values()], max_failed, budget_name=budget_name)
+    return QueryRun(results=results, outcome=outcome)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -983,51 +1220,36 @@ def backend_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _cmd_query(args: argparse.Namespace) -> int:
     from agegender.data.schema import read_table, validate_samples
-    from agegender.mllm.backends.base import GenerationParams, create_backend
-    from agegender.mllm.store import ResponseStore
+    from agegender.mllm.backends.base import GenerationParams
 
     table = validate_samples(read_table(args.samples), source=args.samples)
-    samples = table
-    if args.split != "all":
-        samples = samples[samples["split"] == args.split].reset_index(drop=True)
-    if args.datasets:
-        samples = samples[samples["dataset"].isin(args.datasets)].reset_index(drop=True)
+    shard = parse_shard(args.shard) if args.shard else (0, 1)
+    plan = plan_queries(
+        table, [args.input], split=None if args.split == "all" else args.split, datasets=args.datasets or None,
+        shard=shard, source=args.samples,
+    )  # fmt: skip
     selection = (
         "the table has no data rows"
         if table.empty
         else f"none in split {args.split!r}" + (f" of data sets {list(args.datasets)}" if args.datasets else "")
     )
-    require_samples(samples, source=args.samples, selection=selection)
-    failure_budget(args.max_failed, 0)  # a malformed budget is reported before anything is sent
+    require_samples(plan.sample_ids(), source=args.samples, selection=selection)
     masked = read_table(args.masked) if args.masked else None
     roots = parse_data_roots(args.data_root)
-    shard = parse_shard(args.shard) if args.shard else (0, 1)
     get_prompt(args.prompt_version)
     detail = None if args.detail == "none" else args.detail
     params = GenerationParams(
         temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed, n=1, detail=detail
     )
-    backend = create_backend(args.backend, args.model, params=params, **backend_options(args))
     out = Path(args.out)
     store_dir = Path(args.store) if args.store else out.parent / "mllm_responses"
-    try:
-        with ResponseStore(store_dir, tag=f"s{shard[0] + 1}of{shard[1]}") as store:
-            result = run_queries(
-                samples,
-                masked,
-                roots,
-                input_kind=args.input,
-                backend=backend,
-                store=store,
-                prompt_version=args.prompt_version,
-                shard=shard,
-                max_side=args.max_side,
-                model_name=args.model_name,
-                progress=not args.quiet,
-            )
-    finally:
-        backend.close()
-    outcome = run_outcome([result.manifest], args.max_failed, budget_name="--max-failed")
+    run = query_samples(
+        plan, masked, roots, backend=BackendSpec(args.backend, args.model, params, backend_options(args)),
+        store=store_dir, store_tag=f"s{shard[0] + 1}of{shard[1]}", prompt_version=args.prompt_version,
+        max_side=args.max_side, model_name=args.model_name, progress=not args.quiet, max_failed=args.max_failed,
+        budget_name="--max-failed",
+    )  # fmt: skip
+    result, outcome = run.results[args.input], run.outcome
     outcome.check_answered(source=args.samples, out=out, store=store_dir, rerun="the same command")
     preds, manifest = write_run(result, out, args.manifest)
     m = result.manifest
@@ -1063,7 +1285,7 @@ def add_insecure_http_argument(parser: Any) -> None:
     The flag exists so that sending the key and the photos in clear text to another host is a decision the user
     wrote down, never a default: the openai backend refuses such a base_url without it.
     """
-    from agegender.mllm.backends.openai_backend import INSECURE_HTTP_FLAG
+    from agegender.mllm.backend_options import INSECURE_HTTP_FLAG
 
     parser.add_argument(
         INSECURE_HTTP_FLAG,

@@ -2,7 +2,7 @@
 
 The paper (section 4.3) saved a checkpoint every 450 steps while fine-tuning ShareGPT4V-7B, evaluated each one and
 kept the best (at 40% of the epoch). `select_checkpoint` does that with the zero-shot protocol itself: every
-checkpoint of a fine-tuning run answers the validation crops through `agegender.mllm.runner.run_queries` (same
+checkpoint of a fine-tuning run answers the validation crops through `agegender.mllm.runner.query_samples` (same
 prompt, parser and `transformers` backend as the zero-shot stage), the answers are scored with
 `agegender.metrics.evaluate`, and the best checkpoint by one metric is chosen. `keep_best` copies it to a folder
 that the `transformers` and `vllm` backends serve unchanged, with the table beside it.
@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from agegender.errors import InputError
 from agegender.files import atomic_write_text
+from agegender.metrics import METRICS_BY_NAME, evaluate
 from agegender.mllm.backends.base import Answer, Backend, GenerationParams, Query
 
 if TYPE_CHECKING:
@@ -58,8 +59,11 @@ if TYPE_CHECKING:
 
 INDEX_FILE = "checkpoints.json"
 FINAL_DIR = "final"
-#: metric -> True when higher is better
-METRICS: dict[str, bool] = {"age_mae": False, "age_mape": False, "age_cs5": True, "gender_acc": True}
+#: the metrics a checkpoint can be chosen by (those of the paper that pooled data sets give) -> True when higher is
+#: better (`agegender.metrics.METRICS`)
+METRICS: dict[str, bool] = {
+    name: METRICS_BY_NAME[name].higher_is_better for name in ("age_mae", "age_mape", "age_cs5", "gender_acc")
+}
 #: the default share of parsed answers below which a checkpoint cannot win
 MIN_COVERAGE = 0.5
 TABLE_COLUMNS: tuple[str, ...] = (
@@ -383,8 +387,6 @@ def score_predictions(samples: pd.DataFrame, predictions: pd.DataFrame) -> dict[
         `n` (queried samples), `coverage` (share `ok`), `age_mae`, `age_cs5`, `age_mape`, `gender_acc` (NaN
         where nothing could be scored).
     """
-    from agegender.metrics import evaluate
-
     nan = float("nan")
     if len(predictions) == 0:
         return {"n": 0, "coverage": nan, **dict.fromkeys(METRICS, nan)}
@@ -460,28 +462,21 @@ def _evaluate_checkpoint(
     progress: bool,
 ) -> tuple[dict[str, Any], pd.DataFrame, dict[str, Any]]:
     """Query one checkpoint through the zero-shot runner and score it: (numbers, predictions, manifest)."""
-    from agegender.mllm.backends.base import create_backend
-    from agegender.mllm.runner import run_queries
+    from agegender.mllm.runner import BackendSpec, plan_queries, query_samples
 
     model = str(checkpoint.path.resolve())
-    if backend_name == "transformers":
-        backend: Backend = _LazyTransformers(model, params=generation, **backend_options)
-    else:
-        backend = create_backend(backend_name, model, params=generation, **backend_options)
-    try:
-        result = run_queries(
-            samples,
-            masked,
-            image_roots,
-            input_kind=input_kind,
-            backend=backend,
-            store=store,
-            model_name=checkpoint.name,
-            progress=progress,
-        )
-        loaded = getattr(backend, "real", True) is not None
-    finally:
-        backend.close()
+    backend: Backend | BackendSpec = (
+        _LazyTransformers(model, params=generation, **backend_options)
+        if backend_name == "transformers"
+        else BackendSpec(backend_name, model, generation, backend_options)
+    )
+    run = query_samples(
+        plan_queries(samples, [input_kind]), masked, image_roots, backend=backend, store=store,
+        model_name=checkpoint.name, progress=progress,
+    )  # fmt: skip
+    result = run.results[input_kind]
+    # whether the checkpoint's model had to be loaded (a lazy backend whose answers were all stored never loads)
+    loaded = getattr(backend, "real", True) is not None
     numbers = score_predictions(samples, result.predictions)
     numbers.update(
         n_no_crop=len(result.no_crop_ids), requests_sent=int(result.manifest["requests_sent"]), model_loaded=loaded

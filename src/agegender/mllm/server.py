@@ -57,6 +57,7 @@ from typing import Any
 import numpy as np
 
 from agegender.errors import InputError
+from agegender.mllm.backend_options import ConstantOptions, EchoOptions, is_loopback_host
 from agegender.mllm.backends.base import (
     Answer,
     Backend,
@@ -65,7 +66,7 @@ from agegender.mllm.backends.base import (
     create_backend,
     register_backend,
 )
-from agegender.mllm.backends.openai_backend import is_loopback_host
+from agegender.settings import settings_from_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -98,20 +99,19 @@ def _limit_words(text: str, max_new_tokens: int) -> tuple[str, int, str]:
 class ConstantBackend(Backend):
     """A model that always answers the same text (default `[female; 40]`), cut to `params.max_new_tokens` words.
 
-    Options:
-        text: the answer.
-        batch_latency_ms: time each batch takes (simulates a model whose batch costs about as much as one
-            query, so batching can be measured).
+    Options: `ConstantOptions` (the answer `text`, `batch_latency_ms`, `batch_size`).
     """
 
     name = "constant"
+    options_type = ConstantOptions
     batch_size = 64
 
     def __init__(self, model: str = "constant", *, params: GenerationParams | None = None, **options: Any) -> None:
-        super().__init__(model or "constant", params=params, **options)
-        self.text = str(options.get("text", "[female; 40]"))
-        self.batch_latency_s = float(options.get("batch_latency_ms", 0.0)) / 1000.0
-        self.batch_size = int(options.get("batch_size", type(self).batch_size))
+        super().__init__(model or "constant", params=params)
+        o = settings_from_kwargs(ConstantOptions, options, what="constant backend option")
+        self.text = o.text
+        self.batch_latency_s = o.batch_latency_ms / 1000.0
+        self.batch_size = o.batch_size
         #: answers without blocking (the server may call it on its event loop)
         self.nonblocking = self.batch_latency_s == 0.0
 
@@ -148,12 +148,14 @@ class EchoBackend(Backend):
     """
 
     name = "echo"
+    options_type = EchoOptions
     batch_size = 64
     #: answers without blocking (the server may call it on its event loop)
     nonblocking = True
 
     def __init__(self, model: str = "echo", *, params: GenerationParams | None = None, **options: Any) -> None:
-        super().__init__(model or "echo", params=params, **options)
+        super().__init__(model or "echo", params=params)
+        settings_from_kwargs(EchoOptions, options, what="echo backend option")
 
     @property
     def model_revision(self) -> str | None:

@@ -44,10 +44,9 @@ from tqdm.auto import tqdm
 from agegender.errors import InputError
 from agegender.files import atomic_path, atomic_write_text
 from agegender.mllm.backends.transformers_backend import chat_prompt, check_image, pad_to_square, square_pad_color
+from agegender.mllm.finetune_config import SFT_INPUTS
 from agegender.mllm.prompt import PROMPT, format_answer
 
-#: crops a fine-tuning record can show (the MLLM input kinds of the runner)
-SFT_INPUTS: tuple[str, ...] = ("body", "face", "body_wo_face")
 IGNORE_INDEX = -100
 
 

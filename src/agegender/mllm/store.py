@@ -54,15 +54,6 @@ _ANSWER_FIELDS: tuple[str, ...] = (
     "model_revision",
     "latency_s",
 )
-KEY_FIELDS: tuple[str, ...] = (
-    "backend",
-    "model",
-    "model_revision",
-    "prompt_version",
-    "image_hash",
-    "params",
-    "options",
-)
 
 
 def key_fields(

@@ -22,6 +22,7 @@ from PIL import Image
 from agegender.data.crops import crop, load_image
 from agegender.data.schema import FACE_BOX, GENDERS, PERSON_BOX, validate_predictions, validate_samples
 from agegender.errors import InputError
+from agegender.metrics import age_mae, metric_def
 from agegender.report.paper import INPUT_NAMES, model_display_name
 
 log = logging.getLogger(__name__)
@@ -233,7 +234,7 @@ def age_group_figure(
         label = _label(model, input_kind, model_names)
         overall = _overall_mae(rows, str(dataset), model, input_kind)
         if overall is not None:
-            label += f" (MAE {overall:.2f})"
+            label += f" (MAE {metric_def('age_mae').format(overall)})"
         line_style, marker = INPUT_STYLES.get(input_kind, ("-", "o"))
         colour = palette[models.index(model) % len(palette)]
         ax.plot(range(len(groups)), ys, ls=line_style, marker=marker, ms=4, color=colour, label=label, lw=1.5)
@@ -295,8 +296,9 @@ def pred_vs_true_figure(
         ax.set_ylim(0, top)
         ax.set_aspect("equal")
         mae = _overall_mae(rows, str(dataset), model, input_kind)
-        mae = float(np.mean(np.abs(pred - true))) if mae is None else mae
-        ax.set_title(f"{_label(model, input_kind, model_names)}\nMAE {mae:.2f}, n={len(part)}", fontsize=8)
+        mae = age_mae(pred, true) if mae is None else mae
+        title_mae = metric_def("age_mae").format(mae)
+        ax.set_title(f"{_label(model, input_kind, model_names)}\nMAE {title_mae}, n={len(part)}", fontsize=8)
         ax.set_xlabel("true age")
         ax.set_ylabel("predicted age")
     for ax in axes[len(pairs) :]:
@@ -368,10 +370,8 @@ def gender_confusion_figure(
             yticklabels=list(GENDERS),
             annot_kws={"fontsize": 9},
         )
-        acc = float(np.trace(counts)) / max(1, int(counts.sum()))
-        ax.set_title(
-            f"{_label(model, input_kind, model_names)}\nacc {100 * acc:.2f}%, n={int(counts.sum())}", fontsize=8
-        )
+        acc = metric_def("gender_acc").format(float(np.trace(counts)) / max(1, int(counts.sum())))
+        ax.set_title(f"{_label(model, input_kind, model_names)}\nacc {acc}%, n={int(counts.sum())}", fontsize=8)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
     for ax in axes[len(pairs) :]:

@@ -30,6 +30,7 @@ from importlib import resources
 import pandas as pd
 
 from agegender.errors import InputError
+from agegender.metrics import METRICS
 
 #: the file inside this package that holds the numbers.
 PAPER_RESULTS_FILE = "paper_results.csv"
@@ -38,11 +39,8 @@ PAPER_COLUMNS: tuple[str, ...] = ("table", "model", "train_dataset", "dataset", 
 
 #: canonical ids used in `paper_results.csv`.
 PAPER_DATASETS: tuple[str, ...] = ("lagenda", "imdb_clean", "nanolagenda", "adience", "fairface", "cacd", "wild104")
-PAPER_TRAIN_DATASETS: tuple[str, ...] = ("lagenda", "lagenda_ext", "imdb_clean")
-PAPER_METRICS: tuple[str, ...] = ("age_mae", "age_cs5", "age_mape", "gender_acc", "class_acc", "class_mae")
-
-#: metrics stored (and computed by `agegender.metrics`) as fractions; shown as percent.
-RATE_METRICS: frozenset[str] = frozenset({"age_cs5", "age_mape", "age_ce20", "gender_acc", "class_acc", "coverage"})
+#: the metrics the paper reports (`MetricDef.in_paper`); percent metrics are stored as fractions, as we compute them.
+PAPER_METRICS: tuple[str, ...] = tuple(m.name for m in METRICS if m.in_paper)
 
 #: model id -> the name the paper prints.
 MODEL_NAMES: dict[str, str] = {
@@ -82,17 +80,6 @@ INPUT_NAMES: dict[str, str] = {
     "body": "Entire body",
     "body_wo_face": "W/o face",
     "face": "Face",
-}
-
-#: metric -> column header as the paper prints it.
-METRIC_HEADERS: dict[str, str] = {
-    "age_mape": "Age MAPE, % ↓",
-    "age_mae": "Age MAE ↓",
-    "age_cs5": "Age CS@5, % ↑",
-    "age_ce20": "Age CE@20, % ↓",
-    "gender_acc": "Gender Acc, % ↑",
-    "class_acc": "Age Acc, % ↑",
-    "class_mae": "Age class MAE ↓",
 }
 
 

@@ -27,14 +27,12 @@ import numpy as np
 import pandas as pd
 
 from agegender.errors import InputError
-from agegender.metrics import EVAL_COLUMNS, VIEWS
+from agegender.metrics import COUNT_COLUMNS, EVAL_COLUMNS, METRICS_BY_NAME, VIEWS, metric_def
 from agegender.report.paper import (
     DATASET_NAMES,
     INPUT_NAMES,
-    METRIC_HEADERS,
     PAPER_DATASETS,
     PAPER_TABLES,
-    RATE_METRICS,
     PaperTable,
     load_paper_results,
     model_display_name,
@@ -44,18 +42,11 @@ from agegender.report.paper import (
 ROWS_SOURCE = "evaluation rows"
 
 KEY_COLUMNS: tuple[str, ...] = ("dataset", "input", "model", "view")
-COUNT_COLUMNS: tuple[str, ...] = ("n_total", "n_answered", "age_n", "gender_n", "class_n")
-METRIC_COLUMNS: tuple[str, ...] = (
-    "coverage",
-    "age_mae",
-    "age_cs5",
-    "age_mape",
-    "age_ce20",
-    "gender_acc",
-    "class_acc",
-    "class_mae",
-)
 SUMMARY_COLUMNS: tuple[str, ...] = EVAL_COLUMNS
+#: headers of the summary's columns that are not metrics (those take `MetricDef.column_label`)
+_SUMMARY_HEADERS = {"dataset": "Dataset", "input": "Input", "model": "Model", "view": "View", "n_total": "n total",
+                    "n_answered": "n answered", "age_n": "Age n", "gender_n": "Gender n",
+                    "class_scheme": "Class scheme", "class_n": "Class n"}  # fmt: skip
 
 _KEY_HEADERS = {"model": "Model", "train_dataset": "Train Dataset", "dataset": "Test Dataset", "input": "Input"}
 NO_PREDICTIONS = "paper only: no predictions yet"
@@ -70,45 +61,6 @@ SAME_IN_BOTH_VIEWS = "same in both views"
 # --------------------------------------------------------------------------------------------- formatting
 
 
-def format_metric(metric: str, value: float | None) -> str:
-    """Format one metric value as the paper prints it.
-
-    Args:
-        metric: metric id; rates (`RATE_METRICS`) are fractions and shown as percent with 2 decimals,
-            `class_mae` with 3 decimals, other MAEs with 2.
-        value: the value, or None/NaN for "not available".
-
-    Returns:
-        The text, "-" for a missing value.
-    """
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
-        return "-"
-    value = float(value)
-    if metric in RATE_METRICS:
-        return f"{100.0 * value:.2f}"
-    if metric == "class_mae":
-        return f"{value:.3f}"
-    return f"{value:.2f}"
-
-
-def format_delta(metric: str, ours: float, paper: float) -> str:
-    """Format ours - paper in display units (percentage points for rates), with an explicit sign.
-
-    Args:
-        metric: metric id.
-        ours: our value (fraction for rates).
-        paper: the paper's value (fraction for rates).
-
-    Returns:
-        e.g. "+0.07".
-    """
-    scale = 100.0 if metric in RATE_METRICS else 1.0
-    digits = 3 if metric == "class_mae" else 2
-    delta = round(scale * (float(ours) - float(paper)), digits)
-    # round() may leave -0.0, which would print as "-0.00" for a perfect match
-    return f"{delta + 0.0:+.{digits}f}"
-
-
 def _num(value: object) -> float | None:
     if value is None or value is pd.NA:
         return None
@@ -120,15 +72,16 @@ def _num(value: object) -> float | None:
 
 
 def _our_cell(row: Mapping[str, object], metric: str, paper: float | None = None) -> str:
+    definition = metric_def(metric)
     value = _num(row.get(metric))
-    text = format_metric(metric, value)
+    text = definition.format(value)
     lo, hi = _num(row.get(f"{metric}_ci_low")), _num(row.get(f"{metric}_ci_high"))
     if value is not None and lo is not None and hi is not None:
-        text += f" [{format_metric(metric, lo)}, {format_metric(metric, hi)}]"
+        text += f" [{definition.format(lo)}, {definition.format(hi)}]"
     if paper is not None:
-        text += f"; paper {format_metric(metric, paper)}"
+        text += f"; paper {definition.format(paper)}"
         if value is not None:
-            text += f" (Δ {format_delta(metric, value, paper)})"
+            text += f" (Δ {definition.format_delta(value, paper)})"
     return text
 
 
@@ -137,9 +90,10 @@ def _coverage_cell(row: Mapping[str, object]) -> str:
     cov = _num(row.get("coverage"))
     if cov is None and n_total and n_answered is not None:
         cov = n_answered / n_total
+    coverage = metric_def("coverage").format(cov)
     if n_total is None or n_answered is None:
-        return format_metric("coverage", cov) + ("%" if cov is not None else "")
-    return f"{int(n_answered)}/{int(n_total)} ({format_metric('coverage', cov)}%)"
+        return coverage + ("%" if cov is not None else "")
+    return f"{int(n_answered)}/{int(n_total)} ({coverage}%)"
 
 
 # --------------------------------------------------------------------------------------------- validation
@@ -173,7 +127,7 @@ def _check_rows(rows: pd.DataFrame | None) -> pd.DataFrame:
             field="model",
         )
     numeric = [
-        c for c in out.columns if c in COUNT_COLUMNS or c in METRIC_COLUMNS or c.endswith(("_ci_low", "_ci_high"))
+        c for c in out.columns if c in COUNT_COLUMNS or c in METRICS_BY_NAME or c.endswith(("_ci_low", "_ci_high"))
     ]
     for col in numeric:
         converted = pd.to_numeric(out[col], errors="coerce")
@@ -265,7 +219,7 @@ def build_table(
     Returns:
         The header, body and view summary, all cells as text.
     """
-    header = [_KEY_HEADERS[k] for k in table.key_columns] + [METRIC_HEADERS[m] for m in table.metrics]
+    header = [_KEY_HEADERS[k] for k in table.key_columns] + [metric_def(m).paper_header for m in table.metrics]
     header += ["Coverage (answered/total)", "Source"]
     role_of = {d: roles.get(d, d) for d in table.datasets}
     our_sets = [d for d in dict.fromkeys(role_of.values()) if d is not None]
@@ -312,7 +266,7 @@ def build_table(
     used: set[RowKey] = set()
     for prow in table.rows:
         pvals = reported.get((prow.model, prow.dataset, prow.input), {})
-        paper_cells = [format_metric(m, pvals.get(m)) for m in table.metrics]
+        paper_cells = [metric_def(m).format(pvals.get(m)) for m in table.metrics]
         paper_label = DATASET_NAMES.get(prow.dataset, prow.dataset)
         paper_keys = _key_cells(table, prow.model, paper_label, prow.input, prow.train_dataset, model_names)
         our_set = role_of.get(prow.dataset)
@@ -537,9 +491,7 @@ def _summary(rows: pd.DataFrame, caption_note: str | None) -> str:
     ordered = sorted(
         rows.to_dict("records"), key=lambda r: (r["dataset"], r["input"], r["model"], view_order[r["view"]])
     )
-    header = ["Dataset", "Input", "Model", "View", "n total", "n answered", "Coverage, %", "Age n", "Age MAE",
-              "Age CS@5, %", "Age MAPE, %", "Age CE@20, %", "Gender n", "Gender Acc, %", "Class scheme", "Class n",
-              "Class Acc, %", "Class MAE"]  # fmt: skip
+    header = [METRICS_BY_NAME[c].column_label if c in METRICS_BY_NAME else _SUMMARY_HEADERS[c] for c in SUMMARY_COLUMNS]
     body = []
     for r in ordered:
         # ids, not display names: this is the full listing a script or a researcher greps

@@ -13,6 +13,7 @@ arguments of the class; `create_model` reports an unknown or missing option by n
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import logging
 from collections.abc import Iterator, Mapping, Sequence
@@ -362,6 +363,44 @@ def option_problems(cls: type[SpecializedModel], options: Mapping[str, Any]) -> 
     if missing:
         problems.append(f"model {cls.name or cls.__name__!r} needs option(s) {missing}")
     return problems
+
+
+def model_problems(
+    cls: type[SpecializedModel], spec: str, options: Mapping[str, Any], inputs: Sequence[str] | None
+) -> list[tuple[str, str]]:
+    """What is wrong with a model's params, found without building it (the pre-flight check of `agegender check`).
+
+    Args:
+        cls: the model class (`resolve_model(spec)`).
+        spec: the model as params names it (a registered name or an import path), quoted in the messages.
+        options: its params options.
+        inputs: the input kinds params asks of it (None = its default).
+
+    Returns:
+        (field below the model's params key: `options`, `inputs` or `model`; message) per problem: unknown or
+        missing options, an input kind the class cannot answer, an optional package it imports that is missing.
+        The files and data sets its options name are the caller's to check (`check_file`,
+        `dataset_option_values`): what they must be depends on the rest of the params.
+    """
+    found = [("options", line) for line in option_problems(cls, options)]
+    bad = [k for k in inputs or () if k not in cls.inputs]
+    if bad:  # a model that narrows its kinds once loaded (a face-only MiVOLO) is told at predict
+        found.append(("inputs", f"model {spec!r} cannot answer {bad}; it answers {list(cls.inputs)}"))
+    for module, install in cls.requires.items():
+        if importlib.util.find_spec(module) is None:
+            found.append(("model", f"model {spec!r} needs the package {module!r}: {install}"))
+    return found
+
+
+def dataset_option_values(cls: type[SpecializedModel], options: Mapping[str, Any]) -> dict[str, Any]:
+    """The value of each of a model's `dataset_options`: as params set it, else the class's default (else None)."""
+    named = model_options(cls)[0]
+    values = {}
+    for option in cls.dataset_options:
+        param = named.get(option)
+        default = None if param is None or param.default is param.empty else param.default
+        values[option] = options.get(option, default)
+    return values
 
 
 def create_model(

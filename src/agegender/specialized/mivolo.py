@@ -72,8 +72,8 @@ class MivoloModel(SpecializedModel):
 
     @classmethod
     def check_file(cls, option: str, path: Path) -> list[str]:
-        """The checks of `agegender.check.check_mivolo_checkpoint` (keys read, nothing loaded into a model)."""
-        from agegender.check import check_mivolo_checkpoint
+        """The checks of `agegender.mivolo.checkpoint.check_mivolo_checkpoint` (keys read, no model built)."""
+        from agegender.mivolo.checkpoint import check_mivolo_checkpoint
 
         return check_mivolo_checkpoint(path)
 

@@ -121,10 +121,14 @@ class Backend:
     Args:
         model: model id or local folder (backend-specific).
         params: generation settings.
-        **options: backend-specific options (base_url, concurrency, batch_size, device, ...).
+        **options: backend-specific options (base_url, concurrency, batch_size, device, ...), declared by the
+            subclass's `options_type`.
     """
 
     name: ClassVar[str] = ""
+    #: the settings dataclass of this backend's options (`agegender.mllm.backend_options`): params.yaml's options
+    #: are checked against it when loaded; None: options are checked by the constructor alone
+    options_type: ClassVar[type | None] = None
     #: how many queries the runner hands over at once
     batch_size: int = 8
 

@@ -12,10 +12,11 @@ Decisions (documented here because they change what is sent):
   Redirects are not followed, and HTTP proxies from the environment are ignored for loopback servers.
 - **No clear text to other hosts.** A plain `http://` base_url is accepted for this machine's loopback
   interface only (`is_loopback_host`: 127.0.0.0/8, ::1, `localhost`; not the machine's own eth0 address):
-  anywhere else the key and every photo would cross the network unencrypted, so the constructor refuses it
+  anywhere else the key and every photo would cross the network unencrypted, so the options refuse it
   unless `allow_insecure_http=True` says the user accepts that (params option `allow_insecure_http: true`,
-  `agegender query --allow-insecure-http`). The check lives here because every path builds this backend: the
-  CLI, the params, and the client the pipeline points at a server it started.
+  `agegender query --allow-insecure-http`). The check lives in `agegender.mllm.backend_options.OpenAIOptions`,
+  which every path goes through: params.yaml when loaded, the CLI, and this constructor (the client the pipeline
+  points at a server it started).
 - **The key.** Read from the environment variable named by `api_key_env` (default `OPENAI_API_KEY`) and
   kept only inside the HTTP client: it is never logged, returned, stored or put in `describe()`, and any
   echo of it in a server's error text is redacted. When that variable is unset, a loopback `base_url`
@@ -52,30 +53,35 @@ import base64
 import email.utils
 import importlib.util
 import io
-import ipaddress
 import json
 import logging
 import math
 import os
 import random
 import re
-import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import numpy as np
 
 from agegender.errors import InputError
+from agegender.mllm.backend_options import (
+    INSECURE_HTTP_OPTION,
+    OPENAI_BASE_URL,
+    OpenAIOptions,
+    insecure_http_problem,
+    is_loopback_url,
+    safe_url,
+)
 from agegender.mllm.backends.base import Answer, Backend, GenerationParams, Query, register_backend
+from agegender.settings import settings_from_kwargs
 
 log = logging.getLogger(__name__)
 
-#: OpenAI's public API, used when no base_url is configured
-OPENAI_BASE_URL = "https://api.openai.com/v1"
 #: what a server without authentication gets as the bearer token
 PLACEHOLDER_KEY = "EMPTY"
 #: HTTP statuses worth another try (rate limits, lock/request timeouts, server errors)
@@ -103,95 +109,9 @@ def _ssl_context(trust_env: bool) -> Any:
         return _SSL_CONTEXTS[trust_env]
 
 
-def is_loopback_host(host: str | None) -> bool:
-    """Whether a host name or address is this machine's loopback interface (127.0.0.0/8, ::1, `localhost`).
-
-    Only what cannot leave the machine counts. A literal address counts when it is a loopback address; a
-    non-loopback address of this machine itself (its eth0 address, `0.0.0.0`) does not: a server there is
-    reachable from other machines, and the same setting pointed at another host would go over the wire.
-    The one name that counts is `localhost`, and only when every address it resolves to is a loopback address
-    (it comes from /etc/hosts, but a resolver without that entry may ask DNS). Other names, `*.localhost`
-    included, are not resolved here: DNS could answer differently at connection time.
-    """
-    host = (host or "").strip("[]").lower()
-    if not host:
-        return False
-    try:
-        return ipaddress.ip_address(host.partition("%")[0]).is_loopback  # an IPv6 zone (%eth0) is no address part
-    except ValueError:
-        pass
-    if host != "localhost":
-        return False
-    try:
-        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
-    except OSError:
-        return False
-    return bool(infos) and all(ipaddress.ip_address(str(info[4][0]).partition("%")[0]).is_loopback for info in infos)
-
-
-def is_loopback_url(url: str | None) -> bool:
-    """Whether a base URL points at this machine's loopback interface (see `is_loopback_host`)."""
-    if not url:
-        return False
-    try:
-        return is_loopback_host(urlsplit(url).hostname)
-    except ValueError:  # a malformed URL (e.g. a bad IPv6 literal) is nobody's loopback
-        return False
-
-
-#: the backend option (params) and the `agegender query` flag that allow plain http to another host
-INSECURE_HTTP_OPTION = "allow_insecure_http"
-INSECURE_HTTP_FLAG = "--allow-insecure-http"
-
-
-def base_url_problem(url: str) -> str | None:
-    """Why `url` cannot be a base_url (not an http(s) URL with a host), or None; the message never shows secrets."""
-    try:
-        parts = urlsplit(url)
-        if parts.scheme in ("http", "https") and parts.hostname:
-            return None
-        shown = safe_url(url)
-    except ValueError:  # e.g. an unclosed IPv6 bracket
-        shown = "an unparseable URL"
-    return f"base_url must be an http(s) URL, got {shown!r}"
-
-
-def insecure_http_problem(url: str | None) -> str | None:
-    """Why requests to `url` would travel unencrypted to another host, or None when they would not.
-
-    Plain `http://` is fine to this machine's loopback interface (nothing leaves the machine) and nowhere else:
-    the bearer key and every photo would cross the network in clear text. The one check used by the backend
-    (which refuses such a URL unless `allow_insecure_http` is set) and by `agegender check`.
-    """
-    if not url:
-        return None  # OpenAI's API, over https
-    parts = urlsplit(url)
-    if parts.scheme != "http" or is_loopback_url(url):
-        return None
-    return (
-        f"plain http:// to {parts.hostname}, which is not this machine's loopback interface: the API key and every "
-        "photo would travel unencrypted. Use https:// (or an SSH tunnel to 127.0.0.1), or accept that explicitly "
-        f"with the backend option {INSECURE_HTTP_OPTION}: true (agegender query: {INSECURE_HTTP_FLAG})"
-    )
-
-
 def is_openai_url(url: str | None) -> bool:
     """Whether a base URL is OpenAI's own API (None = the default)."""
     return url is None or (urlsplit(url).hostname or "").lower() == "api.openai.com"
-
-
-def safe_url(url: str) -> str:
-    """A URL without user info or query string (either could hold a secret), for manifests and logs."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"[{host}]" if ":" in host else host
-    try:
-        port = parts.port
-    except ValueError:  # a malformed port must not stop the redaction (the checker reports such URLs)
-        port = None
-    if port is not None:
-        netloc += f":{port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def encode_image(image: np.ndarray, fmt: str = "png", *, jpeg_quality: int = 95, png_compress_level: int = 1) -> str:
@@ -325,29 +245,8 @@ class OpenAIBackend(Backend):
     Args:
         model: the model id the endpoint serves (e.g. `gpt-4o-2024-08-06`, `llava-hf/llava-1.5-7b-hf`).
         params: generation settings (temperature, max_new_tokens, seed, n, detail).
-        base_url: the endpoint, e.g. `http://127.0.0.1:8000/v1`; None = OpenAI's API.
-        api_key_env: name of the environment variable holding the key; None/"" = send the placeholder.
-        concurrency: requests in flight at most.
-        timeout_s: per-attempt timeout (seconds).
-        max_retries: further attempts after a retryable failure.
-        backoff_s: first backoff delay; doubles per retry, with jitter (x0.5-1.0), capped at `max_backoff_s`.
-        max_backoff_s: cap of the computed backoff (a server's Retry-After may ask for more).
-        max_retry_after_s: longest Retry-After we wait for; longer = give up on that query for this run.
-        send_seed, send_detail, send_n: whether to send `seed`, image `detail` and `n` at all.
-        max_tokens_param: `auto`, `max_tokens` or `max_completion_tokens` (see the module notes).
-        image_format: `png` (default, lossless) or `jpeg`.
-        http_backend: `aiohttp` (the client's aiohttp transport: about half the CPU per request of httpx's
-            connection pool at high concurrency), `httpx`, or `auto` (aiohttp when installed).
-        jpeg_quality, png_compress_level: encoder settings.
-        http_transport: an `httpx2` async transport to use instead of the network (tests).
-        jitter_seed: seed of the backoff jitter (tests); None = random.
-        batch_size: queries a chunking runner hands over at once (default max(64, 4 * concurrency)).
-        allow_insecure_http: accept a plain `http://` base_url that is not this machine's loopback interface
-            (the key and the photos travel unencrypted); off by default, see the module notes.
-        served_identity: what the endpoint serves when it is this project's server (`agegender.mllm.server.
-            served_identity`: the wrapped backend, its model revision and answer-changing options). They join the
-            response store's key, so a local model retrained in place, or served with other preprocessing,
-            never gets the old answers back; None for other endpoints (the key is then the model id).
+        **options: `OpenAIOptions` (base_url, api_key_env, concurrency, timeouts, retries, allow_insecure_http,
+            ...), which names, types, defaults and checks them.
 
     Raises:
         InputError: bad or unknown options; no key for a non-loopback endpoint; plain http to another host
@@ -355,98 +254,47 @@ class OpenAIBackend(Backend):
     """
 
     name = "openai"
+    options_type = OpenAIOptions
 
-    def __init__(
-        self,
-        model: str,
-        *,
-        params: GenerationParams | None = None,
-        base_url: str | None = None,
-        api_key_env: str | None = "OPENAI_API_KEY",
-        concurrency: int = 8,
-        timeout_s: float = 60.0,
-        max_retries: int = 4,
-        backoff_s: float = 0.5,
-        max_backoff_s: float = 30.0,
-        max_retry_after_s: float = 120.0,
-        send_seed: bool = True,
-        send_detail: bool = True,
-        send_n: bool = True,
-        max_tokens_param: str = "auto",
-        image_format: str = "png",
-        jpeg_quality: int = 95,
-        png_compress_level: int = 1,
-        http_backend: str = "auto",
-        http_transport: Any = None,
-        jitter_seed: int | None = None,
-        allow_insecure_http: bool = False,
-        served_identity: Mapping[str, Any] | None = None,
-        **options: Any,
-    ) -> None:
-        batch_size = options.pop("batch_size", None)
-        if options:  # a misspelt option would otherwise be ignored silently
-            raise InputError(
-                f"unknown option(s) for the openai backend: {sorted(options)}; see OpenAIBackend's docstring",
-                field=sorted(options)[0],
-            )
+    def __init__(self, model: str, *, params: GenerationParams | None = None, **options: Any) -> None:
         super().__init__(model, params=params)
         if not model:
             raise InputError("the openai backend needs a model id", field="model")
         if self.params.n != 1:
             raise InputError(f"the openai backend returns one completion per query; n must be 1, not {self.params.n}")
-        if concurrency < 1:
-            raise InputError(f"concurrency must be >= 1, not {concurrency}", field="concurrency")
-        if timeout_s <= 0:
-            raise InputError(f"timeout_s must be > 0, not {timeout_s}", field="timeout_s")
-        if max_retries < 0:
-            raise InputError(f"max_retries must be >= 0, not {max_retries}", field="max_retries")
-        if max_tokens_param not in ("auto", "max_tokens", "max_completion_tokens"):
-            raise InputError(f"unknown max_tokens_param {max_tokens_param!r}", field="max_tokens_param")
-        if image_format.lower() not in ("png", "jpeg", "jpg"):
-            raise InputError(f"unknown image format {image_format!r}; use 'png' or 'jpeg'", field="image_format")
-        if not isinstance(allow_insecure_http, bool):  # the string "false" from a YAML typo would be truthy
-            raise InputError(
-                f"{INSECURE_HTTP_OPTION} must be true or false, not {allow_insecure_http!r}", field=INSECURE_HTTP_OPTION
+        o = settings_from_kwargs(OpenAIOptions, options, what="openai backend option")
+        if o.base_url is not None and insecure_http_problem(o.base_url) is not None:
+            log.warning(
+                "sending to %s over plain http (%s): key and photos unencrypted",
+                safe_url(o.base_url),
+                INSECURE_HTTP_OPTION,
             )
-        if base_url is not None:
-            problem = base_url_problem(base_url)
-            if problem is not None:
-                raise InputError(problem, field="base_url")
-            problem = insecure_http_problem(base_url)
-            if problem is not None and not allow_insecure_http:
-                raise InputError(problem, field="base_url")
-            if problem is not None:
-                log.warning(
-                    "sending to %s over plain http (%s): key and photos unencrypted",
-                    safe_url(base_url),
-                    INSECURE_HTTP_OPTION,
-                )
-        self.allow_insecure_http = allow_insecure_http
-        self.base_url = base_url.rstrip("/") if base_url else OPENAI_BASE_URL
-        self.api_key_env = api_key_env or None
-        self.concurrency = int(concurrency)
-        self.timeout_s = float(timeout_s)
-        self.max_retries = int(max_retries)
-        self.backoff_s = float(backoff_s)
-        self.max_backoff_s = float(max_backoff_s)
-        self.max_retry_after_s = float(max_retry_after_s)
-        self.image_format = image_format.lower()
-        self.jpeg_quality = int(jpeg_quality)
-        self.png_compress_level = int(png_compress_level)
-        if http_backend not in ("auto", "aiohttp", "httpx"):
-            raise InputError(f"unknown http_backend {http_backend!r}; use auto, aiohttp or httpx", field="http_backend")
+        self.allow_insecure_http = o.allow_insecure_http
+        self.base_url = o.base_url.rstrip("/") if o.base_url else OPENAI_BASE_URL
+        self.api_key_env = o.api_key_env or None
+        self.concurrency = o.concurrency
+        self.timeout_s = o.timeout_s
+        self.max_retries = o.max_retries
+        self.backoff_s = o.backoff_s
+        self.max_backoff_s = o.max_backoff_s
+        self.max_retry_after_s = o.max_retry_after_s
+        self.image_format = o.image_format.lower()
+        self.jpeg_quality = o.jpeg_quality
+        self.png_compress_level = o.png_compress_level
+        http_backend = o.http_backend
         if http_backend == "auto":
             http_backend = "aiohttp" if importlib.util.find_spec("aiohttp") is not None else "httpx"
         self.http_backend = http_backend
-        self._transport = http_transport
-        self._rng = random.Random(jitter_seed)
-        self.served_identity = dict(served_identity) if served_identity is not None else None
+        self._transport = o.http_transport
+        self._rng = random.Random(o.jitter_seed)
+        self.served_identity = dict(o.served_identity) if o.served_identity is not None else None
         self._loopback = is_loopback_url(self.base_url)
         self._api_key = self._read_key()
+        max_tokens_param = o.max_tokens_param
         if max_tokens_param == "auto":
-            max_tokens_param = "max_completion_tokens" if is_openai_url(base_url) else "max_tokens"
+            max_tokens_param = "max_completion_tokens" if is_openai_url(o.base_url) else "max_tokens"
         self.max_tokens_param = max_tokens_param
-        self._send = {"seed": bool(send_seed), "detail": bool(send_detail), "n": bool(send_n)}
+        self._send = {"seed": o.send_seed, "detail": o.send_detail, "n": o.send_n}
         #: optional fields the endpoint rejected during this backend's life (not sent again)
         self.dropped_params: list[str] = []
         self._lock = threading.Lock()
@@ -454,7 +302,7 @@ class OpenAIBackend(Backend):
         self._fingerprints: Counter[str] = Counter()
         self._counts: Counter[str] = Counter()
         # a runner that hands over chunks (generate_batch) should keep every worker busy
-        self.batch_size = int(batch_size) if batch_size else max(64, 4 * self.concurrency)
+        self.batch_size = o.batch_size or max(64, 4 * self.concurrency)
 
     # --- configuration -------------------------------------------------------------------------------
 

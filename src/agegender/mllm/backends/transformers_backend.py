@@ -41,7 +41,9 @@ from PIL import Image
 from agegender.device import resolve_device
 from agegender.errors import InputError
 from agegender.fingerprint import file_sha256
+from agegender.mllm.backend_options import TransformersOptions
 from agegender.mllm.backends.base import Answer, Backend, GenerationParams, Query, register_backend
+from agegender.settings import settings_from_kwargs
 
 _SNAPSHOT = re.compile(r"/snapshots/([0-9a-f]{40})(/|$)")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -106,6 +108,24 @@ def folder_revision(folder: str | Path) -> str:
     return "local-" + digest.hexdigest()[:16]
 
 
+def is_hub_id(model: str) -> bool:
+    """Whether a model name reads as a Hugging Face hub id (`owner/name`) rather than a path."""
+    return not model.startswith((".", "/", "~")) and model.count("/") == 1
+
+
+def cached_snapshot(model: str) -> Path | None:
+    """The folder of a hub id's snapshot in the local Hugging Face cache, or None; never downloads.
+
+    For callers that report a missing model themselves (`agegender check`, the stages' fingerprints).
+    """
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(model, local_files_only=True))
+    except Exception:  # several hub error types (and a missing package) all mean "not available here"
+        return None
+
+
 def find_model_folder(model: str, *, local_files_only: bool = True) -> Path | None:
     """The local folder of a model: the folder itself, or the cached hub snapshot of a hub id.
 
@@ -123,7 +143,7 @@ def find_model_folder(model: str, *, local_files_only: bool = True) -> Path | No
     path = Path(model).expanduser()
     if path.is_dir():
         return path
-    if path.exists() or model.startswith((".", "/", "~")) or model.count("/") != 1:
+    if path.exists() or not is_hub_id(model):
         raise InputError("model folder not found (expected a folder with config.json)", file=model)
     from huggingface_hub import snapshot_download
 
@@ -212,42 +232,24 @@ class TransformersBackend(Backend):
         model: a local model folder (save_pretrained layout) or a hub id already in the HF cache.
         params: generation settings; temperature 0 = greedy (the paper), `n` must be 1, `seed` seeds
             sampling when temperature > 0, `detail` is ignored (the processor decides the resolution).
-        device: `auto` (cuda if available), `cpu`, `cuda`, `cuda:1`, ...
-        batch_size: queries per `generate` call.
-        dtype: `auto` (bf16 on CUDA, float32 on CPU), `bfloat16`, `float16`, `float32`.
-        pad_to_square: LLaVA-1.5's mean-colour pad-to-square before the resize; None = on for
-            `model_type == "llava"`, off otherwise.
-        local_files_only: never download (default); False lets from_pretrained fetch a hub id.
-        model_revision: override the computed revision (e.g. a release tag).
-        attn_implementation: passed to from_pretrained (`sdpa`, `eager`, `flash_attention_2`); None = default.
-        system_prompt: a system turn before each query (None = the template's default, if any).
+        **options: `TransformersOptions` (device, batch_size, dtype, pad_to_square, local_files_only,
+            model_revision, attn_implementation, system_prompt).
 
     Raises:
         InputError: the model cannot be found or loaded, bad options.
     """
 
     name = "transformers"
+    options_type = TransformersOptions
 
-    def __init__(
-        self,
-        model: str,
-        *,
-        params: GenerationParams | None = None,
-        device: str = "auto",
-        batch_size: int = 8,
-        dtype: str = "auto",
-        pad_to_square: bool | None = None,
-        local_files_only: bool = True,
-        model_revision: str | None = None,
-        attn_implementation: str | None = None,
-        system_prompt: str | None = None,
-        **options: Any,
-    ) -> None:
-        super().__init__(model, params=params, **options)
-        self.system_prompt = system_prompt
-        self._check_options(batch_size)
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
+    def __init__(self, model: str, *, params: GenerationParams | None = None, **options: Any) -> None:
+        super().__init__(model, params=params)
+        o = settings_from_kwargs(TransformersOptions, options, what="transformers backend option")
+        self.system_prompt = o.system_prompt
+        self._check_options(o.batch_size)
+        self.device = resolve_device(o.device)
+        self.dtype = resolve_dtype(o.dtype, self.device)
+        local_files_only, attn_implementation = o.local_files_only, o.attn_implementation
         folder = find_model_folder(model, local_files_only=local_files_only)
         source = str(folder) if folder is not None else model
         from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -260,8 +262,8 @@ class TransformersBackend(Backend):
             hf_model = AutoModelForImageTextToText.from_pretrained(source, dtype=self.dtype, **kwargs)
         except (OSError, ValueError, KeyError) as exc:
             raise InputError(f"cannot load as an image-text-to-text model: {exc}", file=source) from exc
-        revision = model_revision or (folder_revision(folder) if folder is not None else None)
-        self._attach(hf_model.to(self.device), processor, source, revision, pad_to_square)
+        revision = o.model_revision or (folder_revision(folder) if folder is not None else None)
+        self._attach(hf_model.to(self.device), processor, source, revision, o.pad_to_square)
 
     @classmethod
     def from_loaded(
@@ -301,9 +303,7 @@ class TransformersBackend(Backend):
     def _check_options(self, batch_size: int) -> None:
         if self.params.n != 1:
             raise InputError(f"the transformers backend answers one completion per query (n=1), got n={self.params.n}")
-        if int(batch_size) < 1:
-            raise InputError(f"batch_size must be >= 1, got {batch_size}", field="batch_size")
-        self.batch_size = int(batch_size)
+        self.batch_size = TransformersOptions(batch_size=batch_size).batch_size
 
     def _attach(
         self, hf_model: Any, processor: Any, source: str, revision: str | None, pad_to_square: bool | None

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from agegender.errors import InputError
+from agegender.mllm.backend_options import VLLMOptions
 from agegender.mllm.backends.base import Answer, Backend, GenerationParams, Query, register_backend
 from agegender.mllm.backends.transformers_backend import (
     chat_prompt,
@@ -39,6 +40,7 @@ from agegender.mllm.backends.transformers_backend import (
     pad_to_square,
     square_pad_color,
 )
+from agegender.settings import settings_from_kwargs
 
 
 class VLLMUnavailableError(InputError, ImportError):
@@ -71,16 +73,8 @@ class VLLMBackend(Backend):
         model: a local model folder (HF format) or a cached hub id.
         params: generation settings (temperature 0 = greedy; `seed` passed to SamplingParams; n must be 1;
             `detail` is ignored).
-        batch_size: queries handed to one `LLM.generate` call (vLLM batches continuously inside it).
-        tensor_parallel_size: GPUs per model replica.
-        dtype: vLLM dtype (`auto` = the checkpoint's, bf16 for llava-hf).
-        max_model_len: context limit (None = the model's; lower it to save KV-cache memory).
-        gpu_memory_utilization: fraction of GPU memory vLLM may take.
-        pad_to_square: LLaVA-1.5's mean-colour padding; None = on for `model_type == "llava"`.
-        local_files_only: never download (default).
-        model_revision: override the computed revision.
-        engine_options: further keyword arguments for `vllm.LLM` (e.g. `enforce_eager=True`).
-        system_prompt: a system turn before each query (as in the transformers backend).
+        **options: `VLLMOptions` (batch_size, tensor_parallel_size, dtype, max_model_len, gpu_memory_utilization,
+            pad_to_square, local_files_only, model_revision, engine_options, system_prompt).
 
     Raises:
         VLLMUnavailableError: vLLM is not installed.
@@ -88,36 +82,20 @@ class VLLMBackend(Backend):
     """
 
     name = "vllm"
+    options_type = VLLMOptions
 
-    def __init__(
-        self,
-        model: str,
-        *,
-        params: GenerationParams | None = None,
-        batch_size: int = 256,
-        tensor_parallel_size: int = 1,
-        dtype: str = "auto",
-        max_model_len: int | None = None,
-        gpu_memory_utilization: float = 0.9,
-        pad_to_square: bool | None = None,
-        local_files_only: bool = True,
-        model_revision: str | None = None,
-        engine_options: dict[str, Any] | None = None,
-        system_prompt: str | None = None,
-        **options: Any,
-    ) -> None:
-        super().__init__(model, params=params, **options)
-        self.system_prompt = system_prompt
+    def __init__(self, model: str, *, params: GenerationParams | None = None, **options: Any) -> None:
+        super().__init__(model, params=params)
         if self.params.n != 1:
             raise InputError(f"the vllm backend answers one completion per query (n=1), got n={self.params.n}")
-        if int(batch_size) < 1:
-            raise InputError(f"batch_size must be >= 1, got {batch_size}", field="batch_size")
-        if int(tensor_parallel_size) < 1:
-            raise InputError(
-                f"tensor_parallel_size must be >= 1, got {tensor_parallel_size}", field="tensor_parallel_size"
-            )
-        self.batch_size = int(batch_size)
-        self.tensor_parallel_size = int(tensor_parallel_size)
+        o = settings_from_kwargs(VLLMOptions, options, what="vllm backend option")
+        self.system_prompt = o.system_prompt
+        self.batch_size = o.batch_size
+        self.tensor_parallel_size = o.tensor_parallel_size
+        local_files_only, pad_to_square, model_revision = o.local_files_only, o.pad_to_square, o.model_revision
+        dtype, gpu_memory_utilization, max_model_len, engine_options = (
+            o.dtype, o.gpu_memory_utilization, o.max_model_len, o.engine_options
+        )  # fmt: skip
         self._vllm = import_vllm()  # before any heavy loading: a missing extra fails fast
 
         from transformers import AutoConfig, AutoProcessor

@@ -1,0 +1,343 @@
+"""The options of every built-in MLLM backend, one typed settings class per backend, and where requests may go.
+
+A backend's options are what params.yaml gives under `query_mllms.models.<key>.options` (and
+`finetune_mllm.backend_options`), what `agegender query --option name=value` gives, and the keyword arguments a
+backend takes in code. All three go through the backend's class here (`build_settings`/`settings_from_kwargs`):
+names, types, defaults and value checks live in one place, so a misspelt or ill-typed option is reported when
+params.yaml is loaded (`query_mllms.models.gpt4o.options.concurency: unknown key (known: ...)`), not when the
+stage builds the backend hours later, and never ignored.
+
+This module imports no backend (no torch, no HTTP client): params validation runs in every stage.
+Backends kept outside agegender (`"package.module:Class"`) may declare their own class as `Backend.options_type`.
+
+Where requests may go (`OpenAIOptions.base_url`): plain `http://` only to this machine's loopback interface
+unless `allow_insecure_http` says the user accepts unencrypted traffic; see `insecure_http_problem`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from agegender.errors import InputError
+from agegender.settings import build_settings
+
+#: OpenAI's public API, used when no base_url is configured
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+#: the backend option (params) and the `agegender query` flag that allow plain http to another host
+INSECURE_HTTP_OPTION = "allow_insecure_http"
+INSECURE_HTTP_FLAG = "--allow-insecure-http"
+#: options of a model served by agegender's own server (`serve: true`) that go to the openai client, not the model
+SERVED_CLIENT_OPTIONS: tuple[str, ...] = ("concurrency",)
+#: `field(metadata=CODE_ONLY)`: an option that code passes (objects, test hooks), never a YAML file or command line
+CODE_ONLY = {"settable": False}
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """Whether a host name or address is this machine's loopback interface (127.0.0.0/8, ::1, `localhost`).
+
+    Only what cannot leave the machine counts. A literal address counts when it is a loopback address; a
+    non-loopback address of this machine itself (its eth0 address, `0.0.0.0`) does not: a server there is
+    reachable from other machines, and the same setting pointed at another host would go over the wire.
+    The one name that counts is `localhost`, and only when every address it resolves to is a loopback address
+    (it comes from /etc/hosts, but a resolver without that entry may ask DNS). Other names, `*.localhost`
+    included, are not resolved here: DNS could answer differently at connection time.
+    """
+    host = (host or "").strip("[]").lower()
+    if not host:
+        return False
+    try:
+        return ipaddress.ip_address(host.partition("%")[0]).is_loopback  # an IPv6 zone (%eth0) is no address part
+    except ValueError:
+        pass
+    if host != "localhost":
+        return False
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(str(info[4][0]).partition("%")[0]).is_loopback for info in infos)
+
+
+def is_loopback_url(url: str | None) -> bool:
+    """Whether a base URL points at this machine's loopback interface (see `is_loopback_host`)."""
+    if not url:
+        return False
+    try:
+        return is_loopback_host(urlsplit(url).hostname)
+    except ValueError:  # a malformed URL (e.g. a bad IPv6 literal) is nobody's loopback
+        return False
+
+
+def base_url_problem(url: str) -> str | None:
+    """Why `url` cannot be a base_url (not an http(s) URL with a host), or None; the message never shows secrets."""
+    try:
+        parts = urlsplit(url)
+        if parts.scheme in ("http", "https") and parts.hostname:
+            return None
+        shown = safe_url(url)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        shown = "an unparseable URL"
+    return f"base_url must be an http(s) URL, got {shown!r}"
+
+
+def insecure_http_problem(url: str | None) -> str | None:
+    """Why requests to `url` would travel unencrypted to another host, or None when they would not.
+
+    Plain `http://` is fine to this machine's loopback interface (nothing leaves the machine) and nowhere else:
+    the bearer key and every photo would cross the network in clear text. The one check used by the backend
+    (which refuses such a URL unless `allow_insecure_http` is set) and by `agegender check`.
+    """
+    if not url:
+        return None  # OpenAI's API, over https
+    parts = urlsplit(url)
+    if parts.scheme != "http" or is_loopback_url(url):
+        return None
+    return (
+        f"plain http:// to {parts.hostname}, which is not this machine's loopback interface: the API key and every "
+        "photo would travel unencrypted. Use https:// (or an SSH tunnel to 127.0.0.1), or accept that explicitly "
+        f"with the backend option {INSECURE_HTTP_OPTION}: true (agegender query: {INSECURE_HTTP_FLAG})"
+    )
+
+
+def safe_url(url: str) -> str:
+    """A URL without user info or query string (either could hold a secret), for manifests and logs."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    try:
+        port = parts.port
+    except ValueError:  # a malformed port must not stop the redaction (the checker reports such URLs)
+        port = None
+    if port is not None:
+        netloc += f":{port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _require(ok: bool, name: str, message: str) -> None:
+    """Raise the `InputError` naming option `name` unless `ok` (the settings converter adds the key path)."""
+    if not ok:
+        raise InputError(message, field=name)
+
+
+@dataclass(frozen=True)
+class OpenAIOptions:
+    """Options of the `openai` backend (`agegender.mllm.backends.openai_backend`; its module notes say why).
+
+    Attributes:
+        base_url: the endpoint, e.g. `http://127.0.0.1:8000/v1`; None = OpenAI's API.
+        api_key_env: name of the environment variable holding the key; None/"" = send the placeholder.
+        concurrency: requests in flight at most.
+        timeout_s: per-attempt timeout (seconds).
+        max_retries: further attempts after a retryable failure.
+        backoff_s: first backoff delay; doubles per retry, with jitter (x0.5-1.0), capped at `max_backoff_s`.
+        max_backoff_s: cap of the computed backoff (a server's Retry-After may ask for more).
+        max_retry_after_s: longest Retry-After we wait for; longer = give up on that query for this run.
+        send_seed, send_detail, send_n: whether to send `seed`, image `detail` and `n` at all.
+        max_tokens_param: `auto`, `max_tokens` or `max_completion_tokens`.
+        image_format: `png` (default, lossless) or `jpeg`.
+        jpeg_quality, png_compress_level: encoder settings.
+        http_backend: `aiohttp` (about half the CPU per request of httpx's pool at high concurrency), `httpx`,
+            or `auto` (aiohttp when installed).
+        jitter_seed: seed of the backoff jitter (tests); None = random.
+        batch_size: queries a chunking runner hands over at once (None: max(64, 4 * concurrency)).
+        allow_insecure_http: accept a plain `http://` base_url that is not this machine's loopback interface
+            (the key and the photos travel unencrypted); off by default.
+        http_transport: code only: an `httpx2` async transport to use instead of the network (tests).
+        served_identity: code only: what the endpoint serves when it is this project's server
+            (`agegender.mllm.server.served_identity`); it joins the response store's key.
+
+    Raises:
+        InputError: a bad value, naming the option; a base_url that is not http(s), or plain http to another host
+            without `allow_insecure_http`.
+    """
+
+    base_url: str | None = None
+    api_key_env: str | None = "OPENAI_API_KEY"
+    concurrency: int = 8
+    timeout_s: float = 60.0
+    max_retries: int = 4
+    backoff_s: float = 0.5
+    max_backoff_s: float = 30.0
+    max_retry_after_s: float = 120.0
+    send_seed: bool = True
+    send_detail: bool = True
+    send_n: bool = True
+    max_tokens_param: str = "auto"
+    image_format: str = "png"
+    jpeg_quality: int = 95
+    png_compress_level: int = 1
+    http_backend: str = "auto"
+    jitter_seed: int | None = None
+    batch_size: int | None = None
+    allow_insecure_http: bool = False
+    http_transport: Any = field(default=None, metadata=CODE_ONLY)
+    served_identity: dict[str, Any] | None = field(default=None, metadata=CODE_ONLY)
+
+    def __post_init__(self) -> None:
+        _require(self.concurrency >= 1, "concurrency", f"must be >= 1, not {self.concurrency}")
+        _require(self.timeout_s > 0, "timeout_s", f"must be > 0, not {self.timeout_s}")
+        _require(self.max_retries >= 0, "max_retries", f"must be >= 0, not {self.max_retries}")
+        _require(
+            self.max_tokens_param in ("auto", "max_tokens", "max_completion_tokens"),
+            "max_tokens_param",
+            f"must be auto, max_tokens or max_completion_tokens, not {self.max_tokens_param!r}",
+        )
+        _require(
+            self.image_format.lower() in ("png", "jpeg", "jpg"),
+            "image_format",
+            f"unknown image format {self.image_format!r}; use 'png' or 'jpeg'",
+        )
+        _require(
+            self.http_backend in ("auto", "aiohttp", "httpx"),
+            "http_backend",
+            f"must be auto, aiohttp or httpx, not {self.http_backend!r}",
+        )
+        _require(self.batch_size is None or self.batch_size >= 1, "batch_size", f"must be >= 1, not {self.batch_size}")
+        _require(
+            isinstance(self.allow_insecure_http, bool),  # the string "false" from a YAML typo would be truthy
+            INSECURE_HTTP_OPTION,
+            f"must be true or false, not {self.allow_insecure_http!r}",
+        )
+        if self.base_url is not None:
+            problem = base_url_problem(self.base_url)
+            _require(problem is None, "base_url", problem or "")
+            problem = insecure_http_problem(self.base_url)
+            _require(problem is None or self.allow_insecure_http, "base_url", problem or "")
+
+
+def _local_model_checks(batch_size: int) -> None:
+    _require(batch_size >= 1, "batch_size", f"must be >= 1, got {batch_size}")
+
+
+@dataclass(frozen=True)
+class TransformersOptions:
+    """Options of the `transformers` backend (`agegender.mllm.backends.transformers_backend`).
+
+    Attributes:
+        device: `auto` (cuda if available), `cpu`, `cuda`, `cuda:1`, ...
+        batch_size: queries per `generate` call.
+        dtype: `auto` (bf16 on CUDA, float32 on CPU), `bfloat16`, `float16`, `float32`.
+        pad_to_square: LLaVA-1.5's mean-colour pad-to-square before the resize; None = on for
+            `model_type == "llava"`, off otherwise.
+        local_files_only: never download (default); False lets from_pretrained fetch a hub id.
+        model_revision: override the computed revision (e.g. a release tag).
+        attn_implementation: passed to from_pretrained (`sdpa`, `eager`, `flash_attention_2`); None = default.
+        system_prompt: a system turn before each query (None = the template's default, if any).
+    """
+
+    device: str = "auto"
+    batch_size: int = 8
+    dtype: str = "auto"
+    pad_to_square: bool | None = None
+    local_files_only: bool = True
+    model_revision: str | None = None
+    attn_implementation: str | None = None
+    system_prompt: str | None = None
+
+    def __post_init__(self) -> None:
+        _local_model_checks(self.batch_size)
+
+
+@dataclass(frozen=True)
+class VLLMOptions:
+    """Options of the `vllm` backend (`agegender.mllm.backends.vllm_backend`).
+
+    Attributes:
+        batch_size: queries handed to one `LLM.generate` call (vLLM batches continuously inside it).
+        tensor_parallel_size: GPUs per model replica.
+        dtype: vLLM dtype (`auto` = the checkpoint's, bf16 for llava-hf).
+        max_model_len: context limit (None = the model's; lower it to save KV-cache memory).
+        gpu_memory_utilization: fraction of GPU memory vLLM may take.
+        pad_to_square: LLaVA-1.5's mean-colour padding; None = on for `model_type == "llava"`.
+        local_files_only: never download (default).
+        model_revision: override the computed revision.
+        engine_options: further keyword arguments for `vllm.LLM` (e.g. `enforce_eager: true`).
+        system_prompt: a system turn before each query (as in the transformers backend).
+    """
+
+    batch_size: int = 256
+    tensor_parallel_size: int = 1
+    dtype: str = "auto"
+    max_model_len: int | None = None
+    gpu_memory_utilization: float = 0.9
+    pad_to_square: bool | None = None
+    local_files_only: bool = True
+    model_revision: str | None = None
+    engine_options: dict[str, Any] | None = None
+    system_prompt: str | None = None
+
+    def __post_init__(self) -> None:
+        _local_model_checks(self.batch_size)
+        _require(
+            self.tensor_parallel_size >= 1,
+            "tensor_parallel_size",
+            f"must be >= 1, got {self.tensor_parallel_size}",
+        )
+
+
+@dataclass(frozen=True)
+class ConstantOptions:
+    """Options of the `constant` model of agegender's own server (`agegender.mllm.server.ConstantBackend`).
+
+    Attributes:
+        text: the answer.
+        batch_latency_ms: time each batch takes (simulates a model whose batch costs about as much as one query).
+        batch_size: queries per batch.
+    """
+
+    text: str = "[female; 40]"
+    batch_latency_ms: float = 0.0
+    batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class EchoOptions:
+    """The `echo` model of agegender's own server has no options (`agegender.mllm.server.EchoBackend`)."""
+
+
+@dataclass(frozen=True)
+class ServedClientOptions:
+    """Options of a model served by agegender's server (`serve: true`) that the openai client takes."""
+
+    concurrency: int = 8
+
+    def __post_init__(self) -> None:
+        _require(self.concurrency >= 1, "concurrency", f"must be >= 1, not {self.concurrency}")
+
+
+#: registered backend name -> its options class (backends kept outside agegender declare `Backend.options_type`)
+BACKEND_OPTIONS: dict[str, type] = {
+    "openai": OpenAIOptions,
+    "transformers": TransformersOptions,
+    "vllm": VLLMOptions,
+    "constant": ConstantOptions,
+    "echo": EchoOptions,
+}
+
+
+def check_backend_options(backend: str, options: Mapping[str, Any], *, where: str, serve: bool = False) -> None:
+    """Validate a backend's options from params against its options class, before anything runs.
+
+    Args:
+        backend: the backend's registered name; an import path (a backend kept outside agegender) is checked
+            when it is built, as its class is not imported here.
+        options: the options as written.
+        where: their key path, e.g. `query_mllms.models.gpt4o.options`.
+        serve: the model is served by agegender's server: `SERVED_CLIENT_OPTIONS` go to the openai client.
+
+    Raises:
+        ValueError: `<where>.<option>: <what is wrong>` (an unknown option lists the known ones).
+    """
+    cls = BACKEND_OPTIONS.get(backend)
+    if cls is None:
+        return
+    if serve:
+        client = {k: v for k, v in options.items() if k in SERVED_CLIENT_OPTIONS}
+        build_settings(ServedClientOptions, client, where)
+        options = {k: v for k, v in options.items() if k not in SERVED_CLIENT_OPTIONS}
+    build_settings(cls, options, where)
