@@ -8,10 +8,19 @@ second person on every third image as LAGENDA has 84k people on 67k images) and 
 
 - the folder: images, bytes, mean size and long side;
 - the image check alone over a subset, per image, for header-only, 1/8-scale and full decodes and for several
-  thread counts and a process pool (what `image_sizes` uses is threads: see its docstring);
+  thread counts and a process pool (forkserver, as a notebook kernel would need; what `image_sizes` uses is
+  threads: see its docstring), all without the cache of verified images;
 - `check_dataset("mivolo", ...)` end to end over the whole folder (CSV read, one `stat` and one cheap decode per
-  image): total seconds, images/s, ms per image; then again with the folder's pages evicted from the page cache
-  (`posix_fadvise(DONTNEED)` on its own files only), the first run after a reboot or a fresh copy.
+  image), each run timed (seconds, images/s, ms per image):
+  - first run, cold: the folder's pages evicted from the page cache (`posix_fadvise(DONTNEED)` on its own files
+    only: the first run after a reboot or a fresh copy) and an empty cache of verified images;
+  - second run: every image is known to decode (`agegender.fingerprint.FileFacts`), so each costs a `stat` and a
+    lookup; warm, then with the images and the cache database evicted (the inodes stay cached: evicting them
+    would need `drop_caches`, which touches the whole machine);
+  - first run, warm: the cache emptied again, the images in the page cache.
+
+The cache of verified images lives in a temporary folder (`AGEGENDER_CACHE_DIR`), removed at the end: the user's
+own is neither read nor filled.
 
 Photos: mosaics of the real faces in `../shared/data/fairface540` (read only, never copied anywhere lasting: the
 folder is a temporary one, removed at the end unless `--keep`), re-encoded at the sizes above, a few hundred
@@ -26,6 +35,7 @@ folder, synthetic photos of the same sizes (smooth fields plus noise). Prints nu
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import shutil
 import tempfile
@@ -38,6 +48,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from agegender import fingerprint
 from agegender.data.crops import image_size, image_sizes
 from agegender.data.readers import check_dataset
 
@@ -119,7 +130,7 @@ def _full_decode(path: Path) -> tuple[int, int]:
         return img.size
 
 
-def _timed(label: str, run: Callable[[], object], n: int) -> float:
+def _timed(label: str, run: Callable[[], object], n: int) -> tuple[float, float]:
     """Wall time, and this process's CPU time (all its threads; not that of a process pool's workers).
 
     The CPU time per image does not grow when other work shares the cores, so `cpu / cores` is what the wall time
@@ -133,7 +144,7 @@ def _timed(label: str, run: Callable[[], object], n: int) -> float:
         f" {1000 * cpu / n:5.2f} ms/img CPU",
         flush=True,
     )
-    return seconds
+    return seconds, cpu
 
 
 def main() -> None:
@@ -154,6 +165,8 @@ def main() -> None:
     print(f"cpus {len(os.sched_getaffinity(0))}, load average {os.getloadavg()[0]:.2f} at the start")
     made = args.folder is None
     root = Path(tempfile.mkdtemp(prefix="bench_check_images_")) if made else args.folder
+    cache = Path(tempfile.mkdtemp(prefix="bench_check_images_cache_"))
+    os.environ[fingerprint.CACHE_ENV] = str(cache)  # never the user's cache; `check` reads it at each call
     try:
         if made:
             t0 = time.perf_counter()
@@ -172,52 +185,73 @@ def main() -> None:
 
         subset = images[: min(args.subset, n)]
         k = len(subset)
-        print(f"the check of one image, over {k} images (warm cache):")
+        print(f"the check of one image, over {k} images (warm cache, no cache of verified images):")
         _timed("header only (image_size)", lambda: image_sizes(subset, workers=1), k)
         _timed("full decode, 1 thread", lambda: [_full_decode(p) for p in subset], k)
         for workers in args.workers:
             _timed(
                 f"1/8 decode, {workers} thread(s) (image_sizes)",
-                lambda w=workers: image_sizes(subset, decode=True, workers=w),
+                lambda w=workers: image_sizes(subset, decode=True, workers=w, cache=False),
                 k,
             )
-        with ProcessPoolExecutor(max_workers=2) as pool:
+        context = multiprocessing.get_context("forkserver")  # fork is unsafe in a kernel holding threads
+        with ProcessPoolExecutor(max_workers=2, mp_context=context) as pool:
             list(pool.map(partial(image_size, decode=True), subset[:8]))  # start the workers first
             _timed(
-                "1/8 decode, 2 processes",
+                "1/8 decode, 2 processes (forkserver)",
                 lambda: list(pool.map(partial(image_size, decode=True), subset, chunksize=64)),
                 k,
             )
-        _timed("1/8 decode, default threads (image_sizes)", lambda: image_sizes(subset, decode=True), k)
+        _timed("1/8 decode, default threads (image_sizes)", lambda: image_sizes(subset, decode=True, cache=False), k)
         if not args.no_cold:
             print(f"the same {k} images evicted from the page cache before each run (reads wait for the disk):")
             for workers in args.cold_workers:
                 evict(subset)
                 label = f"1/8 decode, {workers} threads, cold"
-                _timed(label, lambda w=workers: image_sizes(subset, decode=True, workers=w), k)
+                _timed(label, lambda w=workers: image_sizes(subset, decode=True, workers=w, cache=False), k)
 
         print(f"check_dataset('mivolo', ...) end to end over all {n} images:")
-        problems: list[str] = []
-        warm = _timed(
-            "warm page cache", lambda: problems.extend(check_dataset("mivolo", root, annotations=annotations)), n
-        )
-        print(f"    problems found: {len(problems)}; 67,000 images at this rate: {67_000 * warm / n:.1f} s")
-        c0 = time.process_time()
-        check_dataset("mivolo", root, annotations=annotations)
-        cpu = time.process_time() - c0
+        database = cache / fingerprint.FACTS_DB
         cores = len(os.sched_getaffinity(0))
-        print(
-            f"    CPU time of a second warm run: {cpu:.1f} s; on {cores} idle cores that is {cpu / cores:.1f} s, "
-            f"{67_000 * cpu / cores / n:.1f} s for 67,000 images"
-        )
-        if not args.no_cold:
-            evict(images)
-            cold = _timed(
-                "folder evicted from the page cache", lambda: check_dataset("mivolo", root, annotations=annotations), n
+
+        def check() -> None:
+            problems = check_dataset("mivolo", root, annotations=annotations)
+            if problems:
+                print(f"    problems found: {len(problems)}: {problems[:2]}")
+
+        def empty_cache() -> None:
+            shutil.rmtree(cache, ignore_errors=True)
+            cache.mkdir()
+
+        def per_67k(seconds: float) -> str:
+            return f"{67_000 * seconds / n:.1f} s for 67,000 images"
+
+        def first_warm() -> None:
+            empty_cache()
+            warm, cpu = _timed("first run, warm (empty cache)", check, n)
+            print(
+                f"    {per_67k(warm)}; its CPU time {cpu:.1f} s, on {cores} idle cores {cpu / cores:.1f} s, "
+                f"{per_67k(cpu / cores)}"
             )
-            print(f"    67,000 images at this rate: {67_000 * cold / n:.1f} s")
+
+        if args.no_cold:
+            first_warm()
+        else:
+            empty_cache()
+            evict(images)
+            cold, _ = _timed("first run, cold (folder evicted, empty cache)", check, n)
+            print(f"    {per_67k(cold)}")
+        print(f"    cache of verified images: {database.stat().st_size / 1e6:.1f} MB (+ WAL) for {n} images")
+        second, _ = _timed("second run (cached), warm", check, n)
+        print(f"    {per_67k(second)}")
+        if not args.no_cold:
+            evict([*images, *cache.iterdir()])
+            second_cold, _ = _timed("second run (cached), images and cache evicted", check, n)
+            print(f"    {per_67k(second_cold)}")
+            first_warm()
         print(f"load average {os.getloadavg()[0]:.2f} at the end (other work on the machine slows every number)")
     finally:
+        shutil.rmtree(cache, ignore_errors=True)
         if made and not args.keep:
             shutil.rmtree(root, ignore_errors=True)
 

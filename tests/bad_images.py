@@ -1,10 +1,14 @@
-"""Broken image files for the tests of what `check`, the readers and the runners do with them."""
+"""Broken image files for the tests of what `check`, the readers and the runners do with them, and files changed
+behind a cache's back."""
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 
@@ -28,3 +32,19 @@ def write_empty(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"")
     return path
+
+
+def rewrite_keeping_stat(path: Path, data: bytes) -> None:
+    """Rewrite a file in place with as much of its old stat as a user can restore (size, atime, mtime).
+
+    Waits until the change time has moved, which the file system sets on every write and no tool can set back:
+    a rewrite within one timestamp tick keeps it, and that is what `agegender.fingerprint.RACY_S` guards against.
+    """
+    before = path.stat()
+    for _ in range(500):
+        path.write_bytes(data)
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+        if path.stat().st_ctime_ns != before.st_ctime_ns:
+            return
+        time.sleep(0.01)
+    pytest.skip("this file system does not move a file's change time on a rewrite")

@@ -138,7 +138,8 @@ def check_params(
     small JSON files, except the images a data set names: each is opened and cheaply decoded (a JPEG at 1/8 scale,
     in threads; `agegender.data.readers.image_problems`), so that a truncated or empty file is reported here, with
     every other one, and not by a run that stops at it (67,000 LAGENDA-sized JPEGs: ~1.5 ms of CPU each, about
-    50 s on 2 idle cores; `benchmarks/bench_check_images.py`).
+    a minute on 2 cores; an image already found to decode is not decoded again while the file is unchanged, so a
+    later check of the same folder takes ~1.5 s; `benchmarks/bench_check_images.py`).
 
     Args:
         params: validated params.

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import logging
+import os
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -13,8 +16,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/bad_images.py
 
-from bad_images import write_empty, write_truncated_jpeg  # noqa: E402
+from bad_images import rewrite_keeping_stat, write_empty, write_truncated_jpeg  # noqa: E402
 
+from agegender import fingerprint  # noqa: E402
 from agegender.data import crops  # noqa: E402
 from agegender.data.crops import (  # noqa: E402
     CROP_KINDS,
@@ -133,6 +137,130 @@ def test_exif_orientation_swaps_size_like_load_image(tmp_path: Path) -> None:
     path = _save(tmp_path / "rot.jpg", _flat(10, 30), exif=exif)
     assert image_size(path) == (10, 30)
     assert load_image(path).shape == (30, 10, 3)
+
+
+# ---------------------------------------------------------------------------------------------- cache of decodes
+
+
+@pytest.fixture
+def decodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every `image_size` call (file name) while the cache lives in tmp_path/cache and files settle at once."""
+    monkeypatch.setenv(fingerprint.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(fingerprint, "RACY_S", 0.0)
+    calls: list[str] = []
+    real = crops.image_size
+
+    def counting(path, *, decode=False):
+        calls.append(Path(path).name)
+        return real(path, decode=decode)
+
+    monkeypatch.setattr(crops, "image_size", counting)
+    return calls
+
+
+def _cached_paths(tmp_path: Path) -> list[str]:
+    with sqlite3.connect(tmp_path / "cache" / fingerprint.FACTS_DB) as db:
+        rows = db.execute("SELECT path FROM facts WHERE kind = ?", (crops.DECODE_FACTS,)).fetchall()
+    return sorted(Path(path).name for (path,) in rows)
+
+
+def _images(folder: Path) -> list[Path]:
+    paths = [_save(folder / f"{k}.jpg", _flat(20 + k, 30, (k * 40, 90, 10))) for k in range(4)]
+    return [*paths, _save(folder / "p.png", _flat(7, 5))]
+
+
+def test_second_check_of_unchanged_images_decodes_nothing(tmp_path: Path, decodes: list[str]) -> None:
+    paths = _images(tmp_path / "img")
+    first = image_sizes(paths, decode=True, workers=3)
+    assert first == {p: image_size(p) for p in paths} and first[paths[-1]] == (5, 7)  # (image_size: not counted)
+    assert sorted(decodes) == sorted(p.name for p in paths)  # each decoded once
+    decodes.clear()
+    link = tmp_path / "link.jpg"
+    link.symlink_to(paths[0])  # the same file under another name: known by its real path
+    again = image_sizes([*reversed(paths), link], decode=True, workers=3)
+    assert decodes == [] and list(again) == [*reversed(paths), link]  # in the order asked
+    assert again == {**first, link: first[paths[0]]}
+    image_sizes(paths, decode=True, cache=False)  # without the cache: every image decoded
+    image_sizes(paths[:2])  # headers only: the cache says nothing about them
+    assert sorted(decodes) == sorted(p.name for p in [*paths, *paths[:2]])
+
+
+def test_rewrite_in_place_keeping_size_and_mtime_is_decoded_again(tmp_path: Path, decodes: list[str]) -> None:
+    paths = _images(tmp_path / "img")
+    image_sizes(paths, decode=True)
+    decodes.clear()
+    target = paths[1]
+    before = target.stat()
+    rewrite_keeping_stat(target, b"\0" * before.st_size)  # not an image any more: same size, same mtime
+    after = target.stat()
+    assert (after.st_size, after.st_mtime_ns, after.st_ino) == (before.st_size, before.st_mtime_ns, before.st_ino)
+    sizes = image_sizes(paths, decode=True)
+    assert decodes == [target.name]  # the ctime moved: looked at again, the others not
+    assert isinstance(sizes[target], InputError) and "cannot be decoded" in str(sizes[target])
+    assert all(sizes[p] == (30, 20 + k) for k, p in enumerate(paths[:4]) if p != target)
+
+
+def test_truncated_after_a_cached_success_is_found_and_bad_images_never_cached(
+    tmp_path: Path, decodes: list[str]
+) -> None:
+    paths = _images(tmp_path / "img")
+    good = paths[0].read_bytes()
+    image_sizes(paths, decode=True)
+    assert _cached_paths(tmp_path) == sorted(p.name for p in paths)
+    write_truncated_jpeg(paths[0], 64, 48)  # cut in its pixel data: its header still reads
+    bad_from_start = write_truncated_jpeg(tmp_path / "img" / "cut.jpg", 40, 40)
+    every = [*paths, bad_from_start]
+    for _ in range(2):  # a bad image is examined every time
+        decodes.clear()
+        sizes = image_sizes(every, decode=True)
+        assert sorted(decodes) == sorted([paths[0].name, bad_from_start.name])
+        assert [p for p in every if isinstance(sizes[p], InputError)] == [paths[0], bad_from_start]
+        assert "truncated" in str(sizes[paths[0]])
+        assert _cached_paths(tmp_path) == sorted(p.name for p in paths[1:])  # the old success of the cut file: gone
+    paths[0].write_bytes(good)  # mended: seen at once, and kept again
+    assert image_sizes(every, decode=True)[paths[0]] == (30, 20)
+    assert _cached_paths(tmp_path) == sorted(p.name for p in paths)
+
+
+def test_cache_that_cannot_be_used_only_costs_time(
+    tmp_path: Path, decodes: list[str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    paths = _images(tmp_path / "img")
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    monkeypatch.setenv(fingerprint.CACHE_ENV, str(blocker / "cache"))  # cannot be created, not even by root
+    truth = {p: image_size(p) for p in paths}
+    decodes.clear()
+    assert image_sizes(paths, decode=True) == truth and image_sizes(paths, decode=True) == truth
+    assert sorted(decodes) == sorted(p.name for p in paths * 2)  # decoded every time, nothing raised
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / fingerprint.FACTS_DB).write_bytes(b"this is not a database" * 300)
+    monkeypatch.setenv(fingerprint.CACHE_ENV, str(corrupt))
+    decodes.clear()
+    with caplog.at_level(logging.WARNING, logger="agegender.fingerprint"):
+        assert image_sizes(paths, decode=True) == truth
+    assert sorted(decodes) == sorted(p.name for p in paths)
+    assert str(corrupt / fingerprint.FACTS_DB) in caplog.text  # named, so that it can be deleted
+
+
+def test_files_written_just_now_are_not_cached(tmp_path: Path, decodes: list[str], monkeypatch) -> None:
+    monkeypatch.setattr(fingerprint, "RACY_S", 3600.0)  # everything here was written within the hour
+    paths = _images(tmp_path / "img")
+    image_sizes(paths, decode=True)
+    decodes.clear()
+    image_sizes(paths, decode=True)
+    assert sorted(decodes) == sorted(p.name for p in paths)
+    assert _cached_paths(tmp_path) == []
+
+
+def test_cached_size_is_the_displayed_size(tmp_path: Path, decodes: list[str]) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = _save(tmp_path / "rot.jpg", _flat(10, 30), exif=exif)
+    os.utime(path, ns=(0, 0))
+    assert image_sizes([path], decode=True) == image_sizes([path], decode=True) == {path: (10, 30)}
+    assert decodes == ["rot.jpg"]
 
 
 # ---------------------------------------------------------------------------------------------- boxes

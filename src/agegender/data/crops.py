@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,12 +21,14 @@ from typing import Any, NamedTuple
 import cv2
 import numpy as np
 import pandas as pd
+import PIL
 from PIL import Image, ImageOps, UnidentifiedImageError
 from PIL.JpegImagePlugin import JpegImageFile
 from tqdm.auto import tqdm
 
 from agegender.data.schema import FACE_BOX, PERSON_BOX
 from agegender.errors import InputError
+from agegender.fingerprint import FileFacts, FileIdentity, file_identities
 
 CROP_KINDS: tuple[str, ...] = ("face", "body", "body_wo_face")
 #: input kind (`agegender.data.schema.INPUT_KINDS`) -> (crop kind a model sees as the face, crop kind it sees as the
@@ -157,22 +160,43 @@ def image_size(path: str | Path, *, decode: bool = False) -> tuple[int, int]:
     return int(width), int(height)
 
 
+#: the kind of `agegender.fingerprint.FileFacts` that `image_sizes` keeps: "this file decodes, and is W x H as
+#: displayed". Bump the number when what `image_size(decode=True)` checks changes; a new Pillow may judge a file
+#: otherwise, so its version is part of the kind too.
+DECODE_FACTS = f"image-decode/1/pillow-{PIL.__version__}"
+#: successes kept per write to the cache (an interrupted check keeps what it verified)
+_RECORD_EVERY = 4096
+
+
 def image_sizes(
-    paths: Iterable[str | Path], *, decode: bool = False, workers: int | None = None, progress: bool = False
+    paths: Iterable[str | Path],
+    *,
+    decode: bool = False,
+    workers: int | None = None,
+    progress: bool = False,
+    cache: bool = True,
 ) -> dict[Path, tuple[int, int] | InputError]:
     """`image_size` of many images at once, in threads, every failure kept rather than raised.
 
+    With `decode`, an image already found to decode is not decoded again while it stays the same file: its size is
+    kept in the cache of file facts (`agegender.fingerprint.FileFacts`, kind `DECODE_FACTS`), keyed by the file's
+    identity (real path, device, inode, size, mtime, ctime: a rewrite in place or a copy is looked at afresh), so a
+    re-check of an unchanged data set costs a `stat` and a lookup per image. Only successes are kept: a bad image is
+    examined every time, and one mended is seen. The cache is best effort (an unwritable folder: all is decoded).
+
     Threads, not processes: PIL releases the GIL while it decodes, so they use every core, with no start-up, no
     pickling and no fork of a process that may hold other threads (a notebook kernel). The price, measured on 2
-    idle cores (`benchmarks/bench_check_images.py`), is ~10 %: 0.75 against 0.68 ms per image for a 2-process
-    pool, as the GIL is held while PIL parses a header; on the busy shared machine the pool was slower as often
-    as not. Twice as many threads as cores lets some read while others wait for the disk.
+    idle cores (`benchmarks/bench_check_images.py`), is ~10 %: 0.74 against 0.66 ms per image for a 2-process
+    forkserver pool, as the GIL is held while PIL parses a header; on the busy shared machine the pool was slower
+    as often as not, and with the cache only a data set's first check pays it. Twice as many threads as cores lets
+    some read while others wait for the disk.
 
     Args:
         paths: image files (duplicates are looked at once).
         decode: decode each image cheaply as well (`image_size(decode=True)`), not only its header.
         workers: threads (default: twice the usable CPU cores, at most 32).
         progress: show a tqdm bar (shown only once the work has taken over a second).
+        cache: with `decode`, use and fill the cache of images known to decode (False: decode every image).
 
     Returns:
         path -> (width, height), or the `InputError` that names what is wrong with it; in the order given.
@@ -187,12 +211,54 @@ def image_sizes(
         except InputError as exc:
             return exc
 
-    out: dict[Path, tuple[int, int] | InputError] = {}
+    found: dict[Path, tuple[int, int] | InputError] = {}
+    facts = FileFacts(DECODE_FACTS) if decode and cache else None
     with tqdm(total=len(unique), desc="images", unit="img", disable=not progress, delay=1.0) as bar:
-        for path, result in zip(unique, _ordered_map(one, unique, workers), strict=True):
-            out[path] = result
-            bar.update(1)
-    return out
+        if facts is None:
+            for path, result in zip(unique, _ordered_map(one, unique, workers), strict=True):
+                found[path] = result
+                bar.update(1)
+            return found
+        with facts:
+            read_from = time.time_ns()  # before any identity is taken: `FileIdentity.settled`
+            identities = dict(zip(unique, file_identities(unique), strict=True))
+            known = facts.lookup(i for i in identities.values() if i is not None)
+            for path, identity in identities.items():
+                size = _parse_size(known[identity]) if identity in known else None
+                if size is not None:
+                    found[path] = size
+            bar.update(len(found))
+            todo = [path for path in unique if path not in found]
+            verified: list[tuple[FileIdentity, str]] = []
+            failed: list[str] = []  # real paths: what was known of an earlier version of them is dropped
+            try:
+                for path, result in zip(todo, _ordered_map(one, todo, workers), strict=True):
+                    found[path] = result
+                    bar.update(1)
+                    identity = identities[path]
+                    if identity is None:
+                        continue
+                    if isinstance(result, InputError):
+                        failed.append(identity.path)
+                        continue
+                    verified.append((identity, f"{result[0]}x{result[1]}"))
+                    if len(verified) >= _RECORD_EVERY:
+                        facts.record(verified, read_from_ns=read_from)
+                        verified.clear()
+            finally:  # what was verified is kept, also when the check is interrupted
+                facts.record(verified, read_from_ns=read_from)
+                facts.forget(failed)
+    return {path: found[path] for path in unique}
+
+
+def _parse_size(fact: str) -> tuple[int, int] | None:
+    """(width, height) from a `DECODE_FACTS` fact ("640x480"); None for one that is not well-formed."""
+    width, _, height = fact.partition("x")
+    try:
+        size = int(width), int(height)
+    except ValueError:
+        return None
+    return size if min(size) > 0 else None
 
 
 def _ordered_map(func: Callable[[Path], Any], items: Sequence[Path], workers: int) -> Iterator[Any]:

@@ -12,7 +12,8 @@ The native formats of UTKFace, FG-NET and FairFace (`utkface`, `fgnet`, `fairfac
 Both check every row and either raise `InputError` (file, 1-based data row, column) or, with
 `on_bad_row="skip"`, drop the row and count it per reason in the report. Image sizes come from the
 image headers, and each distinct image is opened once and cheaply decoded (`crops.image_sizes(decode=True)`, in
-threads), so that a truncated or empty file is a bad row (`unreadable_image`) here rather than a failure later.
+threads; not again while the file is unchanged), so that a truncated or empty file is a bad row
+(`unreadable_image`) here rather than a failure later.
 
 Readers are registered by name (`register_reader`); params.yaml may also name one by import path
 (`package.module:attr`, `resolve_reader`), so a new data set format needs no change here. A reader may carry
