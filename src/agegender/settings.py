@@ -15,6 +15,7 @@ import dataclasses
 import types
 import typing
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
@@ -159,3 +160,48 @@ def parse_assignments(items: Iterable[str], *, flag: str) -> dict[str, Any]:
         except yaml.YAMLError:
             out[name.strip()] = value
     return out
+
+
+def read_config_file(
+    path: str | Path | None, section: str | None, overrides: Iterable[str], *, default_section: str | None = None
+) -> tuple[dict[str, Any], str]:
+    """The settings a training command reads: a YAML file's section, then its `--set name=value` overrides.
+
+    A params.yaml works as the file: `section` (dotted, e.g. `finetune_mllm`) picks its section, and a section (or
+    file) holding a `config` mapping (params.yaml's layout, and the file the fine-tuning stage writes for its
+    launched processes) gives that mapping.
+
+    Args:
+        path: the YAML file; None = overrides only.
+        section: the section to read; None = the whole file, or `default_section` when the file has it.
+        overrides: `name=value` items of `--set`.
+        default_section: the section read when `section` is None and the file has it.
+
+    Returns:
+        (settings, their key path for error messages, e.g. `train_mivolo.config`).
+
+    Raises:
+        InputError: unreadable file or YAML, missing section, not a mapping, malformed override.
+    """
+    data: dict[str, Any] = {}
+    where = "config"
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise InputError(f"cannot read the config ({exc})", file=path) from exc
+        if section is None and isinstance(loaded, Mapping) and default_section in loaded:
+            section = default_section
+        if section:
+            for part in section.split("."):
+                if not isinstance(loaded, Mapping) or part not in loaded:
+                    raise InputError(f"has no section {section!r}", file=path, field=section)
+                loaded = loaded[part]
+            where = section
+        if isinstance(loaded, Mapping) and isinstance(loaded.get("config"), Mapping):  # params.yaml's layout
+            loaded, where = loaded["config"], f"{section}.config" if section else "config"
+        if not isinstance(loaded, Mapping):
+            raise InputError("the config must be a mapping of settings", file=path)
+        data.update(loaded)
+    data.update(parse_assignments(overrides, flag="--set"))
+    return data, where

@@ -60,7 +60,7 @@ from agegender.mivolo.checkpoint import save_checkpoint
 from agegender.mivolo.config import TrainConfig
 from agegender.mivolo.dataset import Augment, CropRules, ImageRoot, MiVOLODataset
 from agegender.mivolo.model import MiVOLOModel, create_mivolo
-from agegender.settings import parse_assignments
+from agegender.settings import read_config_file
 
 STATE_FILE = "last.state.pt"
 LAST_CHECKPOINT = "last.pth.tar"
@@ -933,30 +933,7 @@ def read_config(path: str | None, section: str | None, overrides: Sequence[str])
     Raises:
         InputError: unreadable file, missing section, malformed override, unknown or bad setting.
     """
-    import yaml
-
-    data: dict[str, Any] = {}
-    where = "config"
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise InputError("config file not found", file=p)
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise InputError(f"cannot be read as YAML ({exc})", file=p) from exc
-        if section is None and "train_mivolo" in loaded:
-            section = "train_mivolo"
-        if section is not None:
-            if section not in loaded:
-                raise InputError(f"has no section {section!r}", file=p, field=section)
-            loaded, where = loaded[section], section
-            if isinstance(loaded, Mapping) and isinstance(loaded.get("config"), Mapping):  # params.yaml's layout
-                loaded, where = loaded["config"], f"{section}.config"
-        if not isinstance(loaded, Mapping):
-            raise InputError("the config must be a mapping of settings", file=p)
-        data.update(loaded)
-    data.update(parse_assignments(overrides, flag="--set"))
+    data, where = read_config_file(path, section, overrides, default_section="train_mivolo")
     try:
         return TrainConfig.from_dict(data, where=where)
     except ValueError as exc:

@@ -62,7 +62,7 @@ import pandas as pd
 from agegender.errors import InputError
 from agegender.files import atomic_write_text
 from agegender.mllm.finetune_config import FinetuneConfig
-from agegender.settings import parse_assignments
+from agegender.settings import read_config_file
 
 CHECKPOINT_INDEX = "checkpoints.json"
 CONFIG_FILE = "finetune_config.json"
@@ -576,27 +576,9 @@ def read_config(path: str | Path | None, section: str | None = None, overrides: 
     Raises:
         InputError: unreadable file, missing section, malformed override, unknown or bad setting.
     """
-    import yaml
-
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise InputError(f"cannot read the config ({exc})", file=path) from exc
-        if section:
-            for part in section.split("."):
-                if not isinstance(loaded, dict) or part not in loaded:
-                    raise InputError(f"no section {section!r}", file=path, field=section)
-                loaded = loaded[part]
-        if isinstance(loaded, dict) and isinstance(loaded.get("config"), dict):
-            loaded = loaded["config"]
-        if not isinstance(loaded, dict):
-            raise InputError("the config must be a mapping", file=path)
-        data.update(loaded)
-    data.update(parse_assignments(overrides, flag="--set"))
+    data, where = read_config_file(path, section, overrides)
     try:
-        return FinetuneConfig.from_dict(data, where=section + ".config" if section else "config")
+        return FinetuneConfig.from_dict(data, where=where)
     except InputError as exc:
         raise InputError(exc.message, file=path) from exc
 
