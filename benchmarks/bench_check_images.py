@@ -50,7 +50,7 @@ from PIL import Image
 
 from agegender import fingerprint
 from agegender.data.crops import image_size, image_sizes
-from agegender.data.readers import check_dataset
+from agegender.data.registry import check_dataset
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fairface540"
 HEADER = "img_name,age,gender,face_x0,face_y0,face_x1,face_y1,person_x0,person_y0,person_x1,person_y1"

@@ -36,8 +36,8 @@ def bench_tiny(args: argparse.Namespace) -> dict:
 
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from agegender.mllm.sft_data import SFTCollator, SFTDataset, SFTRecord
-    from agegender.mllm.tiny import build_tiny_llava
+    from agegender.mllm.finetune.sft_data import SFTCollator, SFTDataset, SFTRecord
+    from agegender.mllm.tools.tiny import build_tiny_llava
 
     torch.set_num_threads(args.threads)
     results = []

@@ -1,7 +1,7 @@
 """Speed of the local `transformers` backend: samples/s at batch size 1 vs batched.
 
 Shapes:
-- `tiny` (default, CPU): the tiny LLaVA-1.5 / LLaVA-NeXT of `agegender.mllm.tiny` at 336 (576 image
+- `tiny` (default, CPU): the tiny LLaVA-1.5 / LLaVA-NeXT of `agegender.mllm.tools.tiny` at 336 (576 image
   tokens), built in a temporary folder and loaded through the backend like any checkpoint.
 - `7b` (CUDA): a LLaVA-1.5-7B-shaped model (Vicuna-7B Llama: 4096 wide, 32 layers, 11008 MLP, vocab
   32064; CLIP ViT-L/14-336: 1024 wide, 24 layers) with RANDOM weights in bf16, built in memory on the GPU
@@ -47,7 +47,7 @@ import torch
 from agegender.device import resolve_device
 from agegender.mllm.backends import GenerationParams, Query
 from agegender.mllm.backends.transformers_backend import TransformersBackend
-from agegender.mllm.tiny import IMAGE_TOKEN, build_tiny_llava, default_corpus, tiny_processor, train_tokenizer
+from agegender.mllm.tools.tiny import IMAGE_TOKEN, build_tiny_llava, default_corpus, tiny_processor, train_tokenizer
 
 LAGENDA_TEST_PEOPLE = 84_192
 

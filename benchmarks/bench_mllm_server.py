@@ -1,6 +1,6 @@
 """Throughput of the `openai` backend against the project's own server with injected latency.
 
-Starts `python -m agegender.mllm.server --backend constant --latency-ms L` on a free loopback port (a real
+Starts `python -m agegender.mllm.tools.server --backend constant --latency-ms L` on a free loopback port (a real
 server process: its own interpreter and GIL), then sends `rounds * concurrency` requests (distinct crops,
 PNG data URLs) at each concurrency through `OpenAIBackend.generate_batch` and prints requests/s against
 the ideal `concurrency / latency`. The issue's goal: at concurrency 64 and 200 ms, at least 90% of
@@ -27,7 +27,7 @@ import numpy as np
 
 from agegender.mllm.backends.base import GenerationParams, Query
 from agegender.mllm.backends.openai_backend import OpenAIBackend
-from agegender.mllm.server import running_server
+from agegender.mllm.tools.server import running_server
 
 
 def make_queries(n: int, size: int, seed: int, tag: str) -> list[Query]:

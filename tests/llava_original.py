@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from agegender.mllm.tiny import default_corpus
+from agegender.mllm.tools.tiny import default_corpus
 
 VISION = {
     "hidden_size": 32,

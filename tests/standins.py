@@ -145,8 +145,8 @@ def build_mivolo(root: Path) -> dict[str, Path]:
 
 def build_mllms(root: Path) -> dict[str, Path]:
     """llava-hf folders for LLaVA-1.5 and LLaVA-NeXT; ShareGPT4V in the original layout, then converted."""
-    from agegender.mllm.convert import convert_llava
-    from agegender.mllm.tiny import build_tiny_llava
+    from agegender.mllm.tools.convert import convert_llava
+    from agegender.mllm.tools.tiny import build_tiny_llava
 
     hf = root / "models" / "hf"
     out = {

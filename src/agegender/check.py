@@ -4,9 +4,10 @@
 everything its params section points at outside the project (data set folders, annotation CSVs and the images they
 name, MiVOLO checkpoints, external prediction tables, Hugging Face model folders, API settings), and returns ALL
 problems at once, each naming its params key, what is wrong and the file. The checks of a format live beside the
-code that reads it (`agegender.data.readers.check_dataset`, `agegender.faces.check_face_detector`,
-`agegender.specialized.model_problems` and each model class's `check_file`, `agegender.mivolo.checkpoint.
-check_mivolo_checkpoint`, `agegender.evaluate.check_predictions_file`, `agegender.mllm.convert.check_llava_folder`);
+code that reads it (`agegender.data.registry.check_dataset`, `agegender.faces.check_face_detector`,
+`agegender.specialized.model_problems` and each model class's `check_file`,
+`agegender.mivolo.checkpoint.check_mivolo_checkpoint`, `agegender.evaluate.check_predictions_file`,
+`agegender.mllm.tools.convert.check_llava_folder`);
 a stage's `check` decides which apply to its section, and this module collects their lines (`Checker`).
 
 What the pipeline makes itself is skipped: data sets inside the generated demo folder, checkpoints inside

@@ -18,7 +18,7 @@ from agegender.data.schema import INPUT_KINDS
 from agegender.errors import InputError, failure_budget
 from agegender.mivolo.config import TrainConfig
 from agegender.mllm.backend_options import check_backend_options
-from agegender.mllm.finetune_config import FinetuneConfig
+from agegender.mllm.finetune.config import FinetuneConfig
 from agegender.settings import build_settings
 
 
@@ -36,7 +36,7 @@ class DemoParams:
 
 @dataclass(frozen=True)
 class DatasetParams:
-    """One data set read by a registered reader (`agegender.data.readers.READERS`).
+    """One data set read by a registered reader (`agegender.data.registry.READERS`).
 
     `options` go to the reader unchanged (e.g. `annotations`, `splits` for the MiVOLO CSVs).
 
@@ -99,7 +99,7 @@ class TrainMivoloParams:
 
 @dataclass(frozen=True)
 class TinyMllmParams:
-    """An untrained tiny LLaVA built from configs (`agegender.mllm.tiny.build_tiny_llava`), for the demo."""
+    """An untrained tiny LLaVA built from configs (`agegender.mllm.tools.tiny.build_tiny_llava`), for the demo."""
 
     kind: str = "llava"
     seed: int = 0
@@ -201,7 +201,7 @@ class FinetuneMllmParams:
         base_model: local Hugging Face folder to start from (paper: ShareGPT4V-7B in HF format). With neither
             `base_model` nor `build_tiny`, the profile fine-tunes nothing and the stage says so.
         build_tiny: demo only: build an untrained tiny LLaVA with these `build_tiny_llava` arguments instead.
-        config: `agegender.mllm.finetune_config.FinetuneConfig`, checked with the params.
+        config: `agegender.mllm.finetune.config.FinetuneConfig`, checked with the params.
         inputs: crops the kept model answers on the study's data sets.
         datasets: data sets it answers (None: all of `study.datasets`).
         backend_options: `TransformersOptions` of the backend that answers with the kept model, e.g.

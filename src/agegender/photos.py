@@ -1,6 +1,6 @@
 """Folders of unlabelled photos: what `agegender annotate` reads, with a specialized model or an MLLM.
 
-One home for both annotation paths (`agegender.annotate`, `agegender.mllm.annotate`), so that neither imports the
+One home for both annotation paths (`agegender.annotate`, `agegender.mllm.tools.annotate`), so that neither imports the
 other.
 """
 

@@ -1,7 +1,7 @@
 """Typed settings from plain mappings (YAML, keyword arguments, `--option k=v`), with the key path in every error.
 
 One converter serves every configuration of the project: params.yaml's sections (`agegender.params`), the
-training settings they hold (`agegender.mivolo.config.TrainConfig`, `agegender.mllm.finetune_config.
+training settings they hold (`agegender.mivolo.config.TrainConfig`, `agegender.mllm.finetune.config.
 FinetuneConfig`) and the options of each MLLM backend (`agegender.mllm.backend_options`). A settings class is a
 frozen dataclass whose annotations say the types and whose defaults are the only defaults; its `__post_init__`
 checks values and raises `InputError(message, field=<its field>)`, which `build_settings` turns into

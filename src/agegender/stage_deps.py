@@ -19,15 +19,16 @@ code a stage runs is derived statically (`ast`, nothing is imported):
 - code loaded by name at run time is reached through the strings that name it: a string constant equal to an
   agegender module's dotted name (the lazy backend registry `{"openai": "agegender.mllm.backends.openai_backend"}`,
   `python -m agegender.mllm.finetune`), a name a package exports lazily through a module-level `__getattr__` and
-  a `{name: submodule}` table (`from agegender.mivolo import load_checkpoint`), and a string constant equal to the
+  a `{name: submodule}` table (`from agegender.mivolo import load_checkpoint`), a package's `__main__` where a
+  command list runs the package (`["-m", "agegender.mllm.finetune", ...]`), and a string constant equal to the
   name of a data file beside the module (`report/paper_results.csv`). Registries whose plugins register
   themselves on import (readers, specialized models) are reached because the registry module imports them.
 
 Plugins kept outside agegender and named by import path in params.yaml are the user's code, not the package's:
 a user who adds one lists it in `dvc.yaml` too.
 
-`agegender stage-deps` prints each stage's derived code deps (paste them into `dvc.yaml`); `--check` compares
-them with `dvc.yaml` and lists every missing, unrun or absent code dep.
+`agegender stage-deps` prints each stage's derived code deps, `--write` puts them into `dvc.yaml` (every other
+line kept), and `--check` compares them with `dvc.yaml` and lists every missing, unrun or absent code dep.
 """
 
 from __future__ import annotations
@@ -35,17 +36,18 @@ from __future__ import annotations
 import ast
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from agegender.errors import InputError
+from agegender.files import atomic_write_text
 
 PACKAGE = "agegender"
 
 #: what a maintainer runs to see the deps to write into dvc.yaml (named in every problem list)
-HINT = "`agegender stage-deps` prints each stage's code deps for dvc.yaml"
+HINT = "`agegender stage-deps --write` rewrites dvc.yaml's code deps to what each stage runs"
 
 _FILE_NAME = re.compile(r"[\w.-]{1,200}")
 
@@ -156,11 +158,23 @@ class ImportGraph:
                         found.add(f"{base}.{alias.name}")
                     elif alias.name in lazy:
                         found.add(lazy[alias.name])
+            elif isinstance(node, ast.List | ast.Tuple):
+                found.update(self._run_as_main(node.elts))
             elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value:
                 if node.value in self.modules:
                     found.add(node.value)
                 elif _FILE_NAME.fullmatch(node.value) and (folder / node.value).is_file() and node.value[-3:] != ".py":
                     found.add(f"file:{folder / node.value}")
+        return found
+
+    def _run_as_main(self, elements: Sequence[ast.expr]) -> set[str]:
+        """`["-m", "agegender.pkg", ...]` in a command list: `python -m` runs the package's `__main__` module."""
+        found = set()
+        for flag, target in zip(elements, elements[1:], strict=False):
+            if isinstance(flag, ast.Constant) and flag.value == "-m" and isinstance(target, ast.Constant):
+                main = f"{target.value}.__main__"
+                if main in self.modules:
+                    found.add(main)
         return found
 
     def closure(self, seeds: Iterable[str], entries: Mapping[str, Iterable[str]] = {}) -> set[str]:
@@ -355,7 +369,7 @@ def stage_code(root: Path, package_dir: Path | None = None) -> list[StageCode]:
         notebooks = [d for d in deps if d.endswith(".ipynb")]
         notebook = notebooks[0] if notebooks else None
         runs = [] if notebook is None else notebook_code(root / notebook, graph)
-        declared = [d.rstrip("/") for d in deps if d == prefix or d.startswith(f"{prefix}/")]
+        declared = [d.rstrip("/") for d in deps if _is_code(d, prefix)]
         result.append(
             StageCode(
                 stage=stage,
@@ -395,3 +409,73 @@ def deps_lines(stages: Iterable[StageCode], root: Path, package_dir: Path | None
     for stage in stages:
         yield f"{stage.stage}:"
         yield from (f"  - {f}" for f in compact(stage.runs, root, package_dir or root / "src" / PACKAGE))
+
+
+def _is_code(dep: str, prefix: str) -> bool:
+    return dep.rstrip("/") == prefix or dep.startswith(f"{prefix}/")
+
+
+def write_deps(root: Path, stages: Iterable[str] = (), package_dir: Path | None = None) -> list[str]:
+    """Rewrite the code deps of `<root>/dvc.yaml` in place to exactly what each stage runs; the rest is kept.
+
+    Each stage's package deps (its `- src/agegender...` lines, written together) are replaced by `compact(runs)` at
+    the same indentation; a stage that declares none gets them after its notebook. Comments, order and every other
+    line stay as they are.
+
+    Args:
+        root: the project root.
+        stages: the stages to rewrite (default: all).
+        package_dir: the package's source folder, inside `root` (default `<root>/src/agegender`).
+
+    Returns:
+        The stages whose deps changed.
+    """
+    package_dir = package_dir or root / "src" / PACKAGE
+    prefix = package_dir.relative_to(root).as_posix()
+    wanted = set(stages)
+    code = {s.stage: s for s in stage_code(root, package_dir) if not wanted or s.stage in wanted}
+    dvc_yaml = root / "dvc.yaml"
+    lines = dvc_yaml.read_text(encoding="utf-8").splitlines(keepends=True)
+    stage_line = re.compile(r"^  ([\w-]+):\s*(#.*)?$")
+    dep_line = re.compile(r"^(\s*)- (\S+)\s*(#.*)?$")
+    out: list[str] = []
+    changed: list[str] = []
+    current: str | None = None
+    done: set[str] = set()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if m := stage_line.match(line):
+            current = m.group(1)
+        dep = dep_line.match(line)
+        stage = code.get(current) if current is not None else None
+        if stage is None or current in done or dep is None:
+            out.append(line)
+            i += 1
+            continue
+        target = dep.group(2)
+        is_code = _is_code(target, prefix)
+        if not is_code and target != stage.notebook:
+            out.append(line)
+            i += 1
+            continue
+        indent = dep.group(1)
+        new = [f"{indent}- {f}\n" for f in compact(stage.runs, root, package_dir)]
+        if is_code:
+            end = i
+            while end < len(lines) and (d := dep_line.match(lines[end])) and _is_code(d.group(2), prefix):
+                end += 1
+            old = lines[i:end]
+            i = end
+        else:  # the notebook line, and no code deps written yet: they go right after it
+            out.append(line)
+            i += 1
+            if i < len(lines) and (d := dep_line.match(lines[i])) and _is_code(d.group(2), prefix):
+                continue  # the code deps follow the notebook: replaced when the loop reaches them
+            old = []
+        out += new
+        done.add(current)
+        if old != new:
+            changed.append(current)
+    atomic_write_text(dvc_yaml, "".join(out))
+    return changed

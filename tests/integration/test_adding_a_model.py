@@ -57,8 +57,8 @@ def merge(base: dict, extra: dict) -> dict:
 
 def test_the_guide_works_as_written(tmp_path: Path) -> None:
     from agegender.check import check_params, format_problems
-    from agegender.mllm.server import running_server
-    from agegender.mllm.tiny import build_tiny_llava
+    from agegender.mllm.tools.server import running_server
+    from agegender.mllm.tools.tiny import build_tiny_llava
     from agegender.paths import ProjectPaths
     from agegender.profiles import render
     from agegender.stages import common, evaluate, finetune_mllm, predict, prepare_data, query_mllms, report

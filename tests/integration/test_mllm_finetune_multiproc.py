@@ -29,8 +29,8 @@ from safetensors.torch import load_file
 
 from agegender.data.demo import DemoConfig, generate_demo
 from agegender.data.readers import read_mivolo
-from agegender.mllm.finetune import CHECKPOINT_INDEX
-from agegender.mllm.tiny import build_tiny_llava
+from agegender.mllm.finetune.train import CHECKPOINT_INDEX
+from agegender.mllm.tools.tiny import build_tiny_llava
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]

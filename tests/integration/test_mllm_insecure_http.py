@@ -134,7 +134,7 @@ def test_a_server_the_pipeline_starts_never_listens_off_loopback_nor_gets_a_plai
     """The pipeline's own server and client: `running_server` stays on loopback, the client refuses the rest."""
     from agegender.errors import InputError
     from agegender.mllm.backends.openai_backend import OpenAIBackend
-    from agegender.mllm.server import running_server
+    from agegender.mllm.tools.server import running_server
 
     host = own_non_loopback_ipv4()
     with pytest.raises(InputError, match="loopback"), running_server("constant", host=host):

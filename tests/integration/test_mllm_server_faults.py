@@ -18,7 +18,7 @@ from agegender.cli.mllm_server import main
 from agegender.errors import InputError
 from agegender.mllm.backends.base import Answer, Backend, GenerationParams, Query
 from agegender.mllm.backends.openai_backend import OpenAIBackend
-from agegender.mllm.server import REFUSAL_TEXT, FaultPlan, running_server
+from agegender.mllm.tools.server import REFUSAL_TEXT, FaultPlan, running_server
 
 SECRET = "sk-integration-SECRET-9876543210"
 
@@ -223,10 +223,10 @@ def test_astream_yields_answers_as_they_complete():
 
 @pytest.mark.slow
 def test_a_tiny_llava_served_over_the_wire_answers_as_it_does_locally(tmp_path):
-    """`python -m agegender.mllm.server --backend transformers --model DIR`: same greedy text as in-process."""
+    """`python -m agegender.mllm.tools.server --backend transformers --model DIR`: same greedy text as in-process."""
     from agegender.mllm.backends.base import create_backend
     from agegender.mllm.prompt import PROMPT
-    from agegender.mllm.tiny import build_tiny_llava
+    from agegender.mllm.tools.tiny import build_tiny_llava
 
     model_dir = str(build_tiny_llava(tmp_path / "tiny_llava", kind="llava", image_size=56))
     params = GenerationParams(max_new_tokens=6)

@@ -22,7 +22,7 @@ PARENT = textwrap.dedent(
     """
     import sys, time
     import psutil
-    from agegender.mllm.server import running_server
+    from agegender.mllm.tools.server import running_server
 
     with running_server("constant", "constant", in_process=False, startup_timeout_s=120) as url:
         (server,) = psutil.Process().children()
@@ -82,9 +82,9 @@ def test_the_server_dies_when_its_parent_is_killed():
 
 def test_the_server_exits_when_its_stdin_closes():
     """The portable half: with the parent alive (no PDEATHSIG), EOF on stdin alone stops the server."""
-    from agegender.mllm.server import ANNOUNCE_PREFIX
+    from agegender.mllm.tools.server import ANNOUNCE_PREFIX
 
-    cmd = [sys.executable, "-m", "agegender.mllm.server", "--backend", "constant", "--port", "0", "--announce"]
+    cmd = [sys.executable, "-m", "agegender.mllm.tools.server", "--backend", "constant", "--port", "0", "--announce"]
     cmd += ["--exit-with-parent", str(os.getpid())]
     server = subprocess.Popen(
         cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=dict(os.environ)

@@ -21,7 +21,7 @@ openai = pytest.importorskip("openai")
 from agegender.mllm.backends.base import GenerationParams, Query, create_backend  # noqa: E402
 from agegender.mllm.backends.openai_backend import encode_image  # noqa: E402
 from agegender.mllm.prompt import PROMPT  # noqa: E402
-from agegender.mllm.server import running_server  # noqa: E402
+from agegender.mllm.tools.server import running_server  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -51,7 +51,7 @@ def client(url: str) -> openai.OpenAI:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict]:
     """A tiny LLaVA folder and its local greedy answers to image 0 at the limits the tests ask for."""
-    from agegender.mllm.tiny import build_tiny_llava
+    from agegender.mllm.tools.tiny import build_tiny_llava
 
     folder = str(build_tiny_llava(tmp_path_factory.mktemp("tiny") / "llava", kind="llava", image_size=56))
     query = Query("ref", image(0), PROMPT)

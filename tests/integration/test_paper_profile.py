@@ -47,7 +47,7 @@ def run(cmd, cwd, *, check=True):
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    from agegender.mllm.server import running_server
+    from agegender.mllm.tools.server import running_server
 
     root = tmp_path_factory.mktemp("paper")
     for name in ("dvc.yaml", "pyproject.toml", "params.yaml"):

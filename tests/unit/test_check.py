@@ -24,13 +24,13 @@ from agegender.check import (  # noqa: E402
     format_problems,
     write_fingerprints,
 )
-from agegender.data import readers  # noqa: E402
-from agegender.data.readers import check_dataset, read_dataset, register_reader, resolve_reader  # noqa: E402
+from agegender.data import readers, registry  # noqa: E402
+from agegender.data.registry import check_dataset, read_dataset, register_reader, resolve_reader  # noqa: E402
 from agegender.errors import InputError  # noqa: E402
 from agegender.fingerprint import file_sha256  # noqa: E402
 from agegender.mivolo.checkpoint import check_mivolo_checkpoint, save_checkpoint  # noqa: E402
 from agegender.mivolo.model import create_mivolo  # noqa: E402
-from agegender.mllm.convert import check_llava_folder  # noqa: E402
+from agegender.mllm.tools.convert import check_llava_folder  # noqa: E402
 from agegender.params import load_params, params_from_dict  # noqa: E402
 from agegender.paths import ProjectPaths  # noqa: E402
 
@@ -461,7 +461,7 @@ def test_llava_folder_formats(tmp_path: Path) -> None:
 
 
 def test_real_tiny_llava_folder_passes(tmp_path: Path) -> None:
-    from agegender.mllm.tiny import build_tiny_llava
+    from agegender.mllm.tools.tiny import build_tiny_llava
 
     assert check_llava_folder(build_tiny_llava(tmp_path / "tiny", kind="llava", image_size=56)) == []
 
@@ -637,7 +637,7 @@ def test_readers_by_import_path_and_registration(
     with pytest.raises(InputError, match="cannot import reader 'no_such_module:x'"):
         resolve_reader("no_such_module:x")
 
-    monkeypatch.setattr(readers, "READERS", dict(readers.READERS))
+    monkeypatch.setattr(registry, "READERS", dict(registry.READERS))
 
     @register_reader("plain")
     def plain(root, dataset, **options):  # no check: only the root is checked

@@ -1,4 +1,4 @@
-"""The command lines live in `agegender.cli` only, and the package's modules import one another without cycles."""
+"""The package's shape: command lines in `agegender.cli` only, no import cycles, `agegender.mllm` in layers."""
 
 from __future__ import annotations
 
@@ -17,10 +17,6 @@ ARGPARSE_ALLOWED = {
     # official MiVOLO checkpoints pickle the training run's argparse.Namespace: an allowed global of torch.load
     "agegender.mivolo.checkpoint",
 }
-
-#: module-level import cycles that are known and left for later: `data.readers` imports `data.native` last so that
-#: its readers register, and `data.native` builds on `data.readers`. A new cycle fails the test.
-KNOWN_CYCLES = [{"agegender.data.readers", "agegender.data.native"}]
 
 
 def _module_name(path: Path) -> str:
@@ -134,14 +130,14 @@ def test_only_the_cli_package_imports_argparse() -> None:
 
 
 def test_no_import_cycle_at_module_level() -> None:
-    assert [sorted(c) for c in _cycles(_graph("module")) if c not in KNOWN_CYCLES] == []
+    assert [sorted(c) for c in _cycles(_graph("module"))] == []
 
 
 def test_the_annotate_modules_do_not_import_each_other() -> None:
     graph = _graph("any")  # imports inside functions too
-    assert "agegender.mllm.annotate" not in graph["agegender.annotate"]
-    assert "agegender.annotate" not in graph["agegender.mllm.annotate"]
-    assert "agegender.photos" in graph["agegender.annotate"] & graph["agegender.mllm.annotate"]
+    assert "agegender.mllm.tools.annotate" not in graph["agegender.annotate"]
+    assert "agegender.annotate" not in graph["agegender.mllm.tools.annotate"]
+    assert "agegender.photos" in graph["agegender.annotate"] & graph["agegender.mllm.tools.annotate"]
 
 
 def test_cycle_finder_finds_every_cycle() -> None:
@@ -157,12 +153,27 @@ def test_cli_exports_main_on_first_use_and_the_entry_modules_keep_no_parser() ->
     assert callable(cli.main) and callable(cli.build_parser)
     with pytest.raises(AttributeError):
         _ = cli.nothing_here
-    from agegender.mllm import finetune, server
+    from agegender.mllm.finetune import train
+    from agegender.mllm.tools import server
 
-    assert not hasattr(finetune, "main") and not hasattr(server, "main")
+    assert not hasattr(train, "main") and not hasattr(server, "main")
 
 
 def test_python_dash_m_agegender() -> None:
     run = subprocess.run([sys.executable, "-m", "agegender", "--version"], capture_output=True, text=True, check=False)
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("agegender ")
+
+
+def _is_under(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def test_the_mllm_query_core_imports_neither_fine_tuning_nor_tools() -> None:
+    """`agegender.mllm` is three layers: the query core, and `finetune` and `tools` built on it (never the reverse)."""
+    upper = ("agegender.mllm.finetune", "agegender.mllm.tools")
+    graph = _graph("any")  # imports inside functions too
+    core = [m for m in graph if _is_under(m, "agegender.mllm") and not any(_is_under(m, u) for u in upper)]
+    assert "agegender.mllm.runner" in core and "agegender.mllm.backends.base" in core
+    offenders = {m: sorted(t for t in graph[m] if any(_is_under(t, u) for u in upper)) for m in core}
+    assert {m: t for m, t in offenders.items() if t} == {}

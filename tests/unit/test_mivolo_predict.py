@@ -357,7 +357,7 @@ def test_mivolo_predict_command_output_goes_through_evaluate(
     result = evaluate_files(samples, [out.parent], split="test")
     assert {"face_body", "body"} <= set(result.rows["input"])
     args = parser.parse_args([*argv, str(demo), "x=y"])
-    with pytest.raises(InputError, match="DATASET=FOLDER"):
+    with pytest.raises(InputError, match="--data-root mixes a bare folder with dataset=folder pairs"):
         args.func(args)
 
 

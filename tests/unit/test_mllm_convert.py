@@ -30,15 +30,15 @@ from agegender.cli import main
 from agegender.errors import AgegenderError, InputError
 from agegender.mllm.backends import GenerationParams, Query
 from agegender.mllm.backends.transformers_backend import TransformersBackend, chat_prompt
-from agegender.mllm.convert import (
+from agegender.mllm.prompt import PROMPT
+from agegender.mllm.tools.convert import (
     VICUNA_V1_SYSTEM,
     clip_key_to_hf,
     convert_llava,
     original_key_to_hf,
     verify_conversion,
 )
-from agegender.mllm.prompt import PROMPT
-from agegender.mllm.tiny import IMAGE_TOKEN
+from agegender.mllm.tools.tiny import IMAGE_TOKEN
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/llava_original.py
 from llava_original import N_PATCHES, SP_VOCAB, TEXT, TOWER_PREFIX, VISION, make_original  # noqa: E402

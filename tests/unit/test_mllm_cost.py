@@ -21,7 +21,9 @@ from mllm_fakes import make_dataset  # noqa: E402
 from agegender.cli import main  # noqa: E402
 from agegender.data.schema import validate_samples  # noqa: E402
 from agegender.errors import InputError  # noqa: E402
-from agegender.mllm.cost import (  # noqa: E402
+from agegender.mllm.prompt import PROMPT  # noqa: E402
+from agegender.mllm.runner import crop_queries, downscale, plan_queries  # noqa: E402
+from agegender.mllm.tools.cost import (  # noqa: E402
     MESSAGE_OVERHEAD_TOKENS,
     Price,
     crop_sizes,
@@ -33,8 +35,6 @@ from agegender.mllm.cost import (  # noqa: E402
     model_price,
     prompt_tokens,
 )
-from agegender.mllm.prompt import PROMPT  # noqa: E402
-from agegender.mllm.runner import crop_queries, downscale, plan_queries  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------------------------
 # The tile rule
@@ -349,8 +349,8 @@ def _two_data_sets(root: Path) -> Path:
 
 
 def test_cost_prices_exactly_the_queries_the_stage_sends(tmp_path):
-    from agegender.mllm.cost import estimate_params
     from agegender.mllm.runner import model_plan
+    from agegender.mllm.tools.cost import estimate_params
     from agegender.stages import common, query_mllms
 
     params, paths = common.setup(tmp_path, _two_data_sets(tmp_path))

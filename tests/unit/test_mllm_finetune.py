@@ -15,7 +15,7 @@ from agegender.data.readers import read_mivolo
 from agegender.errors import InputError
 from agegender.mllm.backends.base import Query
 from agegender.mllm.backends.transformers_backend import TransformersBackend
-from agegender.mllm.finetune import (
+from agegender.mllm.finetune.train import (
     CHECKPOINT_INDEX,
     FinetuneConfig,
     evaluate_model,
@@ -23,7 +23,7 @@ from agegender.mllm.finetune import (
     read_config,
 )
 from agegender.mllm.prompt import PROMPT
-from agegender.mllm.tiny import build_tiny_llava
+from agegender.mllm.tools.tiny import build_tiny_llava
 
 torch.set_num_threads(1)  # on a shared 2-core machine one thread per process is much faster than two
 

@@ -29,7 +29,6 @@ from agegender.mllm.runner import (  # noqa: E402
     downscale,
     merge_manifests,
     merge_predictions,
-    parse_data_roots,
     parse_shard,
     plan_queries,
     query_samples,
@@ -424,14 +423,6 @@ def test_write_run_formats(data, tmp_path: Path) -> None:
     assert json.loads(manifest.read_text())["rows"] == len(result.predictions)
     with pytest.raises(InputError, match="format"):
         write_run(result, tmp_path / "p.txt")
-
-
-def test_parse_data_roots(tmp_path: Path) -> None:
-    assert parse_data_roots([str(tmp_path)]) == tmp_path
-    assert parse_data_roots(["a=/x", "b=/y"]) == {"a": Path("/x"), "b": Path("/y")}
-    for bad in [["/x", "a=/y"], ["/x", "/y"], ["=/x"], []]:
-        with pytest.raises(InputError):
-            parse_data_roots(bad)
 
 
 def cli(argv: list[str]) -> int:

@@ -14,11 +14,10 @@ import torch
 from agegender.data.demo import DemoConfig, generate_demo
 from agegender.data.readers import read_mivolo
 from agegender.errors import InputError
-from agegender.mllm import select
 from agegender.mllm.backends.base import GenerationParams, Query
 from agegender.mllm.backends.transformers_backend import TransformersBackend, chat_prompt
-from agegender.mllm.prompt import PROMPT
-from agegender.mllm.select import (
+from agegender.mllm.finetune import select
+from agegender.mllm.finetune.select import (
     Checkpoint,
     SelectionResult,
     choose_best,
@@ -27,7 +26,8 @@ from agegender.mllm.select import (
     score_predictions,
     select_checkpoint,
 )
-from agegender.mllm.tiny import build_tiny_llava
+from agegender.mllm.prompt import PROMPT
+from agegender.mllm.tools.tiny import build_tiny_llava
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 GEN = GenerationParams(max_new_tokens=8)

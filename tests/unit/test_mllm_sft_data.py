@@ -12,8 +12,7 @@ import torch
 from agegender.errors import InputError
 from agegender.mllm.backends.base import Query
 from agegender.mllm.backends.transformers_backend import TransformersBackend
-from agegender.mllm.prompt import PROMPT
-from agegender.mllm.sft_data import (
+from agegender.mllm.finetune.sft_data import (
     IGNORE_INDEX,
     SFTCollator,
     SFTDataset,
@@ -22,7 +21,8 @@ from agegender.mllm.sft_data import (
     crop_file_name,
     export_llava_json,
 )
-from agegender.mllm.tiny import build_tiny_llava
+from agegender.mllm.prompt import PROMPT
+from agegender.mllm.tools.tiny import build_tiny_llava
 
 torch.set_num_threads(2)
 

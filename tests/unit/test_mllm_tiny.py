@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from agegender.errors import InputError
-from agegender.mllm.tiny import VICUNA_SYSTEM, build_tiny_llava, default_corpus, train_tokenizer
+from agegender.mllm.tools.tiny import VICUNA_SYSTEM, build_tiny_llava, default_corpus, train_tokenizer
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

@@ -17,7 +17,7 @@ from agegender.mllm.backends.transformers_backend import (
     pad_to_square,
     square_pad_color,
 )
-from agegender.mllm.tiny import VICUNA_SYSTEM, build_tiny_llava
+from agegender.mllm.tools.tiny import VICUNA_SYSTEM, build_tiny_llava
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

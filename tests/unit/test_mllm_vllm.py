@@ -13,7 +13,7 @@ from PIL import Image
 from agegender.errors import InputError
 from agegender.mllm.backends import GenerationParams, Query, create_backend
 from agegender.mllm.backends.transformers_backend import TransformersBackend, pad_to_square
-from agegender.mllm.tiny import build_tiny_llava
+from agegender.mllm.tools.tiny import build_tiny_llava
 
 
 @pytest.fixture(scope="module")

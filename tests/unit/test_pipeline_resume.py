@@ -46,8 +46,8 @@ def _project(root: Path, models: dict, n_test: int = 3, n_train: int = 0, **sect
 
 def test_served_model_retrained_in_place_is_asked_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`serve: true` keys the response store by what the server serves, not by the model's name alone."""
-    from agegender.mllm import server
-    from agegender.mllm.tiny import build_tiny_llava
+    from agegender.mllm.tools import server
+    from agegender.mllm.tools.tiny import build_tiny_llava
     from agegender.params import load_params
     from agegender.stages import query_mllms
 
@@ -112,8 +112,8 @@ class _Stop(Exception):
 
 def test_finetune_stage_starts_afresh_when_the_base_model_changes(tmp_path: Path, monkeypatch) -> None:
     """A base model retrained in its folder clears the persisted run (the section names only its path)."""
-    from agegender.mllm import finetune as finetune_module
-    from agegender.mllm.tiny import build_tiny_llava
+    from agegender.mllm.finetune import train as finetune_module
+    from agegender.mllm.tools.tiny import build_tiny_llava
     from agegender.params import load_params
     from agegender.stages import finetune_mllm
 
@@ -144,7 +144,7 @@ def test_finetune_stage_starts_afresh_when_the_base_model_changes(tmp_path: Path
 def test_served_identity_joins_the_openai_store_key() -> None:
     from agegender.errors import InputError
     from agegender.mllm.backends import create_backend
-    from agegender.mllm.server import running_server, served_identity
+    from agegender.mllm.tools.server import running_server, served_identity
 
     with running_server("constant", "x", in_process=True) as url:
         identity = served_identity(url)

@@ -20,10 +20,10 @@ from agegender.data.readers import (  # noqa: E402
     SKIP_REASONS,
     parse_age,
     parse_gender,
-    read_dataset,
     read_folder,
     read_mivolo,
 )
+from agegender.data.registry import read_dataset  # noqa: E402
 from agegender.data.schema import SAMPLE_COLUMNS  # noqa: E402
 from agegender.errors import InputError  # noqa: E402
 

@@ -27,7 +27,8 @@ from agegender.data.native import (  # noqa: E402
     read_fgnet,
     read_utkface,
 )
-from agegender.data.readers import SKIP_REASONS, check_dataset, read_dataset, resolve_reader  # noqa: E402
+from agegender.data.readers import SKIP_REASONS
+from agegender.data.registry import check_dataset, read_dataset, resolve_reader  # noqa: E402
 from agegender.data.schema import OPTIONAL_SAMPLE_COLUMNS, SAMPLE_COLUMNS, validate_samples  # noqa: E402
 from agegender.errors import InputError  # noqa: E402
 

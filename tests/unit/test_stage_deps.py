@@ -12,7 +12,16 @@ import yaml
 
 from agegender import cli
 from agegender.errors import InputError
-from agegender.stage_deps import HINT, ImportGraph, compact, dvc_stages, notebook_code, stage_code, stage_problems
+from agegender.stage_deps import (
+    HINT,
+    ImportGraph,
+    compact,
+    dvc_stages,
+    notebook_code,
+    stage_code,
+    stage_problems,
+    write_deps,
+)
 from agegender.stages import STAGES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,16 +49,18 @@ def test_derived_code_reaches_entry_points_registries_and_data_files() -> None:
     # the stage's module, the crops every model sees, and backends the registry imports by name only
     assert {f"{PACKAGE}/stages/query_mllms.py", f"{PACKAGE}/data/crops.py"} <= query
     assert {f"{PACKAGE}/mllm/backends/{b}_backend.py" for b in ("openai", "transformers", "vllm")} <= query
-    assert f"{PACKAGE}/mllm/finetune.py" not in query  # finetune_mllm's import is not query_mllms'
+    assert f"{PACKAGE}/mllm/finetune/train.py" not in query  # finetune_mllm's import is not query_mllms'
     # one stage's module does not make another's its code: editing predict reruns neither query_mllms nor evaluate
     assert not {f"{PACKAGE}/stages/{s}.py" for s in ("predict", "finetune_mllm", "check")} & query
     assert f"{PACKAGE}/stages/predict.py" not in _runs("evaluate")
     # the check stage runs every registered stage's checks and fingerprints (the registry), but not their runs
     check = _runs("check")
     assert {f"{PACKAGE}/stages/{s}.py" for s in STAGES} <= check
-    assert f"{PACKAGE}/mllm/finetune.py" not in check and f"{PACKAGE}/mivolo/train.py" not in check
-    # the native-format readers register themselves when readers.py imports them
-    assert {f"{PACKAGE}/data/readers.py", f"{PACKAGE}/data/native.py"} <= _runs("prepare_data")
+    assert f"{PACKAGE}/mllm/finetune/train.py" not in check and f"{PACKAGE}/mivolo/train.py" not in check
+    # the reader registry imports every built-in reader
+    assert {f"{PACKAGE}/data/{m}.py" for m in ("registry", "readers", "native")} <= _runs("prepare_data")
+    # the fine-tuning stage launches `python -m agegender.mllm.finetune`: the package's __main__ and its parser
+    assert {f"{PACKAGE}/mllm/finetune/__main__.py", f"{PACKAGE}/cli/mllm_finetune.py"} <= _runs("finetune_mllm")
     # specialized models register themselves through the package's __init__
     assert {f"{PACKAGE}/specialized/{m}.py" for m in ("baseline", "mivolo", "age_and_gender")} <= _runs("predict")
     # the paper's numbers: a data file next to the module that opens it by name
@@ -76,17 +87,30 @@ def test_a_removed_dep_fails_naming_stage_and_module(tmp_path: Path) -> None:
 
 def test_an_unrun_module_or_a_too_wide_folder_fails(tmp_path: Path) -> None:
     def edit(stages: dict) -> None:
-        stages["evaluate"]["deps"].append(f"{PACKAGE}/mllm/cost.py")
+        stages["evaluate"]["deps"].append(f"{PACKAGE}/mllm/tools/cost.py")
         deps = stages["train_mivolo"]["deps"]
         deps[:] = [d for d in deps if not d.startswith(f"{PACKAGE}/mivolo/")] + [f"{PACKAGE}/mivolo"]
         stages["report"]["deps"].append(f"{PACKAGE}/no_such_module.py")
 
     problems = stage_problems(_project_copy(tmp_path, edit))
-    assert f"stage evaluate: declares {PACKAGE}/mllm/cost.py, which it does not run" in problems
+    assert f"stage evaluate: declares {PACKAGE}/mllm/tools/cost.py, which it does not run" in problems
     # the folder declares the export and prediction code as well, which training never runs
     assert f"stage train_mivolo: declares {PACKAGE}/mivolo/export.py, which it does not run" in problems
     assert f"stage report: declares {PACKAGE}/no_such_module.py, which does not exist" in problems
     assert not any("train_mivolo: runs" in p for p in problems)
+
+
+def test_write_puts_back_a_removed_dep_and_keeps_every_other_line(tmp_path: Path) -> None:
+    module = f"{PACKAGE}/stages/query_mllms.py"
+    (tmp_path / "src").symlink_to(REPO / "src")
+    (tmp_path / "notebooks").symlink_to(REPO / "notebooks")
+    original = (REPO / "dvc.yaml").read_text()
+    assert original.count(f"- {module}\n") == 1
+    (tmp_path / "dvc.yaml").write_text(original.replace(f"        - {module}\n", ""))
+    assert stage_problems(tmp_path) == [f"stage query_mllms: runs {module}, which its deps do not cover"]
+    assert write_deps(tmp_path) == ["query_mllms"]
+    assert (tmp_path / "dvc.yaml").read_text() == original  # comments, order and indentation kept
+    assert stage_problems(tmp_path) == [] and write_deps(tmp_path) == []
 
 
 def _write(path: Path, text: str = "") -> None:
@@ -142,6 +166,20 @@ def test_toy_derivation_follows_each_import_form(toy: Path) -> None:
         "lazy/__init__.py", "lazy/impl.py",                                 # `import pkg`, a lazily exported name
     }  # fmt: skip
     # stage_b's import (another function of the entry module) and the lazy package's other module are not run
+
+
+def test_toy_a_command_running_a_package_reaches_its_main_only_after_dash_m(tmp_path: Path) -> None:
+    pkg = tmp_path / "src" / "agegender"
+    _write(pkg / "__init__.py")
+    _write(pkg / "__main__.py", "from agegender import app\n")  # `python -m agegender`: never named after -m below
+    _write(pkg / "app.py")
+    _write(pkg / "tool" / "__init__.py")
+    _write(pkg / "tool" / "__main__.py", "from agegender import cli\n")
+    _write(pkg / "cli.py")
+    _write(pkg / "launch.py", 'NAME = "agegender"\n\ndef go():\n    return ["python", "-m", "agegender.tool", "--x"]\n')
+    _notebook(tmp_path / "nb.ipynb", "from agegender import launch", "launch.go()")
+    runs = {p.relative_to(pkg).as_posix() for p in notebook_code(tmp_path / "nb.ipynb", ImportGraph(pkg))}
+    assert runs == {"__init__.py", "launch.py", "tool/__init__.py", "tool/__main__.py", "cli.py"}
 
 
 def test_toy_notebook_without_an_entry_call_is_an_error(toy: Path) -> None:

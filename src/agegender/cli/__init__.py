@@ -9,7 +9,7 @@ an `argparse.Namespace`. Modules:
 - `mllm`: query, merge, cost, convert-llava, and the backend options every MLLM command shares;
 - `annotate`: annotate (with a specialized model or an MLLM);
 - `mivolo_train`, `mllm_finetune`, `mllm_server`: the parsers of the `python -m` entry points of
-  `agegender.mivolo.train`, `agegender.mllm.finetune` and `agegender.mllm.server`.
+  `agegender.mivolo.train`, `agegender.mllm.finetune` and `agegender.mllm.tools.server`.
 
 `main` and `build_parser` are imported on first use: a `python -m` entry point imports only its own module of
 this package, so the code a pipeline stage runs (`agegender stage-deps`) does not grow by every command.

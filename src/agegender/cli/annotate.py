@@ -68,9 +68,9 @@ def annotate_command(args: argparse.Namespace) -> int:
 def annotate_command_mllm(args: argparse.Namespace) -> int:
     """Run `agegender annotate FOLDER --backend NAME --model M --out CSV` (see `add_mllm_annotate_arguments`)."""
     from agegender.cli.mllm import backend_options
-    from agegender.mllm.annotate import annotate_folder_mllm
     from agegender.mllm.backends.base import GenerationParams
     from agegender.mllm.runner import BackendSpec
+    from agegender.mllm.tools.annotate import annotate_folder_mllm
 
     params = GenerationParams(max_new_tokens=args.max_new_tokens)
     backend = BackendSpec(args.backend, args.model, params, backend_options(args))

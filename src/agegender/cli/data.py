@@ -81,7 +81,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 def _cmd_stage_deps(args: argparse.Namespace) -> int:
     from agegender.paths import find_root
-    from agegender.stage_deps import HINT, deps_lines, stage_code
+    from agegender.stage_deps import HINT, deps_lines, stage_code, write_deps
 
     root = find_root(args.root)
     stages = [s for s in stage_code(root) if not args.stages or s.stage in args.stages]
@@ -89,6 +89,10 @@ def _cmd_stage_deps(args: argparse.Namespace) -> int:
     if unknown:
         print(f"agegender: error: no stage {', '.join(unknown)} in {root / 'dvc.yaml'}", file=sys.stderr)
         return 2
+    if args.write:
+        changed = write_deps(root, [s.stage for s in stages])
+        print(f"{root / 'dvc.yaml'}: code deps rewritten for {', '.join(changed)}" if changed else "code deps exact")
+        return 0
     if not args.check:
         print("\n".join(deps_lines(stages, root)))
         return 0
@@ -198,7 +202,9 @@ def add_stage_deps_parser(sub: Any) -> None:
     sd = sub.add_parser("stage-deps", help="the package files each dvc.yaml stage runs: its code deps")
     sd.add_argument("stages", nargs="*", help="stages of dvc.yaml (default: all)")
     sd.add_argument("--root", default=None, help="project root (default: found above the working directory)")
-    sd.add_argument("--check", action="store_true", help="compare with dvc.yaml's deps; exit 1 on any difference")
+    mode = sd.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="compare with dvc.yaml's deps; exit 1 on any difference")
+    mode.add_argument("--write", action="store_true", help="rewrite dvc.yaml's code deps in place (comments kept)")
     sd.set_defaults(func=_cmd_stage_deps)
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import shutil
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agegender.errors import AgegenderError, InputError
+from agegender.cli.options import parse_image_roots
+from agegender.errors import AgegenderError
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -31,27 +31,6 @@ def _cmd_train_mivolo(args: argparse.Namespace) -> int:
     from agegender.cli.mivolo_train import main as train_main
 
     return train_main(args.rest)
-
-
-def parse_data_roots(values: Sequence[str]) -> str | Path | dict[str, Path]:
-    """`mivolo-predict --data-root` values -> `image_roots`: one plain folder, or `DATASET=FOLDER` entries.
-
-    Args:
-        values: command-line values.
-
-    Returns:
-        A folder, or a mapping data set -> folder.
-
-    Raises:
-        InputError: a mix of both forms, or several plain folders.
-    """
-    named = [v for v in values if "=" in v]
-    plain = [v for v in values if "=" not in v]
-    if named and plain or len(plain) > 1:
-        raise InputError("give one folder, or DATASET=FOLDER for each data set", field="--data-root")
-    if plain:
-        return Path(plain[0])
-    return {k: Path(v) for k, v in (item.split("=", 1) for item in named)}
 
 
 def mivolo_predict_command(args: argparse.Namespace) -> int:
@@ -80,7 +59,7 @@ def mivolo_predict_command(args: argparse.Namespace) -> int:
         args.checkpoint,
         samples,
         masked,
-        parse_data_roots(args.data_root),
+        parse_image_roots(args.data_root),
         inputs=args.inputs,
         batch_size=args.batch_size,
         device=args.device,

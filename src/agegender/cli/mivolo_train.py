@@ -11,26 +11,8 @@ import json
 import sys
 from collections.abc import Sequence
 
+from agegender.cli.options import parse_image_roots
 from agegender.errors import InputError
-
-
-def parse_image_roots(values: Sequence[str]) -> str | dict[str, str]:
-    """`--image-root` values: one folder, or `NAME=FOLDER` per data set.
-
-    Raises:
-        InputError: a value of several that is not `NAME=FOLDER`.
-    """
-    if len(values) == 1 and "=" not in values[0]:
-        return values[0]
-    roots = {}
-    for value in values:
-        name, sep, folder = value.partition("=")
-        if not sep or not name or not folder:
-            raise InputError(
-                f"--image-root {value!r}: give one folder, or NAME=FOLDER per data set", field="image_root"
-            )
-        roots[name] = folder
-    return roots
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -58,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = train.train_mivolo(
             samples,
             masked,
-            parse_image_roots(args.image_root),
+            parse_image_roots(args.image_root, "--image-root"),
             config,
             args.out,
             progress=not args.no_progress,

@@ -11,10 +11,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agegender.cli.options import parse_image_roots
 from agegender.errors import InputError
 
 if TYPE_CHECKING:
-    from agegender.mllm.cost import CostEstimate
+    from agegender.mllm.tools.cost import CostEstimate
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -89,7 +90,6 @@ def _cmd_query(args: argparse.Namespace) -> int:
     from agegender.mllm.prompt import get_prompt
     from agegender.mllm.runner import (
         BackendSpec,
-        parse_data_roots,
         parse_shard,
         plan_queries,
         query_samples,
@@ -110,7 +110,7 @@ def _cmd_query(args: argparse.Namespace) -> int:
     )
     require_samples(plan.sample_ids(), source=args.samples, selection=selection)
     masked = read_table(args.masked) if args.masked else None
-    roots = parse_data_roots(args.data_root)
+    roots = parse_image_roots(args.data_root)
     get_prompt(args.prompt_version)
     detail = None if args.detail == "none" else args.detail
     params = GenerationParams(
@@ -245,7 +245,7 @@ def _print_estimates(estimates: Mapping[str, CostEstimate], args: argparse.Names
 
 
 def _cmd_cost(args: argparse.Namespace) -> int:
-    from agegender.mllm.cost import estimate_cost, estimate_params
+    from agegender.mllm.tools.cost import estimate_cost, estimate_params
 
     options: dict[str, Any] = {
         "price_in": args.price_in,
@@ -264,7 +264,7 @@ def _cmd_cost(args: argparse.Namespace) -> int:
         estimates = estimate_params(params, paths, model_key=args.model_key, model=args.model, **options)
     else:
         from agegender.data.schema import read_table, validate_samples
-        from agegender.mllm.runner import parse_data_roots, plan_queries
+        from agegender.mllm.runner import plan_queries
 
         if args.samples is None or not args.data_root:
             raise InputError("give --params, or --samples with --data-root", field="samples")
@@ -276,7 +276,7 @@ def _cmd_cost(args: argparse.Namespace) -> int:
         masked = read_table(args.masked) if args.masked else None
         detail = None if args.detail == "none" else args.detail
         estimate = estimate_cost(
-            plan, masked, parse_data_roots(args.data_root), model=args.model or "gpt-4o", detail=detail,
+            plan, masked, parse_image_roots(args.data_root), model=args.model or "gpt-4o", detail=detail,
             max_side=args.max_side, prompt_version=args.prompt_version, context=samples, **options,
         )  # fmt: skip
         estimates = {estimate.model: estimate}
@@ -290,9 +290,9 @@ def _cmd_cost(args: argparse.Namespace) -> int:
 
 def add_cost_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add `agegender cost` (API cost and time of a zero-shot run, from the real crop sizes)."""
-    from agegender.mllm.cost import DEFAULT_OUTPUT_TOKENS
     from agegender.mllm.prompt import PROMPT_VERSION
     from agegender.mllm.runner import MLLM_INPUTS
+    from agegender.mllm.tools.cost import DEFAULT_OUTPUT_TOKENS
 
     p = subparsers.add_parser(
         "cost",
@@ -339,7 +339,7 @@ def add_cost_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from agegender.mllm.convert import convert_llava
+    from agegender.mllm.tools.convert import convert_llava
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = convert_llava(
@@ -358,7 +358,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 def add_convert_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add `agegender convert-llava` to a subparsers object (from `ArgumentParser.add_subparsers`)."""
-    from agegender.mllm import convert
+    from agegender.mllm.tools import convert
 
     p = subparsers.add_parser(
         "convert-llava",

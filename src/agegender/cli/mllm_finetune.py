@@ -10,17 +10,17 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from agegender.cli.options import parse_image_roots
 from agegender.errors import InputError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m agegender.mllm.finetune ...` (also under torchrun / accelerate launch)."""
     from agegender.data.schema import read_table, validate_samples
-    from agegender.mllm import finetune
-    from agegender.mllm.runner import parse_data_roots
+    from agegender.mllm.finetune import train
 
     p = argparse.ArgumentParser(
-        prog="python -m agegender.mllm.finetune", description=(finetune.__doc__ or "").split("\n")[0]
+        prog="python -m agegender.mllm.finetune", description=(train.__doc__ or "").split("\n")[0]
     )
     p.add_argument("--samples", required=True, help="sample table (.parquet or .csv)")
     p.add_argument("--masked", default=None, help="the reader's masked-persons side table")
@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     try:
-        config = finetune.read_config(args.config, args.section, args.set)
+        config = train.read_config(args.config, args.section, args.set)
         samples = validate_samples(read_table(args.samples), source=args.samples)
         context = samples
         if args.split != "all":
@@ -43,10 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.datasets:
             samples = samples[samples["dataset"].isin(args.datasets)].reset_index(drop=True)
         masked = read_table(args.masked) if args.masked else None
-        summary = finetune.finetune(
+        summary = train.finetune(
             samples,
             masked,
-            parse_data_roots(args.image_root),
+            parse_image_roots(args.image_root, "--image-root"),
             args.base_model,
             args.out,
             config,

@@ -1,4 +1,4 @@
-"""`python -m agegender.mllm.server --backend NAME --model M [--port N] ...`: its parser.
+"""`python -m agegender.mllm.tools.server --backend NAME --model M [--port N] ...`: its parser.
 
 Kept apart from `agegender.cli.mllm` so that the stages that start a server (`running_server` runs this entry
 point in a subprocess) depend on this parser only, not on every MLLM command.
@@ -16,12 +16,12 @@ from agegender.errors import InputError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: `python -m agegender.mllm.server --backend NAME --model M [--port N] [--latency-ms MS]`."""
-    from agegender.mllm import server
+    """Command line: `python -m agegender.mllm.tools.server --backend NAME --model M [--port N] [--latency-ms MS]`."""
     from agegender.mllm.backends.base import GenerationParams
+    from agegender.mllm.tools import server
 
     ap = argparse.ArgumentParser(
-        prog="python -m agegender.mllm.server", description=(server.__doc__ or "").splitlines()[0]
+        prog="python -m agegender.mllm.tools.server", description=(server.__doc__ or "").splitlines()[0]
     )
     ap.add_argument("--backend", default="transformers", help="registered backend (transformers, constant, echo, ...)")
     ap.add_argument("--model", default="", help="model id or folder of the wrapped backend")

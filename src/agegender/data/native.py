@@ -49,7 +49,6 @@ from agegender.data.readers import (
     _read_header,
     image_problems,
     read_label_tables,
-    register_reader,
 )
 from agegender.data.schema import AGE_RANGE
 from agegender.errors import InputError
@@ -630,9 +629,6 @@ def check_fairface(
     return problems
 
 
-register_reader("utkface")(read_utkface)
-register_reader("fgnet")(read_fgnet)
-register_reader("fairface")(read_fairface)
 read_utkface.check = check_utkface  # type: ignore[attr-defined]
 read_fgnet.check = check_fgnet  # type: ignore[attr-defined]
 read_fairface.check = check_fairface  # type: ignore[attr-defined]

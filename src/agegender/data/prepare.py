@@ -49,7 +49,7 @@ def prepare_data(params: Params, paths: ProjectPaths, *, progress: bool = True) 
         with a `face_detector` its detection counts (`info[name]["faces"]`, see `agegender.faces.detect_faces`).
     """
     from agegender.data.demo import DemoConfig, generate_demo
-    from agegender.data.readers import read_dataset
+    from agegender.data.registry import read_dataset
     from agegender.data.sampling import nano_sample
     from agegender.faces import detect_faces, resolve_face_detector
 

@@ -7,7 +7,7 @@ Two formats:
 - `read_folder`: a folder a user collects (Wild104-style): `image, age, gender[, boxes]`.
 
 The native formats of UTKFace, FG-NET and FairFace (`utkface`, `fgnet`, `fairface`) live in `native`, built on
-`read_labels` / `read_label_tables`, and are registered when this module is imported.
+`read_labels` / `read_label_tables`.
 
 Both check every row and either raise `InputError` (file, 1-based data row, column) or, with
 `on_bad_row="skip"`, drop the row and count it per reason in the report. Image sizes come from the
@@ -15,21 +15,19 @@ image headers, and each distinct image is opened once and cheaply decoded (`crop
 threads; not again while the file is unchanged), so that a truncated or empty file is a bad row
 (`unreadable_image`) here rather than a failure later.
 
-Readers are registered by name (`register_reader`); params.yaml may also name one by import path
-(`package.module:attr`, `resolve_reader`), so a new data set format needs no change here. A reader may carry
-a `check(root, **options) -> list[str]` that `check_dataset` runs before any work starts (`agegender check`):
-files, headers and every named image (present and decoding: `image_problems`), every problem at once
-(`check_mivolo`, `check_folder`).
+Readers are registered by name in `agegender.data.registry`, which params.yaml's `reader` looks up. A reader
+may carry a `check(root, **options) -> list[str]` that `registry.check_dataset` runs before any work starts
+(`agegender check`): files, headers and every named image (present and decoding: `image_problems`), every problem
+at once (`check_mivolo`, `check_folder`).
 """
 
 from __future__ import annotations
 
 import csv as csv_module
-import importlib
 import math
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -869,129 +867,16 @@ def check_folder(
     return problems + _check_csv(path, root, FOLDER_REQUIRED, "image")
 
 
-# ----------------------------------------------------------------------------------------------
-# The reader registry
-
-#: name -> reader: `reader(root, dataset, **options) -> ReadResult`, optionally with `.check(root, **options)`.
-READERS: dict[str, Callable[..., ReadResult]] = {}
-
-
-def register_reader(name: str) -> Callable[[Callable[..., ReadResult]], Callable[..., ReadResult]]:
-    """Decorator: make a reader available to params.yaml under `name`.
-
-    A reader is called as `reader(root, dataset, **options)` and returns a `ReadResult`. It may carry a
-    `check(root, **options) -> list[str]` attribute (a method of a reader object, or set on a function) that
-    `check_dataset` runs before any work starts; without one only the root folder is checked.
-
-    Args:
-        name: the name params.yaml's `reader` gives.
-
-    Returns:
-        The decorator (it returns the reader unchanged).
-    """
-
-    def decorate(reader: Callable[..., ReadResult]) -> Callable[..., ReadResult]:
-        READERS[name] = reader
-        return reader
-
-    return decorate
-
-
-register_reader("mivolo")(read_mivolo)
-register_reader("folder")(read_folder)
 read_mivolo.check = check_mivolo  # type: ignore[attr-defined]
 read_folder.check = check_folder  # type: ignore[attr-defined]
-
-
-def resolve_reader(name: str) -> Callable[..., ReadResult]:
-    """The reader of a registered name or of an import path `package.module:attr`.
-
-    Raises:
-        InputError: an unknown name (listing the known ones) or an import path that does not import.
-    """
-    if name in READERS:
-        return READERS[name]
-    if ":" not in name:
-        raise InputError(
-            f"unknown reader {name!r}; known readers: {sorted(READERS)} (or an import path 'package.module:attr')",
-            field="reader",
-        )
-    module_name, _, attr = name.partition(":")
-    try:
-        obj: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise InputError(f"cannot import reader {name!r} ({type(exc).__name__}: {exc})", field="reader") from exc
-    if not callable(obj):
-        raise InputError(f"reader {name!r} is a {type(obj).__name__}, not callable", field="reader")
-    return obj
-
-
-def check_dataset(reader: str | Callable[..., ReadResult], root: str | Path, **options: Any) -> list[str]:
-    """Check a data set's files before reading it: the reader is known, the root exists, then the reader's own check.
-
-    Args:
-        reader: a registered name, an import path `package.module:attr`, or the reader itself.
-        root: the data set's folder.
-        **options: the reader's options (as params.yaml gives them); a misspelt one is reported.
-
-    Returns:
-        One line per problem (naming the file where there is one), empty when all is well.
-    """
-    root = Path(root)
-    try:
-        func = resolve_reader(reader) if isinstance(reader, str) else reader
-    except InputError as exc:
-        return [exc.message]
-    if not root.exists():
-        return [str(InputError("data set folder not found", file=root))]
-    check = getattr(func, "check", None)
-    if check is None:
-        return []
-    try:
-        return [str(line) for line in check(root, **options)]
-    except TypeError as exc:
-        if "unexpected keyword argument" in str(exc):  # a misspelt option of params.yaml
-            return [f"reader {reader!r}: {exc}"]
-        raise
-    except InputError as exc:  # a third-party check that raises instead of returning its problems
-        return [str(exc)]
-
-
-def read_dataset(dataset: str, reader: str, root: str | Path, **options: Any) -> ReadResult:
-    """Read a data set with a registered reader (or one given by import path).
-
-    Args:
-        dataset: the data set name.
-        reader: a key of `READERS` (`mivolo`, `folder`) or an import path `package.module:attr`.
-        root: the data set's folder.
-        **options: keyword options of that reader (e.g. `splits`, `on_bad_row`).
-
-    Returns:
-        The reader's `ReadResult`.
-
-    Raises:
-        InputError: for an unknown reader name (listing the known ones) or an option the reader lacks.
-    """
-    func = resolve_reader(reader)
-    try:
-        return func(root, dataset, **options)
-    except TypeError as exc:
-        # A misspelt option from params.yaml should read as a config error, not a traceback.
-        if "unexpected keyword argument" in str(exc):
-            raise InputError(f"reader {reader!r}: {exc}", field="reader options") from exc
-        raise
 
 
 __all__ = [
     "FOLDER_REQUIRED",
     "MASKED_COLUMNS",
     "MIVOLO_REQUIRED",
-    "READERS",
     "SKIP_REASONS",
     "ReadResult",
-    "check_dataset",
     "check_folder",
     "check_mivolo",
     "read_labels",
@@ -1001,13 +886,6 @@ __all__ = [
     "image_problems",
     "parse_age",
     "parse_gender",
-    "read_dataset",
     "read_folder",
     "read_mivolo",
-    "register_reader",
-    "resolve_reader",
 ]
-
-# The native-format readers (UTKFace, FG-NET, FairFace) register themselves; imported last because they build on
-# this module.
-from agegender.data import native as _native  # noqa: E402, F401

@@ -149,7 +149,7 @@ class OpenAIOptions:
             (the key and the photos travel unencrypted); off by default.
         http_transport: code only: an `httpx2` async transport to use instead of the network (tests).
         served_identity: code only: what the endpoint serves when it is this project's server
-            (`agegender.mllm.server.served_identity`); it joins the response store's key.
+            (`agegender.mllm.tools.server.served_identity`); it joins the response store's key.
 
     Raises:
         InputError: a bad value, naming the option; a base_url that is not http(s), or plain http to another host
@@ -282,7 +282,7 @@ class VLLMOptions:
 
 @dataclass(frozen=True)
 class ConstantOptions:
-    """Options of the `constant` model of agegender's own server (`agegender.mllm.server.ConstantBackend`).
+    """Options of the `constant` model of agegender's own server (`agegender.mllm.tools.server.ConstantBackend`).
 
     Attributes:
         text: the answer.
@@ -297,7 +297,7 @@ class ConstantOptions:
 
 @dataclass(frozen=True)
 class EchoOptions:
-    """The `echo` model of agegender's own server has no options (`agegender.mllm.server.EchoBackend`)."""
+    """The `echo` model of agegender's own server has no options (`agegender.mllm.tools.server.EchoBackend`)."""
 
 
 @dataclass(frozen=True)

@@ -1150,27 +1150,3 @@ def merge_manifests(manifests: Sequence[Mapping[str, Any] | str | Path]) -> dict
 
 # ---------------------------------------------------------------------------------------------------------------
 # Command-line values (`--data-root`), read by agegender.cli
-
-
-def parse_data_roots(values: Sequence[str]) -> Path | dict[str, Path]:
-    """`--data-root`: one folder, or several `dataset=folder` pairs.
-
-    Raises:
-        InputError: a mix of both forms, several bare folders, or an empty name or folder.
-    """
-    if not values:
-        raise InputError("--data-root needs a folder or dataset=folder pairs", field="data_root")
-    pairs = [v for v in values if "=" in v and not Path(v).exists()]
-    if not pairs:
-        if len(values) > 1:
-            raise InputError("give one folder, or dataset=folder pairs, to --data-root", field="data_root")
-        return Path(values[0])
-    if len(pairs) != len(values):
-        raise InputError("--data-root mixes a bare folder with dataset=folder pairs", field="data_root")
-    roots: dict[str, Path] = {}
-    for value in pairs:
-        name, _, folder = value.partition("=")
-        if not name.strip() or not folder.strip():
-            raise InputError(f"--data-root {value!r}: expected dataset=folder", field="data_root")
-        roots[name.strip()] = Path(folder.strip())
-    return roots

@@ -32,9 +32,9 @@ def run(params: Params, paths: ProjectPaths, *, progress: bool = True) -> dict:
     kept model answers the study's samples like any zero-shot model (`<predictions>/predictions.parquet`).
     """
     from agegender.mllm.backends import GenerationParams
-    from agegender.mllm.finetune import finetune
+    from agegender.mllm.finetune.select import keep_best, select_checkpoint
+    from agegender.mllm.finetune.train import finetune
     from agegender.mllm.runner import BackendSpec, plan_queries, query_samples
-    from agegender.mllm.select import keep_best, select_checkpoint
 
     cfg = params.finetune_mllm
     if cfg is None:
@@ -61,7 +61,7 @@ def run(params: Params, paths: ProjectPaths, *, progress: bool = True) -> dict:
         identity["base_model_revision"] = folder_revision(paths(cfg.base_model))
     reset_if_changed(out, identity, code=Path(agegender.mllm.__path__[0]))
     if cfg.build_tiny is not None:
-        from agegender.mllm.tiny import build_tiny_llava
+        from agegender.mllm.tools.tiny import build_tiny_llava
 
         base = out / "base"
         if base.exists():
@@ -135,7 +135,7 @@ def _launch_finetune(
 
     import yaml
 
-    from agegender.mllm.finetune import SUMMARY_FILE
+    from agegender.mllm.finetune.train import SUMMARY_FILE
 
     cfg = params.finetune_mllm
     assert cfg is not None and cfg.launch is not None
@@ -159,7 +159,7 @@ def _launch_finetune(
 
 def check(checker: Checker) -> None:
     """The data set fine-tuned on is prepared; the launch settings; the base model folder (a LLaVA folder,
-    `agegender.mllm.convert.check_llava_folder`) and DeepSpeed config, unless the stage builds its own model."""
+    `agegender.mllm.tools.convert.check_llava_folder`) and DeepSpeed config, unless the stage builds its own model."""
     cfg = checker.params.finetune_mllm
     if cfg is None:
         return
@@ -173,7 +173,7 @@ def check(checker: Checker) -> None:
             checker.add("finetune_mllm.launch.config_file", "accelerate config not found", launch_config)
     if cfg.build_tiny is not None or cfg.base_model is None:
         return  # built by the stage, or this profile fine-tunes nothing
-    from agegender.mllm.convert import check_llava_folder
+    from agegender.mllm.tools.convert import check_llava_folder
 
     checker.ran()
     folder = checker.paths(cfg.base_model)

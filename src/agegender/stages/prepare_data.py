@@ -32,10 +32,10 @@ def run(params: Params, paths: ProjectPaths, *, progress: bool = True) -> dict:
 
 
 def check(checker: Checker) -> None:
-    """Each data set's reader and folder (`agegender.data.readers.check_dataset`: the reader's own checks; the
+    """Each data set's reader and folder (`agegender.data.registry.check_dataset`: the reader's own checks; the
     generated demo set is skipped), its face detector, and the subsets' exclude files."""
     from agegender.check import inside
-    from agegender.data.readers import check_dataset, resolve_reader
+    from agegender.data.registry import check_dataset, resolve_reader
     from agegender.errors import InputError
 
     cfg = checker.params.prepare_data

@@ -59,7 +59,7 @@ def run(params: Params, paths: ProjectPaths, model_key: str, *, progress: bool =
     out.mkdir(parents=True, exist_ok=True)
     model = str(paths(spec.model)) if spec.model and (paths.root / spec.model).exists() else spec.model
     if spec.build_tiny is not None:
-        from agegender.mllm.tiny import build_tiny_llava
+        from agegender.mllm.tools.tiny import build_tiny_llava
 
         target = out / "model"
         if target.exists():
@@ -70,7 +70,7 @@ def run(params: Params, paths: ProjectPaths, model_key: str, *, progress: bool =
         options = dict(spec.options)
         if spec.serve:
             from agegender.mllm.backend_options import SERVED_CLIENT_OPTIONS
-            from agegender.mllm.server import running_server, served_identity
+            from agegender.mllm.tools.server import running_server, served_identity
 
             local = {k: v for k, v in options.items() if k not in SERVED_CLIENT_OPTIONS}
             base_url = stack.enter_context(
@@ -112,7 +112,7 @@ def run(params: Params, paths: ProjectPaths, model_key: str, *, progress: bool =
 
 def check(checker: Checker) -> None:
     """Each model the stage does not build: an import-path backend imports, an API model has its key in the
-    environment, a local model's folder is a LLaVA folder (`agegender.mllm.convert.check_llava_folder`; folders
+    environment, a local model's folder is a LLaVA folder (`agegender.mllm.tools.convert.check_llava_folder`; folders
     `finetune_mllm` makes are skipped) and its backend is installed."""
     from agegender.mllm.backends.base import known_backends
 
@@ -134,7 +134,7 @@ def check(checker: Checker) -> None:
                 continue
             folder = _model_folder(checker, f"{where}.model", spec.model)
             if folder is not None:
-                from agegender.mllm.convert import check_llava_folder  # torch: imported only when needed
+                from agegender.mllm.tools.convert import check_llava_folder  # torch: imported only when needed
 
                 for line in check_llava_folder(folder):
                     checker.add(f"{where}.model", line, folder)

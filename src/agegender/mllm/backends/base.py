@@ -206,8 +206,8 @@ _LAZY: dict[str, str] = {
     "transformers": "agegender.mllm.backends.transformers_backend",
     "vllm": "agegender.mllm.backends.vllm_backend",
     # torch-free built-in models of the project's own OpenAI-compatible server (benchmarks, plumbing checks)
-    "constant": "agegender.mllm.server",
-    "echo": "agegender.mllm.server",
+    "constant": "agegender.mllm.tools.server",
+    "echo": "agegender.mllm.tools.server",
 }
 
 

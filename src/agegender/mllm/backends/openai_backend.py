@@ -1,7 +1,7 @@
 """The `openai` backend: any OpenAI-compatible chat-completions endpoint.
 
 Works against OpenAI itself and the local servers that speak its protocol (vLLM, SGLang, Ollama, llama.cpp,
-`transformers serve`, and this project's own `agegender.mllm.server`). One query is one chat-completions
+`transformers serve`, and this project's own `agegender.mllm.tools.server`). One query is one chat-completions
 request: the paper's prompt as a text part and the crop as a base64 data URL (`image_url`), temperature 0 and,
 where the endpoint takes them, `seed`, `n=1` and `detail`.
 

@@ -166,7 +166,7 @@ def chat_prompt(processor: Any, prompt: str, system: str | None = None) -> str:
         processor: a transformers processor (its chat template, else its tokenizer's, is used).
         prompt: the text prompt.
         system: an optional system turn before it. The llava-hf LLaVA-1.5 template has no system sentence
-            of its own; passing `agegender.mllm.tiny.VICUNA_SYSTEM` restores the original vicuna_v1 text.
+            of its own; passing `agegender.mllm.tools.tiny.VICUNA_SYSTEM` restores the original vicuna_v1 text.
 
     Returns:
         The prompt text with the model's image placeholder, ready for the processor.

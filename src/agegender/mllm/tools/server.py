@@ -28,7 +28,7 @@ when that limit cut the answer. `stream: true` is answered with server-sent `cha
 so it arrives as one content delta when it is complete. Single-turn, one image, `n=1` only; `temperature` and
 `seed` are the server's (its backend's params), not the request's.
 
-Run it: `python -m agegender.mllm.server --backend transformers --model DIR --port 8000 [--latency-ms 200]`.
+Run it: `python -m agegender.mllm.tools.server --backend transformers --model DIR --port 8000 [--latency-ms 200]`.
 """
 
 import asyncio
@@ -1025,7 +1025,7 @@ def running_server(
 ) -> Iterator[str]:
     """Start a server on a free loopback port, wait until it answers, yield its base URL, stop it afterwards.
 
-    By default a backend given by name runs in a subprocess (`python -m agegender.mllm.server`: a real server
+    By default a backend given by name runs in a subprocess (`python -m agegender.mllm.tools.server`: a real server
     process, its own GIL), a backend instance in a thread of this process.
 
     Args:
@@ -1149,7 +1149,7 @@ def _process_server(
     env: Mapping[str, str] | None,
     app_options: Mapping[str, Any],
 ) -> Iterator[str]:
-    cmd = [sys.executable, "-m", "agegender.mllm.server", "--backend", backend]
+    cmd = [sys.executable, "-m", "agegender.mllm.tools.server", "--backend", backend]
     cmd += _cli_args(model, host, port, params, backend_options, app_options)
     cmd += ["--exit-with-parent", str(os.getpid())]
     proc = subprocess.Popen(

@@ -5,7 +5,7 @@ The paper fully fine-tuned ShareGPT4V-7B for one epoch on ~800k persons: learnin
 and gradient checkpointing, 8 GPUs. `FinetuneConfig()` holds exactly those values; LoRA (peft) is an option
 (the paper found it unnecessary).
 
-`finetune` builds the records (`agegender.mllm.sft_data`: body crop by default, the paper's prompt, answer
+`finetune` builds the records (`agegender.mllm.finetune.sft_data`: body crop by default, the paper's prompt, answer
 `[female; 40]`, only the answer tokens supervised, LLaVA-1.5's pad-to-square as in zero-shot) and trains any
 image-text-to-text model in Hugging Face format from a local folder with transformers' `Trainer`.
 
@@ -61,7 +61,7 @@ import pandas as pd
 
 from agegender.errors import InputError
 from agegender.files import atomic_write_text
-from agegender.mllm.finetune_config import FinetuneConfig
+from agegender.mllm.finetune.config import FinetuneConfig
 from agegender.settings import read_config_file
 
 CHECKPOINT_INDEX = "checkpoints.json"
@@ -355,7 +355,7 @@ def finetune(
     from transformers import Trainer, set_seed
 
     from agegender.mllm.backends.transformers_backend import folder_revision
-    from agegender.mllm.sft_data import SFTCollator, SFTDataset, build_records
+    from agegender.mllm.finetune.sft_data import SFTCollator, SFTDataset, build_records
 
     config = config or FinetuneConfig()
     if config.lora and _is_zero3(config.deepspeed):
@@ -581,9 +581,3 @@ def read_config(path: str | Path | None, section: str | None = None, overrides: 
         return FinetuneConfig.from_dict(data, where=where)
     except InputError as exc:
         raise InputError(exc.message, file=path) from exc
-
-
-if __name__ == "__main__":
-    from agegender.cli.mllm_finetune import main
-
-    raise SystemExit(main())

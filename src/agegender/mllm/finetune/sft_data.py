@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from agegender.errors import InputError
 from agegender.files import atomic_path, atomic_write_text
 from agegender.mllm.backends.transformers_backend import chat_prompt, check_image, pad_to_square, square_pad_color
-from agegender.mllm.finetune_config import SFT_INPUTS
+from agegender.mllm.finetune.config import SFT_INPUTS
 from agegender.mllm.prompt import PROMPT, format_answer
 
 IGNORE_INDEX = -100

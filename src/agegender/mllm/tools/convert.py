@@ -50,7 +50,7 @@ from typing import Any
 import torch
 
 from agegender.errors import AgegenderError, InputError
-from agegender.mllm.tiny import IMAGE_TOKEN, VICUNA_CHAT_TEMPLATE, VICUNA_SYSTEM
+from agegender.mllm.tools.tiny import IMAGE_TOKEN, VICUNA_CHAT_TEMPLATE, VICUNA_SYSTEM
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ VICUNA_V1_SYSTEM = (
 )
 _ESCAPED_TINY_SYSTEM = VICUNA_SYSTEM.replace("'", "\\'")
 if _ESCAPED_TINY_SYSTEM not in VICUNA_CHAT_TEMPLATE:  # pragma: no cover - guards a change in tiny.py
-    raise ImportError("agegender.mllm.tiny.VICUNA_CHAT_TEMPLATE no longer embeds VICUNA_SYSTEM")
+    raise ImportError("agegender.mllm.tools.tiny.VICUNA_CHAT_TEMPLATE no longer embeds VICUNA_SYSTEM")
 #: the vicuna_v1 chat template with vicuna_v1's own system sentence (same turn layout as the tiny models')
 VICUNA_V1_CHAT_TEMPLATE = VICUNA_CHAT_TEMPLATE.replace(_ESCAPED_TINY_SYSTEM, VICUNA_V1_SYSTEM.replace("'", "\\'"))
 

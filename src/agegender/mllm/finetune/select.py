@@ -287,7 +287,7 @@ class _LazyTransformers(Backend):
                 real.close()
                 raise RuntimeError(
                     f"store key predicted for {self.model} ({self._revision}, {self._key}) differs from the loaded "
-                    f"backend's {got}; agegender.mllm.select must follow TransformersBackend.key_options"
+                    f"backend's {got}; agegender.mllm.finetune.select must follow TransformersBackend.key_options"
                 )
             self.real = real
         return self.real
