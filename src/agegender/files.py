@@ -84,3 +84,15 @@ def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
         else:
             frame.to_parquet(tmp, index=False)
     return path
+
+
+#: The file beside a stage's outputs that records how one run went (timings, throughput, requests sent, answers
+#: found in a response store): facts about the run, not its results. `.dvcignore` names it, so it is kept beside
+#: the outputs it describes without entering their hashes: dvc.lock records results only, and a rerun that
+#: computes the same results changes no byte of it.
+RUN_LOG_FILE = "run-log.json"
+
+
+def write_run_log(folder: str | Path, record: Mapping[str, Any]) -> Path:
+    """Write `record` as `<folder>/run-log.json` (`RUN_LOG_FILE`), atomically; returns the path."""
+    return write_json(record, Path(folder) / RUN_LOG_FILE)

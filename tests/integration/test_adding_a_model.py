@@ -5,6 +5,7 @@ without the paper's own models; the page's four recipes then add a llava-hf mode
 server, a specialized model class and a UTKFace reader, and the pipeline's stages run.
 """
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -19,6 +20,8 @@ GUIDE = ROOT / "docs" / "adding_a_model.md"
 sys.path.insert(0, str(ROOT / "tests"))
 
 from standins import build_datasets  # noqa: E402
+
+from agegender.files import RUN_LOG_FILE  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -116,8 +119,9 @@ def test_the_guide_works_as_written(tmp_path: Path) -> None:
         counts = predict.run(params, paths, progress=False)
         assert set(counts.loc[counts["model"] == "brightness_regressor", "input"]) == {"face"}
         for key in ("llava-next-mistral-7b", "qwen2-vl-7b"):
-            summary = query_mllms.run(params, paths, key, progress=False)
-            assert summary["requests_sent"] > 0
+            query_mllms.run(params, paths, key, progress=False)
+            log = json.loads((paths(params.query_mllms.out) / key / RUN_LOG_FILE).read_text())
+            assert sum(run["requests_sent"] for run in log["runs"].values()) > 0
     finetune_mllm.run(params, paths, progress=False)  # the cut-down profile fine-tunes nothing
     result = evaluate.run(params, paths)
     rows = result.rows[result.rows["view"] == "answered"]

@@ -24,6 +24,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from standins import STANDIN_OVERRIDES, api_overrides, build_standins  # noqa: E402
 
+from agegender.files import RUN_LOG_FILE  # noqa: E402
+
 pytestmark = pytest.mark.slow
 
 #: a made-up key: the servers ignore it, and it must never be written anywhere
@@ -149,7 +151,8 @@ def test_every_model_answered_its_data_sets(project):
     assert "lagenda.body_wo_face.llava-next-34b.n_total" not in flat
     for key in ("gpt-4v", "gpt-4o"):
         queried = json.loads((root / "metrics" / "query_mllms" / f"{key}.json").read_text())
-        assert queried["requests_sent"] > 0
+        log = json.loads((root / "predictions" / "query_mllms" / key / RUN_LOG_FILE).read_text())
+        assert sum(run["requests_sent"] for run in log["runs"].values()) > 0 and "requests_sent" not in queried
 
 
 def test_report_puts_the_papers_numbers_beside_ours(project):

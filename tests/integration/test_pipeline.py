@@ -11,6 +11,9 @@ import pandas as pd
 import pytest
 import yaml
 
+from agegender.files import RUN_LOG_FILE
+from agegender.mllm.runner import RUN_FIELDS
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
@@ -113,7 +116,12 @@ def test_every_model_is_evaluated_and_untrained_mllms_are_reported_honestly(proj
         # random weights: the statuses say what happened, and coverage counts only the parsed answers
         assert rows + queried.get("no_crop_body", 0) <= flat[f"nanodemo.body.{key}.n_total"]
         assert flat[f"nanodemo.body.{key}.n_answered"] == queried.get("body.ok", 0)
-        assert queried["requests_sent"] > 0
+        # how the run went is in its run log, beside results that hold none of it
+        out = root / "predictions" / "query_mllms" / key
+        log = json.loads((out / RUN_LOG_FILE).read_text())
+        assert sum(run["requests_sent"] for run in log["runs"].values()) > 0 and "requests_sent" not in queried
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert all(not set(RUN_FIELDS) & set(run) for run in manifest["runs"].values())
 
 
 def test_captions_say_demo_data(project):

@@ -17,6 +17,8 @@ from agegender.mllm.backends.base import Query
 from agegender.mllm.backends.transformers_backend import TransformersBackend
 from agegender.mllm.finetune.train import (
     CHECKPOINT_INDEX,
+    RUN_SUMMARY_FIELDS,
+    SUMMARY_FILE,
     FinetuneConfig,
     evaluate_model,
     finetune,
@@ -119,6 +121,14 @@ def test_checkpoints_are_complete_and_indexed_and_resume_matches(demo, base_mode
     changed = [k for k in base_w if not torch.equal(base_w[k], final_w[k])]
     assert changed and not any("vision_tower" in k for k in changed)  # frozen vision tower, the rest trained
     assert any("multi_modal_projector" in k for k in changed) and any("language_model" in k for k in changed)
+
+    # A finished run asked again is left as it is: the same summary, not one file rewritten; how the run went
+    # (timings, throughput) is in its run log, not in the summary file, so the same results keep the same bytes.
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    assert finetune(train, masked, root, base_model, out, config, progress=False) == json.loads(json.dumps(summary))
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+    written = json.loads((out / SUMMARY_FILE).read_text())
+    assert not set(RUN_SUMMARY_FIELDS) & set(written) and set(RUN_SUMMARY_FIELDS) <= set(summary)
 
     # An interrupted run (killed after the step-2 checkpoint) resumes and ends where the uninterrupted one did.
     cut = tmp_path / "cut"

@@ -18,6 +18,7 @@ from agegender.mllm.backends.base import GenerationParams, Query
 from agegender.mllm.backends.transformers_backend import TransformersBackend, chat_prompt
 from agegender.mllm.finetune import select
 from agegender.mllm.finetune.select import (
+    RUN_COLUMNS,
     Checkpoint,
     SelectionResult,
     choose_best,
@@ -422,6 +423,8 @@ def test_end_to_end_rerun_and_keep_best(tmp_path, demo, tiny_run):
     assert list(csv["name"]) == ["checkpoint-2", "checkpoint-4", "final"] and csv["best"].sum() == 1
     md = (tmp_path / "out" / "selection.md").read_text()
     assert md.startswith("demo data") and f"`{result.best.name}`" in md and md.count("\n| ") == 4
+    # what the store already held says how the run went, not what was measured: not in the written tables
+    assert not set(RUN_COLUMNS) & set(csv.columns) and not any(c in md for c in RUN_COLUMNS)
 
     backend = TransformersBackend(str(dest), device="cpu", params=GEN)
     image = np.random.default_rng(0).integers(0, 256, (90, 40, 3), dtype=np.uint8)

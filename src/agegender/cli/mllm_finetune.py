@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if summary:
         print(
             f"{summary['records']} records, {summary['steps']} steps, loss {summary['train_loss']:.4f}, "
-            f"{summary['train_samples_per_second']:.2f} samples/s x {summary['world_size']} processes -> "
+            f"{summary.get('train_samples_per_second') or 0:.2f} samples/s x {summary['world_size']} processes -> "
             f"{summary['final']} ({len(summary['checkpoints'])} indexed models)"
         )
     return 0

@@ -362,6 +362,34 @@ class RunResult:
     manifest: dict[str, Any]
     no_crop_ids: list[str] = field(default_factory=list)
 
+    @property
+    def results_manifest(self) -> dict[str, Any]:
+        """The manifest without `RUN_FIELDS`: what was asked and answered, the same bytes for the same results."""
+        return {k: v for k, v in self.manifest.items() if k not in RUN_FIELDS}
+
+    @property
+    def run_fields(self) -> dict[str, Any]:
+        """The manifest's `RUN_FIELDS`: how this run went (for a run log, `agegender.files.RUN_LOG_FILE`)."""
+        return {k: self.manifest[k] for k in RUN_FIELDS if k in self.manifest}
+
+
+#: Manifest keys that describe how one run went rather than what it answered: they depend on what the response
+#: store held before the run, on the clock, or on where the store lies. A pipeline stage writes them to its run log,
+#: not beside its results (`RunResult.results_manifest`, `RunResult.run_fields`).
+RUN_FIELDS: tuple[str, ...] = (
+    "requests_sent",
+    "cache_hits",
+    "shared_requests",
+    "tokens",
+    "tokens_cached",
+    "latency_s",
+    "store",
+    "started_at",
+    "finished_at",
+    "duration_s",
+    "requests_per_s",
+)
+
 
 def _scrub(value: Any) -> Any:
     """Drop secret-looking keys anywhere in a nested structure (a backend may describe more than it should)."""

@@ -12,6 +12,7 @@ import pandas as pd
 
 from agegender.data.prepare import MASKED_FILE, SAMPLES_FILE, load_prepared
 from agegender.errors import InputError
+from agegender.files import write_run_log
 from agegender.params import Params, as_dict
 from agegender.paths import ProjectPaths
 from agegender.stages.common import digest, fresh_dir, reset_if_changed, write_metrics, write_predictions
@@ -32,8 +33,8 @@ def run(params: Params, paths: ProjectPaths, *, progress: bool = True) -> dict:
     kept model answers the study's samples like any zero-shot model (`<predictions>/predictions.parquet`).
     """
     from agegender.mllm.backends import GenerationParams
-    from agegender.mllm.finetune.select import keep_best, select_checkpoint
-    from agegender.mllm.finetune.train import finetune
+    from agegender.mllm.finetune.select import RUN_COLUMNS, keep_best, select_checkpoint
+    from agegender.mllm.finetune.train import RUN_SUMMARY_FIELDS, finetune
     from agegender.mllm.runner import BackendSpec, plan_queries, query_samples
 
     cfg = params.finetune_mllm
@@ -111,10 +112,15 @@ def run(params: Params, paths: ProjectPaths, *, progress: bool = True) -> dict:
     )  # fmt: skip
     table = run.predictions
     write_predictions(table, preds_dir, "predictions")
+    run_log = {
+        "training": {k: trained.get(k) for k in RUN_SUMMARY_FIELDS},
+        "selection": selection.table[["name", *RUN_COLUMNS]].to_dict(orient="records"),
+        "query": {kind: r.run_fields for kind, r in run.results.items()},
+    }
+    write_run_log(out, run_log)
     summary = {
         "train_steps": trained.get("steps"),
         "train_loss": trained.get("train_loss"),
-        "train_samples_per_second": trained.get("train_samples_per_second"),
         **{f"selection.{k}": v for k, v in selection.summary().items() if v is not None},
         **{f"{kind}.{status}": int(n) for (kind, status), n in table.groupby(["input", "status"]).size().items()},
     }
@@ -135,7 +141,7 @@ def _launch_finetune(
 
     import yaml
 
-    from agegender.mllm.finetune.train import SUMMARY_FILE
+    from agegender.mllm.finetune.train import read_summary
 
     cfg = params.finetune_mllm
     assert cfg is not None and cfg.launch is not None
@@ -154,7 +160,7 @@ def _launch_finetune(
     proc = subprocess.run(command, cwd=paths.root, check=False)
     if proc.returncode != 0:
         raise InputError(f"accelerate launch failed with exit code {proc.returncode}: {' '.join(command)}")
-    return json.loads((out / "run" / SUMMARY_FILE).read_text())
+    return read_summary(out / "run")
 
 
 def check(checker: Checker) -> None:

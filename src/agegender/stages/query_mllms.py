@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agegender.data.prepare import SAMPLES_FILE, load_prepared
-from agegender.files import atomic_write_text
+from agegender.files import RUN_LOG_FILE, atomic_write_text, write_run_log
 from agegender.params import MllmParams, Params, as_dict
 from agegender.paths import ProjectPaths
 from agegender.stages.common import write_metrics, write_predictions
@@ -26,7 +26,8 @@ LOCAL_BACKENDS = ("transformers", "vllm")
 def run(params: Params, paths: ProjectPaths, model_key: str, *, progress: bool = True) -> dict:
     """Stage `query_mllms@<model_key>`: one MLLM, zero-shot with the paper's prompt, over the study's samples.
 
-    Writes `<query_mllms.out>/<model_key>/`: `predictions.parquet` (prediction table), `manifest.json`, the
+    Writes `<query_mllms.out>/<model_key>/`: `predictions.parquet` (prediction table), `manifest.json` (what was
+    asked and answered), `run-log.json` (how this run went: requests sent, answers reused, timings), the
     response store `store/` (kept between runs, so a rerun sends only what is missing) and, in the demo
     profile, the tiny model it builds (`model/`). Local models marked `serve` are queried through the
     project's OpenAI-compatible server on loopback, started and stopped here.
@@ -37,7 +38,8 @@ def run(params: Params, paths: ProjectPaths, model_key: str, *, progress: bool =
     and running it again resends only the failures).
 
     Returns:
-        Counts per input kind and status, requests sent and answers reused.
+        The metrics (counts per input kind and status, crops missing, bad images), with this run's
+        `requests_sent` and `cache_hits` added (those go to the run log, not the metrics file).
     """
     import contextlib
     import sys
@@ -92,14 +94,15 @@ def run(params: Params, paths: ProjectPaths, model_key: str, *, progress: bool =
     outcome.check_answered(source=samples_file, **ending)
     table = run.predictions
     write_predictions(table, out, "predictions")
-    manifest = {"model": model_key, "runs": {kind: r.manifest for kind, r in run.results.items()}}
+    manifest = {"model": model_key, "runs": {kind: r.results_manifest for kind, r in run.results.items()}}
     manifest["datasets"] = {kind: list(names) for kind, names in plan.datasets.items()}
     atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True, default=str) + "\n")
+    write_run_log(out, {"model": model_key, "runs": {kind: r.run_fields for kind, r in run.results.items()}})
+    sent, hits = (sum(int(r.manifest.get(k, 0)) for r in results) for k in ("requests_sent", "cache_hits"))
+    print(f"{model_key}: {sent} requests sent, {hits} answers from the response store ({out / RUN_LOG_FILE})")
     counts = table.groupby(["input", "status"]).size()
     summary = {f"{kind}.{status}": int(n) for (kind, status), n in counts.items()}
     summary |= {
-        "requests_sent": sum(int(r.manifest.get("requests_sent", 0)) for r in results),
-        "cache_hits": sum(int(r.manifest.get("cache_hits", 0)) for r in results),
         "no_crop": sum(len(r.no_crop_ids) for r in results),
         "bad_images": sum(int(r.manifest["bad_images"]["samples"]) for r in results),  # samples marked failed
     }
@@ -107,7 +110,7 @@ def run(params: Params, paths: ProjectPaths, model_key: str, *, progress: bool =
     note = outcome.check_failures(**ending)
     if note is not None:
         print(f"agegender: note: {note}", file=sys.stderr)
-    return summary
+    return summary | {"requests_sent": sent, "cache_hits": hits}
 
 
 def check(checker: Checker) -> None:

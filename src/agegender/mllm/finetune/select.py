@@ -83,6 +83,9 @@ TABLE_COLUMNS: tuple[str, ...] = (
     "eligible",
     "best",
 )
+#: columns of the selection table that say how this run went (what the store already held), not what was measured:
+#: left out of `selection.csv` / `selection.md` so that the same results write the same bytes
+RUN_COLUMNS = ("requests_sent", "model_loaded")
 #: files of a Trainer checkpoint that hold training state, not the model: never copied by `keep_best`
 TRAINING_STATE = ("optimizer.pt", "optimizer.bin", "scheduler.pt", "scaler.pt", "training_args.bin", "latest")
 _TRAINING_STATE_PREFIXES = ("rng_state", "global_step", "zero_to_fp32", "pytorch_model_fsdp", "optimizer_")
@@ -624,7 +627,7 @@ def selection_markdown(result: SelectionResult, caption: str | None = None) -> s
         f"({direction} is better) among checkpoints whose coverage is at least {result.min_coverage:g}: {chosen}."
     )
     lines.append("")
-    cols = [c for c in TABLE_COLUMNS if c not in ("path", "model_loaded")]
+    cols = [c for c in TABLE_COLUMNS if c != "path" and c not in RUN_COLUMNS]
     lines.append("| " + " | ".join(cols) + " |")
     lines.append("|" + "|".join("---" if c == "name" else "---:" for c in cols) + "|")
     for _, row in result.table.iterrows():
@@ -727,7 +730,7 @@ def keep_best(
     tables.mkdir(parents=True, exist_ok=True)
     from agegender.mllm.runner import write_table
 
-    write_table(result.table, tables / "selection.csv")
+    write_table(result.table.drop(columns=list(RUN_COLUMNS)), tables / "selection.csv")
     atomic_write_text(tables / "selection.md", selection_markdown(result, caption))
     return dest
 

@@ -20,12 +20,14 @@ Outputs (`out_dir`)::
                             "path" is out_dir/<name> as given, "name" is relative to this file's folder
     finetune_config.json    the config, the data fingerprint and the base model's revision (a resumed run must
                             match them)
-    finetune_summary.json   what `finetune` returns
+    finetune_summary.json   what `finetune` returns, less how the run went (`RUN_SUMMARY_FIELDS`)
+    run-log.json            how the run went: timings, throughput, whether it resumed (`agegender.files.RUN_LOG_FILE`)
     sft_crops/              the training crops as PNG files (cache_crops; reused on resume)
 
 Resuming: run the same command again. With checkpoints in `out_dir` the Trainer resumes from the last one
 (weights, optimizer, scheduler, RNG, data order); a run with another config, other data or another base model
-(compared by its weights' revision, `folder_revision`: a base retrained in place is another base) is refused.
+(compared by its weights' revision, `folder_revision`: a base retrained in place is another base) is refused. A run
+that already finished is not touched again: its summary is returned as it was written.
 
 One process (CPU or one GPU)::
 
@@ -60,7 +62,7 @@ from typing import Any
 import pandas as pd
 
 from agegender.errors import InputError
-from agegender.files import atomic_write_text
+from agegender.files import RUN_LOG_FILE, atomic_write_text, write_run_log
 from agegender.mllm.finetune.config import FinetuneConfig
 from agegender.settings import read_config_file
 
@@ -70,6 +72,9 @@ SUMMARY_FILE = "finetune_summary.json"
 FINAL_DIR = "final"
 MERGED_DIR = "merged"
 CROPS_DIR = "sft_crops"
+
+#: summary keys that say how the run went rather than what it learnt: written to the run log, not the summary file
+RUN_SUMMARY_FIELDS = ("runtime_s", "train_runtime_s", "train_samples_per_second", "resumed")
 
 #: config keys that do not change what is learnt: a resumed run may change them
 _RESUME_FREE = frozenset({"logging_steps", "dataloader_num_workers", "torch_threads", "save_total_limit"})
@@ -319,6 +324,29 @@ def _check_resume(out_dir: Path, config: FinetuneConfig, fingerprint: str, base:
     return True
 
 
+def read_summary(out_dir: str | Path) -> dict[str, Any]:
+    """A run's summary as `finetune` returned it: `finetune_summary.json` with its run log's fields.
+
+    Raises:
+        InputError: no summary in `out_dir` (the run did not finish).
+    """
+    path = Path(out_dir) / SUMMARY_FILE
+    if not path.is_file():
+        raise InputError("no fine-tuning summary: the run did not finish", file=path)
+    summary = json.loads(path.read_text(encoding="utf-8"))
+    log = Path(out_dir) / RUN_LOG_FILE
+    run = json.loads(log.read_text(encoding="utf-8")) if log.is_file() else {}
+    return summary | {k: run.get(k) for k in RUN_SUMMARY_FIELDS}
+
+
+def _finished(out: Path, fingerprint: str) -> bool:
+    """Whether a run `_check_resume` accepted has finished: its final model, and a summary of the same data."""
+    path = out / SUMMARY_FILE
+    if not (path.is_file() and (out / FINAL_DIR).is_dir()):
+        return False
+    return json.loads(path.read_text(encoding="utf-8")).get("data_fingerprint") == fingerprint
+
+
 def finetune(
     samples: pd.DataFrame,
     masked: pd.DataFrame | None,
@@ -385,6 +413,8 @@ def finetune(
     fingerprint = _fingerprint(records)
     out.mkdir(parents=True, exist_ok=True)
     resume = _check_resume(out, config, fingerprint, base, base_revision)
+    if resume and _finished(out, fingerprint):
+        return read_summary(out)  # nothing left to do; rewriting the final model would only change its bytes
     if args.process_index == 0 and not resume:
         meta = {
             "config": config.to_dict(),
@@ -474,7 +504,8 @@ def finetune(
             "final": str(out / FINAL_DIR),
             "config": config.to_dict(),
         }
-        _atomic_json(summary, out / SUMMARY_FILE)
+        _atomic_json({k: v for k, v in summary.items() if k not in RUN_SUMMARY_FIELDS}, out / SUMMARY_FILE)
+        write_run_log(out, {k: summary[k] for k in RUN_SUMMARY_FIELDS})
     trainer.accelerator.wait_for_everyone()
     return summary
 
