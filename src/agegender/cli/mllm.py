@@ -282,8 +282,9 @@ def _cmd_cost(args: argparse.Namespace) -> int:
         estimates = {estimate.model: estimate}
     _print_estimates(estimates, args)
     if args.json:
-        payload = {name: e.as_dict() for name, e in estimates.items()}
-        Path(args.json).write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
+        from agegender.files import write_json
+
+        write_json({name: e.as_dict() for name, e in estimates.items()}, args.json)
         print(f"-> {args.json}")
     return 0
 

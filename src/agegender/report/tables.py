@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from agegender.errors import InputError
+from agegender.files import atomic_write_text
 from agegender.metrics import COUNT_COLUMNS, EVAL_COLUMNS, METRICS_BY_NAME, VIEWS, metric_def
 from agegender.report.paper import (
     DATASET_NAMES,
@@ -482,8 +483,7 @@ def render_latex(header: Sequence[str], body: Sequence[Sequence[str]], caption: 
 
 
 def _write(path: Path, text: str) -> Path:
-    path.write_text(text, encoding="utf-8", newline="\n")
-    return path
+    return atomic_write_text(path, text)
 
 
 def _summary(rows: pd.DataFrame, caption_note: str | None) -> str:

@@ -56,7 +56,7 @@ def reset_if_changed(out: Path, identity: dict, *, code: Path) -> None:
     if out.exists() and (not marker.is_file() or json.loads(marker.read_text()) != identity):
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps(identity, indent=1, sort_keys=True) + "\n")
+    atomic_write_text(marker, json.dumps(identity, indent=1, sort_keys=True) + "\n")
 
 
 def digest(*files: Path) -> str:
