@@ -126,7 +126,7 @@ def test_unsupported_params_are_dropped_and_the_key_never_leaks(monkeypatch, cap
         answers = backend.generate_batch(qs)
     assert [a.status for a in answers] == ["answered"] * 3 + ["failed"]
     assert "401" in answers[-1].error and "***" in answers[-1].error
-    assert backend.describe()["dropped_params"] == ["seed"]
+    assert backend.activity()["dropped_params"] == ["seed"]
     assert SECRET not in caplog.text + json.dumps(backend.describe()) + repr(answers)
 
 

@@ -410,7 +410,7 @@ def test_an_unsupported_seed_is_dropped_once_and_remembered():
     answers = b.generate_batch(queries(3))
     assert [a.status for a in answers] == ["answered"] * 3
     assert [("seed" in body) for body in script.bodies()] == [True, False, False, False]
-    assert b.describe()["dropped_params"] == ["seed"] and "seed" not in b.describe()["sent_params"]
+    assert b.activity()["dropped_params"] == ["seed"] and "seed" not in b.activity()["sent_params"]
 
 
 def test_max_tokens_switches_to_max_completion_tokens_when_rejected():
@@ -457,9 +457,9 @@ def test_concurrency_is_bounded_and_every_query_gets_one_answer():
     answers = asyncio.run(run())
     assert sorted(a.request_id for a in answers) == sorted(q.request_id for q in qs)
     assert state["max"] == 3
-    assert b.describe()["request_counts"]["answered"] == 12
+    assert b.activity()["request_counts"]["answered"] == 12
     assert b.model_revision is None  # a cache key must not change once answers arrive
-    assert b.describe()["served_models"] == {"served-model-2024-01-01": 12}
+    assert b.activity()["served_models"] == {"served-model-2024-01-01": 12}
     assert b.key_options() == {"image_format": "png"}
 
 

@@ -14,6 +14,7 @@ import yaml
 from agegender.data.demo import DemoConfig, generate_demo
 from agegender.data.prepare import DATASETS_FILE, MASKED_FILE, SAMPLES_FILE
 from agegender.data.readers import read_mivolo
+from agegender.files import RUN_LOG_FILE
 from agegender.paths import ProjectPaths
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,7 +65,14 @@ def test_served_model_retrained_in_place_is_asked_again(tmp_path: Path, monkeypa
     first = query_mllms.run(params, paths, "served", progress=False)
     asked = first["requests_sent"]
     assert asked > 0
+    out = paths(params.query_mllms.out) / "served"
+    written = {name: (out / name).read_bytes() for name in ("manifest.json", "predictions.parquet")}
     assert query_mllms.run(params, paths, "served", progress=False)["requests_sent"] == 0  # the store works
+    # answered from the store, by a server on another free port: the same results, the same bytes; how each run
+    # went (requests sent, the port, what the endpoint answered) is in the run log only
+    assert {name: (out / name).read_bytes() for name in written} == written
+    log = json.loads((out / RUN_LOG_FILE).read_text())["runs"]["body"]
+    assert log["base_url"].startswith("http://127.0.0.1:") and log["backend_activity"]["request_counts"] == {}
     shutil.rmtree(folder)
     build_tiny_llava(folder, seed=2, image_size=56)  # retrained into the same folder
     assert query_mllms.run(params, paths, "served", progress=False)["requests_sent"] == asked

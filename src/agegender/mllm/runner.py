@@ -377,6 +377,7 @@ class RunResult:
 #: store held before the run, on the clock, or on where the store lies. A pipeline stage writes them to its run log,
 #: not beside its results (`RunResult.results_manifest`, `RunResult.run_fields`).
 RUN_FIELDS: tuple[str, ...] = (
+    "backend_activity",
     "requests_sent",
     "cache_hits",
     "shared_requests",
@@ -666,6 +667,7 @@ def run_queries(
     manifest = {
         "kind": "agegender.mllm.run",
         "backend": _scrub(backend.describe()),
+        "backend_activity": _scrub(backend.activity()),
         "key_options": _scrub(base_fields["options"]),
         "model_name": model,
         "input": input_kind,

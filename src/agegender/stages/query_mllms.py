@@ -94,10 +94,16 @@ def run(params: Params, paths: ProjectPaths, model_key: str, *, progress: bool =
     outcome.check_answered(source=samples_file, **ending)
     table = run.predictions
     write_predictions(table, out, "predictions")
-    manifest = {"model": model_key, "runs": {kind: r.results_manifest for kind, r in run.results.items()}}
+    runs = {kind: r.results_manifest for kind, r in run.results.items()}
+    logs = {kind: r.run_fields for kind, r in run.results.items()}
+    if spec.serve:  # the server started here listened on a free loopback port: a fact of this run, not a result
+        for kind, manifest in runs.items():
+            manifest["backend"] = dict(manifest["backend"])
+            logs[kind]["base_url"] = manifest["backend"].pop("base_url", None)
+    manifest = {"model": model_key, "runs": runs}
     manifest["datasets"] = {kind: list(names) for kind, names in plan.datasets.items()}
     atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True, default=str) + "\n")
-    write_run_log(out, {"model": model_key, "runs": {kind: r.run_fields for kind, r in run.results.items()}})
+    write_run_log(out, {"model": model_key, "runs": logs})
     sent, hits = (sum(int(r.manifest.get(k, 0)) for r in results) for k in ("requests_sent", "cache_hits"))
     print(f"{model_key}: {sent} requests sent, {hits} answers from the response store ({out / RUN_LOG_FILE})")
     counts = table.groupby(["input", "status"]).size()

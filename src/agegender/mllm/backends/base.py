@@ -180,6 +180,12 @@ class Backend:
             "params": self.params.as_key(),
         }
 
+    def activity(self) -> dict[str, Any]:
+        """What this backend did during the run (requests made, what an endpoint answered or refused): how the run
+        went, which depends on what the response store already held. The manifest keeps it apart from
+        `describe()` (`backend_activity`, one of `runner.RUN_FIELDS`). Default: nothing. JSON-serialisable."""
+        return {}
+
     def close(self) -> None:
         """Release resources (models, clients, servers)."""
 

@@ -329,7 +329,7 @@ class OpenAIBackend(Backend):
 
         Other endpoints: an endpoint's revision is only known from its answers, and a cache key must not change
         mid-run. Each `Answer.model_revision` carries the model id the endpoint reported serving (OpenAI: the
-        dated snapshot behind an alias such as `gpt-4o`); `describe()["served_models"]` counts them. To pin a
+        dated snapshot behind an alias such as `gpt-4o`); `activity()["served_models"]` counts them. To pin a
         revision, ask for a dated model id.
         """
         if self.served_identity is not None:
@@ -357,10 +357,7 @@ class OpenAIBackend(Backend):
         return key
 
     def describe(self) -> dict[str, Any]:
-        """What the run manifest records: endpoint, settings, what was sent and what came back (never the key)."""
-        with self._lock:
-            fingerprints = dict(self._fingerprints)
-            counts = dict(self._counts)
+        """What the run manifest records: the endpoint and settings (never the key)."""
         return {
             **super().describe(),
             "base_url": safe_url(self.base_url),
@@ -372,6 +369,15 @@ class OpenAIBackend(Backend):
             "max_retries": self.max_retries,
             "image_format": self.image_format,
             "http_backend": self.http_backend,
+        }
+
+    def activity(self) -> dict[str, Any]:
+        """The request fields sent and those the endpoint rejected, the models and system fingerprints that
+        answered, and the requests by outcome."""
+        with self._lock:
+            fingerprints = dict(self._fingerprints)
+            counts = dict(self._counts)
+        return {
             "sent_params": self.sent_params(),
             "dropped_params": list(self.dropped_params),
             "served_models": self.served_models,
