@@ -1176,7 +1176,3 @@ def merge_manifests(manifests: Sequence[Mapping[str, Any] | str | Path]) -> dict
         "examples": dict(list(examples.items())[:_EXAMPLES]),
     }
     return merged
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Command-line values (`--data-root`), read by agegender.cli
