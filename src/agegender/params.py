@@ -17,7 +17,7 @@ import yaml
 from agegender.data.schema import INPUT_KINDS
 from agegender.errors import InputError, failure_budget
 from agegender.mivolo.config import TrainConfig
-from agegender.mllm.backend_options import check_backend_options
+from agegender.mllm.backend_options import TransformersOptions, load_backend_options
 from agegender.mllm.finetune.config import FinetuneConfig
 from agegender.settings import build_settings
 
@@ -115,10 +115,10 @@ class MllmParams:
         model: model id (server) or local folder; may be omitted when `build_tiny` is set.
         inputs: crops sent to it (`body`, `face`, `body_wo_face`).
         datasets: data sets it answers (None: all of `study.datasets`).
-        options: backend options, checked when params are loaded against the backend's options class
+        options: backend options as written, loaded into the backend's options class when params are loaded
             (`agegender.mllm.backend_options`: `OpenAIOptions` with `base_url`, `concurrency`, `api_key_env`,
             `allow_insecure_http`, ...; `TransformersOptions` with `batch_size`, `system_prompt`, ...). With `serve`,
-            the served backend's options and the client's `concurrency`.
+            the served backend's options and the client's `concurrency`. Code reads `typed_options`.
         max_side: downscale crops so that the longer side is at most this (None: original size, the
             paper's setting for ChatGPT; LLaVA processors resize on their own).
         serve: start agegender's OpenAI-compatible server on loopback for this local model (transformers) and
@@ -142,6 +142,16 @@ class MllmParams:
     build_tiny: TinyMllmParams | None = None
     inputs_by_dataset: dict[str, tuple[str, ...]] = field(default_factory=dict)
     max_failed: int | str = 0
+
+    def __post_init__(self) -> None:
+        typed = load_backend_options(self.backend, self.options, where="options", serve=self.serve)
+        object.__setattr__(self, "_typed_options", typed)  # derived once; not a field, so not a params key
+
+    @property
+    def typed_options(self) -> Any:
+        """`options` in the backend's options class (`load_backend_options`): e.g. `OpenAIOptions`; with `serve`,
+        `ServedOptions`; a mapping for a backend kept outside agegender. The stage reads this, never `options`."""
+        return self._typed_options  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -205,7 +215,7 @@ class FinetuneMllmParams:
         inputs: crops the kept model answers on the study's data sets.
         datasets: data sets it answers (None: all of `study.datasets`).
         backend_options: `TransformersOptions` of the backend that answers with the kept model, e.g.
-            `{batch_size: 32}` on a GPU (selection and predictions); checked when params are loaded.
+            `{batch_size: 32}` on a GPU (selection and predictions), as written; code reads `answering_options`.
         launch: train through `accelerate launch` in several processes (e.g. 8 GPUs, ZeRO-3 with
             `config.deepspeed`); None = in the stage's own process.
     """
@@ -222,6 +232,19 @@ class FinetuneMllmParams:
     datasets: tuple[str, ...] | None = None
     backend_options: dict[str, Any] = field(default_factory=dict)
     launch: LaunchParams | None = None
+
+    def __post_init__(self) -> None:
+        # the model answers as it was trained (config's padding and system prompt) unless backend_options say otherwise
+        trained = {"pad_to_square": self.config.pad_to_square, "system_prompt": self.config.system_prompt}
+        written = {k: v for k, v in trained.items() if v is not None} | self.backend_options
+        typed = load_backend_options("transformers", written, where="backend_options")
+        object.__setattr__(self, "_answering_options", typed)  # derived once; not a field, so not a params key
+
+    @property
+    def answering_options(self) -> TransformersOptions:
+        """The `TransformersOptions` of the backend that answers with the fine-tuned checkpoints (selection) and the
+        kept model (predictions): `config`'s `pad_to_square` and `system_prompt`, then `backend_options`."""
+        return self._answering_options  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -332,7 +355,6 @@ class Params:
                 raise ValueError(f"query_mllms.models.{name}.inputs: {bad} not among ['body', 'face', 'body_wo_face']")
             if m.model is None and m.build_tiny is None:
                 raise ValueError(f"query_mllms.models.{name}: needs `model` (or `build_tiny` in the demo profile)")
-            check_backend_options(m.backend, m.options, where=f"query_mllms.models.{name}.options", serve=m.serve)
             try:
                 failure_budget(m.max_failed, 0)
             except InputError as exc:
@@ -350,9 +372,6 @@ class Params:
         names = [*self.predict.models, *self.predict.external, *self.query_mllms.models]
         if self.finetune_mllm is not None:
             names.append(self.finetune_mllm.name)
-            check_backend_options(
-                "transformers", self.finetune_mllm.backend_options, where="finetune_mllm.backend_options"
-            )
         dotted = [n for n in [*names, *self.prepare_data.datasets, *self.prepare_data.subsets] if "." in n]
         if dotted:
             raise ValueError(

@@ -16,7 +16,16 @@ import pytest
 from PIL import Image
 
 from agegender.errors import InputError
-from agegender.mllm.backend_options import insecure_http_problem, is_loopback_host, is_loopback_url, safe_url
+from agegender.mllm.backend_options import (
+    OpenAIOptions,
+    TransformersOptions,
+    insecure_http_problem,
+    is_loopback_host,
+    is_loopback_url,
+    load_backend_options,
+    options_mapping,
+    safe_url,
+)
 from agegender.mllm.backends.base import Answer, GenerationParams, Query, create_backend
 from agegender.mllm.backends.openai_backend import (
     OpenAIBackend,
@@ -143,6 +152,41 @@ def test_bad_options_raise_input_error():
 
 def test_registered_under_openai():
     assert isinstance(create_backend("openai", "m", base_url=LOCAL), OpenAIBackend)
+
+
+def test_create_backend_takes_typed_options():
+    options = load_backend_options("openai", {"base_url": LOCAL, "concurrency": 3, "api_key_env": None})
+    backend = create_backend("openai", "m", options=options)
+    assert isinstance(backend, OpenAIBackend)
+    assert (backend.base_url, backend.concurrency, backend.api_key_env) == (LOCAL, 3, None)
+    # the same backend from keyword arguments: one options class decides both
+    assert (
+        backend.describe() == create_backend("openai", "m", base_url=LOCAL, concurrency=3, api_key_env=None).describe()
+    )
+    assert create_backend("openai", "m", options={"base_url": LOCAL, "concurrency": 3}).concurrency == 3  # a mapping
+    with pytest.raises(TypeError, match="OpenAIOptions, not TransformersOptions"):
+        create_backend("openai", "m", options=TransformersOptions())
+    with pytest.raises(TypeError, match="not both"):
+        create_backend("openai", "m", options=options, concurrency=4)
+
+
+def test_load_backend_options_names_the_option_below_its_key_path():
+    with pytest.raises(InputError) as info:
+        load_backend_options("openai", {"concurency": 4})
+    assert info.value.field == "concurency" and info.value.message.startswith("unknown key (known: base_url, ")
+    with pytest.raises(InputError) as info:
+        load_backend_options("openai", {"concurrency": 0}, where="options")
+    assert (info.value.field, info.value.message) == ("options.concurrency", "must be >= 1, not 0")
+    assert load_backend_options("mypkg:Backend", {"x": 1}) == {"x": 1}  # checked by its class when built
+
+
+def test_options_mapping_gives_back_what_one_would_write():
+    typed = load_backend_options("transformers", {"batch_size": 2, "device": "auto", "system_prompt": "Hi."})
+    assert options_mapping(typed) == {"batch_size": 2, "system_prompt": "Hi."}  # defaults left out
+    assert load_backend_options("transformers", options_mapping(typed)) == typed
+    assert options_mapping(None) == {} and options_mapping({"a": 1}) == {"a": 1}
+    with pytest.raises(TypeError, match="code-only option http_transport"):
+        options_mapping(OpenAIOptions(http_transport=object()))
 
 
 # --- answer extraction ---------------------------------------------------------------------------------------

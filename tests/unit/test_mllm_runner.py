@@ -456,6 +456,29 @@ def test_cli_query_shards_and_merge(data, tmp_path: Path, capsys: pytest.Capture
     assert again["requests_sent"] == 0 and again["cache_hits"] == len(table)
 
 
+def test_cli_misspelt_option_gets_the_params_message(data, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A misspelt `--option` names the option and the known ones, as params.yaml's error does (key path aside)."""
+    from agegender import cli as agegender_cli
+    from agegender.params import params_from_dict
+
+    root, _ = data
+    argv = ["query", "--samples", str(root / "samples.parquet"), "--data-root", str(root), "--input", "body"]
+    argv += ["--backend", "openai", "--model", "m", "--base-url", "http://127.0.0.1:9/v1"]
+    argv += ["--out", str(tmp_path / "p.csv")]
+    with pytest.raises(InputError) as from_cli:
+        cli([*argv, "--option", "concurency=4"])
+    assert from_cli.value.field == "concurency"
+    spec = {"backend": "openai", "model": "m", "options": {"concurency": 4}}
+    with pytest.raises(InputError) as from_params:
+        params_from_dict({"query_mllms": {"models": {"g": spec}}})
+    assert str(from_params.value).endswith(f"query_mllms.models.g.options.concurency: {from_cli.value.message}")
+    assert "(known: base_url, api_key_env, concurrency," in from_cli.value.message
+    assert agegender_cli.main([*argv, "--option", "concurency=4"]) == 2
+    err = capsys.readouterr().err
+    assert "concurency" in err and "known: base_url" in err and "Traceback" not in err
+    assert not (tmp_path / "p.csv").exists()
+
+
 def test_cli_never_takes_a_key(data, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root, _ = data
     base = ["query", "--samples", str(root / "samples.parquet"), "--data-root", str(root), "--input", "body"]

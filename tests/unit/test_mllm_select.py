@@ -14,6 +14,7 @@ import torch
 from agegender.data.demo import DemoConfig, generate_demo
 from agegender.data.readers import read_mivolo
 from agegender.errors import InputError
+from agegender.mllm.backend_options import TransformersOptions
 from agegender.mllm.backends.base import GenerationParams, Query
 from agegender.mllm.backends.transformers_backend import TransformersBackend, chat_prompt
 from agegender.mllm.finetune import select
@@ -444,6 +445,15 @@ def test_lazy_backend_checks_its_predicted_store_key(tiny_run):
     with pytest.raises(RuntimeError, match="store key predicted"):
         lazy.load()
     assert lazy.real is None
+
+
+def test_lazy_backend_takes_the_typed_options_the_stage_gives(tiny_run):
+    folder = str(tiny_run / "checkpoint-2")
+    typed = TransformersOptions(device="cpu", batch_size=4, pad_to_square=False, system_prompt="Be brief.")
+    lazy = select._LazyTransformers(folder, params=GEN, options=typed)
+    assert lazy.batch_size == 4 and lazy.key_options()["system_prompt"] == "Be brief."
+    assert lazy.load().key_options() == lazy.key_options()  # the loaded backend got the same typed value
+    lazy.close()
 
 
 def test_keep_best_replaces_and_links(tmp_path):

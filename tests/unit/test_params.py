@@ -4,6 +4,7 @@ import pytest
 import yaml
 
 from agegender.errors import InputError
+from agegender.mllm.backend_options import OpenAIOptions, ServedClientOptions, ServedOptions, TransformersOptions
 from agegender.params import Params, as_dict, load_params, params_from_dict
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -132,11 +133,45 @@ def test_missing_and_broken_files(tmp_path):
 
 
 def test_served_model_options_split_between_server_and_client():
-    spec = {"backend": "transformers", "model": "m", "serve": True, "options": {"batch_size": 8, "concurrency": 8}}
-    params = params_from_dict({"query_mllms": {"models": {"t": spec}}})
-    assert params.query_mllms.models["t"].options == {"batch_size": 8, "concurrency": 8}
+    spec = {"backend": "transformers", "model": "m", "serve": True, "options": {"batch_size": 4, "concurrency": 3}}
+    model = params_from_dict({"query_mllms": {"models": {"t": spec}}}).query_mllms.models["t"]
+    assert model.options == {"batch_size": 4, "concurrency": 3}  # as written
+    assert model.typed_options == ServedOptions(TransformersOptions(batch_size=4), ServedClientOptions(concurrency=3))
+    unset = {**spec, "options": {}}
+    assert params_from_dict({"query_mllms": {"models": {"t": unset}}}).query_mllms.models["t"].typed_options == (
+        ServedOptions(TransformersOptions(), ServedClientOptions())
+    )
+
+
+def test_backend_options_load_into_their_typed_class():
+    options = {"base_url": "http://127.0.0.1:8000/v1", "concurrency": 4, "timeout_s": 5}
+    spec = {"backend": "openai", "model": "m", "options": options}
+    typed = params_from_dict({"query_mllms": {"models": {"g": spec}}}).query_mllms.models["g"].typed_options
+    assert isinstance(typed, OpenAIOptions)
+    assert (typed.base_url, typed.concurrency, typed.timeout_s) == ("http://127.0.0.1:8000/v1", 4, 5.0)
+    assert typed.max_retries == OpenAIOptions.max_retries  # unwritten: the class's default
+    assert isinstance(typed.timeout_s, float)  # converted once, as the backend takes it
 
 
 def test_backend_options_of_an_import_path_backend_are_left_to_its_class():
     spec = {"backend": "mypkg.mod:MyBackend", "model": "m", "options": {"anything": 1}}
-    assert params_from_dict({"query_mllms": {"models": {"x": spec}}}).query_mllms.models["x"].options == {"anything": 1}
+    model = params_from_dict({"query_mllms": {"models": {"x": spec}}}).query_mllms.models["x"]
+    assert model.options == {"anything": 1} and model.typed_options == {"anything": 1}
+
+
+def test_finetuned_model_answers_with_its_training_prompt_unless_backend_options_say_otherwise():
+    config = {"pad_to_square": True, "system_prompt": "Be brief."}
+    section = {"config": config, "backend_options": {"batch_size": 2, "system_prompt": "Other."}}
+    options = params_from_dict({"finetune_mllm": section}).finetune_mllm.answering_options
+    assert options == TransformersOptions(batch_size=2, pad_to_square=True, system_prompt="Other.")
+    assert params_from_dict({"finetune_mllm": {}}).finetune_mllm.answering_options == TransformersOptions()
+
+
+def test_the_typed_options_are_no_params_key():
+    spec = {"backend": "openai", "model": "m", "options": {"concurrency": 2}}
+    params = params_from_dict({"query_mllms": {"models": {"g": spec}}, "finetune_mllm": {}})
+    plain = as_dict(params)
+    assert plain["query_mllms"]["models"]["g"]["options"] == {"concurrency": 2}
+    assert "typed_options" not in plain["query_mllms"]["models"]["g"]
+    assert "answering_options" not in plain["finetune_mllm"]
+    assert params_from_dict(plain) == params

@@ -176,6 +176,8 @@ def test_backend_by_import_path() -> None:
 
     backend = create_backend("mllm_fakes:ScriptedBackend", "m", script={})
     assert type(backend).__name__ == "ScriptedBackend"
+    # params and the CLI hold such a backend's options as a plain mapping: it gets them as keyword arguments
+    assert type(create_backend("mllm_fakes:ScriptedBackend", "m", options={"script": {}})).__name__ == "ScriptedBackend"
     with pytest.raises(InputError, match="does not import"):
         create_backend("no_such_module_xyz:Thing", "m")
     with pytest.raises(InputError, match="not a Backend subclass"):

@@ -29,15 +29,21 @@ def _option_value(text: str) -> Any:
         return text
 
 
-def backend_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Backend options from the `query` arguments (`--base-url`, `--allow-insecure-http`, `--concurrency`,
-    `--api-key-env`, `--option`).
+def backend_options(args: argparse.Namespace) -> Any:
+    """The backend's typed options from the `query` arguments (`--base-url`, `--allow-insecure-http`,
+    `--concurrency`, `--api-key-env`, `--option`), loaded as params.yaml's are (`load_backend_options`), so a
+    misspelt or bad option gets the same message as in params, without the key path, before anything runs.
 
     The API key itself never passes through here: only the NAME of the environment variable that holds it.
 
+    Returns:
+        The instance of `--backend`'s options class (a mapping for a backend kept outside agegender).
+
     Raises:
-        InputError: a malformed `--option`, or an `--api-key-env` variable that is not set.
+        InputError: a malformed `--option`, a secret on the command line, an `--api-key-env` variable that is not
+            set, or an unknown or bad option (its `field`).
     """
+    from agegender.mllm.backend_options import load_backend_options
     from agegender.mllm.runner import SECRET_KEY_NAME
 
     options: dict[str, Any] = {}
@@ -55,14 +61,12 @@ def backend_options(args: argparse.Namespace) -> dict[str, Any]:
     if args.allow_insecure_http:
         options["allow_insecure_http"] = True  # the openai backend decides whether the URL needs it
     if args.concurrency is not None:
-        if args.concurrency < 1:
-            raise InputError("--concurrency must be at least 1", field="concurrency")
         options["concurrency"] = args.concurrency
     if args.api_key_env:
         if args.api_key_env not in os.environ:
             raise InputError(f"environment variable {args.api_key_env} (--api-key-env) is not set", field="api_key_env")
         options["api_key_env"] = args.api_key_env
-    return options
+    return load_backend_options(args.backend, options)
 
 
 def add_insecure_http_argument(parser: Any) -> None:

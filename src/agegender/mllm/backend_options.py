@@ -2,10 +2,12 @@
 
 A backend's options are what params.yaml gives under `query_mllms.models.<key>.options` (and
 `finetune_mllm.backend_options`), what `agegender query --option name=value` gives, and the keyword arguments a
-backend takes in code. All three go through the backend's class here (`build_settings`/`settings_from_kwargs`):
-names, types, defaults and value checks live in one place, so a misspelt or ill-typed option is reported when
-params.yaml is loaded (`query_mllms.models.gpt4o.options.concurency: unknown key (known: ...)`), not when the
-stage builds the backend hours later, and never ignored.
+backend takes in code. All three go through the backend's class here: params and the CLI load what they were given
+once (`load_backend_options`) and hand the typed value on (`BackendSpec`, `create_backend(options=...)`); code
+that passes keyword arguments gets the same class (`Backend.load_options`). Names, types, defaults and value checks
+live in one place, so a misspelt or ill-typed option is reported when params.yaml is loaded
+(`query_mllms.models.gpt4o.options.concurency: unknown key (known: ...)`), not when the stage builds the backend
+hours later, and never ignored.
 
 This module imports no backend (no torch, no HTTP client): params validation runs in every stage.
 Backends kept outside agegender (`"package.module:Class"`) may declare their own class as `Backend.options_type`.
@@ -19,7 +21,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -310,6 +312,23 @@ class ServedClientOptions:
         _require(self.concurrency >= 1, "concurrency", f"must be >= 1, not {self.concurrency}")
 
 
+@dataclass(frozen=True)
+class ServedOptions:
+    """The options of a local model served by agegender's own server (`serve: true`), split by who takes them.
+
+    params.yaml gives one `options` mapping; the server's backend and the openai client that queries it take
+    different parts of it (`SERVED_CLIENT_OPTIONS` go to the client).
+
+    Attributes:
+        server: the served backend's options (e.g. `TransformersOptions`; a mapping for a backend kept outside
+            agegender, checked when the server builds it).
+        client: what the openai client takes.
+    """
+
+    server: Any
+    client: ServedClientOptions = field(default_factory=ServedClientOptions)
+
+
 #: registered backend name -> its options class (backends kept outside agegender declare `Backend.options_type`)
 BACKEND_OPTIONS: dict[str, type] = {
     "openai": OpenAIOptions,
@@ -320,24 +339,61 @@ BACKEND_OPTIONS: dict[str, type] = {
 }
 
 
-def check_backend_options(backend: str, options: Mapping[str, Any], *, where: str, serve: bool = False) -> None:
-    """Validate a backend's options from params against its options class, before anything runs.
+def load_backend_options(
+    backend: str, options: Mapping[str, Any] | None, *, where: str = "", serve: bool = False
+) -> Any:
+    """A backend's options as written (params.yaml, `agegender query --option`) -> its typed options, once.
+
+    Every later reader (the stage, `create_backend`, the backend) takes the returned value, so names, types,
+    defaults and checks are the options class's alone, and a misspelt option is reported before anything runs.
 
     Args:
-        backend: the backend's registered name; an import path (a backend kept outside agegender) is checked
-            when it is built, as its class is not imported here.
-        options: the options as written.
-        where: their key path, e.g. `query_mllms.models.gpt4o.options`.
+        backend: the backend's registered name; an import path (a backend kept outside agegender) is not imported
+            here, so its options stay a mapping that its class checks when it is built.
+        options: the options as written (None: all defaults).
+        where: their key path, e.g. `options` within `query_mllms.models.gpt4o`; "" for a command line.
         serve: the model is served by agegender's server: `SERVED_CLIENT_OPTIONS` go to the openai client.
 
+    Returns:
+        The instance of the backend's options class (`BACKEND_OPTIONS`), or a copy of the mapping for a backend
+        kept outside agegender; with `serve`, a `ServedOptions` holding either one and the client's options.
+
     Raises:
-        ValueError: `<where>.<option>: <what is wrong>` (an unknown option lists the known ones).
+        InputError: `field` is the option's key path below `where` (`options.concurency`), the message says what
+            is wrong (an unknown option lists the known ones); `build_settings` of a section adds the section's
+            path in front, so params.yaml's errors read `query_mllms.models.gpt4o.options.concurency: unknown key`.
     """
+    written = dict(options or {})
     cls = BACKEND_OPTIONS.get(backend)
-    if cls is None:
-        return
-    if serve:
-        client = {k: v for k, v in options.items() if k in SERVED_CLIENT_OPTIONS}
-        build_settings(ServedClientOptions, client, where)
-        options = {k: v for k, v in options.items() if k not in SERVED_CLIENT_OPTIONS}
-    build_settings(cls, options, where)
+    try:
+        if serve:
+            client = {k: v for k, v in written.items() if k in SERVED_CLIENT_OPTIONS}
+            served = {k: v for k, v in written.items() if k not in SERVED_CLIENT_OPTIONS}
+            client = build_settings(ServedClientOptions, client, where)
+            return ServedOptions(served if cls is None else build_settings(cls, served, where), client)
+        return written if cls is None else build_settings(cls, written, where)
+    except ValueError as exc:  # `<path>: <problem>`; key paths hold no ": "
+        path, _, problem = str(exc).partition(": ")
+        raise InputError(problem, field=path) from None
+
+
+def options_mapping(options: Any) -> dict[str, Any]:
+    """Typed options back to the mapping one would write in params.yaml: the settable fields that differ from
+    their defaults (a mapping is copied; None gives {}). For boundaries that carry plain data only, such as the
+    JSON command line of the server's subprocess, which builds the same typed value from it again.
+
+    Raises:
+        TypeError: a code-only option (an object such as an HTTP transport) is set: it cannot become plain data.
+    """
+    if options is None or isinstance(options, Mapping):
+        return dict(options or {})
+    out: dict[str, Any] = {}
+    for f in fields(options):
+        value = getattr(options, f.name)
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
+        if value == default:
+            continue
+        if not f.metadata.get("settable", True):
+            raise TypeError(f"the code-only option {f.name} of {type(options).__name__} cannot be passed as data")
+        out[f.name] = value
+    return out

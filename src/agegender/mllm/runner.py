@@ -895,18 +895,22 @@ def run_outcome(manifests: Iterable[Mapping[str, Any]], max_failed: int | str = 
 
 @dataclass(frozen=True)
 class BackendSpec:
-    """A backend for `query_samples` to create (`create_backend`'s arguments), and close when the run ends."""
+    """A backend for `query_samples` to create (`create_backend`'s arguments), and close when the run ends.
+
+    `options` are the backend's typed options (`agegender.mllm.backend_options.load_backend_options`: what params
+    and the CLI hold), or a mapping of keyword arguments (a backend kept outside agegender, code and tests).
+    """
 
     name: str
     model: str
     params: GenerationParams | None = None
-    options: Mapping[str, Any] = field(default_factory=dict)
+    options: Any = field(default_factory=dict)
 
     def create(self) -> Backend:
         """The backend (`create_backend`: a registered name or an import path)."""
         from agegender.mllm.backends.base import create_backend
 
-        return create_backend(self.name, self.model, params=self.params, **self.options)
+        return create_backend(self.name, self.model, params=self.params, options=self.options)
 
 
 @dataclass

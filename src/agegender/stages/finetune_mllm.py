@@ -84,8 +84,7 @@ def run(params: Params, paths: ProjectPaths, *, progress: bool = True) -> dict:
     else:
         trained = _launch_finetune(params, paths, roots, base, out, progress=progress)
     generation = GenerationParams(**as_dict(params.query_mllms.generation))
-    options = {"pad_to_square": config.pad_to_square, "system_prompt": config.system_prompt}
-    options = {k: v for k, v in options.items() if v is not None} | dict(cfg.backend_options)
+    options = cfg.answering_options
     selection = select_checkpoint(
         out / "run",
         pool,

@@ -69,18 +69,20 @@ def run(params: Params, paths: ProjectPaths, model_key: str, *, progress: bool =
         model = str(build_tiny_llava(target, kind=spec.build_tiny.kind, seed=spec.build_tiny.seed))
     generation = GenerationParams(**as_dict(cfg.generation))
     with contextlib.ExitStack() as stack:
-        options = dict(spec.options)
+        options = spec.typed_options
         if spec.serve:
-            from agegender.mllm.backend_options import SERVED_CLIENT_OPTIONS
+            from agegender.mllm.backend_options import OpenAIOptions
             from agegender.mllm.tools.server import running_server, served_identity
 
-            local = {k: v for k, v in options.items() if k not in SERVED_CLIENT_OPTIONS}
             base_url = stack.enter_context(
-                running_server(spec.backend, model, params=generation, backend_options=local, served_model=model_key)
+                running_server(
+                    spec.backend, model, params=generation, backend_options=options.server, served_model=model_key
+                )
             )
             # the served folder's revision and preprocessing key the store, not only the name
-            client = {"base_url": base_url, "concurrency": options.get("concurrency", 8)}
-            client["served_identity"] = served_identity(base_url)
+            client = OpenAIOptions(
+                base_url=base_url, concurrency=options.client.concurrency, served_identity=served_identity(base_url)
+            )
             backend = BackendSpec("openai", model_key, generation, client)
         else:
             backend = BackendSpec(spec.backend, model, generation, options)
@@ -195,13 +197,13 @@ def _model_folder(checker: Checker, where: str, model: str | None) -> Path | Non
 
 def _check_openai(checker: Checker, where: str, spec: MllmParams) -> None:
     """What the environment must give an API model; its options were checked when params were loaded."""
-    from agegender.mllm.backend_options import OpenAIOptions, is_loopback_url
+    from agegender.mllm.backend_options import is_loopback_url
 
     if not spec.model:
         checker.add(f"{where}.model", "the openai backend needs a model id (e.g. gpt-4o-2024-08-06)")
-    base_url = spec.options.get("base_url")
-    loopback = is_loopback_url(base_url)
-    key_env = spec.options.get("api_key_env", OpenAIOptions.api_key_env)
+    options = spec.typed_options
+    loopback = is_loopback_url(options.base_url)
+    key_env = options.api_key_env
     # only presence is looked at: the value is never read into a message
     if key_env and not loopback and not checker.env.get(str(key_env)):
         checker.add(
@@ -237,8 +239,8 @@ def _model_fingerprint(params: Params, paths: ProjectPaths, spec: MllmParams) ->
     if spec.backend == "openai" and not spec.serve:
         from agegender.mllm.backend_options import OPENAI_BASE_URL, safe_url
 
-        base_url = spec.options.get("base_url") or OPENAI_BASE_URL
-        return {"backend": "openai", "model": spec.model or spec.options.get("model"), "base_url": safe_url(base_url)}
+        base_url = spec.typed_options.base_url or OPENAI_BASE_URL
+        return {"backend": "openai", "model": spec.model or None, "base_url": safe_url(base_url)}
     out: dict[str, Any] = {"backend": spec.backend, "model": spec.model}
     if not spec.model:
         return out

@@ -14,7 +14,7 @@ import asyncio
 import copy
 import hashlib
 import importlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -22,6 +22,7 @@ import numpy as np
 
 from agegender.errors import InputError
 from agegender.plugins import import_subclass
+from agegender.settings import settings_from_kwargs
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,9 @@ class Backend:
 
     Subclasses set `name`, implement `generate_batch` or `astream`, and may override `model_revision`.
 
+    A backend that declares `options_type` takes its options typed (`options=OpenAIOptions(...)`, as params and
+    the CLI build them) or as keyword arguments (tests, notebooks), both through `load_options`.
+
     Args:
         model: model id or local folder (backend-specific).
         params: generation settings.
@@ -127,7 +131,7 @@ class Backend:
 
     name: ClassVar[str] = ""
     #: the settings dataclass of this backend's options (`agegender.mllm.backend_options`): params.yaml's options
-    #: are checked against it when loaded; None: options are checked by the constructor alone
+    #: are loaded into it; None: options are keyword arguments checked by the constructor alone
     options_type: ClassVar[type | None] = None
     #: how many queries the runner hands over at once
     batch_size: int = 8
@@ -136,6 +140,29 @@ class Backend:
         self.model = model
         self.params = params or GenerationParams()
         self.options = options
+
+    @classmethod
+    def load_options(cls, options: Any = None, /, **kwargs: Any) -> Any:
+        """This backend's options as one `options_type` value, whichever form the caller gave them in.
+
+        Args:
+            options: an instance of `options_type` (already checked), a mapping of keyword arguments, or None.
+            **kwargs: keyword arguments (merged over a mapping; not allowed with a typed value).
+
+        Raises:
+            InputError: an unknown option (naming the known ones), a wrongly typed or bad value, naming the option.
+            TypeError: no `options_type`, a typed value of another class, or a typed value with keyword arguments.
+        """
+        if cls.options_type is None:
+            raise TypeError(f"{cls.__name__} declares no options_type")
+        if options is None or isinstance(options, Mapping):
+            given = {**(options or {}), **kwargs}
+            return settings_from_kwargs(cls.options_type, given, what=f"{cls.name} backend option")
+        if not isinstance(options, cls.options_type):
+            raise TypeError(f"{cls.__name__} takes {cls.options_type.__name__}, not {type(options).__name__}")
+        if kwargs:
+            raise TypeError(f"{cls.__name__}: give typed options or keyword arguments, not both ({sorted(kwargs)})")
+        return options
 
     @property
     def model_revision(self) -> str | None:
@@ -239,16 +266,30 @@ def resolve_backend(spec: str) -> type[Backend]:
     return import_subclass(spec, Backend, what="backend")
 
 
-def create_backend(name: str, model: str, *, params: GenerationParams | None = None, **options: Any) -> Backend:
+def create_backend(
+    name: str, model: str, *, params: GenerationParams | None = None, options: Any = None, **kwargs: Any
+) -> Backend:
     """Build a backend by its registered name, or by an import path `"package.module:Class"`.
 
+    Args:
+        name: the registered name or import path.
+        model: model id or local folder.
+        params: generation settings.
+        options: the backend's typed options (`agegender.mllm.backend_options.load_backend_options`), or a mapping
+            passed on as keyword arguments (what a backend kept outside agegender takes), or None.
+        **kwargs: further options as keyword arguments (not with typed `options`).
+
     Raises:
-        InputError: unknown backend name.
+        InputError: unknown backend name, or bad options (see `Backend.load_options`).
     """
     if name not in BACKENDS and name in _LAZY:
         importlib.import_module(_LAZY[name])
     if name not in BACKENDS and ":" in name:
-        return resolve_backend(name)(model, params=params, **options)
-    if name not in BACKENDS:
+        cls = resolve_backend(name)
+    elif name in BACKENDS:
+        cls = BACKENDS[name]
+    else:
         raise InputError(f"unknown MLLM backend {name!r}; known: {known_backends()}", field="backend")
-    return BACKENDS[name](model, params=params, **options)
+    if options is None or isinstance(options, Mapping):
+        return cls(model, params=params, **{**(options or {}), **kwargs})
+    return cls(model, params=params, options=options, **kwargs)

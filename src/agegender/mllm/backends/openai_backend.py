@@ -78,7 +78,6 @@ from agegender.mllm.backend_options import (
     safe_url,
 )
 from agegender.mllm.backends.base import Answer, Backend, GenerationParams, Query, register_backend
-from agegender.settings import settings_from_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -245,8 +244,9 @@ class OpenAIBackend(Backend):
     Args:
         model: the model id the endpoint serves (e.g. `gpt-4o-2024-08-06`, `llava-hf/llava-1.5-7b-hf`).
         params: generation settings (temperature, max_new_tokens, seed, n, detail).
-        **options: `OpenAIOptions` (base_url, api_key_env, concurrency, timeouts, retries, allow_insecure_http,
+        options: `OpenAIOptions` (base_url, api_key_env, concurrency, timeouts, retries, allow_insecure_http,
             ...), which names, types, defaults and checks them.
+        **kwargs: the same options as keyword arguments, instead of `options`.
 
     Raises:
         InputError: bad or unknown options; no key for a non-loopback endpoint; plain http to another host
@@ -256,13 +256,15 @@ class OpenAIBackend(Backend):
     name = "openai"
     options_type = OpenAIOptions
 
-    def __init__(self, model: str, *, params: GenerationParams | None = None, **options: Any) -> None:
+    def __init__(
+        self, model: str, *, params: GenerationParams | None = None, options: OpenAIOptions | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(model, params=params)
         if not model:
             raise InputError("the openai backend needs a model id", field="model")
         if self.params.n != 1:
             raise InputError(f"the openai backend returns one completion per query; n must be 1, not {self.params.n}")
-        o = settings_from_kwargs(OpenAIOptions, options, what="openai backend option")
+        o = self.load_options(options, **kwargs)
         if o.base_url is not None and insecure_http_problem(o.base_url) is not None:
             log.warning(
                 "sending to %s over plain http (%s): key and photos unencrypted",

@@ -43,7 +43,6 @@ from agegender.errors import InputError
 from agegender.fingerprint import file_sha256
 from agegender.mllm.backend_options import TransformersOptions
 from agegender.mllm.backends.base import Answer, Backend, GenerationParams, Query, register_backend
-from agegender.settings import settings_from_kwargs
 
 _SNAPSHOT = re.compile(r"/snapshots/([0-9a-f]{40})(/|$)")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -232,8 +231,9 @@ class TransformersBackend(Backend):
         model: a local model folder (save_pretrained layout) or a hub id already in the HF cache.
         params: generation settings; temperature 0 = greedy (the paper), `n` must be 1, `seed` seeds
             sampling when temperature > 0, `detail` is ignored (the processor decides the resolution).
-        **options: `TransformersOptions` (device, batch_size, dtype, pad_to_square, local_files_only,
+        options: `TransformersOptions` (device, batch_size, dtype, pad_to_square, local_files_only,
             model_revision, attn_implementation, system_prompt).
+        **kwargs: the same options as keyword arguments, instead of `options`.
 
     Raises:
         InputError: the model cannot be found or loaded, bad options.
@@ -242,9 +242,16 @@ class TransformersBackend(Backend):
     name = "transformers"
     options_type = TransformersOptions
 
-    def __init__(self, model: str, *, params: GenerationParams | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        model: str,
+        *,
+        params: GenerationParams | None = None,
+        options: TransformersOptions | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(model, params=params)
-        o = settings_from_kwargs(TransformersOptions, options, what="transformers backend option")
+        o = self.load_options(options, **kwargs)
         self.system_prompt = o.system_prompt
         self._check_options(o.batch_size)
         self.device = resolve_device(o.device)

@@ -40,7 +40,6 @@ from agegender.mllm.backends.transformers_backend import (
     pad_to_square,
     square_pad_color,
 )
-from agegender.settings import settings_from_kwargs
 
 
 class VLLMUnavailableError(InputError, ImportError):
@@ -73,8 +72,9 @@ class VLLMBackend(Backend):
         model: a local model folder (HF format) or a cached hub id.
         params: generation settings (temperature 0 = greedy; `seed` passed to SamplingParams; n must be 1;
             `detail` is ignored).
-        **options: `VLLMOptions` (batch_size, tensor_parallel_size, dtype, max_model_len, gpu_memory_utilization,
+        options: `VLLMOptions` (batch_size, tensor_parallel_size, dtype, max_model_len, gpu_memory_utilization,
             pad_to_square, local_files_only, model_revision, engine_options, system_prompt).
+        **kwargs: the same options as keyword arguments, instead of `options`.
 
     Raises:
         VLLMUnavailableError: vLLM is not installed.
@@ -84,11 +84,13 @@ class VLLMBackend(Backend):
     name = "vllm"
     options_type = VLLMOptions
 
-    def __init__(self, model: str, *, params: GenerationParams | None = None, **options: Any) -> None:
+    def __init__(
+        self, model: str, *, params: GenerationParams | None = None, options: VLLMOptions | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(model, params=params)
         if self.params.n != 1:
             raise InputError(f"the vllm backend answers one completion per query (n=1), got n={self.params.n}")
-        o = settings_from_kwargs(VLLMOptions, options, what="vllm backend option")
+        o = self.load_options(options, **kwargs)
         self.system_prompt = o.system_prompt
         self.batch_size = o.batch_size
         self.tensor_parallel_size = o.tensor_parallel_size

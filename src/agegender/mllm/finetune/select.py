@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 from agegender.errors import InputError
 from agegender.files import atomic_write_text
 from agegender.metrics import METRICS_BY_NAME, evaluate
+from agegender.mllm.backend_options import TransformersOptions
 from agegender.mllm.backends.base import Answer, Backend, GenerationParams, Query
 
 if TYPE_CHECKING:
@@ -244,26 +245,34 @@ class _LazyTransformers(Backend):
     """
 
     name = "transformers"
+    options_type = TransformersOptions
 
-    def __init__(self, model: str, *, params: GenerationParams | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        model: str,
+        *,
+        params: GenerationParams | None = None,
+        options: TransformersOptions | None = None,
+        **kwargs: Any,
+    ) -> None:
         from agegender.device import resolve_device
         from agegender.mllm.backends.transformers_backend import folder_revision, resolve_dtype
 
-        super().__init__(model, params=params, **options)
-        self.batch_size = int(options.get("batch_size", 8))
+        super().__init__(model, params=params)
+        self._options = o = self.load_options(options, **kwargs)
+        self.batch_size = o.batch_size
         folder = Path(model)
         try:
             config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise InputError(f"cannot read config.json ({type(exc).__name__}: {exc})", file=folder) from exc
-        pad = options.get("pad_to_square")
-        dtype = resolve_dtype(str(options.get("dtype", "auto")), resolve_device(str(options.get("device", "auto"))))
+        dtype = resolve_dtype(o.dtype, resolve_device(o.device))
         self._key = {
-            "pad_to_square": config.get("model_type") == "llava" if pad is None else bool(pad),
-            "system_prompt": options.get("system_prompt"),
+            "pad_to_square": config.get("model_type") == "llava" if o.pad_to_square is None else o.pad_to_square,
+            "system_prompt": o.system_prompt,
             "dtype": str(dtype).removeprefix("torch."),
         }
-        self._revision = options.get("model_revision") or folder_revision(folder)
+        self._revision = o.model_revision or folder_revision(folder)
         self.real: Backend | None = None
 
     @property
@@ -284,7 +293,7 @@ class _LazyTransformers(Backend):
         if self.real is None:
             from agegender.mllm.backends.base import create_backend
 
-            real = create_backend("transformers", self.model, params=self.params, **self.options)
+            real = create_backend("transformers", self.model, params=self.params, options=self._options)
             got = (real.model_revision, real.key_options())  # type: ignore[attr-defined]
             if got != (self._revision, self._key):
                 real.close()
@@ -460,7 +469,7 @@ def _evaluate_checkpoint(
     input_kind: str,
     store: ResponseStore,
     backend_name: str,
-    backend_options: Mapping[str, Any],
+    backend_options: Any,
     generation: GenerationParams,
     progress: bool,
 ) -> tuple[dict[str, Any], pd.DataFrame, dict[str, Any]]:
@@ -469,7 +478,7 @@ def _evaluate_checkpoint(
 
     model = str(checkpoint.path.resolve())
     backend: Backend | BackendSpec = (
-        _LazyTransformers(model, params=generation, **backend_options)
+        _LazyTransformers(model, params=generation, options=backend_options)
         if backend_name == "transformers"
         else BackendSpec(backend_name, model, generation, backend_options)
     )
@@ -505,7 +514,7 @@ def select_checkpoint(
     min_coverage: float = MIN_COVERAGE,
     store: ResponseStore | str | Path | None = None,
     backend: str = "transformers",
-    backend_options: Mapping[str, Any] | None = None,
+    backend_options: Any = None,
     generation: GenerationParams | None = None,
     include_final: bool = True,
     progress: bool = True,
@@ -523,7 +532,8 @@ def select_checkpoint(
         min_coverage: the share of parsed answers a checkpoint needs to be chosen.
         store: a ResponseStore or its folder; None = `<run_dir>-selection/responses` (beside the run folder).
         backend: a registered backend name; `transformers` (the default, as zero-shot) loads lazily.
-        backend_options: options of the backend (`device`, `batch_size`, `dtype`, ...).
+        backend_options: options of the backend: typed (`TransformersOptions` for `transformers`: `device`,
+            `batch_size`, `dtype`, ...) or a mapping of keyword arguments; None = the defaults.
         generation: generation settings (default: the zero-shot ones, greedy).
         include_final: also evaluate `run_dir/final`.
         progress: show progress bars (checkpoints, and queries within each).
@@ -569,7 +579,7 @@ def select_checkpoint(
                 input_kind=input_kind,
                 store=the_store,
                 backend_name=backend,
-                backend_options=dict(backend_options or {}),
+                backend_options=backend_options,
                 generation=params,
                 progress=progress,
             )

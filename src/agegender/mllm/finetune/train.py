@@ -583,11 +583,12 @@ def evaluate_model(
         (prediction table, evaluation table of the `answered` view).
     """
     from agegender.metrics import evaluate
+    from agegender.mllm.backend_options import TransformersOptions
     from agegender.mllm.backends.base import GenerationParams
     from agegender.mllm.runner import BackendSpec, plan_queries, query_samples
 
     params = GenerationParams(max_new_tokens=max_new_tokens)
-    backend = BackendSpec("transformers", str(model_dir), params, {"device": "auto", "batch_size": batch_size})
+    backend = BackendSpec("transformers", str(model_dir), params, TransformersOptions(batch_size=batch_size))
     run = query_samples(
         plan_queries(samples, [input_kind]), masked, image_roots, backend=backend, store=store_dir,
         model_name=model_name, progress=progress,

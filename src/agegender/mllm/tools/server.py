@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 
 from agegender.errors import InputError
-from agegender.mllm.backend_options import ConstantOptions, EchoOptions, is_loopback_host
+from agegender.mllm.backend_options import ConstantOptions, EchoOptions, is_loopback_host, options_mapping
 from agegender.mllm.backends.base import (
     Answer,
     Backend,
@@ -65,7 +65,6 @@ from agegender.mllm.backends.base import (
     create_backend,
     register_backend,
 )
-from agegender.settings import settings_from_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +104,16 @@ class ConstantBackend(Backend):
     options_type = ConstantOptions
     batch_size = 64
 
-    def __init__(self, model: str = "constant", *, params: GenerationParams | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        model: str = "constant",
+        *,
+        params: GenerationParams | None = None,
+        options: ConstantOptions | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(model or "constant", params=params)
-        o = settings_from_kwargs(ConstantOptions, options, what="constant backend option")
+        o = self.load_options(options, **kwargs)
         self.text = o.text
         self.batch_latency_s = o.batch_latency_ms / 1000.0
         self.batch_size = o.batch_size
@@ -152,9 +158,16 @@ class EchoBackend(Backend):
     #: answers without blocking (the server may call it on its event loop)
     nonblocking = True
 
-    def __init__(self, model: str = "echo", *, params: GenerationParams | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        model: str = "echo",
+        *,
+        params: GenerationParams | None = None,
+        options: EchoOptions | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(model or "echo", params=params)
-        settings_from_kwargs(EchoOptions, options, what="echo backend option")
+        self.load_options(options, **kwargs)
 
     @property
     def model_revision(self) -> str | None:
@@ -843,7 +856,7 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 0,
     params: GenerationParams | None = None,
-    backend_options: Mapping[str, Any] | None = None,
+    backend_options: Any = None,
     announce: bool = False,
     log_level: str = "warning",
     **app_options: Any,
@@ -856,7 +869,7 @@ def serve(
         host: interface to listen on; 127.0.0.1 unless you mean to expose the model.
         port: TCP port; 0 = any free port.
         params: generation settings for a backend given by name (greedy by default).
-        backend_options: extra options for a backend given by name.
+        backend_options: options of a backend given by name: typed (`TransformersOptions`, ...) or a mapping.
         announce: print `AGEGENDER_SERVER_PORT=<port>` once the socket is bound (for a parent process).
         log_level: uvicorn's log level.
         **app_options: `create_app` options (latency_ms, faults, retry_after_s, batch_size, ...).
@@ -865,7 +878,7 @@ def serve(
         log.warning("listening on %s: the model is reachable from other machines", host)
     sock = _bind(host, port)
     if isinstance(backend, str):
-        backend = create_backend(backend, model, params=params or GenerationParams(), **dict(backend_options or {}))
+        backend = create_backend(backend, model, params=params or GenerationParams(), options=backend_options)
     app = create_app(backend, **app_options)
     bound = sock.getsockname()[1]
     if announce:
@@ -1018,7 +1031,7 @@ def running_server(
     port: int = 0,
     in_process: bool | None = None,
     params: GenerationParams | None = None,
-    backend_options: Mapping[str, Any] | None = None,
+    backend_options: Any = None,
     startup_timeout_s: float = 120.0,
     env: Mapping[str, str] | None = None,
     **app_options: Any,
@@ -1035,7 +1048,8 @@ def running_server(
         port: 0 = a free port.
         in_process: force thread (True) or subprocess (False) mode.
         params: generation settings of the wrapped backend.
-        backend_options: extra options of the wrapped backend (JSON-serialisable in subprocess mode).
+        backend_options: options of the wrapped backend, typed (`TransformersOptions`, ...) or a mapping; in
+            subprocess mode they cross as JSON (`options_mapping`), so typed values may hold no code-only option.
         startup_timeout_s: how long to wait for the server to answer (a large model loads slowly).
         env: environment of the subprocess (default: this process's).
         **app_options: `create_app` options (latency_ms, faults, retry_after_s, hang_s, batch_size, max_wait_ms,
@@ -1071,12 +1085,12 @@ def _thread_server(
     host: str,
     port: int,
     params: GenerationParams | None,
-    backend_options: Mapping[str, Any] | None,
+    backend_options: Any,
     startup_timeout_s: float,
     app_options: Mapping[str, Any],
 ) -> Iterator[str]:
     if isinstance(backend, str):
-        backend = create_backend(backend, model, params=params or GenerationParams(), **dict(backend_options or {}))
+        backend = create_backend(backend, model, params=params or GenerationParams(), options=backend_options)
     sock = _bind(host, port)
     bound_port = sock.getsockname()[1]
     server = _uvicorn_server(create_app(backend, **app_options), "warning")
@@ -1107,14 +1121,15 @@ def _cli_args(
     host: str,
     port: int,
     params: GenerationParams | None,
-    backend_options: Mapping[str, Any] | None,
+    backend_options: Any,
     app_options: Mapping[str, Any],
 ) -> list[str]:
     args = ["--model", model, "--host", host, "--port", str(port), "--announce"]
     if params is not None:
         args += ["--params", json.dumps(params.as_key())]
-    if backend_options:
-        args += ["--backend-options", json.dumps(dict(backend_options))]
+    written = options_mapping(backend_options)
+    if written:
+        args += ["--backend-options", json.dumps(written)]
     flags = {
         "served_model": "--served-model-name",
         "latency_ms": "--latency-ms",
@@ -1144,7 +1159,7 @@ def _process_server(
     host: str,
     port: int,
     params: GenerationParams | None,
-    backend_options: Mapping[str, Any] | None,
+    backend_options: Any,
     startup_timeout_s: float,
     env: Mapping[str, str] | None,
     app_options: Mapping[str, Any],
