@@ -52,6 +52,20 @@ def atomic_path(path: str | Path, *, fsync: bool = False) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def save_torch(obj: Any, path: str | Path, *, fsync: bool = False) -> Path:
+    """`torch.save` to `path` atomically, the same bytes for the same object.
+
+    Saved through an open file: given a path, `torch.save` names its zip archive's folder after the (temporary,
+    random) file name, so every save of the same weights differed, and with it the DVC hash of every training
+    output. `torch.load` reads either form.
+    """
+    import torch
+
+    with atomic_path(path, fsync=fsync) as tmp, open(tmp, "wb") as handle:
+        torch.save(obj, handle)
+    return Path(path)
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write `text` (UTF-8) to `path` atomically, creating its folder.
 

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from agegender.errors import InputError
-from agegender.files import atomic_path
+from agegender.files import save_torch
 from agegender.mivolo.model import MODEL_SPECS, MiVOLOModel, MiVOLOSpec
 
 #: Globals a released MiVOLO / timm training checkpoint needs besides tensors and plain containers.
@@ -498,6 +498,4 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, extra: Mapping[str, A
         if key in ckpt or key in _STATE_KEYS_EMA:
             raise ValueError(f"extra key {key!r} would overwrite a checkpoint layout key")
         ckpt[key] = value
-    with atomic_path(path, fsync=True) as tmp:
-        torch.save(ckpt, tmp)
-    return path
+    return save_torch(ckpt, path, fsync=True)

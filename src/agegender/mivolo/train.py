@@ -19,6 +19,8 @@ Files under `out_dir`::
     mivolo.pth.tar              the final model (EMA weights when EMA is on), official layout
     history.csv                 one row per epoch: losses, lr, val age MAE and gender accuracy
     train_summary.json          the returned summary
+    run-log.json                how the run went: each epoch's wall-clock time and throughput (not an output: the
+                                files above are the same bytes for the same training, `agegender.files.RUN_LOG_FILE`)
 
 Resume: a call with an `out_dir` that holds a training state made with the same settings, training data and
 pretrained weights (compared by content: new weights under the same path are refused) continues after the last
@@ -54,7 +56,7 @@ from tqdm.auto import tqdm
 
 from agegender.data.schema import validate_samples
 from agegender.errors import InputError
-from agegender.files import atomic_path, atomic_write_text
+from agegender.files import RUN_LOG_FILE, atomic_path, atomic_write_text, save_torch, write_run_log
 from agegender.fingerprint import file_sha256
 from agegender.mivolo.checkpoint import save_checkpoint
 from agegender.mivolo.config import TrainConfig
@@ -402,11 +404,6 @@ def val_metrics(ages: np.ndarray, p_female: np.ndarray, dataset: MiVOLODataset, 
 # Files
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
 def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
     if not history:
         return
@@ -415,6 +412,16 @@ def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         writer.writerows(history)
+
+
+def _log_epoch_timing(out_dir: Path, stage: int, epoch: int, timing: dict[str, float]) -> None:
+    """Add one epoch's wall-clock time to the run log (`RUN_LOG_FILE`), not to the history, state or summary:
+    those are outputs, the same bytes for the same training; the time an epoch took is a fact of this run."""
+    path = out_dir / RUN_LOG_FILE
+    epochs = json.loads(path.read_text(encoding="utf-8")).get("epochs", []) if path.is_file() else []
+    epochs = [e for e in epochs if (e["stage"], e["epoch"]) != (stage, epoch)]
+    epochs.append({"stage": stage, "epoch": epoch, **timing})
+    write_run_log(out_dir, {"epochs": sorted(epochs, key=lambda e: (e["stage"], e["epoch"]))})
 
 
 def _load_state(path: Path) -> dict[str, Any] | None:
@@ -752,9 +759,9 @@ def _train_stage(run: _Run, stage: int, budget: list[int]) -> dict[str, Any] | N
             "train_loss": float(sums[0] / steps_per_epoch),
             "train_age_loss": float(sums[1] / steps_per_epoch),
             "train_gender_loss": float(sums[2] / steps_per_epoch),
-            "seconds": round(seconds, 3),
-            "samples_per_s": round(steps_per_epoch * per_process * env.world_size / max(seconds, 1e-9), 2),
         }
+        timing = {"seconds": round(seconds, 3)}
+        timing["samples_per_s"] = round(steps_per_epoch * per_process * env.world_size / max(seconds, 1e-9), 2)
         eval_model = ema.module if ema is not None else model
         if val_set is not None:
             ages, p_female = predict_dataset(
@@ -774,7 +781,7 @@ def _train_stage(run: _Run, stage: int, budget: list[int]) -> dict[str, Any] | N
         if env.main:
             # save_checkpoint writes atomically; the state below is the commit point of the epoch.
             save_checkpoint(stage_dir / LAST_CHECKPOINT, model, extra={"stage": stage, "epoch": epoch + 1})
-            _atomic_torch_save(
+            save_torch(
                 {
                     "version": STATE_VERSION,
                     "stage": stage,
@@ -796,6 +803,7 @@ def _train_stage(run: _Run, stage: int, budget: list[int]) -> dict[str, Any] | N
                 state_path,
             )
             _write_history(run.out_dir / HISTORY_FILE, history)
+            _log_epoch_timing(run.out_dir, stage, epoch + 1, timing)
         _barrier(env)
         budget[0] -= 1
     return summary
