@@ -414,7 +414,8 @@ def finetune(
     out.mkdir(parents=True, exist_ok=True)
     resume = _check_resume(out, config, fingerprint, base, base_revision)
     if resume and _finished(out, fingerprint):
-        return read_summary(out)  # nothing left to do; rewriting the final model would only change its bytes
+        # nothing left to do: the summary as written (rewriting the final model would only change its bytes)
+        return read_summary(out) | {"resumed": True}
     if args.process_index == 0 and not resume:
         meta = {
             "config": config.to_dict(),
