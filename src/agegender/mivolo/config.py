@@ -83,8 +83,12 @@ class TrainConfig:
         min_lr: learning rate at the end of the cosine decay.
         drop_rate: dropout before the heads.
         drop_path_rate: stochastic depth.
-        face_blur_p1: face-blur probability in stage 1 (paper: 0.05).
-        face_blur_p2: face-blur probability in stage 2 (paper: up to 0.7).
+        face_blur_p1: probability that a sample's face crop is blurred in stage 1; the paper (section 3.3): "this
+            blur was applied slightly, with a 5% random chance" (0.05).
+        face_blur_p2: probability that a sample's face crop is blurred in stage 2; the paper (section 3.3):
+            "blurring parameters were significantly increased, with up to a 70% probability", which we read as a
+            per-sample probability of 0.7 (profiles/paper.yaml); the default 0.5 is the demo's. The blur's
+            strength (`dataset.Augment.blur_sigma`) is ours: the paper gives none.
         drop_face_p: stage 2: probability of blacking out the face input (the body input kept).
         drop_body_p: stage 2: probability of blacking out the body input (the face input kept).
         flip_p: horizontal flip probability.

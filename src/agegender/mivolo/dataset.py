@@ -74,8 +74,10 @@ class Augment:
         flip_p: horizontal flip, the same for face and body.
         scale_jitter: box sides are scaled by a factor in [1 - s, 1 + s] about the box centre.
         translate_jitter: the box centre moves by up to this fraction of the box width/height.
-        face_blur_p: Gaussian blur of the face crop (the paper: 0.05 in stage 1, up to 0.7 in stage 2).
-        blur_sigma: blur sigma range as a fraction of the face crop's shorter side.
+        face_blur_p: probability of a Gaussian blur of the face crop (the paper, section 3.3: 0.05 in stage 1,
+            "up to a 70% probability" in stage 2: `TrainConfig.face_blur_p1`, `face_blur_p2`).
+        blur_sigma: blur sigma range as a fraction of the face crop's shorter side (ours: the paper gives no
+            strength).
         drop_face_p: black out the face input (only when the body input exists; 6-channel inputs).
         drop_body_p: black out the body input (only when the face input exists; 6-channel inputs).
     """
