@@ -28,7 +28,8 @@ STANDIN_OVERRIDES: tuple[str, ...] = (
     "finetune_mllm.select.min_coverage=0.0",
     "finetune_mllm.backend_options={batch_size: 8}",
     "query_mllms.models.llava15-7b.options={batch_size: 8, pad_to_square: true}",
-    "query_mllms.models.llava-next-34b.options={batch_size: 8}",
+    # the paper's grid scaled to the stand-in's 112-pixel tile (336 / 3)
+    "query_mllms.models.llava-next-34b.options={batch_size: 8, image_grid_pinpoints: [[112, 224], [224, 112]]}",
     "query_mllms.models.sharegpt4v-7b.options={batch_size: 8, pad_to_square: true}",
     "predict.batch_size=32",
     "evaluate.n_resamples=50",

@@ -260,3 +260,35 @@ def test_hub_ids_and_cached_snapshots(tmp_path: Path, monkeypatch: pytest.Monkey
         transformers_backend.find_model_folder("agegender-test/not-cached")
     with pytest.raises(InputError, match="model folder not found"):
         transformers_backend.find_model_folder(str(tmp_path / "nowhere"))
+
+
+def test_image_grid_pinpoints_limit_the_tiles_and_join_the_store_key(models):
+    """A smaller any-res grid (the paper's LLaVA-NeXT bound, as an option) tiles a large crop into fewer tiles."""
+    folder = str(models["llava_next"])  # tiny grid (h, w): 112x112, 112x224, 224x112 (112-pixel tiles)
+    tall = Query("tall|body", np.random.default_rng(3).integers(0, 256, (600, 250, 3), dtype=np.uint8), "Age?")
+    params = GenerationParams(max_new_tokens=2)
+    default = TransformersBackend(folder, params=params)
+    single = TransformersBackend(folder, params=params, image_grid_pinpoints=[[112, 112]])
+
+    def image_tokens(backend: TransformersBackend) -> tuple[int, int]:
+        inputs = backend.build_inputs([tall])
+        n_tokens = int((inputs["input_ids"] == backend.hf_model.config.image_token_id).sum())
+        return int(inputs["pixel_values"].shape[1]), n_tokens
+
+    (tiles_default, tokens_default), (tiles_single, tokens_single) = image_tokens(default), image_tokens(single)
+    assert tiles_default == 3 and tiles_single == 2  # the base image + 2 tiles (224x112) against + 1 tile
+    assert tokens_single < tokens_default
+    assert single.generate_batch([tall])[0].status == "answered"  # the model counts the tiles from the same grid
+    assert "image_grid_pinpoints" not in default.key_options()  # stores made before the option keep their key
+    assert single.key_options()["image_grid_pinpoints"] == [[112, 112]]
+    assert single.describe()["image_grid_pinpoints"] == [[112, 112]]
+
+
+def test_image_grid_pinpoints_are_checked(models):
+    with pytest.raises(InputError, match="image_grid_pinpoints.*multiples of the vision tower's 112-pixel tile"):
+        TransformersBackend(str(models["llava_next"]), image_grid_pinpoints=[[224, 168]])
+    with pytest.raises(InputError, match="image_grid_pinpoints.*no any-res grid"):
+        TransformersBackend(str(models["llava"]), image_grid_pinpoints=[[112, 112]])
+    for bad in ([], [[112]], [[112, 0]], [[112, 112, 112]]):
+        with pytest.raises(InputError, match="image_grid_pinpoints"):
+            TransformersBackend(str(models["llava_next"]), image_grid_pinpoints=bad)

@@ -230,6 +230,12 @@ class TransformersOptions:
         model_revision: override the computed revision (e.g. a release tag).
         attn_implementation: passed to from_pretrained (`sdpa`, `eager`, `flash_attention_2`); None = default.
         system_prompt: a system turn before each query (None = the template's default, if any).
+        image_grid_pinpoints: LLaVA-NeXT's any-res grid, `[[height, width], ...]` in pixels, set on the image
+            processor and the model config (which counts the image tiles from it); None = the checkpoint's grid.
+            It bounds the resolution an image is tiled at: the paper (section 4.2) ran LLaVA-NeXT "restricted to
+            672x448 or 448x672", below the llava-v1.6 checkpoints' grid (up to 672x672 and 1008x336). Each side
+            must be a multiple of the vision tower's tile (`vision_config.image_size`, 336), checked when the
+            model is loaded; a model without any-res tiling refuses the option.
     """
 
     device: str = "auto"
@@ -240,9 +246,16 @@ class TransformersOptions:
     model_revision: str | None = None
     attn_implementation: str | None = None
     system_prompt: str | None = None
+    image_grid_pinpoints: tuple[tuple[int, ...], ...] | None = None
 
     def __post_init__(self) -> None:
         _local_model_checks(self.batch_size)
+        pinpoints = self.image_grid_pinpoints
+        _require(
+            pinpoints is None or (len(pinpoints) > 0 and all(len(p) == 2 and min(p) >= 1 for p in pinpoints)),
+            "image_grid_pinpoints",
+            f"must be a non-empty list of [height, width] pairs of positive pixel counts, got {pinpoints!r}",
+        )
 
 
 @dataclass(frozen=True)

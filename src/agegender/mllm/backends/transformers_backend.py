@@ -214,6 +214,41 @@ def pad_to_square(image: np.ndarray, color: Sequence[int]) -> np.ndarray:
     return out
 
 
+def set_grid_pinpoints(
+    hf_model: Any, processor: Any, pinpoints: Sequence[Sequence[int]] | None, source: str
+) -> tuple[tuple[int, int], ...] | None:
+    """Restrict a LLaVA-NeXT's any-res tiling to `pinpoints` (`TransformersOptions.image_grid_pinpoints`).
+
+    Both readers of the grid get it: the image processor, which picks the resolution and cuts the tiles (and with
+    which the processor counts the image tokens), and the model config, from which the model regroups the tiles'
+    features. Each side must be a multiple of the vision tower's tile: the model splits the resolution into
+    `side // tile` tiles, so 448 with a 336 tile makes the processor cut more tiles than the model expects.
+
+    Returns:
+        The grid as set, or None (nothing set: the checkpoint's grid).
+
+    Raises:
+        InputError: `image_grid_pinpoints`, for a model without an any-res grid or a side that is no multiple of
+            the tile.
+    """
+    if pinpoints is None:
+        return None
+    field = "image_grid_pinpoints"
+    config = hf_model.config
+    image_processor = getattr(processor, "image_processor", None)
+    if getattr(config, field, None) is None or not hasattr(image_processor, field):
+        model_type = getattr(config, "model_type", "?")
+        raise InputError(f"the {model_type} model has no any-res grid to restrict", file=source, field=field)
+    tile = int(config.vision_config.image_size)
+    grid = tuple((int(h), int(w)) for h, w in pinpoints)
+    bad = [list(p) for p in grid if p[0] % tile or p[1] % tile]
+    if bad:
+        raise InputError(f"{bad} are not multiples of the vision tower's {tile}-pixel tile", file=source, field=field)
+    config.image_grid_pinpoints = [list(p) for p in grid]
+    image_processor.image_grid_pinpoints = [list(p) for p in grid]
+    return grid
+
+
 def check_image(image: np.ndarray) -> None:
     """Raise InputError unless `image` is a non-empty RGB uint8 array (H, W, 3)."""
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -271,6 +306,7 @@ class TransformersBackend(Backend):
             raise InputError(f"cannot load as an image-text-to-text model: {exc}", file=source) from exc
         revision = o.model_revision or (folder_revision(folder) if folder is not None else None)
         self._attach(hf_model.to(self.device), processor, source, revision, o.pad_to_square)
+        self.image_grid_pinpoints = set_grid_pinpoints(self.hf_model, processor, o.image_grid_pinpoints, source)
 
     @classmethod
     def from_loaded(
@@ -303,6 +339,7 @@ class TransformersBackend(Backend):
         first = next(hf_model.parameters())
         self.device, self.dtype = first.device, first.dtype
         self._attach(hf_model, processor, name, model_revision, pad_to_square)
+        self.image_grid_pinpoints = None
         return self
 
     # ----------------------------------------------------------------------------------------- loading
@@ -363,7 +400,14 @@ class TransformersBackend(Backend):
             "pad_to_square": self.pad_to_square,
             "system_prompt": self.system_prompt,
             "dtype": str(self.dtype).removeprefix("torch."),
+            **self._grid_setting(),
         }
+
+    def _grid_setting(self) -> dict[str, Any]:
+        """The any-res grid when the options set one; absent otherwise, so that the keys of stores made before
+        the option existed (the checkpoint's grid) stay what they were."""
+        grid = self.image_grid_pinpoints
+        return {} if grid is None else {"image_grid_pinpoints": [list(p) for p in grid]}
 
     def describe(self) -> dict[str, Any]:
         """Backend, model, revision, params, and the local settings that can change answers."""
@@ -376,6 +420,7 @@ class TransformersBackend(Backend):
                 "batch_size": self.batch_size,
                 "pad_to_square": self.pad_to_square,
                 "system_prompt": self.system_prompt,
+                **self._grid_setting(),
                 "image_processor": type(getattr(self.processor, "image_processor", None)).__name__,
                 "transformers": __import__("transformers").__version__,
                 "torch": torch.__version__,
