@@ -44,7 +44,12 @@ class FinetuneConfig:
         lora: train LoRA adapters (peft) instead of all weights; merged into the saved models.
         lora_r, lora_alpha, lora_dropout: LoRA rank, scale and dropout (LLaVA's LoRA: 128, 256, 0.05).
         lora_target_modules: module names of the LANGUAGE model that get adapters.
-        freeze_vision_tower: keep the vision encoder fixed (LLaVA-1.5's and ShareGPT4V's fine-tuning stage).
+        freeze_vision_tower: keep the vision encoder fixed. Our reading of the paper's "full fine-tuning"
+            (section 4.3's table: "LoRA disabled (full fine-tuning)"): every weight of the language model and the
+            projector, with the vision tower frozen as in the code the paper trained with ("LLaVa-v1.5's training
+            code ... used with minor modifications", section 4.3), whose CLIP tower is loaded with
+            `requires_grad_(False)`. The paper does not say whether the tower was trained; the other reading,
+            every weight the vision tower included, is `freeze_vision_tower: false`.
         bf16: bf16 mixed precision; `auto` = on CUDA with bf16 support, off on the CPU.
         gradient_checkpointing: `auto` = on CUDA (the paper's setting), off on the CPU.
         deepspeed: a DeepSpeed config file (e.g. configs/deepspeed_zero3.json), used under `accelerate launch`.
