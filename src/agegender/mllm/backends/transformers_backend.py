@@ -6,7 +6,9 @@ preprocessed by the model's processor and answered greedily. Queries are batched
 keys it would see alone, and batched answers equal batch-size-1 answers (tested on tiny models, fp32 CPU).
 
 LLaVA-1.5 preprocessing: the original code pads every image to a square with the CLIP mean colour
-before resizing to 336 (`expand2square`); the paper used it. The llava-hf processors default to a plain
+before resizing to 336 (`expand2square`). The paper does not mention it (section 4.2: "the original 336x336
+resolution"); it comes from LLaVA-1.5's code, whose evaluation and training the paper's ShareGPT4V and fine-tuning
+ran on (section 4.3). The llava-hf processors default to a plain
 resize + centre crop, which cuts off the top and bottom of a tall body crop. With `pad_to_square` (the
 default for `model_type == "llava"`) the backend switches the image processor's own `do_pad` on where it
 has LLaVA's `pad_to_square` (`LlavaImageProcessor`), and otherwise pads with the mean colour itself before

@@ -26,7 +26,7 @@ class FinetuneConfig:
 
     Attributes:
         learning_rate: peak learning rate (paper: 2e-6).
-        per_device_train_batch_size: batch per process (paper: 32, on 8 GPUs).
+        per_device_train_batch_size: batch per process (paper: 32; its GPU count for training is not given).
         gradient_accumulation_steps: batches per optimizer step.
         num_train_epochs: epochs (paper: 1).
         max_steps: stop after this many optimizer steps (> 0 overrides num_train_epochs; -1 = off).
@@ -51,7 +51,8 @@ class FinetuneConfig:
             `requires_grad_(False)`. The paper does not say whether the tower was trained; the other reading,
             every weight the vision tower included, is `freeze_vision_tower: false`.
         bf16: bf16 mixed precision; `auto` = on CUDA with bf16 support, off on the CPU.
-        gradient_checkpointing: `auto` = on CUDA (the paper's setting), off on the CPU.
+        gradient_checkpointing: `auto` = on CUDA (LLaVA-1.5's fine-tuning script; the paper does not say), off on
+            the CPU.
         deepspeed: a DeepSpeed config file (e.g. configs/deepspeed_zero3.json), used under `accelerate launch`.
         seed: seeds weights' dropout, data order and the Trainer.
         cache_crops: write the crops as PNG files under out_dir (large data sets; resumable) instead of memory.

@@ -1,11 +1,13 @@
-"""Checkpoint selection as the paper did it: query every saved checkpoint on a validation split, keep the best.
+"""Checkpoint selection as the paper did it: query every saved checkpoint (here on a validation split), keep the best.
 
-The paper (section 4.3) saved a checkpoint every 450 steps while fine-tuning ShareGPT4V-7B, evaluated each one and
-kept the best (at 40% of the epoch). `select_checkpoint` does that with the zero-shot protocol itself: every
-checkpoint of a fine-tuning run answers the validation crops through `agegender.mllm.runner.query_samples` (same
-prompt, parser and `transformers` backend as the zero-shot stage), the answers are scored with
-`agegender.metrics.evaluate`, and the best checkpoint by one metric is chosen. `keep_best` copies it to a folder
-that the `transformers` and `vllm` backends serve unchanged, with the table beside it.
+The paper (section 4.3) saved a checkpoint every 450 steps while fine-tuning ShareGPT4V-7B, evaluated each one
+("evaluating every 450th iteration") and kept the best (at 40% of the epoch). On which split it does not say (table 6
+reports the checkpoints on LAGENDA test); we choose on a validation split so that the test numbers stay unbiased.
+`select_checkpoint` does that with the zero-shot protocol itself: every checkpoint of a fine-tuning run answers the
+validation crops through `agegender.mllm.runner.query_samples` (same prompt, parser and `transformers` backend as
+the zero-shot stage), the answers are scored with `agegender.metrics.evaluate`, and the best checkpoint by one metric
+is chosen. `keep_best` copies it to a folder that the `transformers` and `vllm` backends serve unchanged, with the
+table beside it.
 
 Run folder (written by `agegender.mllm.finetune`)::
 
@@ -526,7 +528,7 @@ def select_checkpoint(
         samples: a sample table holding the split (other splits are ignored).
         masked: the reader's side table of persons that exist only to be masked (or None).
         image_roots: the folder image paths are relative to, or a mapping dataset -> folder.
-        split: the split to select on (the paper: a validation split, never the test split).
+        split: the split to select on (a validation split, never the test split; the paper names none).
         input_kind: `body` (the fine-tuning default), `face` or `body_wo_face`.
         metric: `age_mae` (default), `age_mape`, `age_cs5` or `gender_acc`.
         min_coverage: the share of parsed answers a checkpoint needs to be chosen.

@@ -1,9 +1,10 @@
 """Fine-tune a LLaVA-family model on `[gender; age]` answers: the paper's recipe (section 4.3), any scale.
 
-The paper fully fine-tuned ShareGPT4V-7B for one epoch on ~800k persons: learning rate 2e-6, per-device batch
-32, warm-up ratio 0.03, cosine schedule, a checkpoint every 450 steps (the best was at 40% of the epoch), bf16
-and gradient checkpointing, 8 GPUs. `FinetuneConfig()` holds exactly those values; LoRA (peft) is an option
-(the paper found it unnecessary).
+The paper (section 4.3) fine-tuned ShareGPT4V-7B for one epoch on ~800k persons (LAGENDA_ext, section 3.2):
+learning rate 2e-6, per-device batch 32, warm-up ratio 0.03, cosine schedule, a checkpoint every 450 steps (the best
+at 40% of the epoch), "LoRA disabled (full fine-tuning)", "about 11 hours for one epoch" (its test runs took "8 A6000
+NVidia GPUs"; the training GPUs it does not count). `FinetuneConfig()` holds those values; bf16 and gradient
+checkpointing on CUDA come from LLaVA-1.5's fine-tuning script, not the paper; LoRA (peft) is an option.
 
 `finetune` builds the records (`agegender.mllm.finetune.sft_data`: body crop by default, the paper's prompt, answer
 `[female; 40]`, only the answer tokens supervised, LLaVA-1.5's pad-to-square as in zero-shot) and trains any
@@ -43,8 +44,8 @@ move to when a 7B model's full fine-tuning does not fit one GPU); the same comma
     #   -m agegender.mllm.finetune ...   (or: torchrun --nproc_per_node 2 -m agegender.mllm.finetune ...)
 
 `per_device_train_batch_size` is per process: the global batch is it x processes x gradient_accumulation_steps
-(the paper: 32 x 8 = 256). The ZeRO-3 config uses "auto" values that the Trainer fills from this config and
-gathers 16-bit weights on save, so its checkpoints are ordinary HF folders too.
+(32 x 8 = 256 on 8 GPUs such as the paper's 8 A6000). The ZeRO-3 config uses "auto" values that the Trainer
+fills from this config and gathers 16-bit weights on save, so its checkpoints are ordinary HF folders too.
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ def _resolve_bf16(config: FinetuneConfig) -> bool:
     if config.bf16 == "auto":
         return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     if config.bf16 and not torch.cuda.is_available():
-        raise InputError("bf16 asks for a CUDA GPU (CPU bf16 is slow and not what the paper did)", field="bf16")
+        raise InputError("bf16 asks for a CUDA GPU (CPU bf16 is slow; LLaVA's recipe is bf16 on GPUs)", field="bf16")
     return bool(config.bf16)
 
 
