@@ -22,6 +22,9 @@ FAIRFACE_CLASSES = ((0, 2), (3, 9), (10, 19), (20, 29), (30, 39), (40, 49), (50,
 #: params the stand-ins need beside `profiles/paper.yaml`: sizes for 2 CPU cores, nothing about the code path
 STANDIN_OVERRIDES: tuple[str, ...] = (
     "prepare_data.subsets.nanolagenda.per_bin=2",
+    # MiVOLO-384 trained here: the paper's recipe at a tiny size and two short stages
+    "train_mivolo.config={variant: mivolo_tiny_64, stage1_epochs: 1, stage2_epochs: 1, batch_size: 16, "
+    "face_blur_p2: 0.7, min_person_size: 50, threads: 1}",
     "finetune_mllm.config={input_kind: body, learning_rate: 0.002, per_device_train_batch_size: 8, "
     "num_train_epochs: 25, save_steps: 60, warmup_ratio: 0.05, freeze_vision_tower: false, torch_threads: 1, "
     "deepspeed: null}",

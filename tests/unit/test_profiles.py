@@ -53,7 +53,15 @@ def test_the_paper_profile_validates() -> None:
     # section 4.2's resolution policy: full-size crops for ChatGPT, LLaVA-1.5-style padding for the 336 models
     assert paper.query_mllms.models["gpt-4o"].max_side is None and paper.query_mllms.generation.detail == "high"
     assert paper.query_mllms.models["llava15-7b"].options["pad_to_square"] is True
-    assert paper.train_mivolo.dataset is None
+    # MiVOLO-384 trained here with section 3.3's recipe on IMDB-clean train, predicted under its own id
+    assert paper.train_mivolo.dataset == "imdb_clean"
+    recipe = paper.train_mivolo.config
+    assert (recipe.variant, recipe.face_blur_p1, recipe.face_blur_p2) == ("mivolo_d1_384", 0.05, 0.7)
+    assert (recipe.drop_rate, recipe.drop_path_rate) == (0.1, 0.1)
+    trained = paper.predict.models["mivolo_d1_384@imdb_clean"]
+    assert trained.model == "mivolo" and trained.options["checkpoint"].startswith(paper.train_mivolo.out + "/")
+    # section 4.2: LLaVA-NeXT within 672x448 / 448x672
+    assert paper.query_mllms.models["llava-next-34b"].options["image_grid_pinpoints"] == [[336, 672], [672, 336]]
 
 
 def test_use_writes_params_with_overrides_and_keeps_comments(project: ProjectPaths) -> None:

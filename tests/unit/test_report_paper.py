@@ -172,3 +172,16 @@ def test_model_names():
     assert model_display_name("gpt-4o") == "ChatGPT4O"
     assert model_display_name("my-model") == "my-model"
     assert model_display_name("gpt-4o", {"gpt-4o": "GPT-4o"}) == "GPT-4o"
+
+
+def test_rows_of_models_trained_here_are_named_by_paper_id_and_train_set():
+    from agegender.report.paper import MIVOLO_384_TRAINED_HERE, trained_here_key
+
+    assert trained_here_key("mivolo_d1_384", "imdb_clean") == MIVOLO_384_TRAINED_HERE == "mivolo_d1_384@imdb_clean"
+    for number in (4, 5):
+        rows = PAPER_TABLES[number].rows
+        models = [r.model for r in rows]
+        # right under the paper's MiVOLO-384 (the authors' weights), with its training set
+        assert models.index(MIVOLO_384_TRAINED_HERE) == models.index("mivolo_d1_384") + 1
+        assert rows[models.index(MIVOLO_384_TRAINED_HERE)].train_dataset == "imdb_clean"
+    assert MIVOLO_384_TRAINED_HERE not in set(load_paper_results()["model"])  # the paper has no number for it
