@@ -18,6 +18,7 @@ from agegender.report.paper import (
     load_paper_results,
     model_display_name,
     paper_value,
+    resolve_roles,
 )
 
 
@@ -172,3 +173,10 @@ def test_model_names():
     assert model_display_name("gpt-4o") == "ChatGPT4O"
     assert model_display_name("my-model") == "my-model"
     assert model_display_name("gpt-4o", {"gpt-4o": "GPT-4o"}) == "GPT-4o"
+
+
+def test_resolve_roles_lets_a_paper_data_set_missing_from_the_roles_play_itself() -> None:
+    roles = resolve_roles({"lagenda": "demo", "imdb_clean": None})
+    assert roles["lagenda"] == "demo" and roles["imdb_clean"] is None and roles["cacd"] == "cacd"
+    assert set(roles) == set(PAPER_DATASETS)
+    assert resolve_roles(None) == {d: d for d in PAPER_DATASETS}
