@@ -18,6 +18,7 @@ from agegender.report.paper import (
     load_paper_results,
     model_display_name,
     paper_value,
+    resolve_roles,
 )
 
 
@@ -185,3 +186,10 @@ def test_rows_of_models_trained_here_are_named_by_paper_id_and_train_set():
         assert models.index(MIVOLO_384_TRAINED_HERE) == models.index("mivolo_d1_384") + 1
         assert rows[models.index(MIVOLO_384_TRAINED_HERE)].train_dataset == "imdb_clean"
     assert MIVOLO_384_TRAINED_HERE not in set(load_paper_results()["model"])  # the paper has no number for it
+
+
+def test_resolve_roles_lets_a_paper_data_set_missing_from_the_roles_play_itself() -> None:
+    roles = resolve_roles({"lagenda": "demo", "imdb_clean": None})
+    assert roles["lagenda"] == "demo" and roles["imdb_clean"] is None and roles["cacd"] == "cacd"
+    assert set(roles) == set(PAPER_DATASETS)
+    assert resolve_roles(None) == {d: d for d in PAPER_DATASETS}

@@ -8,6 +8,7 @@ an `argparse.Namespace`. Modules:
 - `mivolo`: export, train-mivolo, mivolo-predict;
 - `mllm`: query, merge, cost, convert-llava, and the backend options every MLLM command shares;
 - `annotate`: annotate (with a specialized model or an MLLM);
+- `report`: paper-rows (which paper row comes from where);
 - `mivolo_train`, `mllm_finetune`, `mllm_server`: the parsers of the `python -m` entry points of
   `agegender.mivolo.train`, `agegender.mllm.finetune` and `agegender.mllm.tools.server`.
 

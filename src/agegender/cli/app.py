@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from agegender import __version__
-from agegender.cli import annotate, data, mivolo, mllm
+from agegender.cli import annotate, data, mivolo, mllm, report
 from agegender.errors import AgegenderError
 
 
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     mllm.add_merge_parser(sub)
     data.add_check_parser(sub)
     data.add_profile_parser(sub)
+    report.add_paper_rows_parser(sub)
     mllm.add_cost_parser(sub)
     mllm.add_convert_parser(sub)
     return parser

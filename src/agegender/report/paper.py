@@ -29,6 +29,7 @@ never fill one another's rows, and the paper prints no number beside it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 
@@ -299,6 +300,15 @@ PAPER_TABLES: dict[int, PaperTable] = {
         ),
     ),
 }
+
+
+def resolve_roles(roles: Mapping[str, str | None] | None) -> dict[str, str | None]:
+    """Paper data set id -> our data set playing its role: `roles` as given (`report.roles`; None: nothing plays
+    it), every paper data set missing from it playing itself, so that a profile on the real data sets needs none.
+    """
+    resolved: dict[str, str | None] = {d: d for d in PAPER_DATASETS}
+    resolved.update(roles or {})
+    return resolved
 
 
 def load_paper_results() -> pd.DataFrame:

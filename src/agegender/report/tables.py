@@ -32,11 +32,11 @@ from agegender.metrics import COUNT_COLUMNS, EVAL_COLUMNS, METRICS_BY_NAME, VIEW
 from agegender.report.paper import (
     DATASET_NAMES,
     INPUT_NAMES,
-    PAPER_DATASETS,
     PAPER_TABLES,
     PaperTable,
     load_paper_results,
     model_display_name,
+    resolve_roles,
 )
 
 #: the name used for the evaluation table in error messages (it arrives as a DataFrame, not a file).
@@ -551,8 +551,7 @@ def write_tables(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     checked = _check_rows(rows)
-    role_map: dict[str, str | None] = {d: d for d in PAPER_DATASETS}
-    role_map.update(roles or {})
+    role_map = resolve_roles(roles)
     paper = load_paper_results()
     written: list[Path] = []
     for number, table in PAPER_TABLES.items():
