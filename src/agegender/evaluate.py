@@ -208,7 +208,8 @@ def evaluate_tables(
     chosen = select_samples(samples, split, datasets)
     inside = predictions["sample_id"].isin(chosen["sample_id"])
     preds = predictions[inside].reset_index(drop=True)
-    rules = dict(exclude_refused or {})
+    studied = set(chosen["dataset"])  # an exclusion of a data set outside the study has nothing to remove
+    rules = {d: rule for d, rule in (exclude_refused or {}).items() if d in studied}
     removed = exclusion.refusal_exclusions(chosen, preds, rules)
     excluded = exclusion.excluded_ids(removed, rules)
     rows = metrics.evaluate(

@@ -333,7 +333,8 @@ class EvaluateParams:
     ci_level: float = 0.95
     seed: int = 1234
     age_group_width: float = 5.0
-    #: data set -> the model whose refusals remove samples from it for every model (the `kept` view)
+    #: data set -> the model whose refusals remove samples from it for every model (the `kept` view); a data set
+    #: outside `study.datasets` is not evaluated, and its exclusion is not applied
     exclude_refused: dict[str, RefusalExclusion] = field(default_factory=dict)
 
 
@@ -415,12 +416,13 @@ class Params:
                 f"model names {clashes} are used twice (predict.models, predict.external, query_mllms.models and "
                 "finetune_mllm.name share one namespace)"
             )
-        for ds, rule in self.evaluate.exclude_refused.items():
-            if ds not in self.study.datasets:
-                raise ValueError(f"evaluate.exclude_refused.{ds}: {ds!r} is not in study.datasets")
-            if rule.model not in names:
-                raise ValueError(f"evaluate.exclude_refused.{ds}.model: {rule.model!r} is not a model of the study")
         known = set(self.prepare_data.datasets) | set(self.prepare_data.subsets)
+        for ds, rule in self.evaluate.exclude_refused.items():
+            if ds not in known:
+                raise ValueError(f"evaluate.exclude_refused.{ds}: {ds!r} is not a data set of prepare_data")
+            # a data set left out of the study (a cut-down run) is not evaluated, so neither is its exclusion
+            if ds in self.study.datasets and rule.model not in names:
+                raise ValueError(f"evaluate.exclude_refused.{ds}.model: {rule.model!r} is not a model of the study")
         for name in self.study.datasets:
             if name not in known:
                 raise ValueError(f"study.datasets: {name!r} is neither in prepare_data.datasets nor in .subsets")
