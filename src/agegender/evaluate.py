@@ -8,28 +8,35 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from agegender import metrics
+from agegender import exclusion, metrics
 from agegender.data.schema import _first_bad, read_table, validate_predictions, validate_samples
 from agegender.errors import InputError
 from agegender.files import atomic_write_text
+from agegender.params import RefusalExclusion
 
 TABLE_SUFFIXES = (".parquet", ".csv")
 
 
 @dataclass
 class EvaluationResult:
-    """Metric rows (one per dataset, input, model and view) and MAE per age group."""
+    """Metric rows (one per dataset, input, model and view), MAE per age group, and the refusal exclusion."""
 
     rows: pd.DataFrame
     age_groups: pd.DataFrame
     #: prediction rows of samples outside the evaluated split/data sets (ignored, reported)
     n_ignored: int = 0
+    #: the answers that removed samples (`agegender.exclusion.EXCLUSION_COLUMNS`)
+    exclusions: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame({c: pd.Series(dtype="object") for c in exclusion.EXCLUSION_COLUMNS})
+    )
+    #: drawn, excluded and kept samples per data set with an exclusion (`agegender.exclusion.COUNT_COLUMNS`)
+    exclusion_counts: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(exclusion.COUNT_COLUMNS)))
 
 
 def prediction_files(paths: Iterable[str | Path]) -> list[Path]:
@@ -190,14 +197,32 @@ def evaluate_tables(
     ci_level: float = 0.95,
     seed: int = 0,
     age_group_width: float = 5.0,
+    exclude_refused: Mapping[str, RefusalExclusion] | None = None,
 ) -> EvaluationResult:
-    """Evaluate validated tables: metric rows for every (dataset, input, model, view) and per-age-group MAE."""
+    """Evaluate validated tables: metric rows for every (dataset, input, model, view) and per-age-group MAE.
+
+    With `exclude_refused`, the samples each named model refused leave their data set for every model (the
+    ``kept`` view, `agegender.exclusion`), and the age groups are those of the ``kept`` view: the paper's
+    figure 3 is drawn on NanoLAGENDA after the removal (it equals ``answered`` where nothing is excluded).
+    """
     chosen = select_samples(samples, split, datasets)
     inside = predictions["sample_id"].isin(chosen["sample_id"])
     preds = predictions[inside].reset_index(drop=True)
-    rows = metrics.evaluate(chosen, preds, ci=ci, n_resamples=n_resamples, ci_level=ci_level, seed=seed)
-    groups = metrics.age_group_mae(chosen, preds, width=age_group_width)
-    return EvaluationResult(rows=rows, age_groups=groups, n_ignored=int((~inside).sum()))
+    studied = set(chosen["dataset"])  # an exclusion of a data set outside the study has nothing to remove
+    rules = {d: rule for d, rule in (exclude_refused or {}).items() if d in studied}
+    removed = exclusion.refusal_exclusions(chosen, preds, rules)
+    excluded = exclusion.excluded_ids(removed, rules)
+    rows = metrics.evaluate(
+        chosen, preds, ci=ci, n_resamples=n_resamples, ci_level=ci_level, seed=seed, excluded=excluded
+    )
+    groups = metrics.age_group_mae(chosen, preds, width=age_group_width, view="kept", excluded=excluded)
+    return EvaluationResult(
+        rows=rows,
+        age_groups=groups,
+        n_ignored=int((~inside).sum()),
+        exclusions=removed,
+        exclusion_counts=exclusion.exclusion_counts(chosen, removed, rules),
+    )
 
 
 def evaluate_files(
@@ -235,9 +260,16 @@ def rows_to_records(rows: pd.DataFrame) -> list[dict]:
     return [{k: _clean(v) for k, v in rec.items()} for rec in rows.to_dict(orient="records")]
 
 
-def write_rows_json(rows: pd.DataFrame, path: str | Path) -> Path:
-    """Write `{"rows": [...]}` (the CLI's and the report's format), atomically."""
-    return atomic_write_text(path, json.dumps({"rows": rows_to_records(rows)}, indent=1, sort_keys=False) + "\n")
+def write_rows_json(rows: pd.DataFrame, path: str | Path, exclusion_counts: pd.DataFrame | None = None) -> Path:
+    """Write `{"rows": [...]}` (the CLI's and the report's format), atomically.
+
+    With refusal exclusions, their counts go under `"exclusions"` (`agegender.exclusion.COUNT_COLUMNS`), so the
+    report states drawn, excluded and kept beside the rows they produced; without any the file is as before.
+    """
+    data: dict[str, list[dict]] = {"rows": rows_to_records(rows)}
+    if exclusion_counts is not None and len(exclusion_counts):
+        data["exclusions"] = rows_to_records(exclusion_counts)
+    return atomic_write_text(path, json.dumps(data, indent=1, sort_keys=False) + "\n")
 
 
 def write_age_groups(groups: pd.DataFrame, path: str | Path) -> Path:
@@ -247,10 +279,21 @@ def write_age_groups(groups: pd.DataFrame, path: str | Path) -> Path:
 
 
 def read_rows_json(path: str | Path) -> pd.DataFrame:
-    """Read what `write_rows_json` wrote."""
+    """Read the rows `write_rows_json` wrote."""
+    return pd.DataFrame(_read_evaluation(path)["rows"])
+
+
+def read_exclusion_counts(path: str | Path) -> pd.DataFrame:
+    """Read the exclusion counts `write_rows_json` wrote (no rows when the evaluation excluded nothing)."""
+    records = _read_evaluation(path).get("exclusions", [])
+    return pd.DataFrame.from_records(records, columns=list(exclusion.COUNT_COLUMNS))
+
+
+def _read_evaluation(path: str | Path) -> dict:
     path = Path(path)
     try:
         data = json.loads(path.read_text())
-        return pd.DataFrame(data["rows"])
-    except (OSError, ValueError, KeyError) as exc:
+        data["rows"]  # noqa: B018 - a file without rows is not an evaluation
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InputError(f"not an evaluation file ({exc})", file=path) from None
+    return data

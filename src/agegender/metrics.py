@@ -9,13 +9,18 @@ Everything is vectorised: `evaluate` turns the tables into integer codes once an
 per (dataset, input, model) group with `np.bincount`, so a million predictions take well under a
 second. All rates are fractions (0.1686, not 16.86 %).
 
-Two views of the same predictions:
+Three views of the same predictions (`VIEWS`):
 
-- ``answered`` (the paper's view): each model is scored on the samples it answered (status ``ok``);
-  coverage says how many that was.
-- ``common`` (the fair view the paper lacks): within a (dataset, input) group every model is scored
-  on the samples that every model of the group answered, so a model cannot look better by refusing
-  the hard cases.
+- ``answered``: each model is scored on the samples it answered (status ``ok``) out of all the data
+  set's samples; coverage says how many that was.
+- ``kept`` (the view of the paper's table 8 and figure 3, only for data sets with a refusal exclusion,
+  `agegender.exclusion`): the samples a named model refused leave the data set for every model, and each
+  model is scored on the samples it answered among those kept. Section 4.1: "> 21% of these images had to
+  be removed because ChatGPT refused to provide answers"; the other models' own failures are not removed
+  (section 4.2 takes the midpoint of an answered range instead), so their coverage may stay below 1.
+- ``common`` (the refusal-aware view the paper lacks): within a (dataset, input) group every model is
+  scored on the kept samples that every model of the group answered, so a model cannot look better by
+  refusing the hard cases.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from __future__ import annotations
 import re
 import warnings
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Literal
@@ -40,7 +45,7 @@ from agegender.errors import InputError
 #: Float tolerance of the threshold metrics: 30.000000001 vs 25 still counts as an error of 5 years.
 TOLERANCE: float = 1e-9
 
-VIEWS: tuple[str, ...] = ("answered", "common")
+VIEWS: tuple[str, ...] = ("answered", "common", "kept")
 
 # Bound on the elements of one resample-weight matrix (float64), so that 84k samples x 1000 resamples
 # are processed in chunks of ~16 MB instead of one 670 MB matrix.
@@ -692,6 +697,7 @@ class _Prepared:
     inputs: np.ndarray
     models: np.ndarray
     n_per_dataset: np.ndarray
+    sample_ds: np.ndarray  # data set code of each sample-table row
     scheme_of_dataset: list[ClassScheme | None]
     n_samples: int
     pos: np.ndarray  # row of the sample table
@@ -856,6 +862,7 @@ def _prepare(samples: pd.DataFrame, predictions: pd.DataFrame) -> _Prepared:
         inputs=inputs,
         models=models,
         n_per_dataset=n_per_dataset,
+        sample_ds=ds_of_sample,
         scheme_of_dataset=scheme_of_dataset,
         n_samples=len(samples),
         pos=pos,
@@ -876,16 +883,82 @@ def _prepare(samples: pd.DataFrame, predictions: pd.DataFrame) -> _Prepared:
     )
 
 
-def _common_mask(prep: _Prepared) -> np.ndarray:
-    """Rows of answered samples that every model of their (dataset, input) group answered."""
+def _common_mask(prep: _Prepared, answered: np.ndarray) -> np.ndarray:
+    """Rows of `answered` samples that every model of their (dataset, input) group answered."""
     n_inp, n_mod = len(prep.inputs), len(prep.models)
     has_rows = np.bincount(prep.group, minlength=prep.n_groups).reshape(-1, n_mod) > 0
     models_per_pair = has_rows.sum(axis=1)  # per (dataset, input)
     # A sample belongs to one data set, so (input, sample) identifies its (dataset, input) group.
     key = prep.inp * prep.n_samples + prep.pos
-    answered_by = np.bincount(key[prep.ok], minlength=n_inp * prep.n_samples)
+    answered_by = np.bincount(key[answered], minlength=n_inp * prep.n_samples)
     pair = prep.ds * n_inp + prep.inp
-    return prep.ok & (answered_by[key] == models_per_pair[pair])
+    return answered & (answered_by[key] == models_per_pair[pair])
+
+
+@dataclass
+class _Exclusion:
+    """A refusal exclusion laid onto the prepared arrays (nothing removed when no data set has one)."""
+
+    removed: np.ndarray  # per prediction row: its sample left its data set
+    n_removed: np.ndarray  # per data set code: samples removed
+    has_rule: np.ndarray  # per data set code: the data set has an exclusion (so a `kept` view)
+
+
+def _exclusion(prep: _Prepared, samples: pd.DataFrame, excluded: Mapping[str, Collection[str]] | None) -> _Exclusion:
+    removed_s = np.zeros(prep.n_samples, dtype=bool)
+    for dataset, ids in (excluded or {}).items():
+        removed_s |= (samples["dataset"] == dataset).to_numpy(dtype=bool) & samples["sample_id"].isin(
+            list(ids)
+        ).to_numpy(dtype=bool)
+    return _Exclusion(
+        removed=removed_s[prep.pos],
+        n_removed=np.bincount(prep.sample_ds[removed_s], minlength=len(prep.datasets)),
+        has_rule=np.isin(prep.datasets.astype(str), list(excluded or {})),
+    )
+
+
+def _view_mask(prep: _Prepared, view: str, exclusion: _Exclusion) -> np.ndarray:
+    """The prediction rows a view scores (`VIEWS`)."""
+    if view == "answered":
+        return prep.ok
+    kept = prep.ok & ~exclusion.removed
+    return kept if view == "kept" else _common_mask(prep, kept)
+
+
+def scored_samples(
+    samples: pd.DataFrame,
+    predictions: pd.DataFrame,
+    view: str,
+    excluded: Mapping[str, Collection[str]] | None = None,
+) -> pd.DataFrame:
+    """Which samples a view scores for each (dataset, input, model): the audit trail behind `evaluate`'s counts.
+
+    Args:
+        samples: validated sample table (evaluated samples).
+        predictions: validated prediction table.
+        view: one of `VIEWS`; for ``kept``, every data set is listed (its answered samples where it has no
+            exclusion), unlike `evaluate`, which gives ``kept`` rows only to data sets in `excluded`.
+        excluded: data set -> the sample ids its refusal exclusion removes.
+
+    Returns:
+        Columns dataset, input, model, sample_id, sorted; one row per answered sample the view keeps.
+    """
+    if view not in VIEWS:
+        raise ValueError(f"view must be one of {list(VIEWS)}, got {view!r}")
+    columns = ["dataset", "input", "model", "sample_id"]
+    if len(predictions) == 0:
+        return pd.DataFrame({c: pd.Series(dtype="object") for c in columns})
+    prep = _prepare(samples, predictions)
+    rows = np.flatnonzero(_view_mask(prep, view, _exclusion(prep, samples, excluded)))
+    out = pd.DataFrame(
+        {
+            "dataset": prep.datasets[prep.ds[rows]].astype(str),
+            "input": prep.inputs[prep.inp[rows]].astype(str),
+            "model": prep.models[prep.mod[rows]].astype(str),
+            "sample_id": predictions["sample_id"].to_numpy(dtype=object)[rows].astype(str),
+        }
+    )
+    return out.sort_values(columns, kind="stable").reset_index(drop=True)
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -912,14 +985,17 @@ def evaluate(
     ci_level: float = 0.95,
     seed: int = 0,
     views: Sequence[str] = VIEWS,
+    excluded: Mapping[str, Collection[str]] | None = None,
 ) -> pd.DataFrame:
     """Score every (dataset, input, model) of a prediction table against a sample table.
 
     Answered = a prediction row exists and its status is ``ok``. Age metrics use the answered samples
     with a ground-truth age and a non-null ``age_pred``; gender metrics those with a ground-truth and a
     predicted gender; class metrics (data sets whose samples carry ``age_class``, scheme detected per
-    data set) those with a class label and an ``age_pred``. The ``common`` view scores each model of a
-    (dataset, input) group on the samples that every model of the group answered.
+    data set) those with a class label and an ``age_pred``. The ``kept`` view (data sets in `excluded`
+    only) scores each model on its answers among the samples its data set keeps, and ``n_total`` counts
+    those; the ``common`` view scores each model of a (dataset, input) group on the kept samples that
+    every model of the group answered (all samples where nothing is excluded).
 
     Args:
         samples: validated sample table restricted to the evaluated samples (it defines n_total).
@@ -928,7 +1004,9 @@ def evaluate(
         n_resamples: bootstrap resamples per row.
         ci_level: confidence level of the intervals.
         seed: bootstrap seed (each row mixes in its own name, so rows are independent of each other).
-        views: any of ``answered`` and ``common``.
+        views: any of `VIEWS`.
+        excluded: data set -> the sample ids its refusal exclusion removes (`agegender.exclusion`); the
+            data sets named here get ``kept`` rows, even when nothing is removed.
 
     Returns:
         One row per (dataset, input, model, view), sorted, with columns `EVAL_COLUMNS` (+ CI columns).
@@ -944,21 +1022,27 @@ def evaluate(
         raise ValueError(f"views must be a non-empty subset of {list(VIEWS)}, got {list(views)}")
     columns = list(EVAL_COLUMNS) + ([f"{m}_ci_{s}" for m in CI_METRICS for s in ("low", "high")] if ci else [])
     if len(predictions) == 0:
-        return pd.DataFrame({c: pd.Series(dtype="object" if c in TEXT_COLUMNS else "float64") for c in columns})
+        return _empty_rows(columns)
 
     prep = _prepare(samples, predictions)
+    exclusion = _exclusion(prep, samples, excluded)
     present = np.bincount(prep.group, minlength=prep.n_groups) > 0
-    groups = np.flatnonzero(present)  # dense codes increase with (dataset, input, model) names
-    d, i, m = prep.unpack(groups)
+    all_groups = np.flatnonzero(present)  # dense codes increase with (dataset, input, model) names
     metric_values = {name: prep.values(name) for name in CI_METRICS}
 
     frames = []
     for view in views:
-        mask = prep.ok if view == "answered" else _common_mask(prep)
+        groups = all_groups
+        if view == "kept":  # elsewhere it would repeat the answered view
+            groups = all_groups[exclusion.has_rule[prep.unpack(all_groups)[0]]]
+            if not len(groups):
+                continue
+        d, i, m = prep.unpack(groups)
+        mask = _view_mask(prep, view, exclusion)
         rows = np.flatnonzero(mask)
         g = prep.group[rows]
         n_answered = np.bincount(g, minlength=prep.n_groups)[groups]
-        n_total = prep.n_per_dataset[d]
+        n_total = prep.n_per_dataset[d] - (0 if view == "answered" else exclusion.n_removed[d])
         out = {
             "dataset": prep.datasets[d].astype(str),
             "input": prep.inputs[i].astype(str),
@@ -966,7 +1050,7 @@ def evaluate(
             "view": np.full(len(groups), view, dtype=object),
             "n_total": n_total.astype(np.int64),
             "n_answered": n_answered.astype(np.int64),
-            "coverage": n_answered / n_total,
+            "coverage": _ratio(n_answered, n_total),  # a data set may keep no sample
         }
         counts = {}
         for target in TARGETS:  # the metrics of a target share its mask
@@ -990,8 +1074,14 @@ def evaluate(
                 frame[f"{name}_ci_high"] = np.where(defined, highs[:, j], np.nan)
         frames.append(frame)
 
+    if not frames:  # only the kept view was asked for, and no data set has an exclusion
+        return _empty_rows(columns)
     result = pd.concat(frames, ignore_index=True)[columns]
     return result.sort_values(["dataset", "input", "model", "view"], kind="stable").reset_index(drop=True)
+
+
+def _empty_rows(columns: Sequence[str]) -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype="object" if c in TEXT_COLUMNS else "float64") for c in columns})
 
 
 def _row_intervals(
@@ -1120,6 +1210,7 @@ def age_group_mae(
     width: float = 5.0,
     max_age: float | None = None,
     view: str = "answered",
+    excluded: Mapping[str, Collection[str]] | None = None,
 ) -> pd.DataFrame:
     """Age MAE per ground-truth age group (the paper's figure 3).
 
@@ -1132,8 +1223,10 @@ def age_group_mae(
         predictions: validated prediction table.
         width: group width in years.
         max_age: start of the open last group; None for no open group.
-        view: ``answered`` (each model's answered samples) or ``common`` (samples all models of the
-            (dataset, input) group answered).
+        view: ``answered`` (each model's answered samples), ``kept`` (those among the samples kept after
+            the refusal exclusion: the paper's figure 3; the answered ones where nothing is excluded) or
+            ``common`` (kept samples all models of the (dataset, input) group answered).
+        excluded: data set -> the sample ids its refusal exclusion removes (`agegender.exclusion`).
 
     Returns:
         Long table with columns dataset, input, model, age_lo, age_hi, group, n, mae, sorted.
@@ -1151,7 +1244,7 @@ def age_group_mae(
     if len(predictions) == 0:
         return empty.astype({"n": "int64"})
     prep = _prepare(samples, predictions)
-    mask = (prep.ok if view == "answered" else _common_mask(prep)) & prep.age_valid
+    mask = _view_mask(prep, view, _exclusion(prep, samples, excluded)) & prep.age_valid
     if not mask.any():
         return empty.astype({"n": "int64"})
     age = prep.age_gt[mask]
@@ -1186,8 +1279,8 @@ def age_group_mae(
 def flat_metrics(table: pd.DataFrame, *, views: Sequence[str] = ("answered",)) -> dict[str, float | int]:
     """Flatten an `evaluate` table into DESIGN.md's ``metrics/<stage>.json`` form.
 
-    Keys are ``dataset.input.model.name`` for the ``answered`` view (the paper's numbers) and
-    ``dataset.input.model.common.name`` for the ``common`` view; names are the count, coverage and
+    Keys are ``dataset.input.model.name`` for the ``answered`` view and ``dataset.input.model.<view>.name``
+    for the others (``.common``, ``.kept``); names are the count, coverage and
     metric columns (CI bounds included when present). NaN values are left out because JSON has no NaN.
 
     Args:

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from agegender.data.schema import INPUT_KINDS
+from agegender.data.schema import INPUT_KINDS, STATUSES
 from agegender.errors import InputError, failure_budget
 from agegender.mivolo.config import TrainConfig
 from agegender.mllm.backend_options import TransformersOptions, load_backend_options
@@ -296,14 +296,46 @@ class PredictParams:
 
 
 @dataclass(frozen=True)
+class RefusalExclusion:
+    """One data set's refusal exclusion: the samples `model` did not answer leave the data set for every model.
+
+    The paper built NanoLAGENDA this way (section 4.1: "> 21% of these images had to be removed because ChatGPT
+    refused to provide answers"); the exclusion is computed from the named model's predictions by the evaluate
+    stage, so it follows the model's answers instead of a hand-kept list.
+
+    Attributes:
+        model: the model whose answers decide (e.g. `gpt-4v`); it must have predictions on the data set.
+        statuses: which of its answer statuses exclude a sample (`refused` by default; `unparsed` and `failed`
+            are answers the parser or the transport lost, not the model's refusal).
+        inputs: which of its input kinds count (None: any); a sample refused on a counted input leaves the data
+            set on every input, as the paper's NanoLAGENDA is one sample set.
+    """
+
+    model: str
+    statuses: tuple[str, ...] = ("refused",)
+    inputs: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        bad = [s for s in self.statuses if s not in STATUSES or s == "ok"]
+        if bad or not self.statuses:
+            raise ValueError(f"statuses: {bad or []} must be a non-empty subset of {list(STATUSES[1:])}")
+        bad = [k for k in self.inputs or () if k not in INPUT_KINDS]
+        if bad:
+            raise ValueError(f"inputs: {bad} not among {list(INPUT_KINDS)}")
+
+
+@dataclass(frozen=True)
 class EvaluateParams:
-    """Section `evaluate`: bootstrap confidence intervals and where results go."""
+    """Section `evaluate`: bootstrap confidence intervals, refusal exclusions and where results go."""
 
     ci: bool = True
     n_resamples: int = 1000
     ci_level: float = 0.95
     seed: int = 1234
     age_group_width: float = 5.0
+    #: data set -> the model whose refusals remove samples from it for every model (the `kept` view); a data set
+    #: outside `study.datasets` is not evaluated, and its exclusion is not applied
+    exclude_refused: dict[str, RefusalExclusion] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -385,6 +417,12 @@ class Params:
                 "finetune_mllm.name share one namespace)"
             )
         known = set(self.prepare_data.datasets) | set(self.prepare_data.subsets)
+        for ds, rule in self.evaluate.exclude_refused.items():
+            if ds not in known:
+                raise ValueError(f"evaluate.exclude_refused.{ds}: {ds!r} is not a data set of prepare_data")
+            # a data set left out of the study (a cut-down run) is not evaluated, so neither is its exclusion
+            if ds in self.study.datasets and rule.model not in names:
+                raise ValueError(f"evaluate.exclude_refused.{ds}.model: {rule.model!r} is not a model of the study")
         for name in self.study.datasets:
             if name not in known:
                 raise ValueError(f"study.datasets: {name!r} is neither in prepare_data.datasets nor in .subsets")

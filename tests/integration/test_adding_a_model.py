@@ -30,6 +30,7 @@ BASE_OVERRIDES = (
     "study.datasets=[lagenda, nanolagenda]",
     "prepare_data.subsets.nanolagenda.per_bin=2",
     "query_mllms.models={}",
+    "evaluate.exclude_refused={}",  # gpt-4v, whose refusals shrink NanoLAGENDA, is one of the models left out
     "predict.models={baseline: {model: baseline, options: {train_dataset: imdb_clean}}}",
     "finetune_mllm.base_model=null",
     "finetune_mllm.datasets=null",

@@ -181,6 +181,27 @@ def test_report_puts_the_papers_numbers_beside_ours(project):
     assert {"age_group_mae.png", "age_group_mae.pdf"} <= figures
 
 
+def test_nanolagenda_is_built_from_gpt4v_refusals(project):
+    """The paper profile's exclusion step ran: gpt-4v's refusals are listed, counted, and table 8 uses `kept`."""
+    root, *_ = project
+    exclusions = pd.read_csv(root / "reports" / "exclusions.csv", dtype=str)
+    assert list(exclusions.columns) == ["dataset", "sample_id", "input", "model", "status"]
+    # the stand-in for gpt-4v is an untrained LLaVA: what it refuses (if anything) is listed, nothing else
+    assert set(exclusions["model"]) <= {"gpt-4v"} and set(exclusions["status"]) <= {"refused"}
+    flat = json.loads((root / "metrics" / "evaluate.json").read_text())
+    drawn, removed, kept = (flat[f"nanolagenda.exclusion.gpt-4v.{n}"] for n in ("n_drawn", "n_excluded", "n_kept"))
+    assert (
+        drawn == flat["nanolagenda.face_body.mivolo_d1_384.n_total"]
+        and removed == exclusions["sample_id"].nunique()
+        and kept == drawn - removed
+    )
+    assert {
+        flat[f"nanolagenda.{k}.kept.n_total"] for k in ("body.gpt-4v", "body.llava15-7b", "face_body.mivolo_d1_384")
+    } == {kept}
+    table8 = (root / "reports" / "tables" / "table8.md").read_text()
+    assert "('kept' view)" in table8.splitlines()[0] and f"{kept:,} kept" in table8.splitlines()[0]
+
+
 def test_the_api_key_is_never_written(project):
     root, *_ = project
     for path in root.rglob("*"):

@@ -130,7 +130,7 @@ def test_paper_rows_without_predictions_and_our_extra_models(tmp_path, rows):
     assert body[-1].endswith("| ours (nanolagenda) |")
     text = (tmp_path / "table8.md").read_text(encoding="utf-8")
     assert "9.25" not in text
-    assert "coincides with the paper's view here" in text.splitlines()[0]
+    assert "coincides with our rows here" in text.splitlines()[0]
 
 
 def test_role_mapping_and_caption_note(tmp_path, rows):
@@ -310,7 +310,7 @@ def test_refusal_aware_row_under_the_answered_row(tmp_path):
     assert sum(f"({ALL_ANSWERED})" in line for line in lines) == 1
     # the caption says what the two views are and how many samples the refusal-aware one has
     caption = text.splitlines()[0]
-    assert "paper's view" in caption and "refusal-aware view" in caption
+    assert "'answered' view" in caption and "refusal-aware view" in caption
     assert "nanolagenda / Entire body: 4 of 6; nanolagenda / Body & face: 6 of 6" in caption
     tex = (tmp_path / "table8.tex").read_text(encoding="utf-8")
     assert f"ShareGPT4V 7B FT ({ALL_ANSWERED}) & Entire body" in tex
@@ -322,7 +322,7 @@ def test_views_coincide_when_everyone_answers_everything(tmp_path):
     text = (tmp_path / "table8.md").read_text(encoding="utf-8")
     assert ALL_ANSWERED not in "\n".join(_table_lines(tmp_path / "table8.md"))
     assert SAME_IN_BOTH_VIEWS not in text
-    assert "coincides with the paper's view here" in text.splitlines()[0]
+    assert "coincides with our rows here" in text.splitlines()[0]
     assert "nanolagenda / Entire body: 6 of 6" in text.splitlines()[0]
     gpt = next(_cells(line) for line in _table_lines(tmp_path / "table8.md") if line.startswith("| ChatGPT4O |"))
     assert gpt[6:] == ["6/6 (100.00%)", "ours vs paper"]

@@ -4,14 +4,16 @@ Each paper table is rebuilt with the paper's columns and row order. Our rows com
 that plays the paper data set's role (`roles`, e.g. the demo set plays LAGENDA). Where our data set
 IS the paper's data set and the paper reports the same model and input, the cell shows the paper's
 number and the difference beside ours; paper rows we have no predictions for are kept, marked
-"no predictions yet", so a researcher sees what is missing. `summary.md` lists every evaluation row,
-the paper's "answered" view beside the refusal-aware "common" view.
+"no predictions yet", so a researcher sees what is missing. `summary.md` lists every evaluation row
+in every view (`agegender.metrics.VIEWS`).
 
-Both views also appear in the paper layouts. Each of our rows is the paper's view (the model on the
-samples it answered; the paper dropped ChatGPT's refusals); right under it, a row marked
-"all-answered" gives the refusal-aware view: every model of that (data set, input) on the samples all
-of them answered, with that number of samples in its coverage cell. Since those samples are a subset
-of what the model answered, equal counts mean equal sample sets and equal numbers: such a row is not
+Each of our rows is in the view the paper used for that table (`PaperTable.view`): `kept` for table 8
+(each model on its answers among the NanoLAGENDA samples left after ChatGPT4V's refusals were removed
+for every model), `answered` (each model on its own answers) elsewhere, and `answered` where our data
+set has no refusal exclusion, which the caption then says. Right under it, a row marked "all-answered"
+gives the refusal-aware `common` view: every model of that (data set, input) on the kept samples all of
+them answered, with that number of samples in its coverage cell. Since those samples are a subset of
+what the model answered, equal counts mean equal sample sets and equal numbers: such a row is not
 repeated but its source says "same in both views", and when that holds for every row of a table the
 caption says the two views coincide instead.
 """
@@ -27,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from agegender.errors import InputError
+from agegender.exclusion import PAPER_NANOLAGENDA_COUNTS, describe_counts
 from agegender.files import atomic_write_text
 from agegender.metrics import COUNT_COLUMNS, EVAL_COLUMNS, METRICS_BY_NAME, VIEWS, metric_def
 from agegender.report.paper import (
@@ -57,6 +60,13 @@ OURS_VS_PAPER = "ours vs paper"
 ALL_ANSWERED = "all-answered"
 #: added to the source of a row whose two views are the same samples (so no second row is printed).
 SAME_IN_BOTH_VIEWS = "same in both views"
+#: what each view scores, for captions (`agegender.metrics.VIEWS`).
+VIEW_WORDS = {
+    "answered": "each model on the samples it answered ('answered' view)",
+    "kept": "each model on the samples it answered among those kept after the refusal exclusion removed a named "
+    "model's refusals for every model ('kept' view)",
+    "common": "every model of a data set and input on the kept samples all of them answered ('common' view)",
+}
 
 
 # --------------------------------------------------------------------------------------------- formatting
@@ -160,6 +170,8 @@ class BuiltTable:
         views: how the two views relate over our rows: "differ" (at least one all-answered row is
             printed), "coincide" (every row is the same in both views), "missing" (the evaluation has
             no refusal-aware rows for them) or "none" (no rows of ours).
+        view_of: our data set id -> the view its rows are in: the table's, or `answered` where the
+            evaluation has no rows in the table's view for it (no refusal exclusion is set).
     """
 
     header: list[str]
@@ -167,6 +179,7 @@ class BuiltTable:
     have: list[str] = field(default_factory=list)
     common_n: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
     views: str = "none"
+    view_of: dict[str, str] = field(default_factory=dict)
 
 
 def _key_cells(
@@ -200,6 +213,18 @@ def _rows_by_key(rows: pd.DataFrame) -> dict[RowKey, dict[str, object]]:
     return {(r["dataset"], r["input"], r["model"]): r for r in rows.to_dict("records")}
 
 
+def _rows_in_view(rows: pd.DataFrame, view: str) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Rows in `view` for the data sets that have them, `answered` rows for the others (and which is which).
+
+    A `kept` view exists only for a data set with a refusal exclusion; without one nothing was removed, so
+    each model's own answers are what that view would score.
+    """
+    in_view = set(rows.loc[rows["view"] == view, "dataset"])
+    view_of = {d: (view if d in in_view else "answered") for d in sorted(set(rows["dataset"]))}
+    chosen = rows["view"] == rows["dataset"].map(view_of)
+    return rows[chosen.to_numpy(dtype=bool)], view_of
+
+
 def build_table(
     table: PaperTable,
     rows: pd.DataFrame,
@@ -211,8 +236,9 @@ def build_table(
 
     Args:
         table: the layout (`PAPER_TABLES[n]`).
-        rows: validated evaluation rows; "answered" rows fill the layout (the paper's view), "common"
-            rows add the all-answered row under each of ours where the two views differ.
+        rows: validated evaluation rows; rows in the table's view (`PaperTable.view`; `answered` where a data
+            set has none) fill the layout, "common" rows add the all-answered row under each of ours where the
+            two views differ.
         paper: `load_paper_results()`.
         roles: paper data set id -> our data set id (None: nothing plays that role).
         model_names: extra display names.
@@ -230,7 +256,8 @@ def build_table(
     candidates = candidates[
         candidates["input"].isin(table.inputs).to_numpy(dtype=bool) | np.asarray(in_paper, dtype=bool)
     ]
-    ours = _rows_by_key(candidates[candidates["view"] == "answered"])
+    in_view, view_of = _rows_in_view(candidates, table.view)
+    ours = _rows_by_key(in_view)
     commons = _rows_by_key(candidates[candidates["view"] == "common"])
     reported: dict[tuple[str, str, str], dict[str, float]] = {}
     tpaper = paper[paper["table"] == table.number]
@@ -259,7 +286,7 @@ def build_table(
         if n_common is not None and n_common == _num(row.get("n_answered")):
             same_rows.append(len(entries) - 1)
             return
-        # no paper comparison here: the paper reports only its own (answered) view
+        # no paper comparison here: the paper reports only its own view
         cells = [_our_cell(common, m) for m in table.metrics]
         common_source = "ours" if source == OURS_VS_PAPER else source
         entries.append(common_keys + cells + [_coverage_cell(common), f"{common_source}, {ALL_ANSWERED}"])
@@ -317,11 +344,29 @@ def build_table(
     ordered_n = dict(
         sorted(common_n.items(), key=lambda kv: (dataset_order.get(kv[0][0], 99), input_order.get(kv[0][1], 99), kv[0]))
     )
-    return BuiltTable(header, entries, sorted({k[0] for k in ours}), ordered_n, views)
+    have = sorted({k[0] for k in ours})
+    return BuiltTable(header, entries, have, ordered_n, views, {d: view_of[d] for d in have})
+
+
+def _rows_view_text(table: PaperTable, built: BuiltTable) -> str:
+    """The caption's sentence on which samples our rows score, and where that is not the paper's choice."""
+    if not built.view_of:
+        return ""
+    text = ""
+    for view in dict.fromkeys(built.view_of.values()):
+        sets = ", ".join(d for d, v in built.view_of.items() if v == view)
+        text += f" Our rows on {sets}: {VIEW_WORDS[view]}"
+        if view != table.view:
+            text += (
+                f", as no refusal exclusion is set for them (evaluate.exclude_refused); the paper's table used the "
+                f"'{table.view}' view"
+            )
+        text += "."
+    return text
 
 
 def _views_text(built: BuiltTable) -> str:
-    """The caption's sentences on the paper's view and the refusal-aware view."""
+    """The caption's sentences on the refusal-aware view beside our rows."""
     groups = "; ".join(
         f"{dataset} / {INPUT_NAMES.get(input_kind, input_kind)}: {n} of {total}"
         # an empty common set is no bug: one model of the group answered nothing
@@ -330,10 +375,9 @@ def _views_text(built: BuiltTable) -> str:
     )
     if built.views == "differ":
         return (
-            " Two views: each of our rows is the paper's view (the model on the samples it answered; the paper "
-            f"dropped refusals); the row marked '{ALL_ANSWERED}' right under it is the refusal-aware view: every "
-            "model evaluated on that data set and input (not only those in this table), scored on the samples all "
-            f"of them answered ({groups})."
+            f" The row marked '{ALL_ANSWERED}' right under one of ours is the refusal-aware view: every "
+            "model evaluated on that data set and input (not only those in this table), scored on the kept samples "
+            f"all of them answered ({groups})."
             + (
                 f" Rows marked '{SAME_IN_BOTH_VIEWS}' answered exactly those samples, so their refusal-aware numbers "
                 "are the ones shown."
@@ -343,14 +387,11 @@ def _views_text(built: BuiltTable) -> str:
         )
     if built.views == "coincide":
         return (
-            " The refusal-aware view (every model of a data set and input on the samples all of them answered) "
-            f"coincides with the paper's view here: every model answered the same samples ({groups})."
+            " The refusal-aware view (every model of a data set and input on the kept samples all of them answered) "
+            f"coincides with our rows here: every model answered the same samples ({groups})."
         )
     if built.views == "missing":
-        return (
-            " Our rows are the paper's view (each model on the samples it answered); the evaluation rows hold no "
-            "refusal-aware ('common') view for them."
-        )
+        return " The evaluation rows hold no refusal-aware ('common') view for our rows."
     return ""
 
 
@@ -360,6 +401,7 @@ def table_caption(
     have: Sequence[str],
     caption_note: str | None = None,
     built: BuiltTable | None = None,
+    exclusion_counts: pd.DataFrame | None = None,
 ) -> str:
     """Caption of one table: which data play the paper's data set, the paper's caption, how to read cells.
 
@@ -368,8 +410,11 @@ def table_caption(
         roles: paper data set id -> our data set id.
         have: our data set ids that have rows in the table.
         caption_note: e.g. "demo data"; included verbatim.
-        built: the filled table; when given, the caption says how the two views relate and on how
-            many samples the refusal-aware view is computed.
+        built: the filled table; when given, the caption says which view our rows are in, how it relates
+            to the refusal-aware view and on how many samples that one is computed.
+        exclusion_counts: `agegender.exclusion.exclusion_counts` of the evaluation; the caption states
+            the drawn, excluded and kept samples of the table's data sets, and for NanoLAGENDA that the
+            paper's own counts do not add up.
 
     Returns:
         The caption text.
@@ -386,7 +431,13 @@ def table_caption(
     text = f"{head}: {table.caption}"
     text += " Our cells: value [95% CI]; rates in %; Δ = ours - paper; '-' = no value."
     if built is not None:
-        text += _views_text(built)
+        text += _rows_view_text(table, built) + _views_text(built)
+    counts = exclusion_counts if exclusion_counts is not None else pd.DataFrame(columns=["dataset"])
+    counts = counts[counts["dataset"].isin([m for m in mapped if m is not None])]
+    if len(counts):
+        text += f" Samples: {describe_counts(counts)}."
+    if "nanolagenda" in table.datasets:
+        text += " " + PAPER_NANOLAGENDA_COUNTS
     missing = []
     for paper_set, our_set in zip(table.datasets, mapped, strict=True):
         if our_set is None:
@@ -511,11 +562,7 @@ def _summary(rows: pd.DataFrame, caption_note: str | None) -> str:
                 cells.append(_our_cell(r, col))
         body.append(cells)
     title = "All evaluation rows" + (f" ({caption_note})" if caption_note else "")
-    caption = (
-        f"{title}: 'answered' is the paper's view (each model on the samples it answered); 'common' is the "
-        "refusal-aware view (every model of a data set and input on the samples all of them answered). "
-        "Rates in %; 95% CI in brackets."
-    )
+    caption = f"{title}: " + "; ".join(VIEW_WORDS[v] for v in VIEWS) + ". Rates in %; 95% CI in brackets."
     if not body:
         caption += " No predictions exist yet."
     return render_markdown(header, body, caption)
@@ -528,6 +575,7 @@ def write_tables(
     roles: Mapping[str, str | None] | None = None,
     caption_note: str | None = None,
     model_names: Mapping[str, str] | None = None,
+    exclusion_counts: pd.DataFrame | None = None,
 ) -> list[Path]:
     """Write paper tables 1-10 (markdown and LaTeX) filled with our rows, and `summary.md`.
 
@@ -540,6 +588,8 @@ def write_tables(
             a paper data set missing from the mapping plays itself; None means nothing plays it.
         caption_note: text every caption carries, e.g. "demo data".
         model_names: display names for model ids the paper does not have (or overrides).
+        exclusion_counts: the evaluation's refusal-exclusion counts (`agegender.evaluate.read_exclusion_counts`),
+            stated in the captions of the tables on those data sets.
 
     Returns:
         The files written, in order: table1.md, table1.tex, ..., table10.tex, summary.md.
@@ -556,7 +606,7 @@ def write_tables(
     written: list[Path] = []
     for number, table in PAPER_TABLES.items():
         built = build_table(table, checked, paper, role_map, model_names)
-        caption = table_caption(table, role_map, built.have, caption_note, built)
+        caption = table_caption(table, role_map, built.have, caption_note, built, exclusion_counts)
         written.append(_write(out / f"table{number}.md", render_markdown(built.header, built.body, caption)))
         latex = render_latex(built.header, built.body, caption, f"tab:paper-table{number}")
         written.append(_write(out / f"table{number}.tex", latex))

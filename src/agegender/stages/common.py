@@ -19,6 +19,8 @@ from agegender.paths import ProjectPaths
 #: the `evaluate` stage's metric rows and age-group table, which `report` reads
 EVALUATION_FILE = "reports/evaluation.json"
 AGE_GROUPS_FILE = "reports/age_groups.csv"
+#: the `evaluate` stage's refusal exclusion: the answers that removed samples for every model
+EXCLUSIONS_FILE = "reports/exclusions.csv"
 
 
 def setup(root: str | Path | None = None, params_file: str | Path = "params.yaml") -> tuple[Params, ProjectPaths]:
@@ -84,6 +86,7 @@ def prediction_dirs(params: Params, paths: ProjectPaths) -> list[Path]:
 __all__ = [
     "AGE_GROUPS_FILE",
     "EVALUATION_FILE",
+    "EXCLUSIONS_FILE",
     "digest",
     "fresh_dir",
     "prediction_dirs",

@@ -17,10 +17,17 @@ from agegender.evaluate import (
     write_age_groups,
     write_rows_json,
 )
-from agegender.metrics import flat_metrics
+from agegender.exclusion import flat_exclusion_metrics, write_exclusions
+from agegender.metrics import VIEWS, flat_metrics
 from agegender.params import Params
 from agegender.paths import ProjectPaths
-from agegender.stages.common import AGE_GROUPS_FILE, EVALUATION_FILE, prediction_dirs, write_metrics
+from agegender.stages.common import (
+    AGE_GROUPS_FILE,
+    EVALUATION_FILE,
+    EXCLUSIONS_FILE,
+    prediction_dirs,
+    write_metrics,
+)
 
 if TYPE_CHECKING:
     from agegender.check import Checker
@@ -29,7 +36,7 @@ NAME = "evaluate"
 
 
 def run(params: Params, paths: ProjectPaths) -> EvaluationResult:
-    """Metric rows with CIs -> reports/evaluation.json, age groups, metrics/evaluate.json."""
+    """Metric rows with CIs -> reports/evaluation.json, age groups, the refusal exclusion, metrics/evaluate.json."""
     data = load_prepared(params, paths)
     study = params.study
     targets = select_samples(data.samples, study.split, study.datasets)
@@ -50,10 +57,12 @@ def run(params: Params, paths: ProjectPaths) -> EvaluationResult:
         ci_level=cfg.ci_level,
         seed=cfg.seed,
         age_group_width=cfg.age_group_width,
+        exclude_refused=cfg.exclude_refused,
     )
-    write_rows_json(result.rows, paths(EVALUATION_FILE))
+    write_rows_json(result.rows, paths(EVALUATION_FILE), result.exclusion_counts)
     write_age_groups(result.age_groups, paths(AGE_GROUPS_FILE))
-    write_metrics(paths, NAME, flat_metrics(result.rows, views=("answered", "common")))
+    write_exclusions(result.exclusions, paths(EXCLUSIONS_FILE))
+    write_metrics(paths, NAME, flat_metrics(result.rows, views=VIEWS) | flat_exclusion_metrics(result.exclusion_counts))
     return result
 
 

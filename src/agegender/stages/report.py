@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from agegender.data.prepare import load_prepared
-from agegender.evaluate import load_predictions, read_rows_json
+from agegender.evaluate import load_predictions, read_exclusion_counts, read_rows_json
 from agegender.params import Params
 from agegender.paths import ProjectPaths
 from agegender.stages.common import AGE_GROUPS_FILE, EVALUATION_FILE, fresh_dir, prediction_dirs, write_metrics
@@ -31,7 +31,12 @@ def run(params: Params, paths: ProjectPaths) -> list[Path]:
     predictions = load_predictions(prediction_dirs(params, paths), data.samples["sample_id"])
     roots = data.image_roots(paths)
     tables = write_tables(
-        rows, fresh_dir(paths.tables), roles=cfg.roles, caption_note=cfg.caption_note, model_names=cfg.model_names
+        rows,
+        fresh_dir(paths.tables),
+        roles=cfg.roles,
+        caption_note=cfg.caption_note,
+        model_names=cfg.model_names,
+        exclusion_counts=read_exclusion_counts(paths(EVALUATION_FILE)),
     )
     figures = write_figures(
         data.samples[data.samples["split"] == params.study.split],
