@@ -31,6 +31,7 @@ pytestmark = pytest.mark.slow
 #: a made-up key: the servers ignore it, and it must never be written anywhere
 FAKE_KEY = "sk-standin-0123456789abcdef"
 PAPER_MODELS = ("llava15-7b", "llava-next-34b", "sharegpt4v-7b", "gpt-4v", "gpt-4o")
+PAPER_FINETUNE_RUNS = ("sharegpt4v-7b-ft", "sharegpt4v-13b-ft", "llava15-7b-ft", "sharegpt4v-7b-ft-face")
 
 
 def run(cmd, cwd, *, check=True):
@@ -90,6 +91,7 @@ def test_the_switch_listed_every_missing_file_at_once(project):
         "models/hf/llava-1.5-7b-hf",
         "models/hf/llava-v1.6-34b-hf",
         "models/hf/sharegpt4v-7b-hf",
+        "models/hf/sharegpt4v-13b-hf",
     ):
         assert expected in before, f"{expected} not reported:\n{before}"
 
@@ -106,8 +108,10 @@ def test_params_yaml_is_the_paper_profile(project):
 
 def test_every_stage_ran(project):
     root, _, _, log, _ = project
-    for stage in ("check", "prepare_data", "train_mivolo", "finetune_mllm", "predict", "evaluate", "report"):
+    for stage in ("check", "prepare_data", "train_mivolo", "predict", "evaluate", "report"):
         assert f"Running stage '{stage}'" in log
+    for key in PAPER_FINETUNE_RUNS:
+        assert f"Running stage 'finetune_mllm@{key}'" in log
     for key in PAPER_MODELS:
         assert f"Running stage 'query_mllms@{key}'" in log
     assert json.loads((root / "metrics" / "train_mivolo.json").read_text()) == {"trained": False}
@@ -144,6 +148,12 @@ def test_every_model_answered_its_data_sets(project):
         "wild104.body.gpt-4o",
         "nanolagenda.body.sharegpt4v-7b-ft",
         "lagenda.body.sharegpt4v-7b-ft",
+        # the other fine-tuned variants: each answers the data sets and inputs of its paper rows
+        "lagenda.body.sharegpt4v-7b-ft-1ep",
+        "nanolagenda.body_wo_face.sharegpt4v-13b-ft",
+        "wild104.body.sharegpt4v-13b-ft",
+        "lagenda.body.llava15-7b-ft",
+        "adience.face.sharegpt4v-7b-ft-face",
     }
     for key in expected:
         assert f"{key}.n_total" in flat, key

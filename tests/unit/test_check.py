@@ -126,7 +126,11 @@ def _config() -> dict:
         },
         "finetune_mllm": {
             "runs": {
-                "ft": {"dataset": "lagenda", "base_model": "models/llava-hf", "config": {"deepspeed": "configs/ds.json"}},
+                "ft": {
+                    "dataset": "lagenda",
+                    "base_model": "models/llava-hf",
+                    "config": {"deepspeed": "configs/ds.json"},
+                },
             }
         },
         "report": {
@@ -419,7 +423,8 @@ def test_backends_by_import_path_are_imported_and_named(project: Path) -> None:
 
 def test_finetune_launch_settings_are_checked(project: Path) -> None:
     cfg = _config()
-    cfg["finetune_mllm"]["runs"]["ft"]["launch"] = {"num_processes": 0, "config_file": "configs/accelerate_missing.yaml"}
+    launch = {"num_processes": 0, "config_file": "configs/accelerate_missing.yaml"}
+    cfg["finetune_mllm"]["runs"]["ft"]["launch"] = launch
     cfg["finetune_mllm"]["runs"]["tiny"] = {"dataset": "nowhere", "build_tiny": {"kind": "llava"}}
     problems = check_params(params_from_dict(cfg), ProjectPaths(project), env=ENV, sections=["finetune_mllm"])
     by_where = {p.where: p for p in problems}
