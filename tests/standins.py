@@ -19,17 +19,39 @@ import pandas as pd
 #: FairFace's nine age classes, as MiVOLO's annotations write them
 FAIRFACE_CLASSES = ((0, 2), (3, 9), (10, 19), (20, 29), (30, 39), (40, 49), (50, 59), (60, 69), (70, 120))
 
-#: params the stand-ins need beside `profiles/paper.yaml`: sizes for 2 CPU cores, nothing about the code path
+#: the fine-tuning runs of `profiles/paper.yaml` that the stand-ins train only a few steps
+SHORT_RUNS = ("sharegpt4v-13b-ft", "llava15-7b-ft", "sharegpt4v-7b-ft-face")
+
+#: params the stand-ins need beside `profiles/paper.yaml`: sizes for 2 CPU cores. One thing of the code path moves:
+#: the runs of `SHORT_RUNS` report their last checkpoint, as a few steps teach a tiny model no answer that a selection
+#: could score; `sharegpt4v-7b-ft` trains long enough to select its best and reports its last beside it.
 STANDIN_OVERRIDES: tuple[str, ...] = (
     "prepare_data.subsets.nanolagenda.per_bin=2",
     # MiVOLO-384 trained here: the paper's recipe at a tiny size and two short stages
     "train_mivolo.config={variant: mivolo_tiny_64, stage1_epochs: 1, stage2_epochs: 1, batch_size: 16, "
     "face_blur_p2: 0.7, min_person_size: 50, threads: 1}",
-    "finetune_mllm.config={input_kind: body, learning_rate: 0.002, per_device_train_batch_size: 8, "
-    "num_train_epochs: 25, save_steps: 60, warmup_ratio: 0.05, freeze_vision_tower: false, torch_threads: 1, "
-    "deepspeed: null}",
+    "finetune_mllm.runs.sharegpt4v-7b-ft.config={input_kind: body, learning_rate: 0.002, "
+    "per_device_train_batch_size: 8, num_train_epochs: 25, save_steps: 60, warmup_ratio: 0.05, "
+    "freeze_vision_tower: false, torch_threads: 1, deepspeed: null}",
     "finetune_mllm.select.min_coverage=0.0",
-    "finetune_mllm.backend_options={batch_size: 8}",
+    "finetune_mllm.runs.sharegpt4v-7b-ft.backend_options={batch_size: 8}",
+    *(
+        override
+        for run in SHORT_RUNS
+        for override in (
+            *(
+                f"finetune_mllm.runs.{run}.config.{key}"
+                for key in (
+                    "max_steps=2",
+                    "per_device_train_batch_size=8",
+                    "freeze_vision_tower=false",
+                    "torch_threads=1",
+                )
+            ),
+            f"finetune_mllm.runs.{run}.backend_options={{batch_size: 8}}",
+            f"finetune_mllm.runs.{run}.checkpoint=last",
+        )
+    ),
     "query_mllms.models.llava15-7b.options={batch_size: 8, pad_to_square: true}",
     # the paper's grid scaled to the stand-in's 112-pixel tile (336 / 3)
     "query_mllms.models.llava-next-34b.options={batch_size: 8, image_grid_pinpoints: [[112, 224], [224, 112]]}",
@@ -164,6 +186,12 @@ def build_mllms(root: Path) -> dict[str, Path]:
     )
     out["sharegpt4v-7b"] = convert_llava(
         original["src"], hf / "sharegpt4v-7b-hf", vision_tower=original["clip"], progress=False
+    )
+    original = make_original(
+        root / "models" / "original" / "ShareGPT4V-13B", tower_inside=False, seed=3, tokenizer="sentencepiece"
+    )
+    out["sharegpt4v-13b"] = convert_llava(
+        original["src"], hf / "sharegpt4v-13b-hf", vision_tower=original["clip"], progress=False
     )
     return out
 

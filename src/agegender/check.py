@@ -269,9 +269,9 @@ def fingerprints(params: Params, paths: ProjectPaths) -> dict[str, dict]:
     """What each stage reads from outside the project, fingerprinted, one JSON-able dict per consumer.
 
     Consumers, from each registered stage's `fingerprint`: the stage itself (`prepare_data`, `train_mivolo`,
-    `finetune_mllm`, `predict`), or one per part (`query_mllms/<key>` for each configured model); their
-    docstrings say what each records. Consumers with nothing external get `{}`. Missing files are recorded as
-    `{"missing": true}`.
+    `predict`), or one per part (`query_mllms/<key>` for each configured model, `finetune_mllm/<run>` for each
+    fine-tuning run); their docstrings say what each records. Consumers with nothing external get `{}`. Missing
+    files are recorded as `{"missing": true}`.
 
     Args:
         params: validated params.

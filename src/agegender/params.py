@@ -199,41 +199,73 @@ class LaunchParams:
     args: tuple[str, ...] = ()
 
 
+#: Which checkpoint of a fine-tuning run a model reports: `best` on the validation split (the paper's "ShareGPT4V 7B
+#: fine-tuned", section 4.3) or `last`, the end of training (table 6's "ShareGPT4V-7b 1 epoch").
+CHECKPOINTS = ("best", "last")
+
+
+def _check_checkpoint(value: str) -> None:
+    if value not in CHECKPOINTS:
+        raise InputError(f"must be one of {list(CHECKPOINTS)}, got {value!r}", field="checkpoint")
+
+
 @dataclass(frozen=True)
-class FinetuneMllmParams:
-    """Section `finetune_mllm`: fine-tune an MLLM with the paper's recipe, select a checkpoint, predict.
+class AlsoReportParams:
+    """Another checkpoint of a run's training, reported as a model of its own (`also_report`): the training is shared,
+    so the paper's "after the full epoch" beside its best checkpoint costs no second training.
 
     Attributes:
-        name: model name of the fine-tuned model in the prediction tables.
-        out: training run, selection and the kept model (`<out>/best`).
-        predictions: where the kept model's zero-shot-style predictions on the study's samples go.
-        dataset: the data set whose train split trains and whose `select.split` selects.
-        base_model: local Hugging Face folder to start from (paper: ShareGPT4V-7B in HF format). With neither
-            `base_model` nor `build_tiny`, the profile fine-tunes nothing and the stage says so.
-        build_tiny: demo only: build an untrained tiny LLaVA with these `build_tiny_llava` arguments instead.
-        config: `agegender.mllm.finetune.config.FinetuneConfig`, checked with the params.
-        inputs: crops the kept model answers on the study's data sets.
+        checkpoint: `best` or `last` (`CHECKPOINTS`).
+        inputs: crops this model answers (None: the run's `inputs`).
+        datasets: data sets it answers (None: the run's `datasets`); the paper reports the full-epoch model on
+            LAGENDA only (table 6).
+    """
+
+    checkpoint: str = "last"
+    inputs: tuple[str, ...] | None = None
+    datasets: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        _check_checkpoint(self.checkpoint)
+
+
+@dataclass(frozen=True)
+class FinetuneRunParams:
+    """One run of `finetune_mllm.runs`: a training, and the model named by its key that reports one checkpoint of it.
+
+    Attributes:
+        base_model: local Hugging Face folder to start from (paper: ShareGPT4V-7B in HF format).
+        build_tiny: demo only: build an untrained tiny LLaVA with these `build_tiny_llava` arguments instead. Exactly
+            one of `base_model` and `build_tiny` is set.
+        dataset: the data set whose train split trains and whose `finetune_mllm.select.split` selects.
+        config: `agegender.mllm.finetune.config.FinetuneConfig` (its `input_kind` is the crop trained on).
+        checkpoint: the checkpoint this model reports, `best` (selected on validation) or `last`.
+        inputs: crops the model answers on the study's data sets.
         datasets: data sets it answers (None: all of `study.datasets`).
-        backend_options: `TransformersOptions` of the backend that answers with the kept model, e.g.
+        backend_options: `TransformersOptions` of the backend that answers with the run's checkpoints, e.g.
             `{batch_size: 32}` on a GPU (selection and predictions), as written; code reads `answering_options`.
         launch: train through `accelerate launch` in several processes (e.g. 8 GPUs, ZeRO-3 with
             `config.deepspeed`); None = in the stage's own process.
+        also_report: model name -> another checkpoint of this same training reported as a model of its own.
     """
 
-    name: str = "llava_ft"
-    out: str = "models/finetune_mllm"
-    predictions: str = "predictions/finetune_mllm"
-    dataset: str = "demo"
     base_model: str | None = None
     build_tiny: dict[str, Any] | None = None
+    dataset: str = "demo"
     config: FinetuneConfig = field(default_factory=FinetuneConfig)
-    select: SelectionParams = field(default_factory=SelectionParams)
+    checkpoint: str = "best"
     inputs: tuple[str, ...] = ("body", "body_wo_face")
     datasets: tuple[str, ...] | None = None
     backend_options: dict[str, Any] = field(default_factory=dict)
     launch: LaunchParams | None = None
+    also_report: dict[str, AlsoReportParams] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if (self.base_model is None) == (self.build_tiny is None):
+            raise InputError(
+                "give exactly one of base_model (a Hugging Face folder) and build_tiny", field="base_model"
+            )
+        _check_checkpoint(self.checkpoint)
         # the model answers as it was trained (config's padding and system prompt) unless backend_options say otherwise
         trained = {"pad_to_square": self.config.pad_to_square, "system_prompt": self.config.system_prompt}
         written = {k: v for k, v in trained.items() if v is not None} | self.backend_options
@@ -243,8 +275,58 @@ class FinetuneMllmParams:
     @property
     def answering_options(self) -> TransformersOptions:
         """The `TransformersOptions` of the backend that answers with the fine-tuned checkpoints (selection) and the
-        kept model (predictions): `config`'s `pad_to_square` and `system_prompt`, then `backend_options`."""
+        reported models (predictions): `config`'s `pad_to_square` and `system_prompt`, then `backend_options`."""
         return self._answering_options  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class ReportedModel:
+    """A model a fine-tuning run reports (resolved from `FinetuneRunParams`; not a params key).
+
+    Attributes:
+        name: its name in the prediction tables (the run's key, or a key of its `also_report`).
+        run: the run whose training made it.
+        checkpoint: `best` or `last`.
+        inputs: crops it answers.
+        datasets: data sets it answers (None: all of `study.datasets`).
+    """
+
+    name: str
+    run: str
+    checkpoint: str
+    inputs: tuple[str, ...]
+    datasets: tuple[str, ...] | None
+
+
+@dataclass(frozen=True)
+class FinetuneMllmParams:
+    """Section `finetune_mllm`: fine-tuning runs with the paper's recipe, one DVC stage each (`finetune_mllm@<run>`).
+
+    Attributes:
+        out: one folder per run, `<out>/<run>/`: the training (`run/`), the selection and the kept model (`best/`).
+        predictions: one folder per run, `<predictions>/<run>/predictions.parquet`: every model the run reports.
+        select: how the `best` checkpoint is picked, shared by every run (the paper's protocol, section 4.3).
+        runs: run (= model) name -> its training and reported checkpoint; `{}`: this profile fine-tunes nothing.
+    """
+
+    out: str = "models/finetune_mllm"
+    predictions: str = "predictions/finetune_mllm"
+    select: SelectionParams = field(default_factory=SelectionParams)
+    runs: dict[str, FinetuneRunParams] = field(default_factory=dict)
+
+    def reported(self, run: str) -> list[ReportedModel]:
+        """The models `run` reports: the run's own first, then its `also_report` in the order written."""
+        spec = self.runs[run]
+        own = ReportedModel(run, run, spec.checkpoint, spec.inputs, spec.datasets)
+        extra = [
+            ReportedModel(name, run, more.checkpoint, more.inputs or spec.inputs, more.datasets or spec.datasets)
+            for name, more in spec.also_report.items()
+        ]
+        return [own, *extra]
+
+    def models(self) -> list[ReportedModel]:
+        """Every model the runs report, run by run."""
+        return [model for run in self.runs for model in self.reported(run)]
 
 
 @dataclass(frozen=True)
@@ -403,7 +485,8 @@ class Params:
                     raise ValueError(f"{where}: {bad} not among ['body', 'face', 'body_wo_face']")
         names = [*self.predict.models, *self.predict.external, *self.query_mllms.models]
         if self.finetune_mllm is not None:
-            names.append(self.finetune_mllm.name)
+            self._check_finetune_runs(self.finetune_mllm)
+            names += [model.name for model in self.finetune_mllm.models()]
         dotted = [n for n in [*names, *self.prepare_data.datasets, *self.prepare_data.subsets] if "." in n]
         if dotted:
             raise ValueError(
@@ -414,7 +497,7 @@ class Params:
         if clashes:
             raise ValueError(
                 f"model names {clashes} are used twice (predict.models, predict.external, query_mllms.models and "
-                "finetune_mllm.name share one namespace)"
+                "the models of finetune_mllm.runs share one namespace)"
             )
         known = set(self.prepare_data.datasets) | set(self.prepare_data.subsets)
         for ds, rule in self.evaluate.exclude_refused.items():
@@ -429,6 +512,18 @@ class Params:
         for name, subset in self.prepare_data.subsets.items():
             if subset.source not in self.prepare_data.datasets:
                 raise ValueError(f"prepare_data.subsets.{name}.source: unknown data set {subset.source!r}")
+
+    def _check_finetune_runs(self, section: FinetuneMllmParams) -> None:
+        """What a run cannot check alone: its models' crops and data sets, against the study's."""
+        for run in section.runs:
+            for model in section.reported(run):
+                where = f"finetune_mllm.runs.{run}" + ("" if model.name == run else f".also_report.{model.name}")
+                bad = [k for k in model.inputs if k not in ("body", "face", "body_wo_face")]
+                if bad:
+                    raise ValueError(f"{where}.inputs: {bad} not among ['body', 'face', 'body_wo_face']")
+                unknown = [d for d in model.datasets or () if d not in self.study.datasets]
+                if unknown:
+                    raise ValueError(f"{where}.datasets: {unknown} are not in study.datasets")
 
 
 def params_from_dict(data: dict[str, Any], source: str | Path = "params") -> Params:

@@ -167,9 +167,9 @@ def read_config_file(
 ) -> tuple[dict[str, Any], str]:
     """The settings a training command reads: a YAML file's section, then its `--set name=value` overrides.
 
-    A params.yaml works as the file: `section` (dotted, e.g. `finetune_mllm`) picks its section, and a section (or
-    file) holding a `config` mapping (params.yaml's layout, and the file the fine-tuning stage writes for its
-    launched processes) gives that mapping.
+    A params.yaml works as the file: `section` (dotted, e.g. `finetune_mllm.runs.<run>`) picks its section, and a
+    section (or file) holding a `config` mapping (params.yaml's layout, and the file the fine-tuning stage writes for
+    its launched processes) gives that mapping.
 
     Args:
         path: the YAML file; None = overrides only.

@@ -69,7 +69,7 @@ class Tolerance:
 
 
 _EVAL = "metrics/evaluate.json"
-_FT = "metrics/finetune_mllm.json"
+_FT = "metrics/finetune_mllm/*.json"
 _TRAIN = "metrics/train_mivolo.json"
 _QUERY = "metrics/query_mllms/*.json"
 
@@ -97,7 +97,8 @@ TOLERANCES: tuple[Tolerance, ...] = (
     ),
     Tolerance(f"{_FT}:selection.best_*", "rate", "best_n", why="rates and answered count of the kept checkpoint"),
     Tolerance(f"{_FT}:selection.*", "exact", why="the selection's settings and number of checkpoints"),
-    Tolerance(f"{_FT}:*.*", "rate", SIBLINGS, why="answer statuses of the fine-tuned model, out of its queries"),
+    Tolerance(f"{_FT}:last.*", "exact", why="the end of training: its step count follows from the settings"),
+    Tolerance(f"{_FT}:*.*", "rate", SIBLINGS, why="answer statuses of a fine-tuned model, out of its queries"),
     Tolerance(f"{_EVAL}:*.n_total", "exact", why="the evaluated samples: data, not model output"),
     Tolerance(f"{_EVAL}:*_n", "rate", "n_total", why="labelled answers of a model, out of the evaluated samples"),
     Tolerance(f"{_EVAL}:*.n_answered", "rate", "n_total", why="answers of a model, out of the evaluated samples"),

@@ -32,8 +32,7 @@ BASE_OVERRIDES = (
     "query_mllms.models={}",
     "evaluate.exclude_refused={}",  # gpt-4v, whose refusals shrink NanoLAGENDA, is one of the models left out
     "predict.models={baseline: {model: baseline, options: {train_dataset: imdb_clean}}}",
-    "finetune_mllm.base_model=null",
-    "finetune_mllm.datasets=null",
+    "finetune_mllm.runs={}",
     "evaluate.n_resamples=20",
     "report.gallery.n=2",
 )
@@ -65,7 +64,7 @@ def test_the_guide_works_as_written(tmp_path: Path) -> None:
     from agegender.mllm.tools.tiny import build_tiny_llava
     from agegender.paths import ProjectPaths
     from agegender.profiles import render
-    from agegender.stages import common, evaluate, finetune_mllm, predict, prepare_data, query_mllms, report
+    from agegender.stages import common, evaluate, predict, prepare_data, query_mllms, report
 
     blocks = guide_blocks()
     root = tmp_path
@@ -123,7 +122,6 @@ def test_the_guide_works_as_written(tmp_path: Path) -> None:
             query_mllms.run(params, paths, key, progress=False)
             log = json.loads((paths(params.query_mllms.out) / key / RUN_LOG_FILE).read_text())
             assert sum(run["requests_sent"] for run in log["runs"].values()) > 0
-    finetune_mllm.run(params, paths, progress=False)  # the cut-down profile fine-tunes nothing
     result = evaluate.run(params, paths)
     rows = result.rows[result.rows["view"] == "answered"]
     have = set(zip(rows["dataset"], rows["input"], rows["model"], strict=True))

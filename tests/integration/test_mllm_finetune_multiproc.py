@@ -101,11 +101,13 @@ def test_the_stage_trains_through_accelerate_launch(tmp_path, monkeypatch):
     params = yaml.safe_load((REPO / "profiles" / "demo.yaml").read_text())
     params["prepare_data"]["demo"].update(n_train=12, n_val=6, n_test=8, image_size=96)
     params["prepare_data"]["subsets"]["nanodemo"]["per_bin"] = 1
-    params["finetune_mllm"]["build_tiny"] = {"kind": "llava", "seed": 3, "image_size": 56, "vision_hidden": 32}
+    spec = params["finetune_mllm"]["runs"]["tiny_llava_ft"]
+    params["finetune_mllm"]["runs"] = {"tiny_llava_ft": spec}
+    spec["build_tiny"] = {"kind": "llava", "seed": 3, "image_size": 56, "vision_hidden": 32}
     # enough steps for the tiny model to learn the answer format (selection needs parsed answers)
-    params["finetune_mllm"]["config"].update(num_train_epochs=40, per_device_train_batch_size=2, save_steps=60)
-    params["finetune_mllm"]["datasets"] = ["nanodemo"]
-    params["finetune_mllm"]["launch"] = {
+    spec["config"].update(num_train_epochs=40, per_device_train_batch_size=2, save_steps=60)
+    spec["datasets"] = ["nanodemo"]
+    spec["launch"] = {
         "num_processes": 2,
         "config_file": str(REPO / "configs" / "accelerate_cpu_2proc.yaml"),
         "args": ["--main_process_port", "29519"],
@@ -116,9 +118,10 @@ def test_the_stage_trains_through_accelerate_launch(tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     loaded, paths = common.setup(tmp_path)
     prepare_data.run(loaded, paths, progress=False)
-    summary = finetune_mllm.run(loaded, paths, progress=False)
-    run = json.loads((tmp_path / "models" / "finetune_mllm" / "run" / "finetune_summary.json").read_text())
+    summary = finetune_mllm.run(loaded, paths, "tiny_llava_ft", progress=False)
+    out = tmp_path / "models" / "finetune_mllm" / "tiny_llava_ft"
+    run = json.loads((out / "run" / "finetune_summary.json").read_text())
     assert run["world_size"] == 2 and run["global_batch"] == 4
     assert summary["train_steps"] == run["steps"] > 0
-    assert (tmp_path / "models" / "finetune_mllm" / "best" / "config.json").is_file()
-    assert (tmp_path / "predictions" / "finetune_mllm" / "predictions.parquet").is_file()
+    assert (out / "best" / "config.json").is_file()
+    assert (tmp_path / "predictions" / "finetune_mllm" / "tiny_llava_ft" / "predictions.parquet").is_file()

@@ -31,6 +31,7 @@ pytestmark = pytest.mark.slow
 #: a made-up key: the servers ignore it, and it must never be written anywhere
 FAKE_KEY = "sk-standin-0123456789abcdef"
 PAPER_MODELS = ("llava15-7b", "llava-next-34b", "sharegpt4v-7b", "gpt-4v", "gpt-4o")
+PAPER_FINETUNE_RUNS = ("sharegpt4v-7b-ft", "sharegpt4v-13b-ft", "llava15-7b-ft", "sharegpt4v-7b-ft-face")
 
 
 def run(cmd, cwd, *, check=True):
@@ -90,6 +91,7 @@ def test_the_switch_listed_every_missing_file_at_once(project):
         "models/hf/llava-1.5-7b-hf",
         "models/hf/llava-v1.6-34b-hf",
         "models/hf/sharegpt4v-7b-hf",
+        "models/hf/sharegpt4v-13b-hf",
     ):
         assert expected in before, f"{expected} not reported:\n{before}"
 
@@ -106,8 +108,10 @@ def test_params_yaml_is_the_paper_profile(project):
 
 def test_every_stage_ran(project):
     root, _, _, log, _ = project
-    for stage in ("check", "prepare_data", "train_mivolo", "finetune_mllm", "predict", "evaluate", "report"):
+    for stage in ("check", "prepare_data", "train_mivolo", "predict", "evaluate", "report"):
         assert f"Running stage '{stage}'" in log
+    for key in PAPER_FINETUNE_RUNS:
+        assert f"Running stage 'finetune_mllm@{key}'" in log
     for key in PAPER_MODELS:
         assert f"Running stage 'query_mllms@{key}'" in log
     # MiVOLO-384 trained here (train_mivolo on IMDB-clean train), predicted as `mivolo_d1_384@imdb_clean`
@@ -147,6 +151,12 @@ def test_every_model_answered_its_data_sets(project):
         "lagenda.body.sharegpt4v-7b-ft",
         "cacd.face_body.mivolo_d1_384@imdb_clean",
         "fairface.face_body.mivolo_d1_384@imdb_clean",
+        # the other fine-tuned variants: each answers the data sets and inputs of its paper rows
+        "lagenda.body.sharegpt4v-7b-ft-1ep",
+        "nanolagenda.body_wo_face.sharegpt4v-13b-ft",
+        "wild104.body.sharegpt4v-13b-ft",
+        "lagenda.body.llava15-7b-ft",
+        "adience.face.sharegpt4v-7b-ft-face",
     }
     for key in expected:
         assert f"{key}.n_total" in flat, key
@@ -174,9 +184,20 @@ def test_report_puts_the_papers_numbers_beside_ours(project):
     for n in (4, 5):
         trained = next(line for line in (tables / f"table{n}.md").read_text().splitlines() if "trained here" in line)
         assert "no predictions yet" not in trained and "; paper" not in trained
-    # rows we have no predictions for are marked, not dropped
+    # every fine-tuned variant of table 6 is a model of ours now: its rows come from a finetune_mllm run
     table6 = (tables / "table6.md").read_text()
-    assert "no predictions yet" in table6
+    assert "no predictions yet" not in table6
+    names = yaml.safe_load((root / "params.yaml").read_text())["report"]["model_names"]
+    for model in (
+        "sharegpt4v-7b-ft",
+        "sharegpt4v-7b-ft-1ep",
+        "sharegpt4v-13b-ft",
+        "llava15-7b-ft",
+        "sharegpt4v-7b-ft-face",
+    ):
+        assert any(line.startswith(f"| {names[model]} |") for line in table6.splitlines()), model
+    # rows we have no predictions for are marked, not dropped
+    assert any("no predictions yet" in (tables / f"table{n}.md").read_text() for n in range(1, 11))
     figures = {p.name for p in (root / "reports" / "figures").iterdir()}
     assert {"age_group_mae.png", "age_group_mae.pdf"} <= figures
 

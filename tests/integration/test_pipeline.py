@@ -28,7 +28,8 @@ def tiny_params():
     params["report"]["gallery"]["n"] = 3
     # 40 people: more epochs so that the tiny LLaVA learns the answer format (the learning goal itself is tested
     # in tests/unit/test_mllm_finetune.py); one save in between so that selection has two checkpoints
-    params["finetune_mllm"]["config"].update(num_train_epochs=30, save_steps=40)
+    params["finetune_mllm"]["runs"]["tiny_llava_ft"]["config"].update(num_train_epochs=30, save_steps=40)
+    params["finetune_mllm"]["runs"]["tiny_llava_ft_body"]["config"].update(max_steps=4)
     return params
 
 
@@ -56,9 +57,13 @@ def project(tmp_path_factory):
 
 def test_every_stage_ran_and_wrote_its_outputs(project):
     root, log = project
-    for stage in ("check", "prepare_data", "train_mivolo", "finetune_mllm", "predict", "evaluate", "report"):
+    for stage in ("check", "prepare_data", "train_mivolo", "predict", "evaluate", "report"):
         assert f"Running stage '{stage}'" in log
         assert (root / "metrics" / f"{stage}.json").is_file()
+    for key in ("tiny_llava_ft", "tiny_llava_ft_body"):  # one stage per fine-tuning run
+        assert f"Running stage 'finetune_mllm@{key}'" in log
+        assert (root / "metrics" / "finetune_mllm" / f"{key}.json").is_file()
+        assert (root / "predictions" / "finetune_mllm" / key / "predictions.parquet").is_file()
     for key in ("tiny_llava", "tiny_llava_next"):
         assert f"Running stage 'query_mllms@{key}'" in log
         assert (root / "metrics" / "query_mllms" / f"{key}.json").is_file()
@@ -66,8 +71,12 @@ def test_every_stage_ran_and_wrote_its_outputs(project):
     assert (root / "models" / "mivolo" / "mivolo.pth.tar").is_file()
     # the val split's size: the tolerance of the val metrics follows from it (agegender.tolerances)
     assert json.loads((root / "metrics" / "train_mivolo.json").read_text())["val_n"] > 0
-    assert (root / "models" / "finetune_mllm" / "best" / "config.json").is_file()
-    assert (root / "models" / "finetune_mllm" / "selection.md").is_file()
+    assert (root / "models" / "finetune_mllm" / "tiny_llava_ft" / "best" / "config.json").is_file()
+    assert (root / "models" / "finetune_mllm" / "tiny_llava_ft" / "selection.md").is_file()
+    # the body run reports the end of its training: no selection, no kept copy
+    assert not (root / "models" / "finetune_mllm" / "tiny_llava_ft_body" / "best").exists()
+    body = json.loads((root / "metrics" / "finetune_mllm" / "tiny_llava_ft_body.json").read_text())
+    assert body["last.step"] == body["train_steps"] == 4 and "selection.checkpoints" not in body
     for nb in (
         "01_prepare_data",
         "02_train_mivolo",

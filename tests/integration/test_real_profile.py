@@ -36,8 +36,9 @@ SIZE_OVERRIDES: tuple[str, ...] = (
     "on_bad_row: skip}",
     "train_mivolo.config={variant: mivolo_tiny_64, stage1_epochs: 2, stage2_epochs: 0, batch_size: 32, lr: 0.001, "
     "age_loss: mse, age_weighting: false, seed: 1234}",
-    "finetune_mllm.config={input_kind: face, learning_rate: 0.002, per_device_train_batch_size: 16, max_steps: 12, "
-    "save_steps: 6, warmup_ratio: 0.05, freeze_vision_tower: false, torch_threads: 1, seed: 1234}",
+    "finetune_mllm.runs.tiny_llava_utk.config={input_kind: face, learning_rate: 0.002, "
+    "per_device_train_batch_size: 16, max_steps: 12, save_steps: 6, warmup_ratio: 0.05, freeze_vision_tower: false, "
+    "torch_threads: 1, seed: 1234}",
     "finetune_mllm.select.min_coverage=0.0",
     "evaluate.n_resamples=50",
     "report.gallery.n=3",

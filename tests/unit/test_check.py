@@ -125,9 +125,13 @@ def _config() -> dict:
             }
         },
         "finetune_mllm": {
-            "dataset": "lagenda",
-            "base_model": "models/llava-hf",
-            "config": {"deepspeed": "configs/ds.json"},
+            "runs": {
+                "ft": {
+                    "dataset": "lagenda",
+                    "base_model": "models/llava-hf",
+                    "config": {"deepspeed": "configs/ds.json"},
+                },
+            }
         },
         "report": {
             "roles": {"lagenda": "lagenda", "nanolagenda": "nano", "wild104": "wild", "adience": None},
@@ -157,7 +161,7 @@ def test_every_fault_is_reported_at_once(project: Path) -> None:
     original = project / "models" / "llava-orig"
     _write(original / "config.json", json.dumps({"architectures": ["LlavaLlamaForCausalLM"], "mm_vision_tower": "x"}))
     cfg["query_mllms"]["models"]["llava"]["model"] = "models/llava-orig"
-    cfg["finetune_mllm"]["config"]["deepspeed"] = "configs/missing.json"
+    cfg["finetune_mllm"]["runs"]["ft"]["config"]["deepspeed"] = "configs/missing.json"
     cfg["report"]["roles"]["imdb_clean"] = "imdb"
     cfg["train_mivolo"]["dataset"] = "nano"  # a subset, not a data set prepare_data reads
 
@@ -171,7 +175,7 @@ def test_every_fault_is_reported_at_once(project: Path) -> None:
         "predict.external.new_model.path": ("new.csv", "gender_pred"),
         "query_mllms.models.llava.model": ("llava-orig", "agegender convert-llava"),
         "query_mllms.models.gpt4o.options.api_key_env": ("TEST_KEY",),
-        "finetune_mllm.config.deepspeed": ("missing.json",),
+        "finetune_mllm.runs.ft.config.deepspeed": ("missing.json",),
         "report.roles.imdb_clean": ("'imdb'",),
         "train_mivolo.dataset": ("'nano'",),
     }
@@ -419,11 +423,14 @@ def test_backends_by_import_path_are_imported_and_named(project: Path) -> None:
 
 def test_finetune_launch_settings_are_checked(project: Path) -> None:
     cfg = _config()
-    cfg["finetune_mllm"]["launch"] = {"num_processes": 0, "config_file": "configs/accelerate_missing.yaml"}
+    launch = {"num_processes": 0, "config_file": "configs/accelerate_missing.yaml"}
+    cfg["finetune_mllm"]["runs"]["ft"]["launch"] = launch
+    cfg["finetune_mllm"]["runs"]["tiny"] = {"dataset": "nowhere", "build_tiny": {"kind": "llava"}}
     problems = check_params(params_from_dict(cfg), ProjectPaths(project), env=ENV, sections=["finetune_mllm"])
     by_where = {p.where: p for p in problems}
-    assert "must be at least 1" in by_where["finetune_mllm.launch.num_processes"].message
-    assert by_where["finetune_mllm.launch.config_file"].path.endswith("accelerate_missing.yaml")
+    assert "must be at least 1" in by_where["finetune_mllm.runs.ft.launch.num_processes"].message
+    assert by_where["finetune_mllm.runs.ft.launch.config_file"].path.endswith("accelerate_missing.yaml")
+    assert "is not one of prepare_data.datasets" in by_where["finetune_mllm.runs.tiny.dataset"].message  # each run
 
 
 def test_sections_limit_the_check(project: Path) -> None:
@@ -500,7 +507,7 @@ def test_fingerprints_follow_content_and_keep_mtimes(project: Path) -> None:
     files = write_fingerprints(params, paths, out)
     names = sorted(str(f.relative_to(out)) for f in files)
     assert names == [
-        "finetune_mllm.json",
+        "finetune_mllm/ft.json",
         "predict.json",
         "prepare_data.json",
         "query_mllms/gpt4o.json",
@@ -574,7 +581,7 @@ def test_demo_profile_is_clean_and_writes_empty_fingerprints(tmp_path: Path) -> 
     paths = ProjectPaths(REPO)
     assert check_params(params, paths, env={}) == []
     files = write_fingerprints(params, paths, tmp_path / "sources")
-    assert len(files) == 4 + len(params.query_mllms.models)
+    assert len(files) == 3 + len(params.query_mllms.models) + len(params.finetune_mllm.runs)
     assert all(json.loads(f.read_text()) == {} for f in files)  # the demo reads nothing from outside the project
 
 

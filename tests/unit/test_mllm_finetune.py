@@ -80,9 +80,10 @@ def test_config_rejects_unknown_and_bad_values(tmp_path):
         FinetuneConfig(per_device_train_batch_size=0)
     params = tmp_path / "params.yaml"
     params.write_text(
-        "finetune_mllm:\n  build_tiny: {kind: llava}\n  config:\n    learning_rate: 0.001\n    lora: true\n"
+        "finetune_mllm:\n  runs:\n    ft:\n      build_tiny: {kind: llava}\n"
+        "      config:\n        learning_rate: 0.001\n        lora: true\n"
     )
-    config = read_config(params, "finetune_mllm", ["max_steps=5", "lora_target_modules=[q_proj, v_proj]"])
+    config = read_config(params, "finetune_mllm.runs.ft", ["max_steps=5", "lora_target_modules=[q_proj, v_proj]"])
     assert config.learning_rate == 1e-3 and config.max_steps == 5 and config.lora
     assert config.lora_target_modules == ("q_proj", "v_proj")
     with pytest.raises(InputError, match="no section"):

@@ -96,8 +96,8 @@ def test_predict_models():
             "query_mllms.models.v.options.tensor_parallel: unknown key (known: batch_size, tensor_parallel_size",
         ),  # fmt: skip
         (
-            {"finetune_mllm": {"backend_options": {"btach_size": 4}}},
-            "finetune_mllm.backend_options.btach_size: unknown",
+            {"finetune_mllm": {"runs": {"ft": {"build_tiny": {}, "backend_options": {"btach_size": 4}}}}},
+            "finetune_mllm.runs.ft.backend_options.btach_size: unknown",
         ),
         ({"train_mivolo": {"config": {"lr": -1}}}, "train_mivolo.config.lr: must be a number >= 0, got -1"),
         ({"train_mivolo": {"config": {"lr": "fast"}}}, "train_mivolo.config.lr: expected a number, got 'fast'"),
@@ -108,11 +108,57 @@ def test_predict_models():
             "train_mivolo.config.drop_body_p: must be at most 1 - drop_face_p, got 0.6",
         ),
         (
-            {"finetune_mllm": {"config": {"learning_rate": 0}}},
-            "finetune_mllm.config.learning_rate: must be a positive number, got 0.0",
+            {"finetune_mllm": {"runs": {"ft": {"build_tiny": {}, "config": {"learning_rate": 0}}}}},
+            "finetune_mllm.runs.ft.config.learning_rate: must be a positive number, got 0.0",
         ),
-        ({"finetune_mllm": {"config": {"input_kind": "torso"}}}, "finetune_mllm.config.input_kind: must be one of"),
-        ({"finetune_mllm": {"config": {"lora_rank": 8}}}, "finetune_mllm.config.lora_rank: unknown key"),
+        (
+            {"finetune_mllm": {"runs": {"ft": {"build_tiny": {}, "config": {"input_kind": "torso"}}}}},
+            "finetune_mllm.runs.ft.config.input_kind: must be one of",
+        ),
+        (
+            {"finetune_mllm": {"runs": {"ft": {"build_tiny": {}, "config": {"lora_rank": 8}}}}},
+            "finetune_mllm.runs.ft.config.lora_rank: unknown key",
+        ),
+        (
+            {"finetune_mllm": {"runs": {"ft": {"build_tiny": {}, "checkpoint": "middle"}}}},
+            "finetune_mllm.runs.ft.checkpoint: must be one of ['best', 'last'], got 'middle'",
+        ),
+        (
+            {"finetune_mllm": {"runs": {"ft": {"build_tiny": {}, "also_report": {"ft1": {"checkpoint": "first"}}}}}},
+            "finetune_mllm.runs.ft.also_report.ft1.checkpoint: must be one of ['best', 'last'], got 'first'",
+        ),
+        (
+            {"finetune_mllm": {"runs": {"ft": {"config": {}}}}},
+            "finetune_mllm.runs.ft.base_model: give exactly one of base_model (a Hugging Face folder) and build_tiny",
+        ),
+        (
+            {"finetune_mllm": {"runs": {"ft": {"base_model": "m", "build_tiny": {}}}}},
+            "finetune_mllm.runs.ft.base_model: give exactly one of",
+        ),
+        (
+            {"finetune_mllm": {"runs": {"ft": {"build_tiny": {}, "inputs": ["face_body"]}}}},
+            "finetune_mllm.runs.ft.inputs: ['face_body'] not among ['body', 'face', 'body_wo_face']",
+        ),
+        (
+            {"finetune_mllm": {"runs": {"ft": {"build_tiny": {}, "datasets": ["elsewhere"]}}}},
+            "finetune_mllm.runs.ft.datasets: ['elsewhere'] are not in study.datasets",
+        ),
+        (
+            {"finetune_mllm": {"runs": {"ft": {"build_tiny": {}, "also_report": {"ft-1": {"inputs": ["torso"]}}}}}},
+            "finetune_mllm.runs.ft.also_report.ft-1.inputs: ['torso'] not among",
+        ),
+        (
+            {"finetune_mllm": {"runs": {"ft": {"build_tiny": {}, "also_report": {"ft": {}}}}}},
+            "model names ['ft'] are used twice",
+        ),
+        (
+            {
+                "query_mllms": {"models": {"m": {"backend": "openai", "model": "x"}}},
+                "finetune_mllm": {"runs": {"ft": {"build_tiny": {}, "also_report": {"m": {}}}}},
+            },
+            "model names ['m'] are used twice",
+        ),
+        ({"finetune_mllm": {"runs": {"ft": {"build_tiny": {}, "epochs": 1}}}}, "finetune_mllm.runs.ft.epochs: unknown"),
     ],
 )
 def test_bad_params_name_the_key(data, message, tmp_path):
@@ -161,17 +207,52 @@ def test_backend_options_of_an_import_path_backend_are_left_to_its_class():
 
 def test_finetuned_model_answers_with_its_training_prompt_unless_backend_options_say_otherwise():
     config = {"pad_to_square": True, "system_prompt": "Be brief."}
-    section = {"config": config, "backend_options": {"batch_size": 2, "system_prompt": "Other."}}
-    options = params_from_dict({"finetune_mllm": section}).finetune_mllm.answering_options
-    assert options == TransformersOptions(batch_size=2, pad_to_square=True, system_prompt="Other.")
-    assert params_from_dict({"finetune_mllm": {}}).finetune_mllm.answering_options == TransformersOptions()
+    run = {"build_tiny": {}, "config": config, "backend_options": {"batch_size": 2, "system_prompt": "Other."}}
+    section = params_from_dict({"finetune_mllm": {"runs": {"ft": run, "plain": {"build_tiny": {}}}}}).finetune_mllm
+    assert section.runs["ft"].answering_options == TransformersOptions(
+        batch_size=2, pad_to_square=True, system_prompt="Other."
+    )
+    assert section.runs["plain"].answering_options == TransformersOptions()
 
 
 def test_the_typed_options_are_no_params_key():
     spec = {"backend": "openai", "model": "m", "options": {"concurrency": 2}}
-    params = params_from_dict({"query_mllms": {"models": {"g": spec}}, "finetune_mllm": {}})
+    params = params_from_dict(
+        {"query_mllms": {"models": {"g": spec}}, "finetune_mllm": {"runs": {"f": {"build_tiny": {}}}}}
+    )
     plain = as_dict(params)
     assert plain["query_mllms"]["models"]["g"]["options"] == {"concurrency": 2}
     assert "typed_options" not in plain["query_mllms"]["models"]["g"]
-    assert "answering_options" not in plain["finetune_mllm"]
+    assert "answering_options" not in plain["finetune_mllm"]["runs"]["f"]
     assert params_from_dict(plain) == params
+
+
+def test_finetune_runs_report_their_models_and_share_a_training_for_also_report():
+    """A run names its model; `also_report` adds other checkpoints of the same training (its inputs and data sets
+    unless it gives its own), in the order written; every reported model is one name of the model namespace."""
+    study = {"datasets": ["demo", "nanodemo"]}
+    runs = {
+        "ft": {
+            "build_tiny": {"kind": "llava"},
+            "inputs": ["body", "body_wo_face"],
+            "datasets": ["demo", "nanodemo"],
+            "also_report": {"ft-last": {"datasets": ["demo"]}, "ft-face": {"checkpoint": "best", "inputs": ["face"]}},
+        },
+        "other": {"base_model": "models/base", "checkpoint": "last"},
+    }
+    prepare = {"datasets": {name: {"reader": "mivolo", "root": f"data/{name}"} for name in study["datasets"]}}
+    params = params_from_dict({"study": study, "prepare_data": prepare, "finetune_mllm": {"runs": runs}})
+    section = params.finetune_mllm
+    assert [(m.name, m.run, m.checkpoint) for m in section.models()] == [
+        ("ft", "ft", "best"),
+        ("ft-last", "ft", "last"),
+        ("ft-face", "ft", "best"),
+        ("other", "other", "last"),
+    ]
+    ft, last, face, other = section.models()
+    assert (last.inputs, last.datasets) == (("body", "body_wo_face"), ("demo",))
+    assert (face.inputs, face.datasets) == (("face",), ("demo", "nanodemo"))
+    assert (other.inputs, other.datasets) == (("body", "body_wo_face"), None)  # None: all of study.datasets
+    assert section.reported("other") == [other]
+    assert params_from_dict(as_dict(params)) == params
+    assert params_from_dict({"finetune_mllm": {}}).finetune_mllm.runs == {}  # a profile that fine-tunes nothing

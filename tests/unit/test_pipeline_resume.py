@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -39,6 +40,7 @@ def _project(root: Path, models: dict, n_test: int = 3, n_train: int = 0, **sect
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["study"]["datasets"] = ["demo"]
     params["query_mllms"]["models"] = models
+    params["finetune_mllm"]["runs"] = {}  # the demo's runs answer nanodemo, which this project lacks; tests give theirs
     for section, values in sections.items():
         params[section].update(values)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
@@ -125,28 +127,107 @@ def test_finetune_stage_starts_afresh_when_the_base_model_changes(tmp_path: Path
     from agegender.params import load_params
     from agegender.stages import finetune_mllm
 
-    section = {"build_tiny": None, "base_model": "models/base", "launch": None}
-    paths = _project(tmp_path, {}, n_test=2, finetune_mllm=section)
+    demo = yaml.safe_load((ROOT / "params.yaml").read_text())["finetune_mllm"]["runs"]["tiny_llava_ft"]
+    spec = {k: v for k, v in demo.items() if k != "build_tiny"} | {"base_model": "models/base", "datasets": ["demo"]}
+    paths = _project(tmp_path, {}, n_test=2, finetune_mllm={"runs": {"ft": spec}})
     params = load_params(paths.params_file)
     base = build_tiny_llava(paths("models/base"), seed=1, image_size=56)
-    run = paths(params.finetune_mllm.out) / "run"
+    run = paths(params.finetune_mllm.out) / "ft" / "run"
 
     def stop(*args, **kwargs):
         raise _Stop
 
     monkeypatch.setattr(finetune_module, "finetune", stop)
     with pytest.raises(_Stop):
-        finetune_mllm.run(params, paths, progress=False)
+        finetune_mllm.run(params, paths, "ft", progress=False)
     run.mkdir(parents=True)
     (run / "checkpoint-1").mkdir()  # what an interrupted run leaves
     with pytest.raises(_Stop):
-        finetune_mllm.run(params, paths, progress=False)
+        finetune_mllm.run(params, paths, "ft", progress=False)
     assert (run / "checkpoint-1").is_dir()  # same base: kept for the resume
     shutil.rmtree(base)
     build_tiny_llava(base, seed=2, image_size=56)
     with pytest.raises(_Stop):
-        finetune_mllm.run(params, paths, progress=False)
+        finetune_mllm.run(params, paths, "ft", progress=False)
     assert not run.exists()  # another base: the run starts afresh
+
+
+def test_finetune_runs_each_train_once_and_report_best_and_last(tmp_path: Path, monkeypatch) -> None:
+    """Two runs, one stage call each: `ft` trains once and reports its best checkpoint and, through `also_report`,
+    its last one without training again; `ft_body` reports only its last (no selection). evaluate and report read
+    every run's predictions."""
+    from agegender.evaluate import load_predictions
+    from agegender.mllm import runner
+    from agegender.mllm.finetune import select
+    from agegender.mllm.finetune import train as finetune_module
+    from agegender.params import load_params
+    from agegender.stages import finetune_mllm
+    from agegender.stages.common import prediction_dirs
+
+    tiny = {"kind": "llava", "seed": 0, "image_size": 56, "vision_hidden": 32}
+    config = {"learning_rate": 0.002, "per_device_train_batch_size": 8, "torch_threads": 1, "seed": 1}
+    runs = {
+        "ft": {
+            "dataset": "demo", "build_tiny": tiny,
+            "config": config | {"input_kind": "face", "max_steps": 4, "save_steps": 2},
+            "inputs": ["face"], "datasets": ["demo"], "also_report": {"ft-last": {"checkpoint": "last"}},
+        },
+        "ft_body": {
+            "dataset": "demo", "build_tiny": tiny, "config": config | {"input_kind": "body", "max_steps": 2},
+            "checkpoint": "last", "inputs": ["body"], "datasets": ["demo"],
+        },
+    }  # fmt: skip
+    select_on_train = {"split": "train", "metric": "age_mae", "min_coverage": 0.0}  # the tiny project has no val
+    section = {"runs": runs, "select": select_on_train}
+    paths = _project(tmp_path, {}, n_test=2, n_train=8, finetune_mllm=section)
+    params = load_params(paths.params_file)
+    trainings, selections, served = [], [], {}
+    real_finetune, real_select, real_query = finetune_module.finetune, select.select_checkpoint, runner.query_samples
+
+    def counted_finetune(*args, **kwargs):
+        trainings.append(args[4])  # the run folder
+        return real_finetune(*args, **kwargs)
+
+    def counted_select(*args, **kwargs):
+        selections.append(args[0])
+        return real_select(*args, **kwargs)
+
+    def keep_first(result, dest, **kwargs):  # 4 steps teach the tiny model no answer: no checkpoint qualifies
+        shutil.copytree(select.read_checkpoints(result.run_dir)[0].path, dest)
+        return dest
+
+    def recorded_query(*args, **kwargs):
+        served[kwargs["model_name"]] = Path(kwargs["backend"].model)  # the selection's checkpoints too
+        return real_query(*args, **kwargs)
+
+    monkeypatch.setattr(finetune_module, "finetune", counted_finetune)
+    monkeypatch.setattr(select, "select_checkpoint", counted_select)
+    monkeypatch.setattr(select, "keep_best", keep_first)
+    monkeypatch.setattr(runner, "query_samples", recorded_query)
+    out = paths(params.finetune_mllm.out)
+
+    summary = finetune_mllm.run(params, paths, "ft", progress=False)
+    assert trainings == [out / "ft" / "run"] and selections == [out / "ft" / "run"]  # one training for two models
+    last = select.read_checkpoints(out / "ft" / "run")[-1]
+    assert {k: served[k] for k in ("ft", "ft-last")} == {"ft": out / "ft" / "best", "ft-last": last.path}
+    assert (summary["last.name"], summary["last.step"]) == (last.name, 4) and last.final
+    assert summary["train_steps"] == 4 and summary["selection.checkpoints"] == 3  # checkpoint-2, -4 and final
+
+    summary = finetune_mllm.run(params, paths, "ft_body", progress=False)
+    assert len(trainings) == 2 and len(selections) == 1  # `last` alone: no selection
+    assert served["ft_body"] == select.read_checkpoints(out / "ft_body" / "run")[-1].path
+    assert "selection" not in summary and not (out / "ft_body" / "best").exists()
+    metrics = json.loads((paths.metrics / "finetune_mllm" / "ft_body.json").read_text())
+    statuses = {k: v for k, v in metrics.items() if k.startswith("ft_body.body.")}  # the model's answers, by status
+    assert metrics["last.step"] == 2 and sum(statuses.values()) == 2  # the 2 test samples
+
+    dirs = prediction_dirs(params, paths)
+    assert paths(params.finetune_mllm.predictions) / "ft" in dirs and paths("predictions/finetune_mllm/ft_body") in dirs
+    samples = pd.read_parquet(paths(params.prepare_data.out) / SAMPLES_FILE)
+    table = load_predictions([d for d in dirs if "finetune_mllm" in d.parts], samples["sample_id"])
+    assert set(zip(table["model"], table["input"], strict=True)) == {
+        ("ft", "face"), ("ft-last", "face"), ("ft_body", "body"),
+    }  # fmt: skip
 
 
 def test_served_identity_joins_the_openai_store_key() -> None:

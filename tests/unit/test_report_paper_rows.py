@@ -4,10 +4,8 @@ profiles, and on variants of them made with the profile loader's overrides."""
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -76,9 +74,13 @@ def test_the_paper_profile_says_what_makes_the_known_rows(paper: list[RowSource]
         assert cited and all(r.source == PAPER_ONLY and "the paper cites" in r.detail for r in cited)
     (fp,) = _find(paper, 1, "fp_age")
     assert fp.source == PAPER_ONLY and "predict.external.fp_age" in fp.detail
+    # every fine-tuned variant of table 6 is a run of ours; the full-epoch one is the 7B run's last checkpoint
     for model in ("llava15-7b-ft", "sharegpt4v-7b-ft-1ep", "sharegpt4v-13b-ft", "sharegpt4v-7b-ft-face"):
         (row,) = _find(paper, 6, model)
-        assert row.source == PAPER_ONLY and f"no model {model} " in row.detail
+        assert row.source == FINE_TUNED, model
+    (epoch,) = _find(paper, 6, "sharegpt4v-7b-ft-1ep")
+    assert epoch.detail.startswith("finetune_mllm.runs.sharegpt4v-7b-ft.also_report.sharegpt4v-7b-ft-1ep (")
+    assert "last checkpoint" in epoch.detail and "best checkpoint" in ft.detail
     # the profile's roles are the identity: every paper data set is ours
     assert all(s.our_dataset == s.row.dataset for s in paper)
 
@@ -148,40 +150,34 @@ def test_external_tables_and_specialized_models_without_files() -> None:
     assert l2r.source == SPECIALIZED and l2r.detail == "predict.models.l2rclip (baseline)"
 
 
-def test_finetune_runs_reads_the_one_model_section_and_named_runs() -> None:
-    params = _profile("paper")
-    (one,) = finetune_runs(params)
-    assert (one.name, one.where, one.base, one.train_dataset, one.input_kind) == (
-        "sharegpt4v-7b-ft", "finetune_mllm", "models/hf/sharegpt4v-7b-hf", "imdb_clean", "body",
+def test_finetune_runs_lists_every_model_a_run_reports() -> None:
+    found = {m.name: m for m in finetune_runs(_profile("paper"))}
+    assert set(found) == {
+        "sharegpt4v-7b-ft", "sharegpt4v-7b-ft-1ep", "sharegpt4v-13b-ft", "llava15-7b-ft", "sharegpt4v-7b-ft-face",
+    }  # fmt: skip
+    best, last = found["sharegpt4v-7b-ft"], found["sharegpt4v-7b-ft-1ep"]
+    assert (best.where, best.base, best.train_dataset, best.input_kind, best.checkpoint) == (
+        "finetune_mllm.runs.sharegpt4v-7b-ft", "models/hf/sharegpt4v-7b-hf", "imdb_clean", "body", "best",
     )  # fmt: skip
-    assert one.inputs == ("body", "body_wo_face")
-    (tiny,) = finetune_runs(_profile("demo"))
-    assert tiny.base == "a tiny llava built from configs" and tiny.input_kind == "face"
-    # named runs: each run's own settings, the section's where a run has none
-    section = params.finetune_mllm
-    face = SimpleNamespace(base_model="models/hf/sharegpt4v-7b-hf", input_kind="face", inputs=("face",))
-    big = SimpleNamespace(base_model="models/hf/sharegpt4v-13b-hf", config=section.config, datasets=("wild104",))
-    runs = SimpleNamespace(**{k: getattr(section, k) for k in ("dataset", "datasets", "inputs", "build_tiny")})
-    runs.name, runs.runs = "unused", {"sharegpt4v-7b-ft-face": face, "sharegpt4v-13b-ft": big}
-    with_runs = dataclasses.replace(params, finetune_mllm=runs)
-    found = {m.name: m for m in finetune_runs(with_runs)}
-    assert found["sharegpt4v-7b-ft-face"].where == "finetune_mllm.runs.sharegpt4v-7b-ft-face"
-    assert (found["sharegpt4v-7b-ft-face"].input_kind, found["sharegpt4v-7b-ft-face"].inputs) == ("face", ("face",))
-    assert found["sharegpt4v-13b-ft"].input_kind == "body" and found["sharegpt4v-13b-ft"].datasets == ("wild104",)
-    assert found["sharegpt4v-13b-ft"].train_dataset == "imdb_clean"
-    sources = paper_row_sources(with_runs, PATHS, [6, 10])
-    (face_row,) = _find(sources, 6, "sharegpt4v-7b-ft-face")
-    assert face_row.source == FINE_TUNED and face_row.detail.startswith("finetune_mllm.runs.sharegpt4v-7b-ft-face (")
-    assert _find(sources, 10, "sharegpt4v-13b-ft")[0].source == FINE_TUNED
+    assert best.inputs == ("body", "body_wo_face")
+    # the full-epoch model: the same training, its last checkpoint, on the paper's one row
+    assert (last.base, last.checkpoint, last.inputs, last.datasets) == (best.base, "last", ("body",), ("lagenda",))
+    assert found["sharegpt4v-7b-ft-face"].input_kind == "face"
+    demo = {m.name: m for m in finetune_runs(_profile("demo"))}
     assert (
-        _find(sources, 6, "sharegpt4v-13b-ft")[0].detail
-        == "finetune_mllm.runs.sharegpt4v-13b-ft does not answer lagenda"
+        demo["tiny_llava_ft"].base == "a tiny llava built from configs" and demo["tiny_llava_ft"].input_kind == "face"
+    )
+    assert demo["tiny_llava_ft_body"].input_kind == "body" and demo["tiny_llava_ft_body"].checkpoint == "last"
+    sources = paper_row_sources(_profile("paper"), PATHS, [6, 10])
+    assert (
+        _find(sources, 6, "sharegpt4v-13b-ft")[0].source == FINE_TUNED
+        and _find(sources, 10, "sharegpt4v-13b-ft")[0].source == FINE_TUNED
     )
 
 
 def test_a_profile_that_fine_tunes_nothing_leaves_the_rows_to_the_paper() -> None:
-    params = _profile("paper", "finetune_mllm.base_model=null")
-    assert finetune_runs(params)[0].base is None
+    params = _profile("paper", "finetune_mllm.runs={}")
+    assert finetune_runs(params) == []
     (row,) = _find(paper_row_sources(params, PATHS, [6]), 6, "sharegpt4v-7b-ft")
     assert row.source == PAPER_ONLY and row.detail.startswith("no model sharegpt4v-7b-ft ")
 

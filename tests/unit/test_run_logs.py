@@ -20,8 +20,8 @@ def _dvc_ignores(*paths: str) -> list[str]:
 
 
 def test_dvc_leaves_run_logs_out_of_every_stage_output_but_not_the_results() -> None:
-    logs = [f"predictions/query_mllms/m/{RUN_LOG_FILE}", f"models/finetune_mllm/run/{RUN_LOG_FILE}"]
-    results = ["predictions/query_mllms/m/manifest.json", "models/finetune_mllm/run/finetune_summary.json"]
+    logs = [f"predictions/query_mllms/m/{RUN_LOG_FILE}", f"models/finetune_mllm/ft/run/{RUN_LOG_FILE}"]
+    results = ["predictions/query_mllms/m/manifest.json", "models/finetune_mllm/ft/run/finetune_summary.json"]
     assert _dvc_ignores(*logs, *results) == logs
 
 

@@ -90,23 +90,26 @@ def test_trained_val_mae_from_its_sample_size() -> None:
 
 
 def test_finetuned_selection_and_answer_statuses() -> None:
-    path = "metrics/finetune_mllm.json"
+    path = "metrics/finetune_mllm/ft.json"
     old = {"selection.best_age_mae": 14.85, "selection.best_n": 184, "selection.best_name": "checkpoint-560"}
-    old |= {"face.ok": 542, "train_loss": 1.1, "train_samples_per_second": 149.0, "train_steps": 560}
+    old |= {"ft.face.ok": 542, "train_loss": 1.1, "train_samples_per_second": 149.0, "train_steps": 560}
+    old |= {"last.step": 700, "ft-last.face.ok": 540}
     new = old | {"selection.best_age_mae": 15.35, "selection.best_name": "checkpoint-420", "train_loss": 1.2}
-    new |= {"face.ok": 538, "face.unparsed": 4, "train_samples_per_second": 90.0}
+    new |= {"ft.face.ok": 538, "ft.face.unparsed": 4, "train_samples_per_second": 90.0}
     result = _by_key(compare_metrics(_diff(path, old, new)))
     assert result["selection.best_age_mae"].verdict == "within"  # the issue's move: 14.85 -> 15.35
-    assert result["face.ok"].verdict == "within" and result["face.unparsed"].verdict == "within"
+    assert result["ft.face.ok"].verdict == "within" and result["ft.face.unparsed"].verdict == "within"
     assert result["selection.best_name"].verdict == "free" and result["train_loss"].verdict == "free"
-    worse = _by_key(compare_metrics(_diff(path, old, new | {"face.ok": 500, "face.unparsed": 42})))
-    assert worse["face.ok"].verdict == "OUTSIDE" and worse["face.unparsed"].verdict == "OUTSIDE"
+    worse = _by_key(compare_metrics(_diff(path, old, new | {"ft.face.ok": 500, "ft.face.unparsed": 42})))
+    assert worse["ft.face.ok"].verdict == "OUTSIDE" and worse["ft.face.unparsed"].verdict == "OUTSIDE"
     assert worse["selection.best_n"].verdict == "exact"
     assert result["train_samples_per_second"].verdict == "timing"
+    assert tolerance_for(path, "last.step").kind == "exact"  # the end of training follows from the settings
+    assert tolerance_for(path, "ft-last.face.ok").n == SIBLINGS  # each reported model's statuses, by their own sum
     # the same-machine check: everything but timing must be equal
     exact = _by_key(compare_metrics(_diff(path, old, new), exact=True))
     assert {k for k, c in exact.items() if c.verdict == "OUTSIDE"} == {
-        "selection.best_age_mae", "selection.best_name", "train_loss", "face.ok", "face.unparsed",
+        "selection.best_age_mae", "selection.best_name", "train_loss", "ft.face.ok", "ft.face.unparsed",
     }  # fmt: skip
     assert exact["train_samples_per_second"].verdict == "timing"
 
@@ -144,7 +147,7 @@ def test_table_is_well_formed() -> None:
 def test_trained_metrics_are_judged_by_their_statistic() -> None:
     """Metrics without a bootstrap interval take the interval of their `MetricDef.statistic`: MAEs and MAPE the
     mean-error interval, accuracies and shares Wilson's."""
-    ft, train = "metrics/finetune_mllm.json", "metrics/train_mivolo.json"
+    ft, train = "metrics/finetune_mllm/ft.json", "metrics/train_mivolo.json"
     assert tolerance_for(ft, "selection.best_age_mae").kind == "mean_error"
     assert tolerance_for(ft, "selection.best_age_mape").kind == "mean_error"
     assert tolerance_for(ft, "selection.best_age_cs5").kind == "rate"

@@ -54,6 +54,10 @@ def _cmd_stage(args: argparse.Namespace) -> int:
         keys = [args.model] if args.model else list(params.query_mllms.models)
         for key in keys:
             stage(args.name).run(params, paths, key)
+    elif args.name == "finetune_mllm":
+        runs = [args.run] if args.run else list(params.finetune_mllm.runs if params.finetune_mllm else {})
+        for key in runs:
+            stage(args.name).run(params, paths, key)
     else:
         stage(args.name).run(params, paths)
     print(f"stage {args.name} done")
@@ -178,6 +182,7 @@ def add_stage_parser(sub: Any) -> None:
     st.add_argument("--root", default=None, help="project root (default: found above the working directory)")
     st.add_argument("--params", default="params.yaml")
     st.add_argument("--model", default=None, help="query_mllms: one model of query_mllms.models (default: all)")
+    st.add_argument("--run", default=None, help="finetune_mllm: one run of finetune_mllm.runs (default: all)")
     st.set_defaults(func=_cmd_stage)
 
 

@@ -28,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--base-model", required=True, help="local HF model folder to fine-tune")
     p.add_argument("--out", required=True, help="output folder (resumed when it holds checkpoints)")
     p.add_argument("--config", default=None, help="YAML with FinetuneConfig keys (or params.yaml with --section)")
-    p.add_argument("--section", default=None, help="dotted section of --config, e.g. finetune_mllm")
+    p.add_argument("--section", default=None, help="dotted section of --config, e.g. finetune_mllm.runs.tiny_llava_ft")
     p.add_argument("--set", action="append", default=[], help="override key=value (YAML value)")
     p.add_argument("--split", default="train", help="split to train on, or 'all' (default: train)")
     p.add_argument("--datasets", nargs="*", default=None, help="data sets to train on (default: all)")

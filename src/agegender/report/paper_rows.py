@@ -66,64 +66,50 @@ NOT_MADE_HERE: dict[str, str] = {
 
 @dataclass(frozen=True)
 class FinetunedModel:
-    """One fine-tuned MLLM a profile makes, however `finetune_mllm` spells it.
+    """One fine-tuned MLLM a profile makes: a model a `finetune_mllm` run reports.
 
     Attributes:
         name: its model name in the prediction tables.
-        where: its params key path (`finetune_mllm`, or `finetune_mllm.runs.<name>`).
-        base: what it starts from (a local model folder or a tiny model built from configs); None: the profile
-            fine-tunes nothing.
+        where: its params key path (`finetune_mllm.runs.<run>`, or `...also_report.<name>` for another checkpoint
+            of the same training).
+        base: what the training starts from (a local model folder, or a tiny model built from configs).
         train_dataset: the data set whose train split trains it.
         input_kind: the crop it is trained on.
+        checkpoint: the checkpoint it reports, `best` (selected on validation) or `last`.
         datasets: data sets it answers (None: the study's).
         inputs: crops it answers.
     """
 
     name: str
     where: str
-    base: str | None
+    base: str
     train_dataset: str
     input_kind: str
+    checkpoint: str
     datasets: tuple[str, ...] | None
     inputs: tuple[str, ...]
 
 
-def _setting(run: Any, section: Any, name: str) -> Any:
-    """A run's own setting, else the section's (settings shared by every run), else None."""
-    for holder in (run, section):
-        if hasattr(holder, name):
-            return getattr(holder, name)
-    return None
-
-
 def finetune_runs(params: Params) -> list[FinetunedModel]:
-    """The fine-tuned MLLMs of `params`: one per run of `finetune_mllm.runs`, or the one the section describes.
-
-    `finetune_mllm` described one model (its `name`, `dataset`, `base_model`, `config.input_kind`, ...) and is
-    becoming a set of named runs; this accessor reads both, so that nothing else depends on the shape.
-    """
+    """Every model the `finetune_mllm` runs of `params` report (`FinetuneMllmParams.models`), run by run."""
     section = params.finetune_mllm
     if section is None:
         return []
-    runs = getattr(section, "runs", None)
-    named = {section.name: (section, "finetune_mllm")} if runs is None else {
-        name: (run, f"finetune_mllm.runs.{name}") for name, run in runs.items()
-    }  # fmt: skip
     models = []
-    for name, (run, where) in named.items():
-        base_model, build_tiny = _setting(run, section, "base_model"), _setting(run, section, "build_tiny")
-        config = _setting(run, section, "config")
-        input_kind = _setting(run, None, "input_kind") or getattr(config, "input_kind", None)
-        tiny_kind = build_tiny.get("kind", "llava") if isinstance(build_tiny, Mapping) else None
+    for model in section.models():
+        run = section.runs[model.run]
+        where = f"finetune_mllm.runs.{model.run}" + ("" if model.name == model.run else f".also_report.{model.name}")
+        tiny = run.build_tiny.get("kind", "llava") if run.build_tiny is not None else None
         models.append(
             FinetunedModel(
-                name=name,
+                name=model.name,
                 where=where,
-                base=f"a tiny {tiny_kind} built from configs" if build_tiny is not None else base_model,
-                train_dataset=str(_setting(run, section, "dataset")),
-                input_kind=str(input_kind),
-                datasets=_setting(run, section, "datasets"),
-                inputs=tuple(_setting(run, section, "inputs") or ()),
+                base=f"a tiny {tiny} built from configs" if tiny is not None else str(run.base_model),
+                train_dataset=run.dataset,
+                input_kind=run.config.input_kind,
+                checkpoint=model.checkpoint,
+                datasets=model.datasets,
+                inputs=tuple(model.inputs),
             )
         )
     return models
@@ -199,10 +185,10 @@ def _producers(params: Params, paths: ProjectPaths) -> dict[str, _Producer]:
         where = f"query_mllms.models.{key}"
         found[key] = _Producer(ZERO_SHOT, f"{where} ({backend}, {model})", where, _mllm_answers(spec, study))
     for run in finetune_runs(params):
-        if run.base is None:
-            # the stage fine-tunes nothing without a base model: no such model exists
-            continue
-        detail = f"{run.where} ({run.base}, {run.input_kind} crops, trained on {run.train_dataset} train)"
+        detail = (
+            f"{run.where} ({run.base}, {run.input_kind} crops, trained on {run.train_dataset} train, "
+            f"{run.checkpoint} checkpoint)"
+        )
         answers = dict.fromkeys(run.datasets or study, run.inputs)
         found[run.name] = _Producer(FINE_TUNED, detail, run.where, answers)
     for key in params.predict.models:

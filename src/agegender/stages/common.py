@@ -79,7 +79,7 @@ def prediction_dirs(params: Params, paths: ProjectPaths) -> list[Path]:
     dirs = [paths(params.predict.out)]
     dirs += [paths(params.query_mllms.out) / key for key in params.query_mllms.models]
     if params.finetune_mllm is not None:
-        dirs.append(paths(params.finetune_mllm.predictions))
+        dirs += [paths(params.finetune_mllm.predictions) / key for key in params.finetune_mllm.runs]
     return dirs
 
 

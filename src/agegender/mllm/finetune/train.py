@@ -33,7 +33,7 @@ that already finished is not touched again: its summary is returned as it was wr
 One process (CPU or one GPU)::
 
     python -m agegender.mllm.finetune --samples S.parquet --masked M.parquet --image-root data/demo \\
-        --base-model models/llava --out models/llava_ft --config params.yaml --section finetune_mllm
+        --base-model models/llava --out models/llava_ft --config params.yaml --section finetune_mllm.runs.llava_ft
 
 Several GPUs or nodes, DDP, or DeepSpeed ZeRO-3 (sharded weights, gradients and optimizer state; the engine to
 move to when a 7B model's full fine-tuning does not fit one GPU); the same command under `accelerate launch`::
