@@ -218,7 +218,7 @@ def test_params_name_the_excluding_model():
         _demo_params_with({"nowhere": {"model": "baseline"}})
     # a cut-down study without the data set keeps the rule inert: its model need not be there
     data = yaml.safe_load(DEMO_PROFILE.read_text())
-    data["study"]["datasets"], data["query_mllms"]["models"] = ["demo"], {}
+    data["study"]["datasets"], data["query_mllms"]["models"], data["finetune_mllm"]["runs"] = ["demo"], {}, {}
     assert params_from_dict(data).evaluate.exclude_refused == {"nanodemo": RefusalExclusion("tiny_llava")}
     rows = evaluate_tables(_samples(), _predictions(), datasets=["other"], exclude_refused=RULES).rows
     assert "kept" not in set(rows["view"])
