@@ -534,3 +534,30 @@ def test_unknown_options_are_rejected():
     with pytest.raises(InputError, match="concurency"):
         OpenAIBackend("m", base_url=LOCAL, concurency=4)
     assert OpenAIBackend("m", base_url=LOCAL, batch_size=5).batch_size == 5
+
+
+def test_what_an_endpoint_rejected_is_learned_and_a_later_backend_starts_from_it():
+    def handler(request, i):
+        body = json.loads(request.content)
+        if "seed" in body or "max_tokens" in body:
+            name = "seed" if "seed" in body else "max_tokens"
+            return httpx2.Response(400, json={"error": {"message": f"Unsupported parameter: '{name}'", "param": name}})
+        return httpx2.Response(200, json=completion())
+
+    first = backend(Script(handler), concurrency=1)
+    assert first.endpoint() == f"{LOCAL} served-model" and first.learned() == {}
+    assert [a.status for a in first.generate_batch(queries(2))] == ["answered"] * 2
+    learned = first.learned()
+    assert learned == {"rejected_params": ["max_tokens", "seed"]} and "recalled_params" not in first.activity()
+    assert "key" not in json.dumps(learned).lower()  # field names only, never a key
+
+    script = Script(handler)
+    later = backend(script, concurrency=1)
+    later.start_from({**learned, "rejected_params": [*learned["rejected_params"], "not-a-field"]})
+    assert [a.status for a in later.generate_batch(queries(2))] == ["answered"] * 2
+    assert len(script.requests) == 2  # no request was rejected: it started without the fields
+    assert "seed" not in script.bodies()[0] and "max_completion_tokens" in script.bodies()[0]
+    assert sorted(later.activity()["recalled_params"]) == ["max_tokens", "seed"]
+    assert later.learned() == learned
+    later.start_from({})  # nothing learned: nothing changes
+    assert sorted(later.recalled_params) == ["max_tokens", "seed"]

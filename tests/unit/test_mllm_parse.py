@@ -251,3 +251,43 @@ def test_parsed_answers_always_make_a_valid_prediction_table() -> None:
     out = validate_predictions(table, source="parsed")
     ages = out["age_pred"].dropna()
     assert len(ages) == sum(p.status == OK for p in parsed) and ages.between(*AGE_RANGE).all()
+
+
+#: refusal wordings of today's models (OpenAI, Anthropic, Gemini through its OpenAI-compatible endpoint,
+#: Qwen / DashScope and open models behind vLLM) to the paper's prompt: each must be `refused`
+TODAYS_REFUSALS = [
+    "I can't help with identifying or making assumptions about people based on their images.",
+    "I'm not able to determine a person's age from an image.",
+    "I cannot provide an estimate of this person's age or gender.",
+    "Sorry, I can't help with that.",
+    "I'm sorry, but I can't assist with that request.",
+    "I'm just a language model, so I can't help you with that.",  # Gemini
+    "I can't help with images of people yet.",  # Gemini
+    "I'm a text-based AI and can't help with that.",
+    "I'm not comfortable guessing the age or gender of a real person.",
+    "I don't feel comfortable making assumptions about a person's age.",
+    "I'd rather not speculate about a person's age or gender.",
+    "I don't make inferences about sensitive attributes such as age or gender from images.",
+    "Gender and age cannot be reliably inferred from an image.",
+    "It's not appropriate for me to guess someone's age or gender based on appearance.",
+    "抱歉，我无法判断图中人物的年龄和性别。",  # Qwen
+    "我不能确定这个人的年龄。",
+]
+
+
+@pytest.mark.parametrize("text", TODAYS_REFUSALS)
+def test_todays_refusal_wordings_are_refused(text: str) -> None:
+    assert parse_answer(text) == ParsedAnswer("refused", note="refusal phrase")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "While I cannot be certain, my estimate is [female; 40].",
+        "I can't help with certainty, but [male; 35]",
+        "I'm not comfortable being precise: [female; 62]",
+        "抱歉, 估计如下: [female; 40]",
+    ],
+)
+def test_a_real_answer_beside_refusal_words_stays_ok(text: str) -> None:
+    assert parse_answer(text).status == "ok"

@@ -686,3 +686,31 @@ def test_max_failed_in_params() -> None:
     for bad in (0.05, "-3", "half", True):
         with pytest.raises(InputError, match="max_failed"):
             model(bad)
+
+
+def test_query_samples_starts_from_what_an_earlier_run_learned_about_the_endpoint(data, tmp_path: Path) -> None:
+    class Learning(ScriptedBackend):
+        """Learns that its endpoint rejects `seed` unless told so before its first request."""
+
+        started_from: dict | None = None
+
+        def endpoint(self) -> str:
+            return "https://example.test/v1 fake-model"
+
+        def start_from(self, learned) -> None:
+            self.started_from = dict(learned)
+
+        def learned(self) -> dict:
+            return {"rejected_params": ["seed"]}
+
+    store = tmp_path / "store"
+    first = Learning("fake-model")
+    run(data, store, first, input_kind="face")
+    assert first.started_from == {}
+    second = Learning("fake-model")
+    run(data, store, second, input_kind="face")
+    assert second.started_from == {"rejected_params": ["seed"]}
+    # a backend that learns nothing leaves no file
+    plain = tmp_path / "plain"
+    run(data, plain, ScriptedBackend("fake-model"), input_kind="face")
+    assert not (plain / "endpoints.json").exists()

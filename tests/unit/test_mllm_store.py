@@ -232,3 +232,20 @@ def test_concurrent_writers_in_two_processes(tmp_path: Path) -> None:
     for path in store.files():
         for _, record, _ in iter_records(path):
             assert record is not None and json.dumps(record)
+
+
+def test_what_an_endpoint_rejected_is_kept_per_endpoint_beside_the_answers(tmp_path):
+    from agegender.mllm.store import ENDPOINTS_FILE, recall_endpoint, remember_endpoint
+
+    assert recall_endpoint(tmp_path, "https://e/v1 m") == {}
+    assert remember_endpoint(tmp_path, "https://e/v1 m", {}) is None  # nothing learned: no file
+    assert not (tmp_path / ENDPOINTS_FILE).exists()
+    learned = {"rejected_params": ["seed"]}
+    assert remember_endpoint(tmp_path, "https://e/v1 m", learned) == tmp_path / ENDPOINTS_FILE
+    assert remember_endpoint(tmp_path, "https://e/v1 m", learned) is None  # already known: not rewritten
+    remember_endpoint(tmp_path, "https://f/v1 m", {"rejected_params": ["n"]})
+    assert recall_endpoint(tmp_path, "https://e/v1 m") == learned  # other endpoints' entries kept
+    assert recall_endpoint(tmp_path, "https://f/v1 m") == {"rejected_params": ["n"]}
+    (tmp_path / ENDPOINTS_FILE).write_text("{broken", encoding="utf-8")
+    assert recall_endpoint(tmp_path, "https://e/v1 m") == {}  # unreadable: relearned, not fatal
+    assert remember_endpoint(tmp_path, "https://e/v1 m", learned) is not None

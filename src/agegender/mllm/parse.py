@@ -47,8 +47,11 @@ Rules, in the order they are applied:
    counting prose as `unparsed` keeps the coverage figures honest.
 6. No valid answer and the text declines (`I'm sorry`, `I apologize`, `I can't` / `I cannot` / `I won't`,
    `I am unable to` / `not able to`, `unable to determine|provide|identify|estimate|...`, `as an AI`,
-   `it is not possible|appropriate to determine|estimate|...`, `cannot be determined`, `I must decline`)
-   -> `refused`. A valid answer wins over hedging around it ("I can't be sure, but [female; 40]" is `ok`).
+   `it is not possible|appropriate to determine|estimate|...`, `cannot be determined`, `I must decline`, and
+   today's wordings: `can't help with identifying ...`, `I'm not comfortable guessing`, `I'd rather not
+   speculate`, `I don't make inferences|assumptions`, `cannot be reliably inferred`, Qwen's Chinese `抱歉` /
+   `无法判断` / `不能确定`) -> `refused`. A valid answer wins over hedging around it ("I can't be sure, but
+   [female; 40]" is `ok`).
 7. Otherwise `unparsed` (note says why; `truncated` when `finish_reason == "length"`).
 """
 
@@ -122,6 +125,13 @@ _REFUSAL_RE = re.compile(
             r"(?:determine|estimate|identify|assess|infer|guess|tell|provide)\b",
             r"\bcannot be (?:determined|estimated|identified|assessed)\b",
             r"\bI (?:must|have to|need to) decline\b",
+            # wordings of today's models (2025-26: OpenAI, Anthropic, Gemini, Qwen, open models behind vLLM)
+            r"\b(?:can't|cannot|can not|won't) (?:help|assist) with (?:that|this|identifying|images of people)\b",
+            r"\bI(?:'m| am| do not| don't)(?: feel)? (?:not )?comfortable (?:guessing|speculating|making|estimating)\b",
+            r"\bI(?:'d| would) (?:rather|prefer) not (?:to )?(?:speculate|guess|estimate|make|infer|identify)\b",
+            r"\bI (?:don't|do not) (?:make|provide) (?:inferences|assumptions|guesses|judgments|estimates)\b",
+            r"\bcannot be (?:reliably|accurately) (?:inferred|determined|estimated|identified|assessed)\b",
+            r"(?:抱歉|对不起|无法(?:判断|确定|识别|估计|提供)|不能(?:判断|确定|识别|估计|提供))",
         ]
     ),
     re.IGNORECASE | re.MULTILINE,

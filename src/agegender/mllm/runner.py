@@ -3,7 +3,9 @@
 Every query of the package takes one path: `plan_queries` (or `model_plan` for a `query_mllms` model) decides which
 samples are asked with which crop (split, data sets, `inputs_by_dataset`, shard), and `query_samples` creates or
 takes the backend, opens the store, runs `run_queries` once per input kind of the plan, closes both and sums the
-outcome. The `query_mllms` stage, fine-tuning, checkpoint selection, `agegender query` and `annotate` call it, and
+outcome. A backend that learns which request fields its endpoint rejects starts from what an earlier run over the
+same store learned, and leaves what it learned there (`store.recall_endpoint` / `remember_endpoint`). The
+`query_mllms` stage, fine-tuning, checkpoint selection, `agegender query` and `annotate` call it, and
 `agegender cost` prices the same plan.
 
 `run_queries` makes one query per sample (the crop of the asked input kind and the paper's prompt), looks each
@@ -981,7 +983,7 @@ def query_samples(
     """
     import contextlib
 
-    from agegender.mllm.store import ResponseStore
+    from agegender.mllm.store import ResponseStore, recall_endpoint, remember_endpoint
 
     failure_budget(max_failed, 0)  # a malformed budget is reported before anything is sent
     with contextlib.ExitStack() as stack:
@@ -989,6 +991,11 @@ def query_samples(
         stack.callback(runner.close)
         if not isinstance(store, ResponseStore):
             store = stack.enter_context(ResponseStore(store, tag=store_tag))
+        endpoint = runner.endpoint()
+        if endpoint is not None:  # what the endpoint rejected before, kept beside its answers
+            folder = store.folder
+            runner.start_from(recall_endpoint(folder, endpoint))
+            stack.callback(lambda: remember_endpoint(folder, endpoint, runner.learned()))
         results: dict[str, RunResult] = {}
         for kind, rows in plan.samples.items():
             results[kind] = run_queries(

@@ -4,6 +4,7 @@ Layout of a store folder::
 
     responses-<tag>-<pid>-<token>.jsonl   one file per writer (process, shard), never shared, never rewritten
     failures-<tag>-<pid>-<token>.jsonl    failed requests, for audit only (never reused)
+    endpoints.json                        optional request fields each endpoint rejected (`remember_endpoint`)
 
 Each line of a responses file is one JSON record::
 
@@ -40,7 +41,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from agegender.errors import InputError
-from agegender.files import atomic_path
+from agegender.files import atomic_path, write_json
 from agegender.mllm.backends.base import Answer
 
 RECORD_VERSION = 1
@@ -407,3 +408,46 @@ def _to_stored(record: Mapping[str, Any]) -> StoredAnswer | None:
         return StoredAnswer(key, str(request_id), answer, str(record.get("created_at", "")), record.get("fields", {}))
     except (KeyError, TypeError):
         return None
+
+
+#: the store folder's file of what each endpoint rejected: {endpoint key: {"rejected_params": [...]}}
+ENDPOINTS_FILE = "endpoints.json"
+
+
+def recall_endpoint(folder: str | Path, endpoint: str) -> dict[str, Any]:
+    """What an earlier run learned about an endpoint (`Backend.learned`), or {} when nothing was.
+
+    Kept beside the answers because it is learned by the same requests: a later run over the same store starts
+    without the fields the endpoint rejected instead of paying one rejected request per field again. An unreadable
+    file is ignored (relearning costs a few requests; failing the run would cost more).
+    """
+    path = Path(folder) / ENDPOINTS_FILE
+    try:
+        known = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    entry = known.get(endpoint) if isinstance(known, dict) else None
+    return dict(entry) if isinstance(entry, dict) else {}
+
+
+def remember_endpoint(folder: str | Path, endpoint: str, learned: Mapping[str, Any]) -> Path | None:
+    """Record what a run learned about an endpoint (atomically; other endpoints' entries kept).
+
+    Nothing is written when nothing was learned or it is already recorded, so a store of an endpoint that takes
+    every field holds no such file. `endpoint` and `learned` name URLs (credentials stripped), model ids and
+    field names: never a key.
+
+    Returns:
+        The file written, or None.
+    """
+    if not learned or recall_endpoint(folder, endpoint) == dict(learned):
+        return None
+    path = Path(folder) / ENDPOINTS_FILE
+    try:
+        known = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known, dict):
+        known = {}
+    known[endpoint] = dict(learned)
+    return write_json(known, path)

@@ -213,6 +213,21 @@ class Backend:
         `describe()` (`backend_activity`, one of `runner.RUN_FIELDS`). Default: nothing. JSON-serialisable."""
         return {}
 
+    def endpoint(self) -> str | None:
+        """Names the remote endpoint whose accepted request fields this backend learns by trying them (e.g.
+        `https://api.openai.com/v1 gpt-4o`), or None for a backend that learns nothing (default). The runner keeps
+        what was learned in the response store (`store.remember_endpoint`) so the next run starts from it."""
+        return None
+
+    def learned(self) -> dict[str, Any]:
+        """What this backend learned about its endpoint during the run (JSON-serialisable, no secrets); {} when
+        nothing. Default: nothing."""
+        return {}
+
+    def start_from(self, learned: Mapping[str, Any]) -> None:
+        """Take what an earlier run learned about the same endpoint (`learned()`), before any request. Default:
+        nothing to take."""
+
     def close(self) -> None:
         """Release resources (models, clients, servers)."""
 

@@ -32,7 +32,10 @@ Decisions (documented here because they change what is sent):
   for the rest of the run; `describe()` lists what was dropped (a dropped seed matters for reproducibility).
   The max-token field is `max_completion_tokens` for OpenAI (where `max_tokens` is deprecated and rejected by
   reasoning models) and `max_tokens` for other servers (the field every OpenAI-compatible server takes);
-  a 400 about one switches to the other.
+  a 400 about one switches to the other. What was dropped is kept per endpoint (base_url and model) in the
+  response store's `endpoints.json` (`endpoint`, `learned`, `start_from`; the runner reads and writes it), so a
+  later run over the same store starts without those fields, logs that it does, and lists them under
+  `recalled_params` in its activity. Only URLs (credentials stripped), model ids and field names are kept.
 - **One completion per query.** `n` must be 1: an `Answer` holds one text.
 - **Transport.** `openai.AsyncOpenAI` with its aiohttp transport when aiohttp is installed, and the request
   sent with the client's own `post("/chat/completions")` rather than `chat.completions.create`: the same
@@ -62,7 +65,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -299,6 +302,8 @@ class OpenAIBackend(Backend):
         self._send = {"seed": o.send_seed, "detail": o.send_detail, "n": o.send_n}
         #: optional fields the endpoint rejected during this backend's life (not sent again)
         self.dropped_params: list[str] = []
+        #: of those, the ones an earlier run learned (`start_from`): dropped before the first request
+        self.recalled_params: list[str] = []
         self._lock = threading.Lock()
         self._served_models: Counter[str] = Counter()
         self._fingerprints: Counter[str] = Counter()
@@ -382,10 +387,34 @@ class OpenAIBackend(Backend):
         return {
             "sent_params": self.sent_params(),
             "dropped_params": list(self.dropped_params),
+            # only when an earlier run's findings were used, so that other run logs stay as they were
+            **({"recalled_params": list(self.recalled_params)} if self.recalled_params else {}),
             "served_models": self.served_models,
             "system_fingerprints": fingerprints,
             "request_counts": counts,
         }
+
+    def endpoint(self) -> str:
+        """`<base_url> <model>`: what the endpoint accepts can differ by model (reasoning models reject more)."""
+        return f"{safe_url(self.base_url)} {self.model}"
+
+    def learned(self) -> dict[str, Any]:
+        """`{"rejected_params": [...]}` when the endpoint rejected optional fields, else {}."""
+        with self._lock:
+            return {"rejected_params": sorted(self.dropped_params)} if self.dropped_params else {}
+
+    def start_from(self, learned: Mapping[str, Any]) -> None:
+        """Drop, before the first request, the fields an earlier run found this endpoint rejects.
+
+        Unknown names are ignored (a hand-edited or newer file must not break a run).
+        """
+        rejected = [f for f in learned.get("rejected_params") or () if f in _OPTIONAL_FIELDS]
+        if not rejected:
+            return
+        log.warning("%s rejected %s in an earlier run: not sending them", safe_url(self.base_url), rejected)
+        for field in rejected:
+            if field not in self.dropped_params and self._drop(field):
+                self.recalled_params.append(field)
 
     def sent_params(self) -> list[str]:
         """The optional request fields currently sent (after any the endpoint rejected were dropped)."""
