@@ -225,3 +225,18 @@ def test_names_with_dots_are_refused() -> None:
     data["query_mllms"]["models"]["llava-1.5-7b"] = data["query_mllms"]["models"].pop("tiny_llava")
     with pytest.raises(InputError, match="must not hold '.'"):
         params_from_dict(data)
+
+
+def test_the_modern_profile_holds_api_models_of_today_on_nanolagenda() -> None:
+    paths = ProjectPaths.at(ROOT)
+    assert "modern" in available(paths)
+    modern = params_from_dict(yaml.safe_load(render(paths, "modern")), "modern")
+    assert modern.profile == "modern"
+    models = modern.query_mllms.models
+    assert {"gpt-4o-mini", "gpt-41", "gemini-25-flash"} <= set(models)
+    assert {m.backend for m in models.values()} == {"openai"}
+    assert all(list(m.datasets) == ["nanolagenda"] for m in models.values())
+    for m in models.values():  # keys only by the name of their variable, and only over https
+        base_url = m.options.get("base_url")
+        assert base_url is None or base_url.startswith("https://")
+        assert m.options["api_key_env"].endswith("_API_KEY")
