@@ -25,6 +25,8 @@ from agegender.mllm.prompt import PROMPT  # noqa: E402
 from agegender.mllm.runner import crop_queries, downscale, plan_queries  # noqa: E402
 from agegender.mllm.tools.cost import (  # noqa: E402
     MESSAGE_OVERHEAD_TOKENS,
+    PRICE_TABLE,
+    PRICES,
     Price,
     crop_sizes,
     downscaled_size,
@@ -34,6 +36,7 @@ from agegender.mllm.tools.cost import (  # noqa: E402
     image_tokens,
     model_price,
     prompt_tokens,
+    read_price_table,
 )
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -372,3 +375,39 @@ def test_cost_prices_exactly_the_queries_the_stage_sends(tmp_path):
     # full-size crops of 1000 x 2000 (1105 tokens) and 200 x 600 (425): per data set for body, `photos` only masked
     assert estimate.by_input["body"].image_tokens == 2 * (1105 + 425)
     assert estimate.by_input["body_wo_face"].image_tokens == 1105 + 425
+
+
+def test_the_price_table_is_dated_data_with_todays_models():
+    assert read_price_table() == PRICES and PRICE_TABLE.name == "prices.csv"
+    for model in ("gpt-4.1", "gpt-4.1-mini", "gpt-4o-mini", "gemini-2.5-flash"):
+        assert PRICES[model].as_of and PRICES[model].source, model
+    assert model_price("gpt-4.1-mini-2025-04-14") == Price(0.40, 1.60)  # the longest prefix, not gpt-4.1
+    assert model_price("gpt-4.1-2025-04-14") == Price(2.00, 8.00)
+    assert model_price("gemini-2.5-flash") == Price(0.30, 2.50)
+    # the printed table says the date of the price it used, or that the price was given
+    est = estimate_from_sizes([(512, 512)], model="gpt-4o-2024-08-06", text_tokens=10)
+    assert f"price table as of {PRICES['gpt-4o'].as_of}" in est.table()
+    assert est.as_dict()["price_as_of"] == PRICES["gpt-4o"].as_of
+    given = estimate_from_sizes([(512, 512)], model="gpt-4o", text_tokens=10, price_in=1.0)
+    assert "prices given" in given.table() and given.as_dict()["price_as_of"] is None
+
+
+@pytest.mark.parametrize(
+    ("row", "field"),
+    [
+        ("openai,m,abc,1,unverified,2026-01-01,s", "input_usd_per_1m"),
+        ("openai,m,1,-1,unverified,2026-01-01,s", "output_usd_per_1m"),
+        ("openai,m,1,1,unverified,January 2026,s", "as_of"),
+        ("openai,gpt-4o,1,1,unverified,2026-01-01,s", "model"),  # listed twice
+    ],
+)
+def test_a_bad_price_table_row_is_named(tmp_path, row, field):
+    header = "provider,model,input_usd_per_1m,output_usd_per_1m,image_token_rule,as_of,source"
+    path = tmp_path / "prices.csv"
+    path.write_text(f"{header}\nopenai,gpt-4o,2.5,10,tile 85+170,2026-01-01,s\n{row}\n", encoding="utf-8")
+    with pytest.raises(InputError) as err:
+        read_price_table(path)
+    assert (err.value.file, err.value.row, err.value.field) == (str(path), 3, field)
+    path.write_text("model,input\n", encoding="utf-8")
+    with pytest.raises(InputError, match="lacks columns"):
+        read_price_table(path)

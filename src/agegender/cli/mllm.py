@@ -324,8 +324,15 @@ def add_cost_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--detail", default="high", choices=("high", "low", "auto", "none"), help="image detail sent")
     p.add_argument("--max-side", type=int, default=None, help="the run's downscale (default: none, as the paper)")
     p.add_argument("--prompt-version", default=PROMPT_VERSION)
-    p.add_argument("--price-in", type=float, default=None, help="USD per million input tokens (default: PRICES)")
-    p.add_argument("--price-out", type=float, default=None, help="USD per million output tokens (default: PRICES)")
+    p.add_argument(
+        "--price-in",
+        type=float,
+        default=None,
+        help="USD per million input tokens (default: the dated price table mllm/tools/prices.csv)",
+    )
+    p.add_argument(
+        "--price-out", type=float, default=None, help="USD per million output tokens (default: the dated price table)"
+    )
     p.add_argument("--output-tokens", type=int, default=DEFAULT_OUTPUT_TOKENS, help="tokens per answer (default 8)")
     p.add_argument("--text-tokens", type=int, default=None, help="exact text tokens per request (prompt + framing)")
     p.add_argument("--upscale", action="store_true", help="the tile rule's literal reading: enlarge small crops")

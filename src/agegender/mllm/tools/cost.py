@@ -24,8 +24,11 @@ Decisions (documented here because they change the figures):
   request (3 per message, 1 for the role, 3 priming the reply: OpenAI's cookbook "How to count tokens"). The
   method used is in every result (`text_method`); `text_tokens=` sets an exact count instead (e.g. a run's
   `usage.prompt_tokens` minus its image tokens).
-- **Prices are not facts of this code**: `PRICES` is a dated copy of OpenAI's price list (standard tier, USD per
-  million tokens) for the paper's models, to be checked against the current list and overridden by arguments.
+- **Prices are not facts of this code**: `PRICES` is read from a dated table, `prices.csv` beside this module
+  (standard tier, USD per million tokens, one `as_of` date and source per model: the paper's models and today's
+  OpenAI and Gemini models), to be checked against the current list and overridden by arguments; the printed
+  table says the date of the price it used. A model without a checked image-token rule (`unverified`) is priced
+  only with its image tokens known (`VISION_RULES`); its price alone is no estimate.
   The Batch API (half price, answers within 24 h) is not what the runner uses.
 - **Which crops** are priced is the run's own plan (`agegender.mllm.runner.plan_queries`; for a params file the
   stage's `model_plan`, `inputs_by_dataset` included): a crop the stage never sends is never priced.
@@ -238,25 +241,72 @@ def prompt_tokens(prompt: str, model: str) -> tuple[int, str]:
 
 @dataclass(frozen=True)
 class Price:
-    """USD per million tokens, standard tier."""
+    """USD per million tokens, standard tier; `as_of` and `source` say where a table's figure comes from (not part
+    of equality: the same price read on another day is the same price)."""
 
     input: float
     output: float
+    as_of: str = field(default="", compare=False)
+    source: str = field(default="", compare=False)
 
 
-#: model id prefix -> price; the longest matching prefix wins. A dated copy: check the current price list.
-PRICES: dict[str, Price] = {
-    "gpt-4o": Price(2.50, 10.00),  # gpt-4o-2024-08-06 and later
-    "gpt-4o-2024-05-13": Price(5.00, 15.00),  # the first GPT-4o snapshot (the paper's time)
-    "gpt-4o-mini": Price(0.15, 0.60),
-    "gpt-4-turbo": Price(10.00, 30.00),
-    "gpt-4-vision-preview": Price(10.00, 30.00),  # GPT-4V, the paper's "ChatGPT4V" (retired)
-    "gpt-4-1106-vision-preview": Price(10.00, 30.00),
-}
+#: the dated price table, as data: provider, model (id prefix), input / output USD per 1M tokens, image-token rule
+#: (`tile base+per_tile` for the tile models of `VISION_RULES`, `unverified` where no rule was checked), as_of, source
+PRICE_TABLE = Path(__file__).with_name("prices.csv")
+_PRICE_COLUMNS = ("provider", "model", "input_usd_per_1m", "output_usd_per_1m", "image_token_rule", "as_of", "source")
+
+
+def read_price_table(path: str | Path = PRICE_TABLE) -> dict[str, Price]:
+    """A price table (model id prefix -> `Price`) from its CSV.
+
+    Prices change and are not facts of this code: they live in a dated table that a user can update or replace
+    without touching the code, each row with the day it was read and where.
+
+    Raises:
+        InputError: a missing column, a price that is not a finite number >= 0, a date that is not YYYY-MM-DD, or a
+            model listed twice (named by file, row and field).
+    """
+    import csv
+    from datetime import date
+
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+    except OSError as exc:
+        raise InputError(f"cannot read the price table: {exc}", file=path) from None
+    missing = [c for c in _PRICE_COLUMNS if c not in (reader.fieldnames or ())]
+    if missing:
+        raise InputError(f"price table lacks columns {missing}", file=path)
+    table: dict[str, Price] = {}
+    for number, row in enumerate(rows, start=2):  # row 1 is the header
+        model = (row["model"] or "").strip().lower()
+        for name in ("input_usd_per_1m", "output_usd_per_1m"):
+            try:
+                value = float(row[name])
+            except (TypeError, ValueError):
+                value = float("nan")
+            if not (math.isfinite(value) and value >= 0):
+                raise InputError(f"not a price in USD >= 0: {row[name]!r}", file=path, row=number, field=name)
+        try:
+            date.fromisoformat(row["as_of"])
+        except (TypeError, ValueError):
+            raise InputError(
+                f"not a date (YYYY-MM-DD): {row['as_of']!r}", file=path, row=number, field="as_of"
+            ) from None
+        if not model or model in table:
+            raise InputError(f"empty or repeated model {model!r}", file=path, row=number, field="model")
+        table[model] = Price(
+            float(row["input_usd_per_1m"]), float(row["output_usd_per_1m"]), as_of=row["as_of"], source=row["source"]
+        )
+    return table
+
+
+#: model id prefix -> price; the longest matching prefix wins. A dated copy (`PRICE_TABLE`): check the current list.
+PRICES: dict[str, Price] = read_price_table()
 PRICES_SOURCE = (
-    "OpenAI price list (platform.openai.com/docs/pricing) as copied by third-party pages read 2026-11-26 "
-    "(chatgptpricing-akr.pages.dev/api-pricing: gpt-4o 2.50/10.00, gpt-4o-mini 0.15/0.60; vercel.com/ai-gateway/"
-    "models/gpt-4-turbo: 10.00/30.00; strathweb.com 2024-10: gpt-4o-2024-05-13 input 5.00). "
+    f"price table {PRICE_TABLE.name} (one date and source per model, newest {max(p.as_of for p in PRICES.values())}). "
     "Check the current price list; override with price_in/price_out"
 )
 
@@ -390,6 +440,7 @@ class CostEstimate:
             "max_side": self.max_side,
             "upscale": self.upscale,
             "price_per_million": {"input": self.price.input, "output": self.price.output},
+            "price_as_of": self.price.as_of or None,
             "requests": self.requests,
             "image_tokens": self.image_tokens,
             "text_tokens": self.text_tokens,
@@ -423,7 +474,8 @@ class CostEstimate:
         lines.append(
             f"{self.model}, detail {self.detail}, max_side {self.max_side}, "
             f"USD {self.price.input:g} / {self.price.output:g} per million input / output tokens "
-            f"(check the current price list); text: {self.text_method}; "
+            f"({f'price table as of {self.price.as_of}' if self.price.as_of else 'prices given'}; check the current "
+            f"price list); text: {self.text_method}; "
             f"output: {self.output_tokens_per_request} tokens per answer (assumed)."
         )
         return "\n".join(lines)
@@ -442,9 +494,12 @@ def _resolve(
         price = Price(float(price_in), float(price_out))
     else:
         base = prices if isinstance(prices, Price) else model_price(model, prices)
+        given = price_in is not None or price_out is not None
         price = Price(
             float(price_in) if price_in is not None else base.input,
             float(price_out) if price_out is not None else base.output,
+            as_of="" if given else base.as_of,  # a price partly given is no longer the table's
+            source="" if given else base.source,
         )
     if price.input < 0 or price.output < 0 or not (math.isfinite(price.input) and math.isfinite(price.output)):
         raise InputError(f"prices must be finite and >= 0, got {price}", field="price")
