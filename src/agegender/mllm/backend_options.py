@@ -236,6 +236,15 @@ class TransformersOptions:
             672x448 or 448x672", below the llava-v1.6 checkpoints' grid (up to 672x672 and 1008x336). Each side
             must be a multiple of the vision tower's tile (`vision_config.image_size`, 336), checked when the
             model is loaded; a model without any-res tiling refuses the option.
+        min_pixels, max_pixels: Qwen-VL's pixel budget: the image is resized (aspect kept, sides multiples of 28) so
+            that its area lies between them, and every 28x28 pixels cost one image token, so the budget decides
+            whether a crop costs a handful of tokens or thousands. None = the checkpoint's processor default. A study
+            setting: the paper predates these models and states no budget. Set on the image processor (`size`); a
+            model whose image processor has no pixel budget refuses them.
+        do_pan_and_scan: Gemma 3's pan-and-scan: off = one 896x896 view of the crop; on = that view plus up to
+            `pan_and_scan_max_num_crops` crops of a long image, each costing `mm_tokens_per_image` tokens. Still one
+            crop per request (the paper's protocol): the crops are the processor's views of that one image. None =
+            the checkpoint's default; a model whose image processor has no pan-and-scan refuses it.
     """
 
     device: str = "auto"
@@ -247,9 +256,29 @@ class TransformersOptions:
     attn_implementation: str | None = None
     system_prompt: str | None = None
     image_grid_pinpoints: tuple[tuple[int, ...], ...] | None = None
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+    do_pan_and_scan: bool | None = None
 
     def __post_init__(self) -> None:
         _local_model_checks(self.batch_size)
+        for name in ("min_pixels", "max_pixels"):
+            value = getattr(self, name)
+            _require(
+                value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1),
+                name,
+                f"must be a positive number of pixels, got {value!r}",
+            )
+        _require(
+            self.min_pixels is None or self.max_pixels is None or self.min_pixels <= self.max_pixels,
+            "min_pixels",
+            f"must not exceed max_pixels ({self.min_pixels} > {self.max_pixels})",
+        )
+        _require(
+            self.do_pan_and_scan is None or isinstance(self.do_pan_and_scan, bool),
+            "do_pan_and_scan",
+            f"must be true or false, not {self.do_pan_and_scan!r}",
+        )
         pinpoints = self.image_grid_pinpoints
         _require(
             pinpoints is None or (len(pinpoints) > 0 and all(len(p) == 2 and min(p) >= 1 for p in pinpoints)),
