@@ -22,6 +22,7 @@ from agegender.mllm.tools.tiny import FAMILY_TOKENS, build_tiny_family, build_ti
 RESOLUTION = {
     "qwen2_5_vl": {"max_pixels": 28 * 28 * 8},
     "gemma3": {"do_pan_and_scan": True},
+    "llava_onevision": {"image_grid_pinpoints": [[56, 56]]},  # as written in params.yaml
 }
 #: a tall crop, long enough for Gemma's pan-and-scan (crops of at least 256 pixels a side)
 _TALL = (800, 300)

@@ -230,8 +230,9 @@ class TransformersOptions:
         model_revision: override the computed revision (e.g. a release tag).
         attn_implementation: passed to from_pretrained (`sdpa`, `eager`, `flash_attention_2`); None = default.
         system_prompt: a system turn before each query (None = the template's default, if any).
-        image_grid_pinpoints: LLaVA-NeXT's any-res grid, `[[height, width], ...]` in pixels, set on the image
-            processor and the model config (which counts the image tiles from it); None = the checkpoint's grid.
+        image_grid_pinpoints: the any-res grid of LLaVA-NeXT (and LLaVA-OneVision), `[[height, width], ...]` in pixels,
+            set on the image processor and the model config (which counts the image tiles from it); None = the
+            checkpoint's grid.
             It bounds the resolution an image is tiled at: the paper (section 4.2) ran LLaVA-NeXT "restricted to
             672x448 or 448x672", below the llava-v1.6 checkpoints' grid (up to 672x672 and 1008x336). Each side
             must be a multiple of the vision tower's tile (`vision_config.image_size`, 336), checked when the

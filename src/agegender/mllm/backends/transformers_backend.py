@@ -1,4 +1,5 @@
-"""Local image-text-to-text models in Hugging Face format (LLaVA-1.5, LLaVA-NeXT, ...), run with transformers.
+"""Local image-text-to-text models in Hugging Face format (LLaVA-1.5 and -NeXT, Qwen2.5-VL, Gemma 3, OneVision),
+run with transformers.
 
 Each query becomes one user turn of the model's own chat template (the image, then the prompt), is
 preprocessed by the model's processor and answered greedily. Queries are batched with LEFT padding:
@@ -50,6 +51,8 @@ _SNAPSHOT = re.compile(r"/snapshots/([0-9a-f]{40})(/|$)")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 #: other top-level files that change answers: config, generation config, processor, tokenizer, chat template
 _DEFINITION_SUFFIXES = (".json", ".jinja", ".model", ".txt")
+#: image processors whose `do_pad` is LLaVA-1.5's pad-to-square (`expand2square`)
+_SQUARE_PADDING_PROCESSORS = frozenset({"LlavaImageProcessor", "LlavaImageProcessorPil"})
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
@@ -433,11 +436,14 @@ class TransformersBackend(Backend):
 
     def _setup_padding(self) -> None:
         ip = getattr(self.processor, "image_processor", None)
+        # Only LLaVA-1.5's image processor pads to a square with `do_pad`; LLaVA-OneVision's has a `pad_to_square`
+        # too, but its `do_pad` pads the tile stacks of a batch to one length, which batching needs.
+        pads_to_square = type(ip).__name__ in _SQUARE_PADDING_PROCESSORS
         if not self.pad_to_square:
-            if ip is not None and hasattr(ip, "pad_to_square") and getattr(ip, "do_pad", False):
+            if pads_to_square and getattr(ip, "do_pad", False):
                 ip.do_pad = False
             return
-        if ip is not None and hasattr(ip, "pad_to_square") and hasattr(ip, "do_pad"):
+        if pads_to_square and hasattr(ip, "do_pad"):
             ip.do_pad = True  # LlavaImageProcessor: pads with its own mean colour, as expand2square does
             return
         self._pad_color = square_pad_color(self.processor)

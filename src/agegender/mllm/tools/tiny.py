@@ -185,6 +185,20 @@ GEMMA3_CHAT_TEMPLATE = (
     "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
 )
 
+#: LLaVA-OneVision's (llava-onevision-qwen2-hf) ChatML template: no default system turn, `<|im_start|>role ` with
+#: the images first (`<image>`), then each text on a new line, each turn closed by `<|im_end|>` + newline; the
+#: generation prompt is `<|im_start|>assistant\n`.
+ONEVISION_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{ '<|im_start|>' + message['role'] + ' ' }}"
+    "{%- if message['content'] is string -%}{{ '\n' + message['content'] }}{%- else -%}"
+    "{%- for part in message['content'] | selectattr('type', 'equalto', 'image') -%}{{ '<image>' }}{%- endfor -%}"
+    "{%- for part in message['content'] | selectattr('type', 'equalto', 'text') -%}{{ '\n' + part['text'] }}"
+    "{%- endfor -%}{%- endif -%}{{ '<|im_end|>\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}"
+)
+
 #: the families the tiny builder knows beside LLaVA, by `model_type`
 FAMILY_TOKENS: dict[str, TinyFamily] = {
     "qwen2_5_vl": TinyFamily(
@@ -194,6 +208,14 @@ FAMILY_TOKENS: dict[str, TinyFamily] = {
         False,
         QWEN_CHAT_TEMPLATE,
         ("system user assistant You are a helpful assistant.",),
+    ),
+    "llava_onevision": TinyFamily(
+        {"unk_token": "<unk>", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
+        ("<|im_start|>", "<image>", "<video>"),
+        {},
+        False,
+        ONEVISION_CHAT_TEMPLATE,
+        ("system user assistant",),
     ),
     "gemma3": TinyFamily(
         {"unk_token": "<unk>", "bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>"},
@@ -464,7 +486,7 @@ def build_tiny_llava(
 
 
 #: the tiny families `build_tiny_family` builds, in the issue's order; `llava`/`llava_next` go to `build_tiny_llava`
-TinyFamilyName = Literal["qwen2_5_vl", "gemma3"]
+TinyFamilyName = Literal["qwen2_5_vl", "gemma3", "llava_onevision"]
 
 
 def _family_model_and_processor(family: str, tokenizer: Any, text_hidden: int, num_layers: int) -> tuple[Any, Any]:
@@ -472,7 +494,7 @@ def _family_model_and_processor(family: str, tokenizer: Any, text_hidden: int, n
 
     Sizes are toy sizes, but every structural piece the family's checkpoints have is there: Qwen2.5-VL's windowed
     ViT with 2x2 patch merging and M-RoPE, Gemma 3's SigLIP + pooled `mm_tokens_per_image` soft tokens and
-    pan-and-scan crops.
+    pan-and-scan crops, LLaVA-OneVision's SigLIP + Qwen2 with any-res tiles (a 2x2-tile grid at toy size).
     """
     import transformers as tf
 
@@ -549,6 +571,37 @@ def _family_model_and_processor(family: str, tokenizer: Any, text_hidden: int, n
             image_seq_length=tokens_per_image,
         )
         return tf.Gemma3ForConditionalGeneration(config), processor
+    if family == "llava_onevision":
+        tile, patch = 56, 14
+        grid = [[tile, tile], [tile, 2 * tile], [2 * tile, tile], [2 * tile, 2 * tile]]
+        config = tf.LlavaOnevisionConfig(
+            vision_config=tf.SiglipVisionConfig(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=num_layers,
+                num_attention_heads=2,
+                image_size=tile,
+                patch_size=patch,
+            ),
+            text_config=tf.Qwen2Config(**text),
+            image_token_index=ids("<image>"),
+            video_token_index=ids("<video>"),
+            image_grid_pinpoints=grid,
+            vision_feature_select_strategy="full",
+            vision_feature_layer=-1,
+        )
+        image_processor = tf.LlavaOnevisionImageProcessor(
+            size={"height": tile, "width": tile}, image_grid_pinpoints=grid, do_pad=True
+        )
+        processor = tf.LlavaOnevisionProcessor(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            video_processor=tf.LlavaOnevisionVideoProcessor(size={"height": tile, "width": tile}),
+            num_image_tokens=(tile // patch) ** 2,
+            vision_feature_select_strategy="full",
+            chat_template=tokenizer.chat_template,
+        )
+        return tf.LlavaOnevisionForConditionalGeneration(config), processor
     raise InputError(f"unknown tiny model family {family!r}; use one of {', '.join(FAMILY_TOKENS)}", field="family")
 
 
@@ -580,7 +633,7 @@ def build_tiny_family(
 
     Args:
         out_dir: target folder (created; files of the same names are overwritten).
-        family: `qwen2_5_vl` or `gemma3`.
+        family: `qwen2_5_vl`, `gemma3` or `llava_onevision`.
         seed: seeds the weights (the global torch RNG is left as it was).
         vocab_size: tokenizer target size.
         text_hidden: decoder width (a multiple of 16: 4 heads with an even rotary half).
@@ -622,5 +675,5 @@ def build_tiny_family(
 
 def _turn_end_ids(family: str, tokenizer: Any) -> list[int]:
     """The token that closes a turn in the family's template, where it is not the EOS token."""
-    closing = {"qwen2_5_vl": "<|endoftext|>", "gemma3": "<end_of_turn>"}
+    closing = {"qwen2_5_vl": "<|endoftext|>", "gemma3": "<end_of_turn>", "llava_onevision": "<|endoftext|>"}
     return [tokenizer.convert_tokens_to_ids(closing[family])]
