@@ -23,6 +23,7 @@ RESOLUTION = {
     "qwen2_5_vl": {"max_pixels": 28 * 28 * 8},
     "gemma3": {"do_pan_and_scan": True},
     "llava_onevision": {"image_grid_pinpoints": [[56, 56]]},  # as written in params.yaml
+    "qwen3_vl": {"max_pixels": 32 * 32 * 8},
 }
 #: a tall crop, long enough for Gemma's pan-and-scan (crops of at least 256 pixels a side)
 _TALL = (800, 300)

@@ -1,5 +1,5 @@
-"""Tiny LLaVA-1.5 and LLaVA-NeXT models, and tiny models of today's families (Qwen2.5-VL, Gemma 3), built from
-configs, for the demo profile and the tests.
+"""Tiny LLaVA-1.5 and LLaVA-NeXT models, and tiny models of today's families (Qwen2.5-VL, Gemma 3, LLaVA-OneVision,
+Qwen3-VL), built from configs, for the demo profile and the tests.
 
 Today's families (`build_tiny_family`) share the tokenizer trainer: a `TinyFamily` gives the family's special tokens
 and a chat template equal in structure to its checkpoints', so that the backend meets each family's traps offline.
@@ -166,6 +166,13 @@ QWEN_CHAT_TEMPLATE = (
     "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}"
 )
 
+#: Qwen3-VL's template: Qwen2.5-VL's ChatML without the default system turn
+QWEN3_CHAT_TEMPLATE = QWEN_CHAT_TEMPLATE.replace(
+    "{%- if loop.first and message['role'] != 'system' -%}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{%- endif -%}",
+    "",
+)
+
 #: Gemma 3's template: `<bos>` in the template, NO system role (a system turn is folded into the first user turn,
 #: followed by a blank line), `assistant` renamed `model`, `<start_of_image>` where the image goes, each turn closed
 #: by `<end_of_turn>` + newline; the generation prompt is `<start_of_turn>model\n`.
@@ -208,6 +215,14 @@ FAMILY_TOKENS: dict[str, TinyFamily] = {
         False,
         QWEN_CHAT_TEMPLATE,
         ("system user assistant You are a helpful assistant.",),
+    ),
+    "qwen3_vl": TinyFamily(
+        {"unk_token": "<unk>", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
+        ("<|im_start|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"),
+        {},
+        False,
+        QWEN3_CHAT_TEMPLATE,
+        ("system user assistant",),
     ),
     "llava_onevision": TinyFamily(
         {"unk_token": "<unk>", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
@@ -486,7 +501,7 @@ def build_tiny_llava(
 
 
 #: the tiny families `build_tiny_family` builds, in the issue's order; `llava`/`llava_next` go to `build_tiny_llava`
-TinyFamilyName = Literal["qwen2_5_vl", "gemma3", "llava_onevision"]
+TinyFamilyName = Literal["qwen2_5_vl", "gemma3", "llava_onevision", "qwen3_vl"]
 
 
 def _family_model_and_processor(family: str, tokenizer: Any, text_hidden: int, num_layers: int) -> tuple[Any, Any]:
@@ -494,7 +509,8 @@ def _family_model_and_processor(family: str, tokenizer: Any, text_hidden: int, n
 
     Sizes are toy sizes, but every structural piece the family's checkpoints have is there: Qwen2.5-VL's windowed
     ViT with 2x2 patch merging and M-RoPE, Gemma 3's SigLIP + pooled `mm_tokens_per_image` soft tokens and
-    pan-and-scan crops, LLaVA-OneVision's SigLIP + Qwen2 with any-res tiles (a 2x2-tile grid at toy size).
+    pan-and-scan crops, LLaVA-OneVision's SigLIP + Qwen2 with any-res tiles (a 2x2-tile grid at toy size), Qwen3-VL's
+    DeepStack ViT (patch 16) with interleaved M-RoPE.
     """
     import transformers as tf
 
@@ -543,6 +559,48 @@ def _family_model_and_processor(family: str, tokenizer: Any, text_hidden: int, n
             chat_template=tokenizer.chat_template,
         )
         return tf.Qwen2_5_VLForConditionalGeneration(config), processor
+    if family == "qwen3_vl":
+        head_dim = text_hidden // 4
+        rope = {
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "mrope_section": _mrope_section(head_dim),
+            "mrope_interleaved": True,
+        }
+        config = tf.Qwen3VLConfig(
+            text_config={**text, "head_dim": head_dim, "rope_parameters": rope},
+            vision_config={
+                "depth": num_layers,
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_heads": 2,
+                "out_hidden_size": text_hidden,
+                "patch_size": 16,
+                "spatial_merge_size": 2,
+                "temporal_patch_size": 2,
+                "num_position_embeddings": 64,
+                "deepstack_visual_indexes": [0],
+            },
+            image_token_id=ids("<|image_pad|>"),
+            video_token_id=ids("<|video_pad|>"),
+            vision_start_token_id=ids("<|vision_start|>"),
+            vision_end_token_id=ids("<|vision_end|>"),
+        )
+        # 32x32 pixels per token (patch 16, 2x2 merge): 4 to 64 image tokens by default
+        image_processor = tf.Qwen2VLImageProcessor(
+            patch_size=16,
+            merge_size=2,
+            image_mean=[0.5, 0.5, 0.5],
+            image_std=[0.5, 0.5, 0.5],
+            size={"shortest_edge": 64 * 64, "longest_edge": 32 * 32 * 64},
+        )
+        processor = tf.Qwen3VLProcessor(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            video_processor=tf.Qwen3VLVideoProcessor(),
+            chat_template=tokenizer.chat_template,
+        )
+        return tf.Qwen3VLForConditionalGeneration(config), processor
     if family == "gemma3":
         image_size, patch, tokens_per_image = 64, 8, 16
         config = tf.Gemma3Config(
@@ -633,7 +691,7 @@ def build_tiny_family(
 
     Args:
         out_dir: target folder (created; files of the same names are overwritten).
-        family: `qwen2_5_vl`, `gemma3` or `llava_onevision`.
+        family: `qwen2_5_vl`, `gemma3`, `llava_onevision` or `qwen3_vl`.
         seed: seeds the weights (the global torch RNG is left as it was).
         vocab_size: tokenizer target size.
         text_hidden: decoder width (a multiple of 16: 4 heads with an even rotary half).
@@ -675,5 +733,10 @@ def build_tiny_family(
 
 def _turn_end_ids(family: str, tokenizer: Any) -> list[int]:
     """The token that closes a turn in the family's template, where it is not the EOS token."""
-    closing = {"qwen2_5_vl": "<|endoftext|>", "gemma3": "<end_of_turn>", "llava_onevision": "<|endoftext|>"}
+    closing = {
+        "qwen2_5_vl": "<|endoftext|>",
+        "gemma3": "<end_of_turn>",
+        "llava_onevision": "<|endoftext|>",
+        "qwen3_vl": "<|endoftext|>",
+    }
     return [tokenizer.convert_tokens_to_ids(closing[family])]
