@@ -24,6 +24,7 @@ RESOLUTION = {
     "gemma3": {"do_pan_and_scan": True},
     "llava_onevision": {"image_grid_pinpoints": [[56, 56]]},  # as written in params.yaml
     "qwen3_vl": {"max_pixels": 32 * 32 * 8},
+    "internvl": {"max_patches": 2},
 }
 #: a tall crop, long enough for Gemma's pan-and-scan (crops of at least 256 pixels a side)
 _TALL = (800, 300)
@@ -54,6 +55,7 @@ def _image_tokens(backend: TransformersBackend, query: Query) -> int:
 
 
 def test_every_family_has_a_resolution_case():
+    """Each family the builder knows is tested below with its own resolution setting."""
     assert set(RESOLUTION) == set(FAMILY_TOKENS)
 
 
@@ -105,7 +107,14 @@ def test_one_bos_and_no_template_tokens_in_answers(family_folder):
 
 
 @pytest.mark.parametrize(
-    ("option", "value"), [("max_pixels", 28 * 28 * 8), ("min_pixels", 28 * 28), ("do_pan_and_scan", True)]
+    ("option", "value"),
+    [
+        ("max_pixels", 28 * 28 * 8),
+        ("min_pixels", 28 * 28),
+        ("do_pan_and_scan", True),
+        ("crop_to_patches", False),
+        ("max_patches", 2),
+    ],
 )
 def test_resolution_options_a_model_lacks_are_refused(tmp_path, option, value):
     folder = build_tiny_llava(tmp_path / "llava", image_size=56, vision_hidden=16, text_hidden=32, num_layers=1)
@@ -116,7 +125,14 @@ def test_resolution_options_a_model_lacks_are_refused(tmp_path, option, value):
 
 @pytest.mark.parametrize(
     "options",
-    [{"max_pixels": 0}, {"min_pixels": -1}, {"min_pixels": 10, "max_pixels": 5}, {"do_pan_and_scan": "yes"}],
+    [
+        {"max_pixels": 0},
+        {"min_pixels": -1},
+        {"min_pixels": 10, "max_pixels": 5},
+        {"do_pan_and_scan": "yes"},
+        {"crop_to_patches": "no"},
+        {"max_patches": 0},
+    ],
 )
 def test_resolution_options_are_validated(options):
     with pytest.raises(InputError):

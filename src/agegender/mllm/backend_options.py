@@ -246,6 +246,9 @@ class TransformersOptions:
             `pan_and_scan_max_num_crops` crops of a long image, each costing `mm_tokens_per_image` tokens. Still one
             crop per request (the paper's protocol): the crops are the processor's views of that one image. None =
             the checkpoint's default; a model whose image processor has no pan-and-scan refuses it.
+        crop_to_patches, max_patches: InternVL's tiling: whether the crop is cut into tiles (plus a thumbnail) and
+            into at most how many, each tile costing `image_seq_length` tokens (256 in InternVL3). None = the
+            processor's default (tiles on, up to 12 in InternVL3); models without such tiling refuse them.
     """
 
     device: str = "auto"
@@ -260,26 +263,26 @@ class TransformersOptions:
     min_pixels: int | None = None
     max_pixels: int | None = None
     do_pan_and_scan: bool | None = None
+    crop_to_patches: bool | None = None
+    max_patches: int | None = None
 
     def __post_init__(self) -> None:
         _local_model_checks(self.batch_size)
-        for name in ("min_pixels", "max_pixels"):
+        for name in ("min_pixels", "max_pixels", "max_patches"):
             value = getattr(self, name)
             _require(
                 value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1),
                 name,
-                f"must be a positive number of pixels, got {value!r}",
+                f"must be a positive count, got {value!r}",
             )
         _require(
             self.min_pixels is None or self.max_pixels is None or self.min_pixels <= self.max_pixels,
             "min_pixels",
             f"must not exceed max_pixels ({self.min_pixels} > {self.max_pixels})",
         )
-        _require(
-            self.do_pan_and_scan is None or isinstance(self.do_pan_and_scan, bool),
-            "do_pan_and_scan",
-            f"must be true or false, not {self.do_pan_and_scan!r}",
-        )
+        for name in ("do_pan_and_scan", "crop_to_patches"):
+            value = getattr(self, name)
+            _require(value is None or isinstance(value, bool), name, f"must be true or false, not {value!r}")
         pinpoints = self.image_grid_pinpoints
         _require(
             pinpoints is None or (len(pinpoints) > 0 and all(len(p) == 2 and min(p) >= 1 for p in pinpoints)),

@@ -1,4 +1,4 @@
-"""Local image-text-to-text models in Hugging Face format (LLaVA-1.5 and -NeXT, Qwen2.5-VL, Gemma 3, OneVision),
+"""Local image-text-to-text models in Hugging Face format (LLaVA-1.5 and -NeXT, Qwen-VL, Gemma 3, InternVL, OneVision),
 run with transformers.
 
 Each query becomes one user turn of the model's own chat template (the image, then the prompt), is
@@ -254,16 +254,24 @@ def set_grid_pinpoints(
     return grid
 
 
-#: resolution settings that must also go with every processor call: Gemma 3's processor has call defaults
-#: (`do_pan_and_scan: False`) that override what is set on its image processor
-_CALL_TIME_SETTINGS = ("do_pan_and_scan",)
+#: resolution settings that are switches of the image processor, and go with every processor call too: Gemma 3's and
+#: InternVL's processors have call defaults (`do_pan_and_scan: False`, `crop_to_patches: True`) that override what is
+#: set on their image processors
+_CALL_TIME_SETTINGS = ("do_pan_and_scan", "crop_to_patches", "max_patches")
 
 
 def set_image_budget(
-    processor: Any, *, min_pixels: int | None, max_pixels: int | None, do_pan_and_scan: bool | None, source: str
+    processor: Any, *, min_pixels: int | None, max_pixels: int | None, source: str, **switches: Any
 ) -> dict[str, Any]:
     """Set a family's resolution policy on its image processor (`TransformersOptions`: Qwen-VL's pixel budget,
-    Gemma 3's pan-and-scan), so that how many image tokens a crop costs is a study setting, not a processor default.
+    Gemma 3's pan-and-scan, InternVL's tiling), so that how many image tokens a crop costs is a study setting, not a
+    processor default.
+
+    Args:
+        processor: the model's processor.
+        min_pixels, max_pixels: the pixel budget (None: unset).
+        source: the model, for errors.
+        **switches: `_CALL_TIME_SETTINGS` by name (None: unset).
 
     Returns:
         The settings as set (only those given), for the response store's key and the manifest; {} when none is.
@@ -292,10 +300,15 @@ def set_image_budget(
                 field="min_pixels",
             )
         ip.size = type(size)(**budget) if not isinstance(size, dict) else budget
-    if do_pan_and_scan is not None:
-        if not hasattr(ip, "do_pan_and_scan"):
-            raise InputError(f"the {model} has no pan-and-scan", file=source, field="do_pan_and_scan")
-        ip.do_pan_and_scan = settings["do_pan_and_scan"] = bool(do_pan_and_scan)
+    for name, value in switches.items():
+        if name not in _CALL_TIME_SETTINGS:
+            raise TypeError(f"unknown resolution setting {name!r}")
+        if value is None:
+            continue
+        if not hasattr(ip, name):
+            raise InputError(f"the {model} has no {name} setting", file=source, field=name)
+        setattr(ip, name, value)
+        settings[name] = value
     return settings
 
 
@@ -318,7 +331,7 @@ class TransformersBackend(Backend):
             sampling when temperature > 0, `detail` is ignored (the processor decides the resolution).
         options: `TransformersOptions` (device, batch_size, dtype, pad_to_square, local_files_only,
             model_revision, attn_implementation, system_prompt, and the resolution policy: image_grid_pinpoints,
-            min_pixels, max_pixels, do_pan_and_scan).
+            min_pixels, max_pixels, do_pan_and_scan, crop_to_patches, max_patches).
         **kwargs: the same options as keyword arguments, instead of `options`.
 
     Raises:
@@ -362,8 +375,8 @@ class TransformersBackend(Backend):
             processor,
             min_pixels=o.min_pixels,
             max_pixels=o.max_pixels,
-            do_pan_and_scan=o.do_pan_and_scan,
             source=source,
+            **{name: getattr(o, name) for name in _CALL_TIME_SETTINGS},
         )
 
     @classmethod

@@ -1,5 +1,5 @@
 """Tiny LLaVA-1.5 and LLaVA-NeXT models, and tiny models of today's families (Qwen2.5-VL, Gemma 3, LLaVA-OneVision,
-Qwen3-VL), built from configs, for the demo profile and the tests.
+InternVL, Qwen3-VL), built from configs, for the demo profile and the tests.
 
 Today's families (`build_tiny_family`) share the tokenizer trainer: a `TinyFamily` gives the family's special tokens
 and a chat template equal in structure to its checkpoints', so that the backend meets each family's traps offline.
@@ -206,6 +206,16 @@ ONEVISION_CHAT_TEMPLATE = (
     "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}"
 )
 
+#: InternVL3's (-hf) ChatML template: no default system turn, the image as `<IMG_CONTEXT>` + newline in place (the
+#: processor expands it to `<img>` + tokens per tile + `</img>`), each turn closed by `<|im_end|>` + newline.
+INTERNVL_CHAT_TEMPLATE = (
+    "{%- set image = '<IMG_CONTEXT>\n' -%}"
+    "{%- for message in messages -%}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}" + _PARTS + "{{ '<|im_end|>\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}"
+)
+
 #: the families the tiny builder knows beside LLaVA, by `model_type`
 FAMILY_TOKENS: dict[str, TinyFamily] = {
     "qwen2_5_vl": TinyFamily(
@@ -222,6 +232,19 @@ FAMILY_TOKENS: dict[str, TinyFamily] = {
         {},
         False,
         QWEN3_CHAT_TEMPLATE,
+        ("system user assistant",),
+    ),
+    "internvl": TinyFamily(
+        {"unk_token": "<unk>", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
+        ("<|im_start|>",),
+        {
+            "start_image_token": "<img>",
+            "end_image_token": "</img>",
+            "context_image_token": "<IMG_CONTEXT>",
+            "video_token": "<video>",
+        },
+        False,
+        INTERNVL_CHAT_TEMPLATE,
         ("system user assistant",),
     ),
     "llava_onevision": TinyFamily(
@@ -501,7 +524,7 @@ def build_tiny_llava(
 
 
 #: the tiny families `build_tiny_family` builds, in the issue's order; `llava`/`llava_next` go to `build_tiny_llava`
-TinyFamilyName = Literal["qwen2_5_vl", "gemma3", "llava_onevision", "qwen3_vl"]
+TinyFamilyName = Literal["qwen2_5_vl", "gemma3", "llava_onevision", "internvl", "qwen3_vl"]
 
 
 def _family_model_and_processor(family: str, tokenizer: Any, text_hidden: int, num_layers: int) -> tuple[Any, Any]:
@@ -510,7 +533,7 @@ def _family_model_and_processor(family: str, tokenizer: Any, text_hidden: int, n
     Sizes are toy sizes, but every structural piece the family's checkpoints have is there: Qwen2.5-VL's windowed
     ViT with 2x2 patch merging and M-RoPE, Gemma 3's SigLIP + pooled `mm_tokens_per_image` soft tokens and
     pan-and-scan crops, LLaVA-OneVision's SigLIP + Qwen2 with any-res tiles (a 2x2-tile grid at toy size), Qwen3-VL's
-    DeepStack ViT (patch 16) with interleaved M-RoPE.
+    DeepStack ViT (patch 16) with interleaved M-RoPE, InternVL's ViT + pixel shuffle with tiles and a thumbnail.
     """
     import transformers as tf
 
@@ -601,6 +624,36 @@ def _family_model_and_processor(family: str, tokenizer: Any, text_hidden: int, n
             chat_template=tokenizer.chat_template,
         )
         return tf.Qwen3VLForConditionalGeneration(config), processor
+    if family == "internvl":
+        tile, patch = 56, 14
+        tokens_per_tile = (tile // patch) ** 2 // 4  # pixel shuffle with downsample_ratio 0.5
+        config = tf.InternVLConfig(
+            vision_config=tf.InternVLVisionConfig(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=num_layers,
+                num_attention_heads=2,
+                image_size=[tile, tile],
+                patch_size=[patch, patch],
+            ),
+            text_config=tf.Qwen2Config(**text),
+            image_token_id=ids("<IMG_CONTEXT>"),
+            image_seq_length=tokens_per_tile,
+            downsample_ratio=0.5,
+            tie_word_embeddings=False,
+        )
+        # tiling as the checkpoints ship it: the crop cut into up to 4 tiles plus a thumbnail
+        image_processor = tf.GotOcr2ImageProcessor(
+            size={"height": tile, "width": tile}, crop_to_patches=True, min_patches=1, max_patches=4
+        )
+        processor = tf.InternVLProcessor(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            video_processor=tf.InternVLVideoProcessor(size={"height": tile, "width": tile}),
+            image_seq_length=tokens_per_tile,
+            chat_template=tokenizer.chat_template,
+        )
+        return tf.InternVLForConditionalGeneration(config), processor
     if family == "gemma3":
         image_size, patch, tokens_per_image = 64, 8, 16
         config = tf.Gemma3Config(
@@ -691,7 +744,7 @@ def build_tiny_family(
 
     Args:
         out_dir: target folder (created; files of the same names are overwritten).
-        family: `qwen2_5_vl`, `gemma3`, `llava_onevision` or `qwen3_vl`.
+        family: `qwen2_5_vl`, `gemma3`, `llava_onevision`, `internvl` or `qwen3_vl`.
         seed: seeds the weights (the global torch RNG is left as it was).
         vocab_size: tokenizer target size.
         text_hidden: decoder width (a multiple of 16: 4 heads with an even rotary half).
@@ -738,5 +791,6 @@ def _turn_end_ids(family: str, tokenizer: Any) -> list[int]:
         "gemma3": "<end_of_turn>",
         "llava_onevision": "<|endoftext|>",
         "qwen3_vl": "<|endoftext|>",
+        "internvl": "<|endoftext|>",
     }
     return [tokenizer.convert_tokens_to_ids(closing[family])]
