@@ -49,7 +49,7 @@ def main() -> None:
     args = parser.parse_args()
     queries = _queries(args.samples)
     params = GenerationParams(max_new_tokens=args.max_new_tokens)
-    print(f"{'family':12} {'batch':>5} {'queries/s':>10} {'image tokens':>12} batched==batch-1")
+    print(f"{'family':16} {'batch':>5} {'queries/s':>10} {'image tokens':>12} batched==batch-1")
     with tempfile.TemporaryDirectory() as tmp:
         for family in args.families.split(","):
             folder = _build(family, Path(tmp) / family)
@@ -63,7 +63,7 @@ def main() -> None:
                 rate = len(queries) / (time.perf_counter() - start)
                 same = "" if texts is None else str([a.text for a in answers] == texts)
                 texts = texts or [a.text for a in answers]
-                print(f"{family:12} {batch_size:>5} {rate:>10.1f} {int((ids == image_id).sum()):>12} {same}")
+                print(f"{family:16} {batch_size:>5} {rate:>10.1f} {int((ids == image_id).sum()):>12} {same}")
 
 
 if __name__ == "__main__":

@@ -475,12 +475,12 @@ class TransformersBackend(Backend):
             "pad_to_square": self.pad_to_square,
             "system_prompt": self.system_prompt,
             "dtype": str(self.dtype).removeprefix("torch."),
-            **self._grid_setting(),
+            **self._resolution_settings(),
         }
 
-    def _grid_setting(self) -> dict[str, Any]:
-        """The resolution policy the options set (any-res grid, pixel budget, pan-and-scan); each absent unless set,
-        so that the keys of stores made before the option existed (the checkpoint's default) stay what they were."""
+    def _resolution_settings(self) -> dict[str, Any]:
+        """The resolution policy the options set (any-res grid, pixel budget, pan-and-scan, tiles); each absent unless
+        set, so that the keys of stores made before the option existed (the checkpoint's default) are unchanged."""
         grid = self.image_grid_pinpoints
         return {**({} if grid is None else {"image_grid_pinpoints": [list(p) for p in grid]}), **self.image_budget}
 
@@ -495,7 +495,7 @@ class TransformersBackend(Backend):
                 "batch_size": self.batch_size,
                 "pad_to_square": self.pad_to_square,
                 "system_prompt": self.system_prompt,
-                **self._grid_setting(),
+                **self._resolution_settings(),
                 "image_processor": type(getattr(self.processor, "image_processor", None)).__name__,
                 "transformers": __import__("transformers").__version__,
                 "torch": torch.__version__,
