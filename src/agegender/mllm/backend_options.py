@@ -240,12 +240,14 @@ class TransformersOptions:
         min_pixels, max_pixels: Qwen-VL's pixel budget: the image is resized (aspect kept, sides multiples of 28) so
             that its area lies between them, and every 28x28 pixels cost one image token, so the budget decides
             whether a crop costs a handful of tokens or thousands. None = the checkpoint's processor default. A study
-            setting: the paper predates these models and states no budget. Set on the image processor (`size`); a
-            model whose image processor has no pixel budget refuses them.
+            setting: the paper predates these models; its rule (section 4.2: "For all models, we attempted to use the
+            maximum possible resolution") is one choice of budget, a speed-bounded one another. Set on the image
+            processor (`size`); a model whose image processor has no pixel budget refuses them.
         do_pan_and_scan: Gemma 3's pan-and-scan: off = one 896x896 view of the crop; on = that view plus up to
             `pan_and_scan_max_num_crops` crops of a long image, each costing `mm_tokens_per_image` tokens. Still one
-            crop per request (the paper's protocol): the crops are the processor's views of that one image. None =
-            the checkpoint's default; a model whose image processor has no pan-and-scan refuses it.
+            crop per request (section 4.3: "employing a single crop as the input image"): the extra views are the
+            processor's of that one image. None = the checkpoint's default; a model whose image processor has no
+            pan-and-scan refuses it.
         crop_to_patches, max_patches: InternVL's tiling: whether the crop is cut into tiles (plus a thumbnail) and
             into at most how many, each tile costing `image_seq_length` tokens (256 in InternVL3). None = the
             processor's default (tiles on, up to 12 in InternVL3); models without such tiling refuse them.
