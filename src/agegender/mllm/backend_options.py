@@ -230,12 +230,27 @@ class TransformersOptions:
         model_revision: override the computed revision (e.g. a release tag).
         attn_implementation: passed to from_pretrained (`sdpa`, `eager`, `flash_attention_2`); None = default.
         system_prompt: a system turn before each query (None = the template's default, if any).
-        image_grid_pinpoints: LLaVA-NeXT's any-res grid, `[[height, width], ...]` in pixels, set on the image
-            processor and the model config (which counts the image tiles from it); None = the checkpoint's grid.
+        image_grid_pinpoints: the any-res grid of LLaVA-NeXT (and LLaVA-OneVision), `[[height, width], ...]` in pixels,
+            set on the image processor and the model config (which counts the image tiles from it); None = the
+            checkpoint's grid.
             It bounds the resolution an image is tiled at: the paper (section 4.2) ran LLaVA-NeXT "restricted to
             672x448 or 448x672", below the llava-v1.6 checkpoints' grid (up to 672x672 and 1008x336). Each side
             must be a multiple of the vision tower's tile (`vision_config.image_size`, 336), checked when the
             model is loaded; a model without any-res tiling refuses the option.
+        min_pixels, max_pixels: Qwen-VL's pixel budget: the image is resized (aspect kept, sides multiples of 28) so
+            that its area lies between them, and every 28x28 pixels cost one image token, so the budget decides
+            whether a crop costs a handful of tokens or thousands. None = the checkpoint's processor default. A study
+            setting: the paper predates these models; its rule (section 4.2: "For all models, we attempted to use the
+            maximum possible resolution") is one choice of budget, a speed-bounded one another. Set on the image
+            processor (`size`); a model whose image processor has no pixel budget refuses them.
+        do_pan_and_scan: Gemma 3's pan-and-scan: off = one 896x896 view of the crop; on = that view plus up to
+            `pan_and_scan_max_num_crops` crops of a long image, each costing `mm_tokens_per_image` tokens. Still one
+            crop per request (section 4.3: "employing a single crop as the input image"): the extra views are the
+            processor's of that one image. None = the checkpoint's default; a model whose image processor has no
+            pan-and-scan refuses it.
+        crop_to_patches, max_patches: InternVL's tiling: whether the crop is cut into tiles (plus a thumbnail) and
+            into at most how many, each tile costing `image_seq_length` tokens (256 in InternVL3). None = the
+            processor's default (tiles on, up to 12 in InternVL3); models without such tiling refuse them.
     """
 
     device: str = "auto"
@@ -247,9 +262,29 @@ class TransformersOptions:
     attn_implementation: str | None = None
     system_prompt: str | None = None
     image_grid_pinpoints: tuple[tuple[int, ...], ...] | None = None
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+    do_pan_and_scan: bool | None = None
+    crop_to_patches: bool | None = None
+    max_patches: int | None = None
 
     def __post_init__(self) -> None:
         _local_model_checks(self.batch_size)
+        for name in ("min_pixels", "max_pixels", "max_patches"):
+            value = getattr(self, name)
+            _require(
+                value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1),
+                name,
+                f"must be a positive count, got {value!r}",
+            )
+        _require(
+            self.min_pixels is None or self.max_pixels is None or self.min_pixels <= self.max_pixels,
+            "min_pixels",
+            f"must not exceed max_pixels ({self.min_pixels} > {self.max_pixels})",
+        )
+        for name in ("do_pan_and_scan", "crop_to_patches"):
+            value = getattr(self, name)
+            _require(value is None or isinstance(value, bool), name, f"must be true or false, not {value!r}")
         pinpoints = self.image_grid_pinpoints
         _require(
             pinpoints is None or (len(pinpoints) > 0 and all(len(p) == 2 and min(p) >= 1 for p in pinpoints)),

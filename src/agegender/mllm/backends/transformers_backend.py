@@ -1,4 +1,5 @@
-"""Local image-text-to-text models in Hugging Face format (LLaVA-1.5, LLaVA-NeXT, ...), run with transformers.
+"""Local image-text-to-text models in Hugging Face format (LLaVA-1.5 and -NeXT, Qwen-VL, Gemma 3, InternVL, OneVision),
+run with transformers.
 
 Each query becomes one user turn of the model's own chat template (the image, then the prompt), is
 preprocessed by the model's processor and answered greedily. Queries are batched with LEFT padding:
@@ -50,6 +51,8 @@ _SNAPSHOT = re.compile(r"/snapshots/([0-9a-f]{40})(/|$)")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 #: other top-level files that change answers: config, generation config, processor, tokenizer, chat template
 _DEFINITION_SUFFIXES = (".json", ".jinja", ".model", ".txt")
+#: image processors whose `do_pad` is LLaVA-1.5's pad-to-square (`expand2square`)
+_SQUARE_PADDING_PROCESSORS = frozenset({"LlavaImageProcessor", "LlavaImageProcessorPil"})
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
@@ -251,6 +254,64 @@ def set_grid_pinpoints(
     return grid
 
 
+#: resolution settings that are switches of the image processor, and go with every processor call too: Gemma 3's and
+#: InternVL's processors have call defaults (`do_pan_and_scan: False`, `crop_to_patches: True`) that override what is
+#: set on their image processors
+_CALL_TIME_SETTINGS = ("do_pan_and_scan", "crop_to_patches", "max_patches")
+
+
+def set_image_budget(
+    processor: Any, *, min_pixels: int | None, max_pixels: int | None, source: str, **switches: Any
+) -> dict[str, Any]:
+    """Set a family's resolution policy on its image processor (`TransformersOptions`: Qwen-VL's pixel budget,
+    Gemma 3's pan-and-scan, InternVL's tiling), so that how many image tokens a crop costs is a study setting, not a
+    processor default.
+
+    Args:
+        processor: the model's processor.
+        min_pixels, max_pixels: the pixel budget (None: unset).
+        source: the model, for errors.
+        **switches: `_CALL_TIME_SETTINGS` by name (None: unset).
+
+    Returns:
+        The settings as set (only those given), for the response store's key and the manifest; {} when none is.
+
+    Raises:
+        InputError: naming the option, when the model's image processor has no such setting (e.g. a pixel budget for
+            LLaVA), which would otherwise be ignored silently.
+    """
+    ip = getattr(processor, "image_processor", None)
+    model = type(ip).__name__
+    settings: dict[str, Any] = {}
+    if min_pixels is not None or max_pixels is not None:
+        size = getattr(ip, "size", None)
+        budget = dict(size or {})
+        if "shortest_edge" not in budget or "longest_edge" not in budget or not hasattr(ip, "merge_size"):
+            name = "min_pixels" if min_pixels is not None else "max_pixels"
+            raise InputError(f"the {model} has no pixel budget to set", file=source, field=name)
+        if min_pixels is not None:
+            budget["shortest_edge"] = settings["min_pixels"] = int(min_pixels)
+        if max_pixels is not None:
+            budget["longest_edge"] = settings["max_pixels"] = int(max_pixels)
+        if budget["shortest_edge"] > budget["longest_edge"]:
+            raise InputError(
+                f"min_pixels {budget['shortest_edge']} exceeds max_pixels {budget['longest_edge']}",
+                file=source,
+                field="min_pixels",
+            )
+        ip.size = type(size)(**budget) if not isinstance(size, dict) else budget
+    for name, value in switches.items():
+        if name not in _CALL_TIME_SETTINGS:
+            raise TypeError(f"unknown resolution setting {name!r}")
+        if value is None:
+            continue
+        if not hasattr(ip, name):
+            raise InputError(f"the {model} has no {name} setting", file=source, field=name)
+        setattr(ip, name, value)
+        settings[name] = value
+    return settings
+
+
 def check_image(image: np.ndarray) -> None:
     """Raise InputError unless `image` is a non-empty RGB uint8 array (H, W, 3)."""
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -269,7 +330,8 @@ class TransformersBackend(Backend):
         params: generation settings; temperature 0 = greedy (the paper), `n` must be 1, `seed` seeds
             sampling when temperature > 0, `detail` is ignored (the processor decides the resolution).
         options: `TransformersOptions` (device, batch_size, dtype, pad_to_square, local_files_only,
-            model_revision, attn_implementation, system_prompt).
+            model_revision, attn_implementation, system_prompt, and the resolution policy: image_grid_pinpoints,
+            min_pixels, max_pixels, do_pan_and_scan, crop_to_patches, max_patches).
         **kwargs: the same options as keyword arguments, instead of `options`.
 
     Raises:
@@ -309,6 +371,13 @@ class TransformersBackend(Backend):
         revision = o.model_revision or (folder_revision(folder) if folder is not None else None)
         self._attach(hf_model.to(self.device), processor, source, revision, o.pad_to_square)
         self.image_grid_pinpoints = set_grid_pinpoints(self.hf_model, processor, o.image_grid_pinpoints, source)
+        self.image_budget = set_image_budget(
+            processor,
+            min_pixels=o.min_pixels,
+            max_pixels=o.max_pixels,
+            source=source,
+            **{name: getattr(o, name) for name in _CALL_TIME_SETTINGS},
+        )
 
     @classmethod
     def from_loaded(
@@ -342,6 +411,7 @@ class TransformersBackend(Backend):
         self.device, self.dtype = first.device, first.dtype
         self._attach(hf_model, processor, name, model_revision, pad_to_square)
         self.image_grid_pinpoints = None
+        self.image_budget: dict[str, Any] = {}
         return self
 
     # ----------------------------------------------------------------------------------------- loading
@@ -379,11 +449,14 @@ class TransformersBackend(Backend):
 
     def _setup_padding(self) -> None:
         ip = getattr(self.processor, "image_processor", None)
+        # Only LLaVA-1.5's image processor pads to a square with `do_pad`; LLaVA-OneVision's has a `pad_to_square`
+        # too, but its `do_pad` pads the tile stacks of a batch to one length, which batching needs.
+        pads_to_square = type(ip).__name__ in _SQUARE_PADDING_PROCESSORS
         if not self.pad_to_square:
-            if ip is not None and hasattr(ip, "pad_to_square") and getattr(ip, "do_pad", False):
+            if pads_to_square and getattr(ip, "do_pad", False):
                 ip.do_pad = False
             return
-        if ip is not None and hasattr(ip, "pad_to_square") and hasattr(ip, "do_pad"):
+        if pads_to_square and hasattr(ip, "do_pad"):
             ip.do_pad = True  # LlavaImageProcessor: pads with its own mean colour, as expand2square does
             return
         self._pad_color = square_pad_color(self.processor)
@@ -402,14 +475,14 @@ class TransformersBackend(Backend):
             "pad_to_square": self.pad_to_square,
             "system_prompt": self.system_prompt,
             "dtype": str(self.dtype).removeprefix("torch."),
-            **self._grid_setting(),
+            **self._resolution_settings(),
         }
 
-    def _grid_setting(self) -> dict[str, Any]:
-        """The any-res grid when the options set one; absent otherwise, so that the keys of stores made before
-        the option existed (the checkpoint's grid) stay what they were."""
+    def _resolution_settings(self) -> dict[str, Any]:
+        """The resolution policy the options set (any-res grid, pixel budget, pan-and-scan, tiles); each absent unless
+        set, so that the keys of stores made before the option existed (the checkpoint's default) are unchanged."""
         grid = self.image_grid_pinpoints
-        return {} if grid is None else {"image_grid_pinpoints": [list(p) for p in grid]}
+        return {**({} if grid is None else {"image_grid_pinpoints": [list(p) for p in grid]}), **self.image_budget}
 
     def describe(self) -> dict[str, Any]:
         """Backend, model, revision, params, and the local settings that can change answers."""
@@ -422,7 +495,7 @@ class TransformersBackend(Backend):
                 "batch_size": self.batch_size,
                 "pad_to_square": self.pad_to_square,
                 "system_prompt": self.system_prompt,
-                **self._grid_setting(),
+                **self._resolution_settings(),
                 "image_processor": type(getattr(self.processor, "image_processor", None)).__name__,
                 "transformers": __import__("transformers").__version__,
                 "torch": torch.__version__,
@@ -446,8 +519,14 @@ class TransformersBackend(Backend):
     def build_inputs(self, queries: Sequence[Query]) -> Any:
         """Processor outputs for a batch (left-padded token ids, attention mask, pixel values), on the device."""
         texts = [self.prompt_text(q.prompt) for q in queries]
-        images = [self.prepare_image(q.image) for q in queries]
-        inputs = self.processor(images=images, text=texts, padding=True, return_tensors="pt")
+        # One list per query (one crop per request): a flat list reads, for Gemma 3's processor, as all images of
+        # the first prompt, and the batch fails and falls back to one query at a time.
+        images = [[self.prepare_image(q.image)] for q in queries]
+        # Gemma 3's template writes `<bos>` itself, and its tokenizer adds one too: keep exactly one.
+        bos = self.tokenizer.bos_token
+        once = {"add_special_tokens": False} if bos and all(t.startswith(bos) for t in texts) else {}
+        per_call = {k: v for k, v in self.image_budget.items() if k in _CALL_TIME_SETTINGS}
+        inputs = self.processor(images=images, text=texts, padding=True, return_tensors="pt", **once, **per_call)
         inputs = inputs.to(self.device)
         if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
             inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)

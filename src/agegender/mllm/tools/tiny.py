@@ -1,4 +1,8 @@
-"""Tiny LLaVA-1.5 and LLaVA-NeXT models built from configs, for the demo profile and the tests.
+"""Tiny LLaVA-1.5 and LLaVA-NeXT models, and tiny models of today's families (Qwen2.5-VL, Gemma 3, LLaVA-OneVision,
+InternVL, Qwen3-VL), built from configs, for the demo profile and the tests.
+
+Today's families (`build_tiny_family`) share the tokenizer trainer: a `TinyFamily` gives the family's special tokens
+and a chat template equal in structure to its checkpoints', so that the backend meets each family's traps offline.
 
 The models have the architecture of the llava-hf checkpoints (a CLIP vision tower at 336/14, a
 two-layer MLP projector and a Llama decoder) at toy sizes, random weights drawn from a seed, and a
@@ -21,7 +25,8 @@ by the tokenizer's post-processor, not by the template, so it appears exactly on
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -116,19 +121,167 @@ def default_corpus() -> list[str]:
     return lines
 
 
-def train_tokenizer(corpus: Iterable[str], vocab_size: int = 1000) -> Any:
-    """Train a byte-level BPE tokenizer with Llama's special tokens and LLaVA's `<image>`.
+@dataclass(frozen=True)
+class TinyFamily:
+    """What a tiny model's tokenizer needs to look like one family's: its special tokens and chat template.
 
-    Byte-level means any text encodes without `<unk>`. The post-processor adds `<s>` in front of every
-    sequence (as Llama's tokenizer does). Training is deterministic for a given corpus.
+    Attributes:
+        special_tokens: bos/eos/pad/unk names, as the family's tokenizer sets them.
+        extra_tokens: further tokens that must stay whole (role markers, image markers, tile names).
+        named_tokens: attribute name -> token for those the family's processor reads off the tokenizer
+            (`tokenizer.image_token`, `tokenizer.boi_token`, ...).
+        bos_in_post_processor: the tokenizer itself puts the BOS token first (Llama, Gemma); else the template does.
+        chat_template: a Jinja template equal in structure to the family's (roles, image placement, what follows
+            the answer), written for the tiny vocabulary.
+        corpus: lines added to `default_corpus()` so that the template's words tokenize into few tokens.
+    """
+
+    special_tokens: Mapping[str, str]
+    extra_tokens: tuple[str, ...]
+    named_tokens: Mapping[str, str]
+    bos_in_post_processor: bool
+    chat_template: str
+    corpus: tuple[str, ...] = ()
+
+
+#: LLaVA-1.5 / LLaVA-NeXT: Llama's tokens, `<image>`, vicuna_v1
+LLAVA_TOKENS = TinyFamily(SPECIAL_TOKENS, (IMAGE_TOKEN,), {}, True, VICUNA_CHAT_TEMPLATE)
+
+#: the text of a message whose content is a string or HF's list of parts, images rendered by `image`
+_PARTS = (
+    "{%- if message['content'] is string -%}{{ message['content'] }}{%- else -%}"
+    "{%- for part in message['content'] -%}{%- if part['type'] == 'image' -%}{{ image }}"
+    "{%- elif part['type'] == 'text' -%}{{ part['text'] }}{%- endif -%}{%- endfor -%}{%- endif -%}"
+)
+
+#: Qwen2.5-VL's ChatML template: a default system turn, the image as `<|vision_start|><|image_pad|><|vision_end|>`
+#: in place, each turn closed by `<|im_end|>` + newline; the generation prompt is `<|im_start|>assistant\n`.
+QWEN_CHAT_TEMPLATE = (
+    "{%- set image = '<|vision_start|><|image_pad|><|vision_end|>' -%}"
+    "{%- for message in messages -%}"
+    "{%- if loop.first and message['role'] != 'system' -%}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{%- endif -%}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}" + _PARTS + "{{ '<|im_end|>\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}"
+)
+
+#: Qwen3-VL's template: Qwen2.5-VL's ChatML without the default system turn
+QWEN3_CHAT_TEMPLATE = QWEN_CHAT_TEMPLATE.replace(
+    "{%- if loop.first and message['role'] != 'system' -%}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{%- endif -%}",
+    "",
+)
+
+#: Gemma 3's template: `<bos>` in the template, NO system role (a system turn is folded into the first user turn,
+#: followed by a blank line), `assistant` renamed `model`, `<start_of_image>` where the image goes, each turn closed
+#: by `<end_of_turn>` + newline; the generation prompt is `<start_of_turn>model\n`.
+GEMMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}{%- set image = '<start_of_image>' -%}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- if messages[0]['content'] is string -%}{%- set prefix = messages[0]['content'] + '\n\n' -%}"
+    "{%- else -%}{%- set prefix = messages[0]['content'][0]['text'] + '\n\n' -%}{%- endif -%}"
+    "{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}{%- set prefix = '' -%}{%- set loop_messages = messages -%}{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    "{{ '<start_of_turn>' + role + '\n' + (prefix if loop.first else '') }}"
+    + _PARTS.replace("{{ part['text'] }}", "{{ part['text'] | trim }}")
+    + "{{ '<end_of_turn>\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
+)
+
+#: LLaVA-OneVision's (llava-onevision-qwen2-hf) ChatML template: no default system turn, `<|im_start|>role ` with
+#: the images first (`<image>`), then each text on a new line, each turn closed by `<|im_end|>` + newline; the
+#: generation prompt is `<|im_start|>assistant\n`.
+ONEVISION_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{ '<|im_start|>' + message['role'] + ' ' }}"
+    "{%- if message['content'] is string -%}{{ '\n' + message['content'] }}{%- else -%}"
+    "{%- for part in message['content'] | selectattr('type', 'equalto', 'image') -%}{{ '<image>' }}{%- endfor -%}"
+    "{%- for part in message['content'] | selectattr('type', 'equalto', 'text') -%}{{ '\n' + part['text'] }}"
+    "{%- endfor -%}{%- endif -%}{{ '<|im_end|>\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}"
+)
+
+#: InternVL3's (-hf) ChatML template: no default system turn, the image as `<IMG_CONTEXT>` + newline in place (the
+#: processor expands it to `<img>` + tokens per tile + `</img>`), each turn closed by `<|im_end|>` + newline.
+INTERNVL_CHAT_TEMPLATE = (
+    "{%- set image = '<IMG_CONTEXT>\n' -%}"
+    "{%- for message in messages -%}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}" + _PARTS + "{{ '<|im_end|>\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}"
+)
+
+#: the families the tiny builder knows beside LLaVA, by `model_type`
+FAMILY_TOKENS: dict[str, TinyFamily] = {
+    "qwen2_5_vl": TinyFamily(
+        {"unk_token": "<unk>", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
+        ("<|im_start|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"),
+        {},
+        False,
+        QWEN_CHAT_TEMPLATE,
+        ("system user assistant You are a helpful assistant.",),
+    ),
+    "qwen3_vl": TinyFamily(
+        {"unk_token": "<unk>", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
+        ("<|im_start|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"),
+        {},
+        False,
+        QWEN3_CHAT_TEMPLATE,
+        ("system user assistant",),
+    ),
+    "internvl": TinyFamily(
+        {"unk_token": "<unk>", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
+        ("<|im_start|>",),
+        {
+            "start_image_token": "<img>",
+            "end_image_token": "</img>",
+            "context_image_token": "<IMG_CONTEXT>",
+            "video_token": "<video>",
+        },
+        False,
+        INTERNVL_CHAT_TEMPLATE,
+        ("system user assistant",),
+    ),
+    "llava_onevision": TinyFamily(
+        {"unk_token": "<unk>", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
+        ("<|im_start|>", "<image>", "<video>"),
+        {},
+        False,
+        ONEVISION_CHAT_TEMPLATE,
+        ("system user assistant",),
+    ),
+    "gemma3": TinyFamily(
+        {"unk_token": "<unk>", "bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>"},
+        ("<start_of_turn>", "<end_of_turn>"),
+        {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"},
+        True,
+        GEMMA3_CHAT_TEMPLATE,
+        ("user model",),
+    ),
+}
+
+
+def train_tokenizer(corpus: Iterable[str], vocab_size: int = 1000, *, family: TinyFamily | None = None) -> Any:
+    """Train a byte-level BPE tokenizer with a family's special tokens (default: Llama's and LLaVA's `<image>`).
+
+    Byte-level means any text encodes without `<unk>`. The post-processor adds the BOS token in front of every
+    sequence where the family's own tokenizer does (Llama's `<s>`, Gemma's `<bos>`); Qwen puts its first token
+    in the chat template instead. Training is deterministic for a given corpus.
 
     Args:
         corpus: training text, one string per line or document.
         vocab_size: target vocabulary size, special tokens included.
+        family: the family's tokens and chat template; None = LLaVA (vicuna_v1), as before families existed.
 
     Returns:
-        A `transformers.PreTrainedTokenizerFast` with bos/eos/pad/unk set, `<image>` registered as an
-        additional special token and the vicuna chat template set; padding on the left (generation).
+        A `transformers.PreTrainedTokenizerFast` with bos/eos/pad/unk set, the family's extra tokens registered as
+        additional special tokens (named ones also as attributes, e.g. `tokenizer.image_token`, which the family's
+        processor reads) and the family's chat template set; padding on the left (generation).
 
     Raises:
         InputError: when the corpus is empty or the vocabulary is too small for the byte alphabet.
@@ -139,8 +292,9 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int = 1000) -> Any:
     lines = [line for line in corpus if line]
     if not lines:
         raise InputError("the tokenizer corpus is empty", field="text_corpus")
-    specials = [SPECIAL_TOKENS["unk_token"], SPECIAL_TOKENS["bos_token"], SPECIAL_TOKENS["eos_token"]]
-    specials += [SPECIAL_TOKENS["pad_token"], IMAGE_TOKEN]
+    family = family or LLAVA_TOKENS
+    named = dict(family.special_tokens)
+    specials = list(dict.fromkeys([*named.values(), *family.extra_tokens, *family.named_tokens.values()]))
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     if vocab_size < len(alphabet) + len(specials) + 1:
         raise InputError(f"vocab_size must be > {len(alphabet) + len(specials)} (byte alphabet)", field="vocab_size")
@@ -152,19 +306,25 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int = 1000) -> Any:
         vocab_size=vocab_size, special_tokens=specials, initial_alphabet=alphabet, show_progress=False
     )
     tok.train_from_iterator(lines, trainer=trainer)
-    bos = SPECIAL_TOKENS["bos_token"]
-    bos_id = tok.token_to_id(bos)
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)]
-    )
+    bos = named.get("bos_token")
+    if family.bos_in_post_processor and bos is not None:
+        bos_id = tok.token_to_id(bos)
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)]
+        )
+    extra: list[str] | dict[str, str] = list(family.extra_tokens)
+    if family.named_tokens:
+        extra = dict(family.named_tokens)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
-        **SPECIAL_TOKENS,
-        extra_special_tokens=[IMAGE_TOKEN],
+        **named,
+        extra_special_tokens=extra,
         padding_side="left",
         clean_up_tokenization_spaces=False,
     )
-    fast.chat_template = VICUNA_CHAT_TEMPLATE
+    if family.named_tokens:  # the unnamed extras (role markers) must stay whole tokens too
+        fast.add_special_tokens({"additional_special_tokens": specials}, replace_extra_special_tokens=False)
+    fast.chat_template = family.chat_template
     return fast
 
 
@@ -361,3 +521,276 @@ def build_tiny_llava(
         + "\n"
     )
     return out
+
+
+#: the tiny families `build_tiny_family` builds, in the issue's order; `llava`/`llava_next` go to `build_tiny_llava`
+TinyFamilyName = Literal["qwen2_5_vl", "gemma3", "llava_onevision", "internvl", "qwen3_vl"]
+
+
+def _family_model_and_processor(family: str, tokenizer: Any, text_hidden: int, num_layers: int) -> tuple[Any, Any]:
+    """The config-built model (random weights, drawn from the current torch RNG) and processor of a tiny family.
+
+    Sizes are toy sizes, but every structural piece the family's checkpoints have is there: Qwen2.5-VL's windowed
+    ViT with 2x2 patch merging and M-RoPE, Gemma 3's SigLIP + pooled `mm_tokens_per_image` soft tokens and
+    pan-and-scan crops, LLaVA-OneVision's SigLIP + Qwen2 with any-res tiles (a 2x2-tile grid at toy size), Qwen3-VL's
+    DeepStack ViT (patch 16) with interleaved M-RoPE, InternVL's ViT + pixel shuffle with tiles and a thumbnail.
+    """
+    import transformers as tf
+
+    ids = tokenizer.convert_tokens_to_ids
+    vocab = len(tokenizer)
+    text = {
+        "vocab_size": vocab,
+        "hidden_size": text_hidden,
+        "intermediate_size": text_hidden * 2,
+        "num_hidden_layers": num_layers,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 4096,
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "tie_word_embeddings": False,
+    }
+    if family == "qwen2_5_vl":
+        head_dim = text_hidden // 4
+        rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": _mrope_section(head_dim)}
+        config = tf.Qwen2_5_VLConfig(
+            text_config={**text, "rope_parameters": rope},
+            vision_config={
+                "depth": num_layers,
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_heads": 2,
+                "out_hidden_size": text_hidden,
+                "patch_size": 14,
+                "spatial_merge_size": 2,
+                "temporal_patch_size": 2,
+                "window_size": 112,
+                "fullatt_block_indexes": [num_layers - 1],
+            },
+            image_token_id=ids("<|image_pad|>"),
+            video_token_id=ids("<|video_pad|>"),
+            vision_start_token_id=ids("<|vision_start|>"),
+        )
+        # a small default pixel budget (28x28 pixels per token): 4 to 64 image tokens
+        image_processor = tf.Qwen2VLImageProcessor(size={"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 64})
+        processor = tf.Qwen2_5_VLProcessor(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            video_processor=tf.Qwen2VLVideoProcessor(),
+            chat_template=tokenizer.chat_template,
+        )
+        return tf.Qwen2_5_VLForConditionalGeneration(config), processor
+    if family == "qwen3_vl":
+        head_dim = text_hidden // 4
+        rope = {
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "mrope_section": _mrope_section(head_dim),
+            "mrope_interleaved": True,
+        }
+        config = tf.Qwen3VLConfig(
+            text_config={**text, "head_dim": head_dim, "rope_parameters": rope},
+            vision_config={
+                "depth": num_layers,
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_heads": 2,
+                "out_hidden_size": text_hidden,
+                "patch_size": 16,
+                "spatial_merge_size": 2,
+                "temporal_patch_size": 2,
+                "num_position_embeddings": 64,
+                "deepstack_visual_indexes": [0],
+            },
+            image_token_id=ids("<|image_pad|>"),
+            video_token_id=ids("<|video_pad|>"),
+            vision_start_token_id=ids("<|vision_start|>"),
+            vision_end_token_id=ids("<|vision_end|>"),
+        )
+        # 32x32 pixels per token (patch 16, 2x2 merge): 4 to 64 image tokens by default
+        image_processor = tf.Qwen2VLImageProcessor(
+            patch_size=16,
+            merge_size=2,
+            image_mean=[0.5, 0.5, 0.5],
+            image_std=[0.5, 0.5, 0.5],
+            size={"shortest_edge": 64 * 64, "longest_edge": 32 * 32 * 64},
+        )
+        processor = tf.Qwen3VLProcessor(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            video_processor=tf.Qwen3VLVideoProcessor(),
+            chat_template=tokenizer.chat_template,
+        )
+        return tf.Qwen3VLForConditionalGeneration(config), processor
+    if family == "internvl":
+        tile, patch = 56, 14
+        tokens_per_tile = (tile // patch) ** 2 // 4  # pixel shuffle with downsample_ratio 0.5
+        config = tf.InternVLConfig(
+            vision_config=tf.InternVLVisionConfig(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=num_layers,
+                num_attention_heads=2,
+                image_size=[tile, tile],
+                patch_size=[patch, patch],
+            ),
+            text_config=tf.Qwen2Config(**text),
+            image_token_id=ids("<IMG_CONTEXT>"),
+            image_seq_length=tokens_per_tile,
+            downsample_ratio=0.5,
+            tie_word_embeddings=False,
+        )
+        # tiling as the checkpoints ship it: the crop cut into up to 4 tiles plus a thumbnail
+        image_processor = tf.GotOcr2ImageProcessor(
+            size={"height": tile, "width": tile}, crop_to_patches=True, min_patches=1, max_patches=4
+        )
+        processor = tf.InternVLProcessor(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            video_processor=tf.InternVLVideoProcessor(size={"height": tile, "width": tile}),
+            image_seq_length=tokens_per_tile,
+            chat_template=tokenizer.chat_template,
+        )
+        return tf.InternVLForConditionalGeneration(config), processor
+    if family == "gemma3":
+        image_size, patch, tokens_per_image = 64, 8, 16
+        config = tf.Gemma3Config(
+            text_config=tf.Gemma3TextConfig(**{**text, "head_dim": text_hidden // 4, "sliding_window": 512}),
+            vision_config=tf.SiglipVisionConfig(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=num_layers,
+                num_attention_heads=2,
+                image_size=image_size,
+                patch_size=patch,
+            ),
+            mm_tokens_per_image=tokens_per_image,
+            boi_token_index=ids("<start_of_image>"),
+            eoi_token_index=ids("<end_of_image>"),
+            image_token_index=ids("<image_soft_token>"),
+        )
+        # pan-and-scan off, as the checkpoints ship; its crop sizes are the processor's (at least 256 pixels)
+        image_processor = tf.Gemma3ImageProcessor(
+            size={"height": image_size, "width": image_size}, do_pan_and_scan=False
+        )
+        processor = tf.Gemma3Processor(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            chat_template=tokenizer.chat_template,
+            image_seq_length=tokens_per_image,
+        )
+        return tf.Gemma3ForConditionalGeneration(config), processor
+    if family == "llava_onevision":
+        tile, patch = 56, 14
+        grid = [[tile, tile], [tile, 2 * tile], [2 * tile, tile], [2 * tile, 2 * tile]]
+        config = tf.LlavaOnevisionConfig(
+            vision_config=tf.SiglipVisionConfig(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=num_layers,
+                num_attention_heads=2,
+                image_size=tile,
+                patch_size=patch,
+            ),
+            text_config=tf.Qwen2Config(**text),
+            image_token_index=ids("<image>"),
+            video_token_index=ids("<video>"),
+            image_grid_pinpoints=grid,
+            vision_feature_select_strategy="full",
+            vision_feature_layer=-1,
+        )
+        image_processor = tf.LlavaOnevisionImageProcessor(
+            size={"height": tile, "width": tile}, image_grid_pinpoints=grid, do_pad=True
+        )
+        processor = tf.LlavaOnevisionProcessor(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            video_processor=tf.LlavaOnevisionVideoProcessor(size={"height": tile, "width": tile}),
+            num_image_tokens=(tile // patch) ** 2,
+            vision_feature_select_strategy="full",
+            chat_template=tokenizer.chat_template,
+        )
+        return tf.LlavaOnevisionForConditionalGeneration(config), processor
+    raise InputError(f"unknown tiny model family {family!r}; use one of {', '.join(FAMILY_TOKENS)}", field="family")
+
+
+def _mrope_section(head_dim: int) -> list[int]:
+    """Qwen's M-RoPE split of a head's rotary frequencies over (time, height, width): Qwen2.5-VL's 16/24/24 of 64,
+    scaled to `head_dim // 2` frequencies."""
+    half = head_dim // 2
+    t = half // 4
+    h = (half - t) // 2
+    return [t, h, half - t - h]
+
+
+def build_tiny_family(
+    out_dir: str | Path,
+    family: TinyFamilyName,
+    *,
+    seed: int = 0,
+    vocab_size: int = 1000,
+    text_hidden: int = 64,
+    num_layers: int = 2,
+) -> Path:
+    """Build a tiny model of one of today's families (`FAMILY_TOKENS`) with random (seeded) weights, in HF format.
+
+    Like `build_tiny_llava`: the folder holds config, weights, processor, tokenizer and chat template and loads
+    offline with `AutoModelForImageTextToText` / `AutoProcessor` (and so with `TransformersBackend`); the same
+    arguments give byte-identical weights. The tokenizer has the family's special tokens and a chat template of the
+    family's structure (`TinyFamily`), so each family's traps (Gemma's folded system turn and template BOS, what
+    ends a turn) are there to be tested.
+
+    Args:
+        out_dir: target folder (created; files of the same names are overwritten).
+        family: `qwen2_5_vl`, `gemma3`, `llava_onevision`, `internvl` or `qwen3_vl`.
+        seed: seeds the weights (the global torch RNG is left as it was).
+        vocab_size: tokenizer target size.
+        text_hidden: decoder width (a multiple of 16: 4 heads with an even rotary half).
+        num_layers: layers of both towers.
+
+    Returns:
+        The output folder.
+
+    Raises:
+        InputError: an unknown family.
+    """
+    from transformers import GenerationConfig
+
+    if family not in FAMILY_TOKENS:
+        raise InputError(f"unknown tiny model family {family!r}; use one of {', '.join(FAMILY_TOKENS)}", field="family")
+    tokens = FAMILY_TOKENS[family]
+    tokenizer = train_tokenizer([*default_corpus(), *tokens.corpus], vocab_size=vocab_size, family=tokens)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model, processor = _family_model_and_processor(family, tokenizer, text_hidden, num_layers)
+    model = model.to(torch.float32).eval()
+    # What ends an answer: the family's end-of-turn token as well as its EOS (as the checkpoints' generation configs).
+    stops = list(dict.fromkeys([tokenizer.eos_token_id, *_turn_end_ids(family, tokenizer)]))
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=stops,
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=False,
+        max_new_tokens=32,
+    )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    record = {"kind": family, "seed": seed, "vocab_size": vocab_size, "random_weights": True}
+    (out / "agegender_tiny.json").write_text(json.dumps(record, indent=2) + "\n")
+    return out
+
+
+def _turn_end_ids(family: str, tokenizer: Any) -> list[int]:
+    """The token that closes a turn in the family's template, where it is not the EOS token."""
+    closing = {
+        "qwen2_5_vl": "<|endoftext|>",
+        "gemma3": "<end_of_turn>",
+        "llava_onevision": "<|endoftext|>",
+        "qwen3_vl": "<|endoftext|>",
+        "internvl": "<|endoftext|>",
+    }
+    return [tokenizer.convert_tokens_to_ids(closing[family])]
