@@ -216,26 +216,30 @@ INTERNVL_CHAT_TEMPLATE = (
     "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}"
 )
 
+#: the special tokens of the ChatML families (Qwen, InternVL, LLaVA-OneVision): turns end with `<|im_end|>`
+_CHATML_SPECIALS = {"unk_token": "<unk>", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}
+_QWEN_VISION_TOKENS = ("<|im_start|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+
 #: the families the tiny builder knows beside LLaVA, by `model_type`
 FAMILY_TOKENS: dict[str, TinyFamily] = {
     "qwen2_5_vl": TinyFamily(
-        {"unk_token": "<unk>", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
-        ("<|im_start|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"),
+        _CHATML_SPECIALS,
+        _QWEN_VISION_TOKENS,
         {},
         False,
         QWEN_CHAT_TEMPLATE,
         ("system user assistant You are a helpful assistant.",),
     ),
     "qwen3_vl": TinyFamily(
-        {"unk_token": "<unk>", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
-        ("<|im_start|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"),
+        _CHATML_SPECIALS,
+        _QWEN_VISION_TOKENS,
         {},
         False,
         QWEN3_CHAT_TEMPLATE,
         ("system user assistant",),
     ),
     "internvl": TinyFamily(
-        {"unk_token": "<unk>", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
+        _CHATML_SPECIALS,
         ("<|im_start|>",),
         {
             "start_image_token": "<img>",
@@ -248,7 +252,7 @@ FAMILY_TOKENS: dict[str, TinyFamily] = {
         ("system user assistant",),
     ),
     "llava_onevision": TinyFamily(
-        {"unk_token": "<unk>", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
+        _CHATML_SPECIALS,
         ("<|im_start|>", "<image>", "<video>"),
         {},
         False,
