@@ -83,6 +83,18 @@ def test_resolution_setting_changes_image_tokens_and_key(family_folder):
     assert not set(RESOLUTION[family]) & set(default.key_options())  # unset: absent, old store keys kept
 
 
+def test_checkpoint_selection_predicts_the_key_with_the_resolution_setting(family_folder):
+    """The selection's lazy backend predicts the store key before loading; with a resolution setting it must match
+    what the loaded backend says (before, the prediction left the setting out and the load refused)."""
+    from agegender.mllm.finetune.select import _LazyTransformers
+
+    family, folder = family_folder
+    options = TransformersOptions(device="cpu", **RESOLUTION[family])
+    lazy = _LazyTransformers(str(folder), options=options)
+    assert RESOLUTION[family].items() <= lazy.key_options().items()
+    assert lazy.load().key_options() == lazy.key_options()
+
+
 def test_system_prompt_reaches_the_prompt(family_folder):
     family, folder = family_folder
     backend = _backend(folder, system_prompt="Answer briefly.")

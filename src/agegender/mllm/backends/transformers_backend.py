@@ -260,6 +260,16 @@ def set_grid_pinpoints(
 _CALL_TIME_SETTINGS = ("do_pan_and_scan", "crop_to_patches", "max_patches")
 
 
+def resolution_settings(options: TransformersOptions) -> dict[str, Any]:
+    """The resolution policy `options` set (any-res grid, pixel budget, pan-and-scan, tiles), as the response store's
+    key and the manifest record it: each absent unless set, so that the keys of stores made before the option
+    existed (the checkpoint's default) are unchanged. Checkpoint selection predicts a key from it before loading."""
+    grid = options.image_grid_pinpoints
+    settings: dict[str, Any] = {} if grid is None else {"image_grid_pinpoints": [list(p) for p in grid]}
+    settings |= {name: int(v) for name in ("min_pixels", "max_pixels") if (v := getattr(options, name)) is not None}
+    return settings | {name: v for name in _CALL_TIME_SETTINGS if (v := getattr(options, name)) is not None}
+
+
 def set_image_budget(
     processor: Any, *, min_pixels: int | None, max_pixels: int | None, source: str, **switches: Any
 ) -> dict[str, Any]:
@@ -378,6 +388,7 @@ class TransformersBackend(Backend):
             source=source,
             **{name: getattr(o, name) for name in _CALL_TIME_SETTINGS},
         )
+        self.resolution = resolution_settings(o)
 
     @classmethod
     def from_loaded(
@@ -412,6 +423,7 @@ class TransformersBackend(Backend):
         self._attach(hf_model, processor, name, model_revision, pad_to_square)
         self.image_grid_pinpoints = None
         self.image_budget: dict[str, Any] = {}
+        self.resolution: dict[str, Any] = {}
         return self
 
     # ----------------------------------------------------------------------------------------- loading
@@ -475,14 +487,8 @@ class TransformersBackend(Backend):
             "pad_to_square": self.pad_to_square,
             "system_prompt": self.system_prompt,
             "dtype": str(self.dtype).removeprefix("torch."),
-            **self._resolution_settings(),
+            **self.resolution,
         }
-
-    def _resolution_settings(self) -> dict[str, Any]:
-        """The resolution policy the options set (any-res grid, pixel budget, pan-and-scan, tiles); each absent unless
-        set, so that the keys of stores made before the option existed (the checkpoint's default) are unchanged."""
-        grid = self.image_grid_pinpoints
-        return {**({} if grid is None else {"image_grid_pinpoints": [list(p) for p in grid]}), **self.image_budget}
 
     def describe(self) -> dict[str, Any]:
         """Backend, model, revision, params, and the local settings that can change answers."""
@@ -495,7 +501,7 @@ class TransformersBackend(Backend):
                 "batch_size": self.batch_size,
                 "pad_to_square": self.pad_to_square,
                 "system_prompt": self.system_prompt,
-                **self._resolution_settings(),
+                **self.resolution,
                 "image_processor": type(getattr(self.processor, "image_processor", None)).__name__,
                 "transformers": __import__("transformers").__version__,
                 "torch": torch.__version__,

@@ -258,7 +258,7 @@ class _LazyTransformers(Backend):
         **kwargs: Any,
     ) -> None:
         from agegender.device import resolve_device
-        from agegender.mllm.backends.transformers_backend import folder_revision, resolve_dtype
+        from agegender.mllm.backends.transformers_backend import folder_revision, resolution_settings, resolve_dtype
 
         super().__init__(model, params=params)
         self._options = o = self.load_options(options, **kwargs)
@@ -273,6 +273,7 @@ class _LazyTransformers(Backend):
             "pad_to_square": config.get("model_type") == "llava" if o.pad_to_square is None else o.pad_to_square,
             "system_prompt": o.system_prompt,
             "dtype": str(dtype).removeprefix("torch."),
+            **resolution_settings(o),
         }
         self._revision = o.model_revision or folder_revision(folder)
         self.real: Backend | None = None
