@@ -1,4 +1,4 @@
-"""Supervised fine-tuning data for LLaVA-family models: records, a torch Dataset, a collator, LLaVA JSON export.
+"""Supervised fine-tuning data for image-text-to-text models (LLaVA, today's families): records, a Dataset, a collator.
 
 One record per labelled person (age AND gender known): the crop the model sees (the body crop by default, the
 face crop as an option - the paper tried both), the paper's prompt as the user turn and the answer the prompt
@@ -11,10 +11,14 @@ The collator makes exactly what the zero-shot transformers backend makes for the
   on by default for `model_type == "llava"`, through the image processor's own `do_pad` when it has one, else
   `pad_to_square` with `square_pad_color` before the processor), so the pixels equal zero-shot's;
 - the prompt text is `chat_prompt(processor, PROMPT, system)` (the model's own chat template with the
-  generation prompt), the same string the backend generates from; the training text is the chat template
-  rendered WITH the assistant turn, which starts with that string;
-- labels are -100 everywhere except the answer tokens and the end-of-turn token (the template's EOS, or the
-  tokenizer's EOS appended when the template writes none): prompt and image tokens are masked.
+  generation prompt), the same string the backend generates from, tokenized as the backend does: one image list
+  per example (Gemma 3's processor reads a flat list as all images of the first text) and no second BOS where
+  the template writes one;
+- the training text is that prompt followed by the assistant turn as the template renders it: its separator,
+  the answer and the turn's end (`<|im_end|>` for the ChatML families, Gemma's `<end_of_turn>`, vicuna's EOS;
+  the tokenizer's EOS when the template closes no turn), without the whitespace the template writes after it;
+- labels are -100 everywhere except the answer tokens and the end of the turn: prompt and image tokens are
+  masked.
 
 The number of answer tokens is found by tokenizing the prompt string and the full string with the tokenizer
 alone (the `<image>` placeholder is one special token there, so nothing merges across it) and checking that
@@ -305,6 +309,48 @@ class SFTCollator:
             conv.insert(0, {"role": "system", "content": [{"type": "text", "text": self.system_prompt}]})
         return conv
 
+    def _special_tokens(self, text: str) -> dict[str, bool]:
+        """Tokenizer/processor keywords that keep exactly one BOS: the zero-shot backend's rule (`build_inputs`) -
+        a template that writes the BOS itself (Gemma 3) must not get a second one from the tokenizer."""
+        bos = self.tokenizer.bos_token
+        return {"add_special_tokens": not (bos and text.startswith(bos))}
+
+    def _answer_turn(self, head: str, rendered: str, answer: str) -> str:
+        """What follows the generation prompt `head` in training: the template's separator, the answer, the end of
+        the turn (the template's, e.g. `<|im_end|>`, Gemma's `<end_of_turn>` or vicuna's `</s>`, else the tokenizer's
+        EOS).
+
+        Whitespace the template writes after the turn's end (ChatML's and Gemma's newline) is left out: it belongs
+        to the next turn, and generation stops before it. Where the template heads the assistant turn differently
+        from its generation prompt only by whitespace (LLaVA-OneVision: `assistant \n` vs `assistant\n`), the
+        answer follows the generation prompt directly, as at inference.
+
+        Raises:
+            InputError: the rendering of the conversation holds no answer, or its text before the answer is not the
+                generation prompt (the boundary would be unclear).
+        """
+        at = rendered.rfind(answer)
+        if at < 0:
+            raise InputError(f"the chat template's conversation does not hold the answer {answer!r}", field="answer")
+        before = rendered[:at]
+        if before.startswith(head):
+            separator = before[len(head) :]
+        elif before.rstrip() == head.rstrip():
+            separator = ""
+        else:
+            raise InputError(
+                "the chat template's conversation does not start with its generation prompt; cannot tell the answer "
+                f"apart (prompt ends {head[-40:]!r}, conversation ends {rendered[-60:]!r})",
+                field="chat_template",
+            )
+        tail = rendered[at + len(answer) :]
+        end = tail.rstrip()
+        if not end and self.tokenizer.eos_token:
+            # The template closes no turn (llava-hf's LLaVA-1.5 writes `answer `): the end of the answer must be
+            # learnt, or generation never stops; the template's own text stays as it wrote it.
+            end = tail + self.tokenizer.eos_token
+        return separator + answer + end
+
     def texts(self, prompt: str, answer: str) -> tuple[str, int]:
         """(full training text, number of supervised tokens at its end) for one prompt and answer.
 
@@ -317,18 +363,11 @@ class SFTCollator:
             return self._answer_cache[key]
         head = chat_prompt(self.processor, prompt, self.system_prompt)
         template_owner = self.processor if getattr(self.processor, "chat_template", None) else self.tokenizer
-        full = template_owner.apply_chat_template(self._conversation(prompt, answer), tokenize=False)
-        if not full.startswith(head):
-            raise InputError(
-                "the chat template's conversation does not start with its generation prompt; cannot tell the answer "
-                f"apart (prompt ends {head[-40:]!r}, conversation ends {full[-60:]!r})",
-                field="chat_template",
-            )
-        eos = self.tokenizer.eos_token
-        if eos and not full.rstrip().endswith(eos):
-            full = full + eos  # the end of the answer must be learnt, or generation never stops
-        ids_head = self.tokenizer(head, add_special_tokens=True)["input_ids"]
-        ids_full = self.tokenizer(full, add_special_tokens=True)["input_ids"]
+        rendered = template_owner.apply_chat_template(self._conversation(prompt, answer), tokenize=False)
+        full = head + self._answer_turn(head, rendered, answer)
+        special = self._special_tokens(head)
+        ids_head = self.tokenizer(head, **special)["input_ids"]
+        ids_full = self.tokenizer(full, **special)["input_ids"]
         # Tokenizers that append EOS themselves would put it after the answer, i.e. still inside the answer part.
         if ids_full[: len(ids_head)] != ids_head and ids_head[-1:] == [self.tokenizer.eos_token_id]:
             ids_head = ids_head[:-1]
@@ -349,11 +388,15 @@ class SFTCollator:
         if not examples:
             raise InputError("empty batch", field="batch")
         texts, n_answers = zip(*(self.texts(e["prompt"], e["answer"]) for e in examples), strict=True)
-        images = [self.prepare_image(e["image"]) for e in examples]
+        # One list per example, as the zero-shot backend: Gemma 3's processor reads a flat list as all images of the
+        # first text.
+        images = [[self.prepare_image(e["image"])] for e in examples]
         side = self.tokenizer.padding_side
         self.tokenizer.padding_side = "right"  # training: padding after the answer; labels follow the mask anyway
         try:
-            batch = self.processor(images=images, text=list(texts), padding=True, return_tensors="pt")
+            batch = self.processor(
+                images=images, text=list(texts), padding=True, return_tensors="pt", **self._special_tokens(texts[0])
+            )
         finally:
             self.tokenizer.padding_side = side
         input_ids, mask = batch["input_ids"], batch["attention_mask"]
