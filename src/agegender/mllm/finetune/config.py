@@ -49,7 +49,8 @@ class FinetuneConfig:
             projector, with the vision tower frozen as in the code the paper trained with ("LLaVa-v1.5's training
             code ... used with minor modifications", section 4.3), whose CLIP tower is loaded with
             `requires_grad_(False)`. The paper does not say whether the tower was trained; the other reading,
-            every weight the vision tower included, is `freeze_vision_tower: false`.
+            every weight the vision tower included, is `freeze_vision_tower: false`. Which weights are the tower
+            per family: `agegender.mllm.finetune.train.is_vision_tower_parameter` (Qwen-VL's mergers stay trained).
         bf16: bf16 mixed precision; `auto` = on CUDA with bf16 support, off on the CPU.
         gradient_checkpointing: `auto` = on CUDA (LLaVA-1.5's fine-tuning script; the paper does not say), off on
             the CPU.

@@ -1,4 +1,4 @@
-"""Fine-tune a LLaVA-family model on `[gender; age]` answers: the paper's recipe (section 4.3), any scale.
+"""Fine-tune an image-text-to-text model on `[gender; age]` answers: the paper's recipe (section 4.3), any scale.
 
 The paper (section 4.3) fine-tuned ShareGPT4V-7B for one epoch on ~800k persons (LAGENDA_ext, section 3.2):
 learning rate 2e-6, per-device batch 32, warm-up ratio 0.03, cosine schedule, a checkpoint every 450 steps (the best
@@ -53,6 +53,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -164,7 +165,7 @@ def load_model(base_model_dir: str | Path, config: FinetuneConfig) -> tuple[Any,
     for name, param in model.named_parameters():
         # Layers after `vision_feature_layer` (and CLIP's post-layernorm) never get a gradient; left trainable
         # they would make DDP wait for gradients that never come.
-        if name in unused or (config.freeze_vision_tower and "vision_tower" in name):
+        if name in unused or (config.freeze_vision_tower and is_vision_tower_parameter(name)):
             param.requires_grad_(False)
     if config.lora:
         from peft import LoraConfig, get_peft_model
@@ -183,10 +184,22 @@ def load_model(base_model_dir: str | Path, config: FinetuneConfig) -> tuple[Any,
     return model, processor
 
 
+#: Qwen-VL's vision encoder (`visual`) holds its projector (`merger`; Qwen3-VL's `deepstack_merger_list` too)
+_QWEN_VISUAL = re.compile(r"(^|\.)visual\.(?!merger\.|deepstack_merger_list\.)")
+
+
+def is_vision_tower_parameter(name: str) -> bool:
+    """Whether a parameter belongs to the vision encoder that `freeze_vision_tower` keeps fixed.
+
+    LLaVA, LLaVA-OneVision, InternVL and Gemma 3 call it `vision_tower` (their projector is apart, as
+    `multi_modal_projector`); Qwen2.5-VL and Qwen3-VL call it `visual` and keep their projector inside it (the
+    mergers), which stays trainable as LLaVA's projector does.
+    """
+    return "vision_tower" in name or bool(_QWEN_VISUAL.search(name))
+
+
 def _unused_vision_parameters(model: Any) -> set[str]:
     """Names of vision-tower parameters whose outputs LLaVA never reads (after `vision_feature_layer`)."""
-    import re
-
     cfg = getattr(model, "config", None)
     layer = getattr(cfg, "vision_feature_layer", None)
     n_layers = getattr(getattr(cfg, "vision_config", None), "num_hidden_layers", None)
@@ -359,7 +372,7 @@ def finetune(
     progress: bool = True,
     context: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
-    """Fine-tune a LLaVA-family model on the labelled persons of a sample table (module docstring).
+    """Fine-tune an image-text-to-text model on the labelled persons of a sample table (module docstring).
 
     Args:
         samples: the training samples (every row is used; select the split before). Rows without an age or
