@@ -20,7 +20,7 @@ from agegender.mllm.backend_options import TransformersOptions
 from agegender.mllm.backends.base import Query
 from agegender.mllm.backends.transformers_backend import TransformersBackend
 from agegender.mllm.finetune.sft_data import IGNORE_INDEX, SFTCollator, SFTDataset, SFTRecord
-from agegender.mllm.finetune.train import FinetuneConfig, finetune, is_vision_tower_parameter
+from agegender.mllm.finetune.train import PROJECTOR_MODULES, FinetuneConfig, finetune, is_vision_tower_parameter
 from agegender.mllm.prompt import PROMPT
 from agegender.mllm.tools.tiny import FAMILY_TOKENS, build_tiny_family
 
@@ -108,6 +108,7 @@ def test_a_few_steps_save_a_model_the_backend_answers_with(family_folder, demo, 
     assert before.keys() == after.keys()
     changed = {name for name in before if not torch.equal(before[name], after[name])}
     assert any("language_model" in name for name in changed)
+    assert any(projector in name for name in changed for projector in PROJECTOR_MODULES)  # LoRA trains it fully
     # the vision encoder stays as it was (`freeze_vision_tower`, the default), whatever the family calls it
     assert not {name for name in changed if is_vision_tower_parameter(name)}
     answers = _backend(Path(summary["final"])).generate_batch([Query(r.sample_id, r.image, PROMPT) for r in _records()])

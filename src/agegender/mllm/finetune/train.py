@@ -177,13 +177,17 @@ def load_model(base_model_dir: str | Path, config: FinetuneConfig) -> tuple[Any,
             lora_alpha=config.lora_alpha,
             lora_dropout=config.lora_dropout,
             target_modules=pattern,
-            modules_to_save=["multi_modal_projector"],
+            modules_to_save=list(PROJECTOR_MODULES),
             task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, lora)
     return model, processor
 
 
+#: the multimodal projectors LoRA trains fully (peft matches the ends of module names): LLaVA's, OneVision's,
+#: InternVL's and Gemma 3's `multi_modal_projector`, Qwen-VL's `visual.merger` (Qwen3-VL's deepstack mergers, a
+#: module list peft cannot wrap, stay as they are under LoRA)
+PROJECTOR_MODULES = ("multi_modal_projector", "visual.merger")
 #: Qwen-VL's vision encoder (`visual`) holds its projector (`merger`; Qwen3-VL's `deepstack_merger_list` too)
 _QWEN_VISUAL = re.compile(r"(^|\.)visual\.(?!merger\.|deepstack_merger_list\.)")
 
