@@ -25,6 +25,7 @@ RESOLUTION = {
     "llava_onevision": {"image_grid_pinpoints": [[56, 56]]},  # as written in params.yaml
     "qwen3_vl": {"max_pixels": 32 * 32 * 8},
     "internvl": {"max_patches": 2},
+    "smolvlm": {"image_longest_edge": 96},  # 3 tiles of 32 a side at most, not 2
 }
 #: a tall crop, long enough for Gemma's pan-and-scan (crops of at least 256 pixels a side)
 _TALL = (800, 300)
@@ -126,6 +127,8 @@ def test_one_bos_and_no_template_tokens_in_answers(family_folder):
         ("do_pan_and_scan", True),
         ("crop_to_patches", False),
         ("max_patches", 2),
+        ("image_longest_edge", 96),
+        ("do_image_splitting", False),
     ],
 )
 def test_resolution_options_a_model_lacks_are_refused(tmp_path, option, value):
@@ -144,11 +147,24 @@ def test_resolution_options_a_model_lacks_are_refused(tmp_path, option, value):
         {"do_pan_and_scan": "yes"},
         {"crop_to_patches": "no"},
         {"max_patches": 0},
+        {"image_longest_edge": 0},
+        {"do_image_splitting": "no"},
     ],
 )
 def test_resolution_options_are_validated(options):
     with pytest.raises(InputError):
         TransformersOptions(**options)
+
+
+def test_smolvlm_without_splitting_sees_the_global_view_alone(tmp_path_factory):
+    """`do_image_splitting: false` leaves SmolVLM one view of the crop (one tile's tokens), and is recorded."""
+    folder = build_tiny_family(tmp_path_factory.mktemp("smolvlm"), "smolvlm", seed=0)
+    default, whole = _backend(folder), _backend(folder, do_image_splitting=False)
+    tall = _queries()[-1]
+    per_view = whole.processor.image_seq_len
+    assert _image_tokens(whole, tall) == per_view < _image_tokens(default, tall)
+    assert whole.key_options()["do_image_splitting"] is False
+    assert whole.generate_batch([tall])[0].status == "answered"
 
 
 def test_unknown_family_is_refused(tmp_path):

@@ -251,6 +251,12 @@ class TransformersOptions:
         crop_to_patches, max_patches: InternVL's tiling: whether the crop is cut into tiles (plus a thumbnail) and
             into at most how many, each tile costing `image_seq_length` tokens (256 in InternVL3). None = the
             processor's default (tiles on, up to 12 in InternVL3); models without such tiling refuse them.
+        image_longest_edge, do_image_splitting: SmolVLM's tile budget: the crop is resized so that its longest side is
+            `image_longest_edge` pixels (then up to a multiple of the tile, the image processor's `max_image_size`),
+            and with splitting on it is cut into tiles plus a global view, each costing `image_seq_len` tokens (64 in
+            SmolVLM-256M/500M); off = the global view alone. The checkpoints ship 4 tiles a side (2048 with 512-pixel
+            tiles): up to 17 views of one crop, still one crop per request (section 4.3). None = the checkpoint's
+            processor default; a model whose image processor has no such tiling refuses them.
     """
 
     device: str = "auto"
@@ -267,10 +273,12 @@ class TransformersOptions:
     do_pan_and_scan: bool | None = None
     crop_to_patches: bool | None = None
     max_patches: int | None = None
+    image_longest_edge: int | None = None
+    do_image_splitting: bool | None = None
 
     def __post_init__(self) -> None:
         _local_model_checks(self.batch_size)
-        for name in ("min_pixels", "max_pixels", "max_patches"):
+        for name in ("min_pixels", "max_pixels", "max_patches", "image_longest_edge"):
             value = getattr(self, name)
             _require(
                 value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1),
@@ -282,7 +290,7 @@ class TransformersOptions:
             "min_pixels",
             f"must not exceed max_pixels ({self.min_pixels} > {self.max_pixels})",
         )
-        for name in ("do_pan_and_scan", "crop_to_patches"):
+        for name in ("do_pan_and_scan", "crop_to_patches", "do_image_splitting"):
             value = getattr(self, name)
             _require(value is None or isinstance(value, bool), name, f"must be true or false, not {value!r}")
         pinpoints = self.image_grid_pinpoints

@@ -256,30 +256,41 @@ def set_grid_pinpoints(
 
 #: resolution settings that are switches of the image processor, and go with every processor call too: Gemma 3's and
 #: InternVL's processors have call defaults (`do_pan_and_scan: False`, `crop_to_patches: True`) that override what is
-#: set on their image processors
-_CALL_TIME_SETTINGS = ("do_pan_and_scan", "crop_to_patches", "max_patches")
+#: set on their image processors (SmolVLM's `do_image_splitting` is passed the same way)
+_CALL_TIME_SETTINGS = ("do_pan_and_scan", "crop_to_patches", "max_patches", "do_image_splitting")
+#: resolution settings that are pixel or edge counts, recorded as ints
+_COUNT_SETTINGS = ("min_pixels", "max_pixels", "image_longest_edge")
 
 
 def resolution_settings(options: TransformersOptions) -> dict[str, Any]:
-    """The resolution policy `options` set (any-res grid, pixel budget, pan-and-scan, tiles), as the response store's
+    """The resolution policy `options` set (any-res grid, pixel budget, pan-and-scan, tiles, SmolVLM's longest edge),
+    as the response store's
     key and the manifest record it: each absent unless set, so that the keys of stores made before the option
     existed (the checkpoint's default) are unchanged. Checkpoint selection predicts a key from it before loading."""
     grid = options.image_grid_pinpoints
     settings: dict[str, Any] = {} if grid is None else {"image_grid_pinpoints": [list(p) for p in grid]}
-    settings |= {name: int(v) for name in ("min_pixels", "max_pixels") if (v := getattr(options, name)) is not None}
+    settings |= {name: int(v) for name in _COUNT_SETTINGS if (v := getattr(options, name)) is not None}
     return settings | {name: v for name in _CALL_TIME_SETTINGS if (v := getattr(options, name)) is not None}
 
 
 def set_image_budget(
-    processor: Any, *, min_pixels: int | None, max_pixels: int | None, source: str, **switches: Any
+    processor: Any,
+    *,
+    min_pixels: int | None,
+    max_pixels: int | None,
+    source: str,
+    image_longest_edge: int | None = None,
+    **switches: Any,
 ) -> dict[str, Any]:
     """Set a family's resolution policy on its image processor (`TransformersOptions`: Qwen-VL's pixel budget,
-    Gemma 3's pan-and-scan, InternVL's tiling), so that how many image tokens a crop costs is a study setting, not a
-    processor default.
+    Gemma 3's pan-and-scan, InternVL's and SmolVLM's tiling), so that how many image tokens a crop costs is a study
+    setting, not a processor default.
 
     Args:
         processor: the model's processor.
         min_pixels, max_pixels: the pixel budget (None: unset).
+        image_longest_edge: SmolVLM's resize target (its `size["longest_edge"]`), which with the tile size
+            (`max_image_size`) decides how many tiles a crop is cut into (None: unset).
         source: the model, for errors.
         **switches: `_CALL_TIME_SETTINGS` by name (None: unset).
 
@@ -310,6 +321,13 @@ def set_image_budget(
                 field="min_pixels",
             )
         ip.size = type(size)(**budget) if not isinstance(size, dict) else budget
+    if image_longest_edge is not None:
+        size = getattr(ip, "size", None)
+        if not dict(size or {}).get("longest_edge") or not hasattr(ip, "max_image_size"):
+            raise InputError(f"the {model} has no tiling by longest edge", file=source, field="image_longest_edge")
+        edge = {"longest_edge": int(image_longest_edge)}
+        ip.size = type(size)(**edge) if not isinstance(size, dict) else edge
+        settings["image_longest_edge"] = int(image_longest_edge)
     for name, value in switches.items():
         if name not in _CALL_TIME_SETTINGS:
             raise TypeError(f"unknown resolution setting {name!r}")
@@ -341,7 +359,8 @@ class TransformersBackend(Backend):
             sampling when temperature > 0, `detail` is ignored (the processor decides the resolution).
         options: `TransformersOptions` (device, batch_size, dtype, pad_to_square, local_files_only,
             model_revision, attn_implementation, system_prompt, and the resolution policy: image_grid_pinpoints,
-            min_pixels, max_pixels, do_pan_and_scan, crop_to_patches, max_patches).
+            min_pixels, max_pixels, do_pan_and_scan, crop_to_patches, max_patches, image_longest_edge,
+            do_image_splitting).
         **kwargs: the same options as keyword arguments, instead of `options`.
 
     Raises:
@@ -386,6 +405,7 @@ class TransformersBackend(Backend):
             min_pixels=o.min_pixels,
             max_pixels=o.max_pixels,
             source=source,
+            image_longest_edge=o.image_longest_edge,
             **{name: getattr(o, name) for name in _CALL_TIME_SETTINGS},
         )
         self.resolution = resolution_settings(o)

@@ -1,5 +1,5 @@
 """Tiny LLaVA-1.5 and LLaVA-NeXT models, and tiny models of today's families (Qwen2.5-VL, Gemma 3, LLaVA-OneVision,
-InternVL, Qwen3-VL), built from configs, for the demo profile and the tests.
+InternVL, Qwen3-VL, SmolVLM), built from configs, for the demo profile and the tests.
 
 Today's families (`build_tiny_family`) share the tokenizer trainer: a `TinyFamily` gives the family's special tokens
 and a chat template equal in structure to its checkpoints', so that the backend meets each family's traps offline.
@@ -216,6 +216,22 @@ INTERNVL_CHAT_TEMPLATE = (
     "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}"
 )
 
+#: SmolVLM's template: `<|im_start|>` (its BOS) once at the start, then each turn as its capitalised role, a colon
+#: (followed by a space unless the turn starts with an image), the parts in place (the image as `<image>`, which the
+#: processor expands into tiles and a global view) and `<end_of_utterance>` + newline; the generation prompt is
+#: `Assistant:`, so the answer follows after a space.
+SMOLVLM_CHAT_TEMPLATE = (
+    "{{ bos_token }}{%- set image = '<image>' -%}"
+    "{%- for message in messages -%}"
+    "{{ message['role'] | capitalize }}"
+    "{%- if message['content'] is not string and message['content'][0]['type'] == 'image' -%}{{ ':' }}"
+    "{%- else -%}{{ ': ' }}{%- endif -%}" + _PARTS + "{{ '<end_of_utterance>\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ 'Assistant:' }}{%- endif -%}"
+)
+#: SmolVLM's tile names, `<row_{r}_col_{c}>` up to its checkpoints' 6x6 grid (the processor writes one per tile)
+SMOLVLM_TILE_TOKENS = tuple(f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7))
+
 #: the special tokens of the ChatML families (Qwen, InternVL, LLaVA-OneVision): turns end with `<|im_end|>`
 _CHATML_SPECIALS = {"unk_token": "<unk>", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}
 _QWEN_VISION_TOKENS = ("<|im_start|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
@@ -258,6 +274,24 @@ FAMILY_TOKENS: dict[str, TinyFamily] = {
         False,
         ONEVISION_CHAT_TEMPLATE,
         ("system user assistant",),
+    ),
+    "smolvlm": TinyFamily(
+        {
+            "unk_token": "<|endoftext|>",
+            "bos_token": "<|im_start|>",
+            "eos_token": "<end_of_utterance>",
+            "pad_token": "<|im_end|>",
+        },
+        ("<video>", *SMOLVLM_TILE_TOKENS),
+        {
+            "image_token": "<image>",
+            "fake_image_token": "<fake_token_around_image>",
+            "global_image_token": "<global-img>",
+            "end_of_utterance_token": "<end_of_utterance>",
+        },
+        False,
+        SMOLVLM_CHAT_TEMPLATE,
+        ("System: User: Assistant:",),
     ),
     "gemma3": TinyFamily(
         {"unk_token": "<unk>", "bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>"},
@@ -528,7 +562,7 @@ def build_tiny_llava(
 
 
 #: the tiny families `build_tiny_family` builds, in the issue's order; `llava`/`llava_next` go to `build_tiny_llava`
-TinyFamilyName = Literal["qwen2_5_vl", "gemma3", "llava_onevision", "internvl", "qwen3_vl"]
+TinyFamilyName = Literal["qwen2_5_vl", "gemma3", "llava_onevision", "internvl", "qwen3_vl", "smolvlm"]
 
 
 def _family_model_and_processor(family: str, tokenizer: Any, text_hidden: int, num_layers: int) -> tuple[Any, Any]:
@@ -537,7 +571,8 @@ def _family_model_and_processor(family: str, tokenizer: Any, text_hidden: int, n
     Sizes are toy sizes, but every structural piece the family's checkpoints have is there: Qwen2.5-VL's windowed
     ViT with 2x2 patch merging and M-RoPE, Gemma 3's SigLIP + pooled `mm_tokens_per_image` soft tokens and
     pan-and-scan crops, LLaVA-OneVision's SigLIP + Qwen2 with any-res tiles (a 2x2-tile grid at toy size), Qwen3-VL's
-    DeepStack ViT (patch 16) with interleaved M-RoPE, InternVL's ViT + pixel shuffle with tiles and a thumbnail.
+    DeepStack ViT (patch 16) with interleaved M-RoPE, InternVL's ViT + pixel shuffle with tiles and a thumbnail,
+    SmolVLM's SigLIP-like tower + pixel-shuffle connector with tiles (`<row_r_col_c>`) and a global view.
     """
     import transformers as tf
 
@@ -717,6 +752,36 @@ def _family_model_and_processor(family: str, tokenizer: Any, text_hidden: int, n
             chat_template=tokenizer.chat_template,
         )
         return tf.LlavaOnevisionForConditionalGeneration(config), processor
+    if family == "smolvlm":
+        tile, patch, scale = 32, 8, 2
+        tokens_per_tile = (tile // patch) ** 2 // scale**2  # the connector's pixel shuffle
+        config = tf.SmolVLMConfig(
+            vision_config=tf.SmolVLMVisionConfig(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=num_layers,
+                num_attention_heads=2,
+                image_size=tile,
+                patch_size=patch,
+            ),
+            text_config={**text, "model_type": "llama"},
+            image_token_id=ids("<image>"),
+            scale_factor=scale,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        # tiling as the checkpoints ship it (longest edge 4 tiles): the crop resized to a longest edge of 2 tiles
+        # here, cut into tiles plus a global view
+        image_processor = tf.SmolVLMImageProcessor(
+            size={"longest_edge": 2 * tile}, max_image_size={"longest_edge": tile}, do_image_splitting=True
+        )
+        processor = tf.SmolVLMProcessor(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            video_processor=tf.SmolVLMVideoProcessor(max_image_size={"longest_edge": tile}),
+            image_seq_len=tokens_per_tile,
+            chat_template=tokenizer.chat_template,
+        )
+        return tf.SmolVLMForConditionalGeneration(config), processor
     raise InputError(f"unknown tiny model family {family!r}; use one of {', '.join(FAMILY_TOKENS)}", field="family")
 
 
@@ -748,7 +813,7 @@ def build_tiny_family(
 
     Args:
         out_dir: target folder (created; files of the same names are overwritten).
-        family: `qwen2_5_vl`, `gemma3`, `llava_onevision`, `internvl` or `qwen3_vl`.
+        family: `qwen2_5_vl`, `gemma3`, `llava_onevision`, `internvl`, `qwen3_vl` or `smolvlm`.
         seed: seeds the weights (the global torch RNG is left as it was).
         vocab_size: tokenizer target size.
         text_hidden: decoder width (a multiple of 16: 4 heads with an even rotary half).
@@ -789,12 +854,14 @@ def build_tiny_family(
 
 
 def _turn_end_ids(family: str, tokenizer: Any) -> list[int]:
-    """The token that closes a turn in the family's template, where it is not the EOS token."""
+    """The token that closes a turn in the family's template (SmolVLM's is its EOS token too; the caller drops the
+    repeat), so that generation stops at the end of the turn as with the checkpoints' generation configs."""
     closing = {
         "qwen2_5_vl": "<|endoftext|>",
         "gemma3": "<end_of_turn>",
         "llava_onevision": "<|endoftext|>",
         "qwen3_vl": "<|endoftext|>",
         "internvl": "<|endoftext|>",
+        "smolvlm": "<end_of_utterance>",
     }
     return [tokenizer.convert_tokens_to_ids(closing[family])]
