@@ -8,6 +8,7 @@ family's default resolution, and whether batched answers equal batch-1 answers. 
 check, this only times.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_mllm_families.py --samples 16
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_mllm_families.py --families llava,smolvlm  # some families
 """
 
 from __future__ import annotations

@@ -20,14 +20,27 @@ from agegender.mllm.backend_options import TransformersOptions
 from agegender.mllm.backends.base import Query
 from agegender.mllm.backends.transformers_backend import TransformersBackend
 from agegender.mllm.finetune.sft_data import IGNORE_INDEX, SFTCollator, SFTDataset, SFTRecord
-from agegender.mllm.finetune.train import PROJECTOR_MODULES, FinetuneConfig, finetune, is_vision_tower_parameter
+from agegender.mllm.finetune.train import (
+    LANGUAGE_MODULES,
+    PROJECTOR_MODULES,
+    FinetuneConfig,
+    finetune,
+    is_vision_tower_parameter,
+)
 from agegender.mllm.prompt import PROMPT
 from agegender.mllm.tools.tiny import FAMILY_TOKENS, build_tiny_family
 
 torch.set_num_threads(1)  # one thread per process: the machine is shared
 
 #: the text each family's template closes an assistant turn with (what the model must learn to stop with)
-END_OF_TURN = {family: "<end_of_turn>" if family == "gemma3" else "<|im_end|>" for family in FAMILY_TOKENS}
+END_OF_TURN = {family: "<|im_end|>" for family in FAMILY_TOKENS} | {
+    "gemma3": "<end_of_turn>",
+    "smolvlm": "<end_of_utterance>",
+}
+#: what a family's template writes between the generation prompt and the answer where byte-level BPE merges it into
+#: the answer's first token (SmolVLM's `Assistant:` + space + answer): generation produces that token, so it is
+#: supervised with the answer
+ANSWER_SEPARATOR = {"smolvlm": " "}
 _FAST = {
     "learning_rate": 1e-3,
     "per_device_train_batch_size": 2,
@@ -81,7 +94,8 @@ def test_labels_are_the_answer_and_the_prompt_is_zero_shots(family_folder, syste
     for row, record in enumerate(data.records):
         labels = batch["labels"][row]
         kept = labels[labels != IGNORE_INDEX]
-        assert tok.decode(kept, skip_special_tokens=False) == record.answer + END_OF_TURN[family]
+        supervised = ANSWER_SEPARATOR.get(family, "") + record.answer + END_OF_TURN[family]
+        assert tok.decode(kept, skip_special_tokens=False) == supervised
         # the prompt part: every attended token before the answer, as the backend feeds it (one BOS included)
         ids = batch["input_ids"][row][batch["attention_mask"][row].bool()]
         prompt = ids[: len(ids) - len(kept)]
@@ -110,7 +124,7 @@ def test_a_few_steps_save_a_model_the_backend_answers_with(family_folder, demo, 
     before, after = _weights(folder), _weights(Path(summary["final"]))
     assert before.keys() == after.keys()
     changed = {name for name in before if not torch.equal(before[name], after[name])}
-    assert any("language_model" in name for name in changed)
+    assert any(decoder in name for name in changed for decoder in LANGUAGE_MODULES)
     assert any(projector in name for name in changed for projector in PROJECTOR_MODULES)  # LoRA trains it fully
     # the vision encoder stays as it was (`freeze_vision_tower`, the default), whatever the family calls it
     assert not {name for name in changed if is_vision_tower_parameter(name)}
@@ -127,6 +141,9 @@ def test_a_few_steps_save_a_model_the_backend_answers_with(family_folder, demo, 
         ("model.visual.merger.mlp.0.weight", False),  # Qwen-VL's projector
         ("model.visual.deepstack_merger_list.0.norm.weight", False),  # Qwen3-VL's other projectors
         ("model.multi_modal_projector.linear_1.weight", False),
+        ("model.vision_model.encoder.layers.0.self_attn.q_proj.weight", True),  # SmolVLM's encoder
+        ("model.connector.modality_projection.proj.weight", False),  # SmolVLM's projector
+        ("model.text_model.layers.0.self_attn.q_proj.weight", False),
         ("model.language_model.layers.0.self_attn.q_proj.weight", False),
     ],
 )

@@ -171,7 +171,7 @@ def load_model(base_model_dir: str | Path, config: FinetuneConfig) -> tuple[Any,
         from peft import LoraConfig, get_peft_model
 
         # Only language-model projections: the vision tower's q/k/v projections share the names.
-        pattern = r".*language_model.*\.(" + "|".join(config.lora_target_modules) + r")$"
+        pattern = r".*(" + "|".join(LANGUAGE_MODULES) + r").*\.(" + "|".join(config.lora_target_modules) + r")$"
         lora = LoraConfig(
             r=config.lora_r,
             lora_alpha=config.lora_alpha,
@@ -186,8 +186,11 @@ def load_model(base_model_dir: str | Path, config: FinetuneConfig) -> tuple[Any,
 
 #: the multimodal projectors LoRA trains fully (peft matches the ends of module names): LLaVA's, OneVision's,
 #: InternVL's and Gemma 3's `multi_modal_projector`, Qwen-VL's `visual.merger` (Qwen3-VL's deepstack mergers, a
-#: module list peft cannot wrap, stay as they are under LoRA)
-PROJECTOR_MODULES = ("multi_modal_projector", "visual.merger")
+#: module list peft cannot wrap, stay as they are under LoRA), SmolVLM's `connector` (pixel shuffle + linear: the
+#: one piece between its vision tower and its decoder, as LLaVA's projector is)
+PROJECTOR_MODULES = ("multi_modal_projector", "visual.merger", "connector")
+#: the decoders LoRA puts adapters on: `language_model` in every family but SmolVLM, which calls it `text_model`
+LANGUAGE_MODULES = ("language_model", "text_model")
 #: Qwen-VL's vision encoder (`visual`) holds its projector (`merger`; Qwen3-VL's `deepstack_merger_list` too)
 _QWEN_VISUAL = re.compile(r"(^|\.)visual\.(?!merger\.|deepstack_merger_list\.)")
 
@@ -196,10 +199,11 @@ def is_vision_tower_parameter(name: str) -> bool:
     """Whether a parameter belongs to the vision encoder that `freeze_vision_tower` keeps fixed.
 
     LLaVA, LLaVA-OneVision, InternVL and Gemma 3 call it `vision_tower` (their projector is apart, as
-    `multi_modal_projector`); Qwen2.5-VL and Qwen3-VL call it `visual` and keep their projector inside it (the
-    mergers), which stays trainable as LLaVA's projector does.
+    `multi_modal_projector`); SmolVLM calls it `vision_model` (its projector is apart, as `connector`); Qwen2.5-VL
+    and Qwen3-VL call it `visual` and keep their projector inside it (the mergers), which stays trainable as LLaVA's
+    projector does.
     """
-    return "vision_tower" in name or bool(_QWEN_VISUAL.search(name))
+    return "vision_tower" in name or "vision_model" in name or bool(_QWEN_VISUAL.search(name))
 
 
 def _unused_vision_parameters(model: Any) -> set[str]:
