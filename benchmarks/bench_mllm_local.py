@@ -14,8 +14,14 @@ Shapes:
   per-layer-scaled full-depth estimates, marked as such (an upper bound on time: the vision tower,
   projector, lm_head and preprocessing are scaled too). Our tokenizer and the vicuna template stand in for
   Yi's tokenizer and ChatML: the prompt's length differs by a few tokens, the image tokens are the same.
-- `mini` / `mini-next`: the 7b / 34b code paths at toy sizes (same image tokens), to check the script on a
-  CPU before spending GPU time.
+- `qwen2.5-vl-7b` (CUDA): a Qwen2.5-VL-7B-Instruct-shaped model (Qwen2 text tower: 3584 wide, 28 layers, 18944
+  MLP, 28 heads, 4 KV heads, vocab 152064; its windowed ViT: 1280 wide, 32 layers, 2x2 patch merging into the
+  text width), random bf16 weights, one of today's families (issue 14) beside LLaVA-1.5 7B. The image processor
+  has the modern profile's pixel budget (`profiles/modern.yaml`: 3,136 to 1,003,520 pixels, one token per 28x28),
+  so a crop costs its own area / 784 tokens; our tokenizer and the Qwen ChatML template of the tiny builder stand
+  in for Qwen's (the prompt's length differs by a few tokens, the image tokens are the same).
+- `mini` / `mini-next` / `mini-qwen`: the 7b / 34b / qwen2.5-vl-7b code paths at toy sizes (same image tokens),
+  to check the script on a CPU before spending GPU time.
 
 Queries are crops of different sizes and aspect ratios (random pixels) with the paper's prompt; answers
 are short (`--max-new-tokens`, default 8, about the length of "[female; 40]</s>"). Random weights never
@@ -28,7 +34,9 @@ cut short keeps what it measured. Asserts nothing.
     .venv/bin/python benchmarks/bench_mllm_local.py --kind llava --batch-sizes 1,8,16 --samples 32
     .venv/bin/python benchmarks/bench_mllm_local.py --shape 7b --batch-sizes 1,8,32,64 --samples 128
     .venv/bin/python benchmarks/bench_mllm_local.py --shape 34b --batch-sizes 1,8,16 --samples 16 --text-layers auto
+    .venv/bin/python benchmarks/bench_mllm_local.py --shape qwen2.5-vl-7b --batch-sizes 1,8,32 --samples 64
     .venv/bin/python benchmarks/bench_mllm_local.py --shape mini-next --batch-sizes 1,4 --samples 4 --text-layers 1
+    .venv/bin/python benchmarks/bench_mllm_local.py --shape mini-qwen --batch-sizes 1,2 --samples 2
 """
 
 from __future__ import annotations
@@ -47,7 +55,14 @@ import torch
 from agegender.device import resolve_device
 from agegender.mllm.backends import GenerationParams, Query
 from agegender.mllm.backends.transformers_backend import TransformersBackend
-from agegender.mllm.tools.tiny import IMAGE_TOKEN, build_tiny_llava, default_corpus, tiny_processor, train_tokenizer
+from agegender.mllm.tools.tiny import (
+    FAMILY_TOKENS,
+    IMAGE_TOKEN,
+    build_tiny_llava,
+    default_corpus,
+    tiny_processor,
+    train_tokenizer,
+)
 
 LAGENDA_TEST_PEOPLE = 84_192
 
@@ -74,7 +89,24 @@ TOY_VIT_336: dict[str, Any] = {
 #: llava-v1.6's any-res resolutions (height, width), also transformers' LlavaNextConfig default
 LLAVA_NEXT_PINPOINTS: list[list[int]] = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 
-#: model shapes: `kind` picks LLaVA-1.5 (`llava`) or LLaVA-NeXT (`llava_next`); `text` is a LlamaConfig
+#: Qwen2.5-VL-7B's vision tower (Qwen2_5_VLVisionConfig of Qwen/Qwen2.5-VL-7B-Instruct); `out_hidden_size` is set
+#: to the text width when built
+QWEN25_VIT: dict[str, Any] = {
+    "depth": 32,
+    "hidden_size": 1280,
+    "intermediate_size": 3420,
+    "num_heads": 16,
+    "patch_size": 14,
+    "spatial_merge_size": 2,
+    "temporal_patch_size": 2,
+    "window_size": 112,
+    "fullatt_block_indexes": [7, 15, 23, 31],
+}
+#: the modern profile's pixel budget for Qwen2.5-VL (query_mllms.models.qwen2.5-vl-7b.options)
+QWEN25_PIXELS: dict[str, int] = {"min_pixels": 3136, "max_pixels": 1003520}
+
+#: model shapes: `kind` picks LLaVA-1.5 (`llava`), LLaVA-NeXT (`llava_next`) or Qwen2.5-VL (`qwen2_5_vl`); `text`
+#: is the text tower's config (a LlamaConfig for the LLaVAs, Qwen2's text config for Qwen2.5-VL)
 SHAPES: dict[str, dict[str, Any]] = {
     # LLaVA-1.5-7B: Vicuna-7B text tower
     "7b": {
@@ -133,9 +165,45 @@ SHAPES: dict[str, dict[str, Any]] = {
         "vision": TOY_VIT_336,
         "grid_pinpoints": LLAVA_NEXT_PINPOINTS,
     },
+    # Qwen2.5-VL-7B-Instruct: Qwen2-7B text tower (grouped-query attention, M-RoPE 16/24/24 of 64 frequencies)
+    "qwen2.5-vl-7b": {
+        "kind": "qwen2_5_vl",
+        "text": {
+            "hidden_size": 3584,
+            "intermediate_size": 18944,
+            "num_hidden_layers": 28,
+            "num_attention_heads": 28,
+            "num_key_value_heads": 4,
+            "vocab_size": 152064,
+            "max_position_embeddings": 128000,
+        },
+        "vision": QWEN25_VIT,
+    },
+    "mini-qwen": {
+        "kind": "qwen2_5_vl",
+        "text": {
+            "hidden_size": 128,
+            "intermediate_size": 256,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "vocab_size": 152064,
+            "max_position_embeddings": 128000,
+        },
+        "vision": {
+            **QWEN25_VIT,
+            "depth": 2,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_heads": 2,
+            "fullatt_block_indexes": [1],
+        },
+    },
 }
 #: shapes whose numbers mean something (the others are plumbing checks)
-REAL_SHAPES = ("7b", "34b")
+REAL_SHAPES = ("7b", "34b", "qwen2.5-vl-7b")
+#: the toy shape that checks each real shape's code path on a CPU
+TOY_SHAPES = {"7b": "mini", "34b": "mini-next", "qwen2.5-vl-7b": "mini-qwen"}
 
 
 def paper_prompt() -> str:
@@ -173,7 +241,8 @@ def other_params(shape: str) -> int:
     text, vision = dims["text"], dims["vision"]
     h, v = int(text["hidden_size"]), int(text["vocab_size"])
     vh, vi = int(vision["hidden_size"]), int(vision["intermediate_size"])
-    vit = int(vision["num_hidden_layers"]) * (4 * vh * vh + 2 * vh * vi)
+    depth = int(vision.get("num_hidden_layers", vision.get("depth", 0)))
+    vit = depth * (4 * vh * vh + 2 * vh * vi)
     return 2 * v * h + vit + vh * h + h * h
 
 
@@ -232,8 +301,10 @@ def build_shaped(
         LlavaNextForConditionalGeneration,
     )
 
-    tokenizer = train_tokenizer(default_corpus(), vocab_size=1000)  # ids < 1000 are valid in every vocab here
     dims = SHAPES[shape]
+    if dims["kind"] == "qwen2_5_vl":
+        return build_shaped_qwen(shape, device, dtype, seed, text_layers)
+    tokenizer = train_tokenizer(default_corpus(), vocab_size=1000)  # ids < 1000 are valid in every vocab here
     text_dims = dict(dims["text"])
     if text_layers is not None:
         text_dims["num_hidden_layers"] = int(text_layers)
@@ -257,14 +328,7 @@ def build_shaped(
     else:
         config = LlavaNextConfig(**common, image_grid_pinpoints=dims["grid_pinpoints"])
         model_cls = LlavaNextForConditionalGeneration
-    torch.manual_seed(seed)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = model_cls(config)
-    finally:
-        torch.set_default_dtype(previous)
+    model = _random_weights(model_cls, config, device, dtype, seed)
     model.generation_config = GenerationConfig(
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=False
     )
@@ -272,6 +336,69 @@ def build_shaped(
     name = "llava-1.5" if dims["kind"] == "llava" else "llava-next"
     depth = "" if text_layers is None else f"-{text_layers}layers"
     return TransformersBackend.from_loaded(model.eval(), processor, name=f"random-{name}-{shape}{depth}")
+
+
+def _random_weights(model_cls: Any, config: Any, device: torch.device, dtype: torch.dtype, seed: int) -> Any:
+    """`model_cls(config)` with seeded random weights created in `dtype` directly on `device` (no float32 copy)."""
+    torch.manual_seed(seed)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            return model_cls(config)
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def build_shaped_qwen(
+    shape: str, device: torch.device, dtype: torch.dtype, seed: int = 0, text_layers: int | None = None
+) -> TransformersBackend:
+    """A Qwen2.5-VL of the given shape with random weights, built in memory on `device` (as `build_shaped`).
+
+    The processor is the tiny builder's Qwen family (its tokenizer's special tokens and ChatML template) with the
+    modern profile's pixel budget, so the image tokens per crop are those of the real checkpoint at that budget.
+    """
+    import transformers as tf
+
+    tokenizer = train_tokenizer(default_corpus(), vocab_size=1000, family=FAMILY_TOKENS["qwen2_5_vl"])
+    ids = tokenizer.convert_tokens_to_ids
+    dims = SHAPES[shape]
+    text = dict(dims["text"])
+    if text_layers is not None:
+        text["num_hidden_layers"] = int(text_layers)
+    head_dim = text["hidden_size"] // text["num_attention_heads"]
+    half = head_dim // 2  # Qwen2.5-VL's 16/24/24 split of 64 frequencies, for any head width
+    rope = {
+        "rope_type": "default",
+        "rope_theta": 1_000_000.0,
+        "mrope_section": [half // 4, 3 * half // 8, 3 * half // 8],
+    }
+    config = tf.Qwen2_5_VLConfig(
+        text_config={
+            **text,
+            "rope_parameters": rope,
+            "pad_token_id": tokenizer.pad_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "tie_word_embeddings": False,
+        },
+        vision_config={**dims["vision"], "out_hidden_size": text["hidden_size"]},
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+    )
+    model = _random_weights(tf.Qwen2_5_VLForConditionalGeneration, config, device, dtype, seed)
+    model.generation_config = tf.GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=False
+    )
+    budget = {"shortest_edge": QWEN25_PIXELS["min_pixels"], "longest_edge": QWEN25_PIXELS["max_pixels"]}
+    processor = tf.Qwen2_5_VLProcessor(
+        image_processor=tf.Qwen2VLImageProcessor(size=budget),
+        tokenizer=tokenizer,
+        video_processor=tf.Qwen2VLVideoProcessor(),
+        chat_template=tokenizer.chat_template,
+    )
+    depth = "" if text_layers is None else f"-{text_layers}layers"
+    return TransformersBackend.from_loaded(model.eval(), processor, name=f"random-qwen2.5-vl-{shape}{depth}")
 
 
 def run(
@@ -335,10 +462,10 @@ def main() -> None:
     queries = make_queries(args.samples)
     device = resolve_device(args.device)
     if args.shape in REAL_SHAPES and device.type != "cuda":
-        toy = "mini" if args.shape == "7b" else "mini-next"
+        toy = TOY_SHAPES[args.shape]
         raise SystemExit(f"--shape {args.shape} needs a CUDA GPU (bf16 weights); try --shape {toy} on a CPU")
     if args.shape == "tiny" and args.text_layers is not None:
-        raise SystemExit("--text-layers applies to the shaped models (7b, 34b, mini, mini-next), not to tiny")
+        raise SystemExit(f"--text-layers applies to the shaped models ({', '.join(SHAPES)}), not to tiny")
 
     results: list[dict[str, Any]] = []
     full_layers = layers = 0

@@ -7,7 +7,8 @@
 # even if every step hangs; a step that would get under 15 s is skipped. All output goes to
 # $OUT/run.log (step by step, with headers); the benchmarks also write JSON to $OUT; $OUT/summary.txt
 # (printed at the end) gives each step's status, time and key result lines. Files in $OUT: run.log,
-# summary.txt, env.json, mivolo_infer.json, mllm_7b.json, finetune_7b.json, mllm_34b.json (7 of the 8 allowed).
+# summary.txt, env.json, mivolo_infer.json, mllm_7b.json, mllm_qwen_7b.json, finetune_7b.json, mllm_34b.json (8 of
+# the 8 allowed).
 #
 # GPU_CHECKS_DRY_RUN=1 runs the same command lines on a CPU with toy overrides appended (argparse keeps the
 # last value), so every option is parsed and every code path is exercised before GPU time is spent:
@@ -121,6 +122,12 @@ step mivolo_train 75 "samples/s|^torch" \
 step mllm_7b 150 "^device|params|batch .*samples/s|=> LAGENDA|failed" \
     "$PY" benchmarks/bench_mllm_local.py --shape 7b --batch-sizes 1,8,32,64 --samples 128 --repeat 1 \
     --threads 8 --json "$OUT/mllm_7b.json" $(toy --shape mini --batch-sizes 1,2 --samples 2 --device cpu --threads 2)
+
+# ---- 4b. one of today's families at 7-8B shape beside it (issue 14): Qwen2.5-VL-7B-shaped, random bf16 weights,
+#          the modern profile's pixel budget
+step mllm_qwen_7b 100 "^device|params|batch .*samples/s|=> LAGENDA|failed" \
+    "$PY" benchmarks/bench_mllm_local.py --shape qwen2.5-vl-7b --batch-sizes 1,8,32 --samples 64 --repeat 1 \
+    --threads 8 --json "$OUT/mllm_qwen_7b.json" $(toy --shape mini-qwen --batch-sizes 1,2 --samples 2 --device cpu --threads 2)
 
 # ---- 5. 7B full fine-tuning step (gradient checkpointing, pure bf16 AdamW, vision tower frozen as in our
 #         FinetuneConfig); an out-of-memory batch is reported and larger ones skipped

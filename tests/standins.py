@@ -199,3 +199,45 @@ def build_mllms(root: Path) -> dict[str, Path]:
 def build_standins(root: Path) -> dict[str, Path]:
     """Every data set and model folder of the paper profile, under `root`."""
     return build_datasets(root) | build_mivolo(root) | build_mllms(root)
+
+
+#: the modern profile's open models (`profiles/modern.yaml`), each a tiny model of its family in the entry's folder
+MODERN_FAMILIES: dict[str, str] = {
+    "qwen25-vl-7b": "qwen2_5_vl",
+    "qwen3-vl-8b": "qwen3_vl",
+    "internvl3-8b": "internvl",
+    "gemma-3-12b": "gemma3",
+    "llava-onevision-7b": "llava_onevision",
+}
+
+#: params the modern stand-ins need beside `profiles/modern.yaml`: float32 and batch 8 on the CPU, and each image
+#: budget scaled to its tiny model (the profile's budgets would give the toy towers thousands of tokens a crop)
+MODERN_OVERRIDES: tuple[str, ...] = (
+    "prepare_data.subsets.nanolagenda.per_bin=2",
+    *(f"query_mllms.models.{key}.options.{o}" for key in MODERN_FAMILIES for o in ("batch_size=8", "dtype=float32")),
+    "query_mllms.models.qwen25-vl-7b.options.max_pixels=50176",  # 64 tokens of 28x28 pixels
+    "query_mllms.models.qwen3-vl-8b.options.max_pixels=65536",  # 64 tokens of 32x32 pixels
+    "query_mllms.models.internvl3-8b.options.max_patches=4",
+    # the profile's grid of 384-pixel tiles scaled to the stand-in's 56-pixel tile
+    "query_mllms.models.llava-onevision-7b.options.image_grid_pinpoints="
+    "[[56, 56], [112, 56], [56, 112], [112, 112], [168, 56], [56, 168]]",
+)
+
+
+def build_modern_standins(root: Path, folders: dict[str, str]) -> dict[str, Path]:
+    """The paper profile's stand-ins plus a tiny model of each open model's family (`MODERN_FAMILIES`) in the
+    folder its entry names (`folders`: entry -> folder relative to `root`, as in the profile)."""
+    from agegender.mllm.tools.tiny import build_tiny_family
+
+    out = build_standins(root)
+    for seed, (key, family) in enumerate(MODERN_FAMILIES.items()):
+        out[key] = build_tiny_family(root / folders[key], family, seed=seed)  # type: ignore[arg-type]
+    return out
+
+
+def copy_project(src: Path, dst: Path) -> None:
+    """The files a project needs to run its pipeline (code, notebooks, profiles, configs), from `src` to `dst`."""
+    for name in ("dvc.yaml", "pyproject.toml", "params.yaml"):
+        shutil.copy(src / name, dst / name)
+    for folder in ("notebooks", "src", "profiles", "configs"):
+        shutil.copytree(src / folder, dst / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))

@@ -7,7 +7,7 @@ problems at once, each naming its params key, what is wrong and the file. The ch
 code that reads it (`agegender.data.registry.check_dataset`, `agegender.faces.check_face_detector`,
 `agegender.specialized.model_problems` and each model class's `check_file`,
 `agegender.mivolo.checkpoint.check_mivolo_checkpoint`, `agegender.evaluate.check_predictions_file`,
-`agegender.mllm.tools.convert.check_llava_folder`);
+`agegender.mllm.tools.convert.check_model_folder`);
 a stage's `check` decides which apply to its section, and this module collects their lines (`Checker`).
 
 What the pipeline makes itself is skipped: data sets inside the generated demo folder, checkpoints inside

@@ -9,7 +9,6 @@ the two ChatGPT entries pointed at local OpenAI-compatible servers instead of ap
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from standins import STANDIN_OVERRIDES, api_overrides, build_standins  # noqa: E402
+from standins import STANDIN_OVERRIDES, api_overrides, build_standins, copy_project  # noqa: E402
 
 from agegender.files import RUN_LOG_FILE  # noqa: E402
 
@@ -53,10 +52,7 @@ def project(tmp_path_factory):
     from agegender.mllm.tools.server import running_server
 
     root = tmp_path_factory.mktemp("paper")
-    for name in ("dvc.yaml", "pyproject.toml", "params.yaml"):
-        shutil.copy(ROOT / name, root / name)
-    for folder in ("notebooks", "src", "profiles", "configs"):
-        shutil.copytree(ROOT / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    copy_project(ROOT, root)
     run(["git", "init", "-q"], root)
     run([str(BIN / "dvc"), "init", "-q"], root)
     run([str(BIN / "dvc"), "config", "core.analytics", "false"], root)

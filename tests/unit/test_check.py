@@ -30,7 +30,7 @@ from agegender.errors import InputError  # noqa: E402
 from agegender.fingerprint import file_sha256  # noqa: E402
 from agegender.mivolo.checkpoint import check_mivolo_checkpoint, save_checkpoint  # noqa: E402
 from agegender.mivolo.model import create_mivolo  # noqa: E402
-from agegender.mllm.tools.convert import check_llava_folder  # noqa: E402
+from agegender.mllm.tools.convert import check_model_folder  # noqa: E402
 from agegender.params import load_params, params_from_dict  # noqa: E402
 from agegender.paths import ProjectPaths  # noqa: E402
 
@@ -444,13 +444,13 @@ def test_sections_limit_the_check(project: Path) -> None:
 
 def test_llava_folder_formats(tmp_path: Path) -> None:
     good = _hf_llava(tmp_path / "good")
-    assert check_llava_folder(good) == []
+    assert check_model_folder(good) == []
     other = _hf_llava(tmp_path / "qwen")
     _write(other / "config.json", json.dumps({"model_type": "qwen2_vl"}))
     (other / "tokenizer.json").unlink()
     (other / "processor_config.json").unlink()
     (other / "model.safetensors").unlink()
-    problems = check_llava_folder(other)
+    problems = check_model_folder(other)
     assert len(problems) == 4
     assert "'qwen2_vl' in" in problems[0] and "llava, llava_next" in problems[0]
     assert "no weights" in problems[1] and "no tokenizer" in problems[2] and "no image processor" in problems[3]
@@ -459,18 +459,18 @@ def test_llava_folder_formats(tmp_path: Path) -> None:
     index = {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
     _write(sharded / "model.safetensors.index.json", json.dumps(index))
     _write(sharded / "model-00001-of-00002.safetensors", "")
-    assert check_llava_folder(sharded) == ["1 of 2 weight shards listed in model.safetensors.index.json are missing "
+    assert check_model_folder(sharded) == ["1 of 2 weight shards listed in model.safetensors.index.json are missing "
                                            "(first: model-00002-of-00002.safetensors)"]  # fmt: skip
     _write(tmp_path / "share4v" / "config.json", json.dumps({"model_type": "share4v", "mm_vision_tower": "clip"}))
-    (problem,) = check_llava_folder(tmp_path / "share4v")
+    (problem,) = check_model_folder(tmp_path / "share4v")
     assert "original LLaVA / ShareGPT4V layout" in problem and "agegender convert-llava" in problem
-    assert "no config.json" in check_llava_folder(tmp_path / "empty-dir-not-made")[0]
+    assert "no config.json" in check_model_folder(tmp_path / "empty-dir-not-made")[0]
 
 
 def test_real_tiny_llava_folder_passes(tmp_path: Path) -> None:
     from agegender.mllm.tools.tiny import build_tiny_llava
 
-    assert check_llava_folder(build_tiny_llava(tmp_path / "tiny", kind="llava", image_size=56)) == []
+    assert check_model_folder(build_tiny_llava(tmp_path / "tiny", kind="llava", image_size=56)) == []
 
 
 def test_mivolo_checkpoint_formats(tmp_path: Path, mivolo_file: Path) -> None:

@@ -176,3 +176,12 @@ def test_same_seed_same_weights(tmp_path):
     a = build_tiny_family(tmp_path / "a", "gemma3", seed=3)
     b = build_tiny_family(tmp_path / "b", "gemma3", seed=3)
     assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+
+
+def test_every_family_folder_passes_the_pre_flight_check(family_folder):
+    """`agegender check` (and `agegender profile`) accept each family's folder: its model_type is supported."""
+    from agegender.mllm.tools.convert import HF_MODEL_TYPES, check_model_folder
+
+    family, folder = family_folder
+    assert family in HF_MODEL_TYPES
+    assert check_model_folder(folder) == []

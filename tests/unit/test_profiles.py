@@ -227,16 +227,21 @@ def test_names_with_dots_are_refused() -> None:
         params_from_dict(data)
 
 
-def test_the_modern_profile_holds_api_models_of_today_on_nanolagenda() -> None:
+def test_the_modern_profile_holds_models_of_today_on_nanolagenda() -> None:
     paths = ProjectPaths.at(ROOT)
     assert "modern" in available(paths)
     modern = params_from_dict(yaml.safe_load(render(paths, "modern")), "modern")
     assert modern.profile == "modern"
     models = modern.query_mllms.models
     assert {"gpt-4o-mini", "gpt-41", "gemini-25-flash"} <= set(models)
-    assert {m.backend for m in models.values()} == {"openai"}
+    assert {m.backend for m in models.values()} == {"openai", "transformers"}
     assert all(list(m.datasets) == ["nanolagenda"] for m in models.values())
-    for m in models.values():  # keys only by the name of their variable, and only over https
+    # each open model's image budget is written out (a study setting), and its name is in the report
+    for key, m in models.items():
+        if m.backend == "transformers":
+            assert m.model.startswith("models/hf/") and set(m.options) - {"batch_size", "dtype"}, key
+            assert key in modern.report.model_names, key
+    for m in (m for m in models.values() if m.backend == "openai"):  # keys by their variable's name, over https
         base_url = m.options.get("base_url")
         assert base_url is None or base_url.startswith("https://")
         assert m.options["api_key_env"].endswith("_API_KEY")

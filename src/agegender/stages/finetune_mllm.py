@@ -181,8 +181,9 @@ def _launch_finetune(
 
 
 def check(checker: Checker) -> None:
-    """Per run: the data set fine-tuned on is prepared; the launch settings; the base model folder (a LLaVA folder,
-    `agegender.mllm.tools.convert.check_llava_folder`) and DeepSpeed config, unless the stage builds its own model."""
+    """Per run: the data set fine-tuned on is prepared; the launch settings; the base model folder (a model folder
+    of a supported family, `agegender.mllm.tools.convert.check_model_folder`) and DeepSpeed config, unless the stage
+    builds its own model."""
     cfg = checker.params.finetune_mllm
     for key, spec in ({} if cfg is None else cfg.runs).items():
         _check_run(checker, f"finetune_mllm.runs.{key}", spec)
@@ -199,14 +200,14 @@ def _check_run(checker: Checker, where: str, spec: FinetuneRunParams) -> None:
             checker.add(f"{where}.launch.config_file", "accelerate config not found", launch_config)
     if spec.base_model is None:
         return  # built by the stage
-    from agegender.mllm.tools.convert import check_llava_folder
+    from agegender.mllm.tools.convert import check_model_folder
 
     checker.ran()
     folder = checker.paths(spec.base_model)
     if not folder.is_dir():
         checker.add(f"{where}.base_model", "base model folder not found", folder)
     else:
-        for line in check_llava_folder(folder):
+        for line in check_model_folder(folder):
             checker.add(f"{where}.base_model", line, folder)
     deepspeed = spec.config.deepspeed
     if deepspeed:

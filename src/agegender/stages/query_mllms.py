@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from agegender.check import Checker
 
 NAME = "query_mllms"
-#: backends that load a local model folder (checked as a LLaVA folder, fingerprinted by content)
+#: backends that load a local model folder (checked as a Hugging Face model folder, fingerprinted by content)
 LOCAL_BACKENDS = ("transformers", "vllm")
 
 
@@ -123,8 +123,9 @@ def run(params: Params, paths: ProjectPaths, model_key: str, *, progress: bool =
 
 def check(checker: Checker) -> None:
     """Each model the stage does not build: an import-path backend imports, an API model has its key in the
-    environment, a local model's folder is a LLaVA folder (`agegender.mllm.tools.convert.check_llava_folder`; folders
-    `finetune_mllm` makes are skipped) and its backend is installed."""
+    environment, a local model's folder is a model folder of a supported family
+    (`agegender.mllm.tools.convert.check_model_folder`; folders `finetune_mllm` makes are skipped) and its backend
+    is installed."""
     from agegender.mllm.backends.base import known_backends
 
     known = known_backends()
@@ -145,9 +146,9 @@ def check(checker: Checker) -> None:
                 continue
             folder = _model_folder(checker, f"{where}.model", spec.model)
             if folder is not None:
-                from agegender.mllm.tools.convert import check_llava_folder  # torch: imported only when needed
+                from agegender.mllm.tools.convert import check_model_folder  # torch: imported only when needed
 
-                for line in check_llava_folder(folder):
+                for line in check_model_folder(folder):
                     checker.add(f"{where}.model", line, folder)
             if backend == "vllm" and importlib.util.find_spec("vllm") is None:
                 checker.add(

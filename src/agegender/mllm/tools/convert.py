@@ -69,8 +69,19 @@ PAD_TOKEN = "<pad>"
 #: original-layout model types with a Llama text model (LLaVA-1.5 writes `llava`, ShareGPT4V `share4v`)
 SUPPORTED_MODEL_TYPES = ("llava", "llava_llama", "share4v")
 SUPPORTED_PROJECTORS = ("mlp2x_gelu",)
-#: `model_type`s of the llava-hf folders that the transformers / vllm backends and fine-tuning take
-HF_MODEL_TYPES: tuple[str, ...] = ("llava", "llava_next")
+#: `model_type`s of the Hugging Face folders that the transformers backend and fine-tuning take: the llava-hf
+#: LLaVA-1.5 / LLaVA-NeXT of the paper and today's families, each tested on a tiny model of its own
+#: (`agegender.mllm.tools.tiny`, tests/unit/test_mllm_families.py, test_mllm_finetune_families.py)
+HF_MODEL_TYPES: tuple[str, ...] = (
+    "llava",
+    "llava_next",
+    "qwen2_5_vl",
+    "qwen3_vl",
+    "internvl",
+    "gemma3",
+    "llava_onevision",
+    "smolvlm",
+)
 #: architectures of the original LLaVA / ShareGPT4V code (not loadable by transformers without conversion)
 ORIGINAL_LLAVA_ARCHITECTURES: frozenset[str] = frozenset(
     {"LlavaLlamaForCausalLM", "LlavaMistralForCausalLM", "LlavaMptForCausalLM", "Share4VLlamaForCausalLM"}
@@ -313,8 +324,8 @@ def read_original_config(src: str | Path) -> dict[str, Any]:
     return config
 
 
-def check_llava_folder(folder: Path) -> list[str]:
-    """Check that a folder is a Hugging Face LLaVA-family model the transformers / vllm backends can load.
+def check_model_folder(folder: Path) -> list[str]:
+    """Check that a folder is a Hugging Face model of a family the transformers / vllm backends can load.
 
     The pre-flight check of `agegender check` for `query_mllms` models and `finetune_mllm.base_model`: it lives
     beside the converter because the commonest problem it finds, a folder in the original layout, is what
@@ -349,7 +360,7 @@ def check_llava_folder(folder: Path) -> list[str]:
     if model_type not in HF_MODEL_TYPES:
         problems.append(
             f"model_type {model_type!r} in {config_path} is not supported; supported: "
-            f"{', '.join(HF_MODEL_TYPES)} (LLaVA-1.5 and LLaVA-NeXT in the llava-hf layout)"
+            f"{', '.join(HF_MODEL_TYPES)} (in the Hugging Face layout: llava-hf's LLaVAs, InternVL's -hf release)"
         )
     indexes = sorted(folder.glob("*.index.json"))
     if indexes:
