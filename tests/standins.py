@@ -208,6 +208,7 @@ MODERN_FAMILIES: dict[str, str] = {
     "internvl3-8b": "internvl",
     "gemma-3-12b": "gemma3",
     "llava-onevision-7b": "llava_onevision",
+    "smolvlm2-2b": "smolvlm",
 }
 
 #: params the modern stand-ins need beside `profiles/modern.yaml`: float32 and batch 8 on the CPU, and each image
@@ -218,6 +219,7 @@ MODERN_OVERRIDES: tuple[str, ...] = (
     "query_mllms.models.qwen25-vl-7b.options.max_pixels=50176",  # 64 tokens of 28x28 pixels
     "query_mllms.models.qwen3-vl-8b.options.max_pixels=65536",  # 64 tokens of 32x32 pixels
     "query_mllms.models.internvl3-8b.options.max_patches=4",
+    "query_mllms.models.smolvlm2-2b.options.image_longest_edge=128",  # 4 of the stand-in's 32-pixel tiles a side
     # the profile's grid of 384-pixel tiles scaled to the stand-in's 56-pixel tile
     "query_mllms.models.llava-onevision-7b.options.image_grid_pinpoints="
     "[[56, 56], [112, 56], [56, 112], [112, 112], [168, 56], [56, 168]]",

@@ -1,8 +1,8 @@
 """The modern profile's open models on the CPU: `agegender profile modern` + `dvc repro query_mllms@<entry>`.
 
-Each open model of `profiles/modern.yaml` (Qwen2.5-VL, Qwen3-VL, InternVL3, Gemma 3, LLaVA-OneVision) is a tiny model
-of its family in the folder its entry names, queried through the `transformers` backend with the entry's own
-options (its image budget scaled to the tiny model). The run-book's other way, a model served behind an
+Each open model of `profiles/modern.yaml` (Qwen2.5-VL, Qwen3-VL, InternVL3, Gemma 3, LLaVA-OneVision, SmolVLM2) is
+a tiny model of its family in the folder its entry names, queried through the `transformers` backend with the
+entry's own options (its image budget scaled to the tiny model). The run-book's other way, a model served behind an
 OpenAI-compatible endpoint (`vllm serve`) and queried through the `openai` backend, is stood in for by the project's
 own server on loopback serving the same tiny Qwen2.5-VL with the same budget: its answers must be the local ones.
 """
@@ -113,6 +113,7 @@ def test_each_family_ran_with_its_image_budget_on_record(project):
         "qwen3-vl-8b": {"min_pixels": 4096, "max_pixels": 65536},
         "internvl3-8b": {"crop_to_patches": True, "max_patches": 4},
         "gemma-3-12b": {"do_pan_and_scan": False},
+        "smolvlm2-2b": {"image_longest_edge": 128, "do_image_splitting": True},
         "llava-onevision-7b": {
             "image_grid_pinpoints": [[56, 56], [112, 56], [56, 112], [112, 112], [168, 56], [56, 168]]
         },
