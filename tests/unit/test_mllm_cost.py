@@ -27,16 +27,19 @@ from agegender.mllm.tools.cost import (  # noqa: E402
     MESSAGE_OVERHEAD_TOKENS,
     PRICE_TABLE,
     PRICES,
+    PatchRule,
     Price,
     crop_sizes,
     downscaled_size,
     estimate_cost,
     estimate_from_sizes,
     high_detail_size,
+    image_patches,
     image_tokens,
     model_price,
     prompt_tokens,
     read_price_table,
+    vision_rule,
 )
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -411,3 +414,41 @@ def test_a_bad_price_table_row_is_named(tmp_path, row, field):
     path.write_text("model,input\n", encoding="utf-8")
     with pytest.raises(InputError, match="lacks columns"):
         read_price_table(path)
+
+
+def test_patch_models_follow_the_guides_worked_examples():
+    """GPT-4.1 mini / nano and o4-mini: 32-px patches (capped at 1,536 after a shrink) times the multiplier."""
+    assert image_patches(1024, 1024) == 1024
+    assert image_patches(1800, 2400) == 1452  # shrunk to 1056 x 1408 = 33 x 44 patches
+    assert image_patches(2048, 768) == 1536  # exactly at the cap: no shrink
+    assert image_patches(20, 20) == 1
+    assert image_tokens(1024, 1024, model="gpt-4.1-mini-2025-04-14") == round(1024 * 1.62)
+    assert image_tokens(1800, 2400, model="gpt-4.1-nano") == round(1452 * 2.46)
+    # over the cap, the documented shrink (OpenAI's own calculator: ~2,348); one API measurement billed the cap
+    assert image_tokens(4000, 1474, model="gpt-4.1-mini") == round(1449 * 1.62) < round(1536 * 1.62)
+    # detail changes nothing for a patch model; gpt-4.1 itself bills tiles, as gpt-4o does
+    assert image_tokens(512, 512, model="o4-mini", detail="low") == image_tokens(512, 512, model="o4-mini")
+    assert image_tokens(1024, 1024, model="gpt-4.1-2025-04-14") == image_tokens(1024, 1024, model="gpt-4o") == 765
+    # an estimate counts no tiles for a patch model
+    est = estimate_from_sizes([(512, 512)], model="gpt-4.1-mini", text_tokens=10)
+    assert est.image_tokens == round(256 * 1.62) and est.by_input and all(k.tiles == 0 for k in est.by_input.values())
+
+
+def test_the_price_tables_image_token_rules_are_the_codes():
+    """prices.csv's `image_token_rule` column says what `VISION_RULES` does, model by model: `unverified` exactly
+    for the models without a rule, so the data a user reads cannot drift from what the code bills."""
+    import csv
+
+    with open(PRICE_TABLE, encoding="utf-8", newline="") as handle:
+        rows = {row["model"]: row["image_token_rule"] for row in csv.DictReader(handle)}
+    for model, written in rows.items():
+        try:
+            rule = vision_rule(model)  # a snapshot row (gpt-4o-2024-05-13) has its family's rule
+        except InputError:
+            rule = None
+        if rule is None:
+            assert written == "unverified", model
+        elif isinstance(rule, PatchRule):
+            assert written == f"patch x{rule.multiplier}", model
+        else:
+            assert written == f"tile {rule.base}+{rule.per_tile}", model

@@ -9,6 +9,13 @@ costs"):
 - `detail: high`: the image is scaled to fit within 2048 x 2048, then scaled so that its shortest side is
   768 px; the 512-px tiles that cover it cost `per_tile` tokens each, plus `base`.
 
+GPT-4.1 mini / nano and o4-mini bill by 32-px patches instead (`PatchRule`, the same guide): the patches that
+cover the image, at most 1,536 (a larger image is first shrunk, aspect kept, so that whole patches cover it within
+that cap), times the model's multiplier; `detail` changes nothing. GPT-4.1 itself bills tiles as GPT-4o does.
+For an image over the cap the documented shrink is followed (it matches OpenAI's own calculator), although one
+measurement on the API billed the whole cap for such an image (4000 x 1474: 2,488 tokens on gpt-4.1-mini, not
+2,347): for crops of more than 1,536 patches (about 1.5 megapixels) the estimate may be up to ~6% low.
+
 Decisions (documented here because they change the figures):
 
 - **Small images are not enlarged** (`upscale=False`, the default): the guide's words ("scaled such that the
@@ -27,8 +34,9 @@ Decisions (documented here because they change the figures):
 - **Prices are not facts of this code**: `PRICES` is read from a dated table, `prices.csv` beside this module
   (standard tier, USD per million tokens, one `as_of` date and source per model: the paper's models and today's
   OpenAI and Gemini models), to be checked against the current list and overridden by arguments; the printed
-  table says the date of the price it used. A model without a checked image-token rule (`unverified`) is priced
-  only with its image tokens known (`VISION_RULES`); its price alone is no estimate.
+  table says the date of the price it used. A model without a checked image-token rule (`unverified`: GPT-5, whose
+  documented multipliers disagree with the usage the API reports, and Gemini) is priced only with its image
+  tokens known (`VISION_RULES`); its price alone is no estimate.
   The Batch API (half price, answers within 24 h) is not what the runner uses.
 - **Which crops** are priced is the run's own plan (`agegender.mllm.runner.plan_queries`; for a params file the
   stage's `model_plan`, `inputs_by_dataset` included): a crop the stage never sends is never priced.
@@ -80,20 +88,40 @@ class VisionRule:
     per_tile: int
 
 
-#: model id prefix -> constants; the longest matching prefix wins (`gpt-4o-mini-2024-07-18` -> `gpt-4o-mini`).
-VISION_RULES: dict[str, VisionRule] = {
+#: the patch rule's geometry: 32-px patches, at most 1,536 of them
+PATCH = 32
+MAX_PATCHES = 1536
+
+
+@dataclass(frozen=True)
+class PatchRule:
+    """Image-token rule of a patch-based OpenAI vision model: `multiplier` tokens per 32-px patch (`detail` aside)."""
+
+    multiplier: float
+
+
+#: model id prefix -> its rule; the longest matching prefix wins (`gpt-4o-mini-2024-07-18` -> `gpt-4o-mini`).
+VISION_RULES: dict[str, VisionRule | PatchRule] = {
     "gpt-4o": VisionRule(85, 170),
     # gpt-4o-mini bills ~33x the tokens at 1/16.7 of the price: an image costs about the same as on gpt-4o
     "gpt-4o-mini": VisionRule(2833, 5667),
     "gpt-4-turbo": VisionRule(85, 170),
     "gpt-4-vision-preview": VisionRule(85, 170),
     "gpt-4-1106-vision-preview": VisionRule(85, 170),
+    "gpt-4.1": VisionRule(85, 170),
+    "gpt-4.1-mini": PatchRule(1.62),
+    "gpt-4.1-nano": PatchRule(2.46),
+    "o4-mini": PatchRule(1.72),
 }
 VISION_TOKEN_SOURCE = (
     "OpenAI API docs, guide 'Images and vision', section 'Calculating costs' (platform.openai.com/docs/guides/vision, "
-    "worked examples 1024x1024 high = 765, 2048x4096 high = 1105, low = 85; gpt-4o-mini base 2833, tile 5667); "
-    "no enlargement of small images: usage measured on the API (OpenAI developer forum, 'Vision: more than one way "
-    "to send a request', 2025: 128x64 high = 1 tile on gpt-4o and gpt-4o-mini); read 2026-11-26"
+    "worked examples 1024x1024 high = 765, 2048x4096 high = 1105, low = 85; gpt-4o-mini base 2833, tile 5667; "
+    "patch models: 1024x1024 = 1024 patches, 1800x2400 = 1452 patches, multipliers gpt-4.1-mini 1.62, gpt-4.1-nano "
+    "2.46, o4-mini 1.72); "
+    "no enlargement of small images, and gpt-4.1 billed as tiles like gpt-4o: usage measured on the API (OpenAI "
+    "developer forum, 'Vision: more than one way to send a request', 2025: 128x64 high = 1 tile on gpt-4o, "
+    "gpt-4o-mini and gpt-4.1; 'Vision pricing calculator: inaccurate resizing', 2025: gpt-4.1-mini bills at most "
+    "1536 x 1.62); read 2026-11-26 (tiles) and 2026-12-07 (patches)"
 )
 
 
@@ -106,11 +134,11 @@ def _lookup(table: Mapping[str, Any], model: str, what: str) -> tuple[str, Any]:
     return key, table[key]
 
 
-def vision_rule(model: str) -> VisionRule:
-    """The image-token constants of an OpenAI model id (a snapshot id finds its family).
+def vision_rule(model: str) -> VisionRule | PatchRule:
+    """The image-token rule of an OpenAI model id (a snapshot id finds its family).
 
     Raises:
-        InputError: a model that is not a tile-based OpenAI vision model of `VISION_RULES`.
+        InputError: a model that is not an OpenAI vision model of `VISION_RULES`.
     """
     return _lookup(VISION_RULES, model, "image-token rule")[1]
 
@@ -155,6 +183,25 @@ def image_tiles(width: int, height: int, *, upscale: bool = False) -> int:
     return math.ceil(w / TILE) * math.ceil(h / TILE)
 
 
+def image_patches(width: int, height: int) -> int:
+    """32-px patches that cover an image for the patch-based models: at most `MAX_PATCHES`.
+
+    An image that needs more is shrunk (aspect kept) to the largest size whose whole patches fit the cap: scaled to
+    the cap's area, then down until one side is a whole number of patches, its sides cut to whole pixels (the
+    guide's 1800 x 2400 -> 1056 x 1408 = 33 x 44 = 1,452 patches).
+    """
+    w, h = _check_size(width, height)
+    patches = math.ceil(w / PATCH) * math.ceil(h / PATCH)
+    if patches <= MAX_PATCHES:
+        return patches
+    scale = math.sqrt(PATCH * PATCH * MAX_PATCHES / (w * h))
+    scale *= min(
+        math.floor(w * scale / PATCH) / (w * scale / PATCH), math.floor(h * scale / PATCH) / (h * scale / PATCH)
+    )
+    sw, sh = max(1, math.floor(w * scale + 1e-6)), max(1, math.floor(h * scale + 1e-6))
+    return min(MAX_PATCHES, math.ceil(sw / PATCH) * math.ceil(sh / PATCH))
+
+
 def _check_detail(detail: str | None) -> str:
     value = "auto" if detail is None else str(detail).lower()
     if value not in ("low", "high", "auto"):
@@ -165,23 +212,27 @@ def _check_detail(detail: str | None) -> str:
 def image_tokens(
     width: int, height: int, *, detail: str | None = "high", model: str = "gpt-4o", upscale: bool = False
 ) -> int:
-    """Input tokens OpenAI bills for one image (tile-based vision models).
+    """Input tokens OpenAI bills for one image.
 
     Args:
         width, height: the image as sent, in pixels.
-        detail: `low`, `high`, or `auto` / None (counted as `high`, the upper bound).
+        detail: `low`, `high`, or `auto` / None (counted as `high`, the upper bound); patch models ignore it.
         model: an OpenAI model id of `VISION_RULES` (snapshots such as `gpt-4o-2024-05-13` find their family).
-        upscale: enlarge small images to a 768-px shortest side (see the module notes; default: no).
+        upscale: enlarge small images to a 768-px shortest side (tile models; see the module notes; default: no).
 
     Returns:
-        `base` for low detail; `base + per_tile * tiles` otherwise (1024 x 1024 high on gpt-4o: 765).
+        Tile models: `base` for low detail, `base + per_tile * tiles` otherwise (1024 x 1024 high on gpt-4o: 765).
+        Patch models: patches times the multiplier, rounded to a whole token (the rounding is not documented: +-1).
 
     Raises:
         InputError: unknown model or detail, or a size that is not positive whole pixels.
     """
     rule = vision_rule(model)
     w, h = _check_size(width, height)
-    if _check_detail(detail) == "low":
+    detail = _check_detail(detail)
+    if isinstance(rule, PatchRule):
+        return round(image_patches(w, h) * rule.multiplier)
+    if detail == "low":
         return rule.base
     return rule.base + rule.per_tile * image_tiles(w, h, upscale=upscale)
 
@@ -548,7 +599,7 @@ def _add(estimate: CostEstimate, kind: str, size: tuple[int, int] | None) -> Non
         return
     k.requests += 1
     k.image_tokens += image_tokens(*size, detail=estimate.detail, model=estimate.model, upscale=estimate.upscale)
-    if estimate.detail != "low":
+    if estimate.detail != "low" and isinstance(vision_rule(estimate.model), VisionRule):
         k.tiles += image_tiles(*size, upscale=estimate.upscale)
     k.text_tokens += estimate.text_tokens_per_request
     k.output_tokens += estimate.output_tokens_per_request
