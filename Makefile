@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 export MPLBACKEND := Agg
 
-.PHONY: install repro real paper test lint format bench compare
+.PHONY: install browser repro real paper test lint format bench compare
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,8 +39,16 @@ REV ?= HEAD
 compare: install
 	$(BIN)/agegender compare-metrics --rev $(REV)
 
+## Debian's headless Chromium for the HTML report's rendering test, installed where apt-get can (as root);
+## elsewhere it says so and the test skips: never a failure
+browser:
+	@if command -v chromium >/dev/null && test -x /usr/bin/chromedriver; then :; \
+	elif test "$$(id -u)" = 0 && command -v apt-get >/dev/null \
+		&& apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; then :; \
+	else echo "no chromium + chromium-driver: the HTML report's rendering test will skip"; fi
+
 ## the whole test suite, notebooks included
-test: install
+test: install browser
 	$(BIN)/python -m pytest
 
 lint: install

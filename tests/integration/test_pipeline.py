@@ -94,6 +94,11 @@ def test_every_stage_ran_and_wrote_its_outputs(project):
     assert {"age_group_mae.png", "age_group_mae.pdf"} <= figures
     assert "gallery.png" not in figures  # crops of photos never land in a committed folder
     assert (root / "reports" / "gallery" / "gallery.png").is_file()
+    # the page a person reads: every table and figure of the committed folders, the gallery's crops not embedded
+    page = (root / "reports" / "report.html").read_text()
+    assert page.count("<table>") == sum(name.endswith(".md") for name in tables)
+    assert page.count("data:image/png;base64,") == sum(name.endswith(".png") for name in figures)
+    assert 'id="gallery-png"' not in page
 
 
 def test_baseline_numbers_are_the_hand_computed_ones(project):

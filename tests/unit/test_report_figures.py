@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,7 +16,9 @@ from agegender.evaluate import evaluate_tables
 from agegender.report.figures import (
     AGE_GROUP_COLUMNS,
     FIGURE_NAMES,
+    GALLERY_WRAP,
     _save,
+    _wrapped,
     age_group_figure,
     confusion_counts,
     gallery_figure,
@@ -333,3 +337,38 @@ def test_learning_curve_draws_the_history_and_says_when_there_is_none(tmp_path):
     for empty in (None, pd.DataFrame()):
         text = " ".join(t.get_text() for ax in learning_curve_figure(empty).axes for t in ax.texts)
         assert "no MiVOLO trained" in text
+
+
+@pytest.mark.parametrize("input_kind", ["body", "face"])
+def test_gallery_captions_neither_overlap_nor_leave_the_figure(images, samples, predictions, input_kind):
+    """Long model names under narrow crops: every caption stays inside the figure and clear of the other
+    captions and crops (the old layout, a fixed 2.6 inch column, cut the last column's captions off)."""
+    long_names = [
+        row | {"model": model, "input": "body_wo_face"}
+        for row in predictions[predictions["model"] == "mivolo_d1_384"].to_dict("records")
+        for model in ("llava-next-34b", "sharegpt4v-13b-ft", "sharegpt4v-7b-ft-1ep", "gpt-4o")
+    ]
+    wider = validate_predictions(pd.concat([predictions, pd.DataFrame(long_names)], ignore_index=True))
+    narrow = samples.assign(person_x0=12.0, person_x1=18.0)  # 6 x 38 px crops: panels far narrower than captions
+    fig = gallery_figure(narrow, wider, "nanodemo", {"nanodemo": images}, n=6, input_kind=input_kind)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    captions = [ax.xaxis.label.get_window_extent(renderer) for ax in fig.axes]
+    crops = [ax.get_window_extent(renderer) for ax in fig.axes]
+    assert len(captions) == 6
+    for i, caption in enumerate(captions):
+        inside = fig.bbox.x0 <= caption.x0 and caption.x1 <= fig.bbox.x1 and fig.bbox.y0 <= caption.y0
+        assert inside, f"caption {i} {caption} leaves the figure {fig.bbox}"
+        assert not any(caption.overlaps(other) for j, other in enumerate(captions) if j != i), f"caption {i}"
+        assert not any(caption.overlaps(crop) for crop in crops), f"caption {i} overlaps a crop"
+    assert max(len(line) for ax in fig.axes for line in ax.get_xlabel().splitlines()) <= GALLERY_WRAP
+
+
+def test_gallery_caption_lines_wrap_with_an_indent():
+    long = "ShareGPT4V 13B FT 1 epoch, a name longer than any line of the gallery [W/o face]: female, 49"
+    assert _wrapped(["true: male, 3", long]) == [
+        "true: male, 3",
+        *textwrap.wrap(long, GALLERY_WRAP, subsequent_indent="  "),
+    ]
+    assert all(len(line) <= GALLERY_WRAP for line in _wrapped([long]))

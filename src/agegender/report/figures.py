@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
@@ -33,6 +35,12 @@ FIGURE_NAMES: tuple[str, ...] = ("age_group_mae", "pred_vs_true", "gender_confus
 HEXBIN_MIN_POINTS = 2000
 #: the longest side of a gallery crop after downscaling; keeps files small for large photos.
 GALLERY_MAX_SIDE = 256
+#: gallery captions: font size (points), longest line (characters) before it wraps, narrowest panel (inches).
+GALLERY_FONT = 6.5
+GALLERY_WRAP = 52
+GALLERY_MIN_PANEL = 1.4
+#: the tallest gallery panel, as a multiple of its width (a very tall crop is shown smaller, not stretched).
+GALLERY_MAX_ASPECT = 1.6
 AGE_GROUP_COLUMNS: tuple[str, ...] = ("dataset", "input", "model", "age_lo", "age_hi", "group", "n", "mae")
 #: what a figure without data says (a figure is still written, so the stage's outputs never change).
 NO_PREDICTIONS = "no predictions yet"
@@ -56,11 +64,15 @@ def _label(model: str, input_kind: str, model_names: Mapping[str, str] | None) -
     return f"{model_display_name(model, dict(model_names or {}))} [{INPUT_NAMES.get(input_kind, input_kind)}]"
 
 
-def _save(fig: Figure, out_dir: Path, name: str) -> list[Path]:
+def _save(fig: Figure, out_dir: Path, name: str, *, tight: bool = False) -> list[Path]:
+    """Write `fig` as `<name>.png` and `<name>.pdf`; `tight` crops the page to what is drawn (nothing cut off)."""
     png, pdf = out_dir / f"{name}.png", out_dir / f"{name}.pdf"
+    bbox = "tight" if tight else None
     # Software / dates in the metadata would change the bytes with every matplotlib release or run
-    fig.savefig(png, dpi=DPI, metadata={"Software": None})
-    fig.savefig(pdf, metadata={"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None})
+    fig.savefig(png, dpi=DPI, metadata={"Software": None}, bbox_inches=bbox)
+    fig.savefig(
+        pdf, metadata={"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None}, bbox_inches=bbox
+    )
     return [png, pdf]
 
 
@@ -408,6 +420,21 @@ def _prediction_text(pred: Mapping[str, object], model_names: Mapping[str, str] 
     return f"{label}: {gender}, {age}"
 
 
+def _wrapped(lines: Sequence[str]) -> list[str]:
+    """Caption lines longer than `GALLERY_WRAP` characters broken at spaces, continuations indented."""
+    out: list[str] = []
+    for line in lines:
+        out += textwrap.wrap(line, width=GALLERY_WRAP, subsequent_indent="  ", break_on_hyphens=False) or [""]
+    return out
+
+
+def _text_size(text: str, size: float = GALLERY_FONT) -> tuple[float, float]:
+    """The width and height (inches) of `text` (lines included) at font `size`, as Agg draws it."""
+    fig = Figure(dpi=72)
+    box = fig.text(0, 0, text, fontsize=size).get_window_extent(FigureCanvasAgg(fig).get_renderer())
+    return box.width / 72, box.height / 72
+
+
 def gallery_figure(
     samples: pd.DataFrame,
     predictions: pd.DataFrame,
@@ -490,16 +517,26 @@ def gallery_figure(
             row = mine[(mine["model"] == model) & (mine["input"] == inp)].iloc[0]
             text.append(_prediction_text(row, model_names))
         lines[sid] = text
+    captions = {sid: _wrapped(text) for sid, text in lines.items()}
     nrows, ncols = _grid(len(chosen), max_cols=min(6, len(chosen)))
-    n_lines = max(len(t) for t in lines.values())
-    fig = Figure(figsize=(2.6 * ncols, (2.4 + 0.16 * n_lines) * nrows + 0.4), layout="constrained")
+    # sized from the content: each column as wide as the widest caption line, each row as tall as the tallest
+    # crop at that width plus the most caption lines, so no caption reaches a neighbour or the figure's edge
+    sizes = [_text_size("\n".join(c)) for c in captions.values()]
+    panel = max(GALLERY_MIN_PANEL, max(w for w, _ in sizes) + 0.1)
+    aspect = min(GALLERY_MAX_ASPECT, max(p.shape[0] / p.shape[1] for _, p in chosen))
+    width = panel * ncols + 0.3
+    title = "\n".join(textwrap.wrap(title, width=max(20, int(width * 72 / (11 * 0.6)))))
+    height = (panel * aspect + max(h for _, h in sizes) + 0.2) * nrows + _text_size(title, 11)[1] + 0.3
+    fig = Figure(figsize=(width, height), layout="constrained")
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     for ax, (sid, patch) in zip(axes, chosen, strict=False):
         ax.imshow(patch, interpolation="bilinear")
+        ax.set_anchor("S")  # the crop right above its caption, where the layout measured the caption's room
         ax.set_xticks([])
         ax.set_yticks([])
-        # the xlabel (not free text) so that the constrained layout reserves room for the lines
-        ax.set_xlabel("\n".join(lines[sid]), fontsize=6.5, loc="left")
+        # the xlabel (not free text) so that the constrained layout reserves room for the lines; centred under
+        # the crop (which is centred in its column) and at most a column wide, its lines aligned left
+        ax.set_xlabel("\n".join(captions[sid]), fontsize=GALLERY_FONT, loc="center", multialignment="left")
     for ax in axes[len(chosen) :]:
         ax.set_axis_off()
     fig.suptitle(title, fontsize=11)
@@ -591,5 +628,6 @@ def write_figures(
     }
     written: list[Path] = []
     for name in FIGURE_NAMES:
-        written += _save(figures[name], Path(gallery_dir) if name == "gallery" and gallery_dir else out, name)
+        folder = Path(gallery_dir) if name == "gallery" and gallery_dir else out
+        written += _save(figures[name], folder, name, tight=name == "gallery")
     return written

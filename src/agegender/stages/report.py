@@ -21,8 +21,10 @@ NAME = "report"
 
 def run(params: Params, paths: ProjectPaths) -> list[Path]:
     """The paper's tables 1-10 in their layouts and the figures -> reports/tables, reports/figures
-    (and the gallery of crops -> reports/gallery, git-ignored)."""
+    (and the gallery of crops -> reports/gallery, git-ignored); all of them but the gallery on one page,
+    reports/report.html."""
     from agegender.report.figures import write_figures
+    from agegender.report.html import REPORT_FILE, write_report
     from agegender.report.tables import write_tables
 
     cfg = params.report
@@ -55,7 +57,12 @@ def run(params: Params, paths: ProjectPaths) -> list[Path]:
         gallery_dir=fresh_dir(paths.gallery),
         history=_mivolo_history(params, paths),
     )
-    written = [*tables, *figures]
+    # the gallery shows crops of the photos, which are never committed: the page names it instead of embedding it
+    charts = [f for f in figures if f.parent == paths.figures]
+    title = f"agegender report ({cfg.caption_note})" if cfg.caption_note else "agegender report"
+    note = f"The gallery of crops is not embedded (it shows photos): see {paths.gallery.name}/ beside this page."
+    page = write_report([*tables, *charts], paths.reports / REPORT_FILE, title=title, note=note)
+    written = [*tables, *figures, page]
     write_metrics(paths, NAME, {"tables": len(tables), "figures": len(figures)})
     return written
 
