@@ -139,6 +139,15 @@ def test_captions_say_demo_data(project):
     assert "demo data" in (root / "reports" / "tables" / "table8.tex").read_text()
 
 
+def test_explore_notebook_runs_under_nbval_on_the_outputs(project):
+    # in the executed project's copy of the notebook, so that nbval writes nothing into the repository
+    root, _ = project
+    notebook = root / "notebooks" / "explore.ipynb"
+    nbval = ["--nbval-lax", "--nbval-current-env"]
+    log = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *nbval, str(notebook)], root)
+    assert " passed" in log and "failed" not in log  # run() already asserted the exit status
+
+
 def test_second_repro_only_rechecks(project):
     root, _ = project
     log = run([str(BIN / "dvc"), "repro"], root)
