@@ -19,6 +19,9 @@ BIN = Path(sys.executable).parent
 
 pytestmark = pytest.mark.slow
 
+#: what the Makefile exports besides PATH; `dvc repro` must not need them (README: without make)
+MAKEFILE_EXPORTS = ("HF_HUB_OFFLINE", "MPLBACKEND")
+
 
 def tiny_params():
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -34,7 +37,9 @@ def tiny_params():
 
 
 def run(cmd, cwd):
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"}
+    # a shell with the venv activated, without what the Makefile exports: the stage commands set it themselves
+    env = {k: v for k, v in os.environ.items() if k not in MAKEFILE_EXPORTS}
+    env["PATH"] = f"{BIN}{os.pathsep}{os.environ['PATH']}"
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return proc.stdout + proc.stderr

@@ -55,3 +55,10 @@ def test_every_stage_runs_its_own_notebook():
     assert {p.stem.split("_", 1)[1] for p in STAGE_NOTEBOOKS} == set(stages), "one notebook per stage and vice versa"
     commands = [stage.get("do", stage)["cmd"] for stage in stages.values()]
     assert not any(nb in cmd for cmd in commands for nb in NOT_STAGES), "explore.ipynb is no stage"
+
+
+def test_every_stage_command_sets_its_environment():
+    # `dvc repro` in a shell where only the venv is activated (no make exporting these) runs as `make repro` does
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        assert "HF_HUB_OFFLINE=1 MPLBACKEND=Agg papermill " in stage.get("do", stage)["cmd"], name
