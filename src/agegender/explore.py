@@ -217,7 +217,11 @@ def error_by(table: pd.DataFrame, column: str) -> pd.DataFrame:
 
 
 def error_by_age_group(run: RunOutputs, width: float = 5.0) -> pd.DataFrame:
-    """Age MAE per true-age group of every (data set, model, input), as the report's figure computes it."""
+    """Age MAE per true-age group of every (data set, model, input) on what each model answered.
+
+    `metrics.age_group_mae`'s `answered` view: the evaluate stage's `reports/age_groups.csv` (figure 3) is the
+    `kept` view, after the refusal exclusion, so that the two differ exactly where a refusal removed samples.
+    """
     return metrics.age_group_mae(run.samples, run.predictions, width=width)
 
 
