@@ -17,6 +17,7 @@ from agegender.report.figures import (
     AGE_GROUP_COLUMNS,
     FIGURE_NAMES,
     GALLERY_WRAP,
+    PRED_VS_TRUE_COLUMNS,
     _save,
     _wrapped,
     age_group_figure,
@@ -26,6 +27,7 @@ from agegender.report.figures import (
     learning_curve_figure,
     pick_dataset,
     pred_vs_true_figure,
+    pred_vs_true_points,
     write_figures,
 )
 
@@ -157,6 +159,20 @@ def test_write_figures_files(tmp_path, images, samples, predictions, age_groups)
     assert png.size[0] > 300 and png.size[1] > 200
     assert "Software" not in png.info
     assert b"CreationDate" not in (tmp_path / "gallery.pdf").read_bytes()
+
+
+def test_pred_vs_true_data_file_holds_the_figure_points(tmp_path, images, samples, predictions, age_groups):
+    data = tmp_path / "plots" / "pred_vs_true.csv"
+    kwargs = {"image_roots": {"nanodemo": images}, "gallery_n": 1, "pred_vs_true_file": data}
+    paths = write_figures(samples, predictions, None, age_groups, tmp_path, **kwargs)
+    assert data not in paths  # the figures only
+    points = pd.read_csv(data)
+    assert tuple(points.columns) == PRED_VS_TRUE_COLUMNS
+    drawn = _joined(samples, predictions)
+    drawn = drawn[(drawn["dataset"] == "nanodemo") & (drawn["status"] == "ok") & drawn["age_pred"].notna()]
+    assert len(points) == len(drawn[drawn["age"].notna()]) > 0
+    assert set(points["model"]) == set(drawn["model"]) and (points["dataset"] == "nanodemo").all()
+    pd.testing.assert_frame_equal(pred_vs_true_points(drawn, "nanodemo"), points, check_dtype=False)
 
 
 def test_same_input_same_bytes(tmp_path, images, samples, predictions):

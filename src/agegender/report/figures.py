@@ -24,6 +24,7 @@ from PIL import Image
 from agegender.data.crops import crop, load_image
 from agegender.data.schema import FACE_BOX, GENDERS, PERSON_BOX, validate_predictions, validate_samples
 from agegender.errors import InputError
+from agegender.files import write_table
 from agegender.metrics import age_mae, metric_def
 from agegender.report.paper import INPUT_NAMES, model_display_name
 
@@ -42,6 +43,8 @@ GALLERY_MIN_PANEL = 1.4
 #: the tallest gallery panel, as a multiple of its width (a very tall crop is shown smaller, not stretched).
 GALLERY_MAX_ASPECT = 1.6
 AGE_GROUP_COLUMNS: tuple[str, ...] = ("dataset", "input", "model", "age_lo", "age_hi", "group", "n", "mae")
+#: the columns of the pred_vs_true figure's data file (`dvc plots show` draws it, dvc.yaml `plots:`)
+PRED_VS_TRUE_COLUMNS: tuple[str, ...] = ("dataset", "model", "input", "age_true", "age_pred")
 #: what a figure without data says (a figure is still written, so the stage's outputs never change).
 NO_PREDICTIONS = "no predictions yet"
 #: input kind -> (line style, marker) of its lines in figure 3; the colour is the model's.
@@ -141,6 +144,17 @@ def _answered(joined: pd.DataFrame, dataset: str | None, truth: str, pred: str) 
     """The answered ("ok") predictions on `dataset` that have both the ground truth and the prediction."""
     keep = (joined["dataset"] == dataset) & (joined["status"] == "ok") & joined[truth].notna() & joined[pred].notna()
     return joined[keep]
+
+
+def pred_vs_true_points(joined: pd.DataFrame, dataset: str | None) -> pd.DataFrame:
+    """The points the pred_vs_true figure draws, as a table (`PRED_VS_TRUE_COLUMNS`) in a stable order.
+
+    It is the figure's data file, so that `dvc plots show` can draw it (and diff it between commits) from a small
+    committed CSV: ages only, no sample ids or images.
+    """
+    data = _answered(joined, dataset, "age", "age_pred").rename(columns={"age": "age_true"})
+    points = data[list(PRED_VS_TRUE_COLUMNS)].astype({"age_true": "float64", "age_pred": "float64"})
+    return points.sort_values(list(PRED_VS_TRUE_COLUMNS[1:])).reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------------------------- figures
@@ -563,8 +577,9 @@ def write_figures(
     model_names: Mapping[str, str] | None = None,
     gallery_dir: str | Path | None = None,
     history: pd.DataFrame | None = None,
+    pred_vs_true_file: str | Path | None = None,
 ) -> list[Path]:
-    """Write the report figures as png and pdf.
+    """Write the report figures as png and pdf (and, where asked, the pred_vs_true figure's data as CSV).
 
     Figures: `age_group_mae` (the paper's figure 3), `pred_vs_true`, `gender_confusion` (all three
     on the data set `age_group_dataset`, default: the first data set whose id contains "nano", else
@@ -589,9 +604,10 @@ def write_figures(
         history: MiVOLO's training history (the `train_mivolo` stage's `history.csv`) for `learning_curve`, or None.
         gallery_dir: where the gallery goes (default `out_dir`). It shows crops of the photos, so for real
             data it must be a folder that is never committed (the pipeline gives `reports/gallery`).
+        pred_vs_true_file: where to write `pred_vs_true_points` of the figure's data set (a .csv), or None.
 
     Returns:
-        The files written: `<name>.png` and `<name>.pdf` for each name of `FIGURE_NAMES`.
+        The figure files written: `<name>.png` and `<name>.pdf` for each name of `FIGURE_NAMES`.
 
     Raises:
         InputError: for a malformed sample, prediction or age-group table, or a missing image root.
@@ -626,6 +642,8 @@ def write_figures(
             model_names=model_names,
         ),
     }
+    if pred_vs_true_file is not None:
+        write_table(pred_vs_true_points(joined, main), pred_vs_true_file)
     written: list[Path] = []
     for name in FIGURE_NAMES:
         folder = Path(gallery_dir) if name == "gallery" and gallery_dir else out

@@ -19,6 +19,8 @@ from agegender.paths import ProjectPaths
 #: the `evaluate` stage's metric rows and age-group table, which `report` reads
 EVALUATION_FILE = "reports/evaluation.json"
 AGE_GROUPS_FILE = "reports/age_groups.csv"
+#: the report's predicted-vs-true points (`agegender.report.figures.pred_vs_true_points`), drawn by `dvc plots show`
+PRED_VS_TRUE_FILE = "reports/pred_vs_true.csv"
 #: the `evaluate` stage's refusal exclusion: the answers that removed samples for every model
 EXCLUSIONS_FILE = "reports/exclusions.csv"
 
@@ -87,6 +89,7 @@ __all__ = [
     "AGE_GROUPS_FILE",
     "EVALUATION_FILE",
     "EXCLUSIONS_FILE",
+    "PRED_VS_TRUE_FILE",
     "digest",
     "fresh_dir",
     "prediction_dirs",

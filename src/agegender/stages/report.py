@@ -11,7 +11,14 @@ from agegender.data.prepare import load_prepared
 from agegender.evaluate import load_predictions, read_exclusion_counts, read_rows_json
 from agegender.params import Params
 from agegender.paths import ProjectPaths
-from agegender.stages.common import AGE_GROUPS_FILE, EVALUATION_FILE, fresh_dir, prediction_dirs, write_metrics
+from agegender.stages.common import (
+    AGE_GROUPS_FILE,
+    EVALUATION_FILE,
+    PRED_VS_TRUE_FILE,
+    fresh_dir,
+    prediction_dirs,
+    write_metrics,
+)
 
 if TYPE_CHECKING:
     from agegender.check import Checker
@@ -21,8 +28,8 @@ NAME = "report"
 
 def run(params: Params, paths: ProjectPaths) -> list[Path]:
     """The paper's tables 1-10 in their layouts and the figures -> reports/tables, reports/figures
-    (and the gallery of crops -> reports/gallery, git-ignored); all of them but the gallery on one page,
-    reports/report.html."""
+    (and the gallery of crops -> reports/gallery, git-ignored; the pred_vs_true figure's points -> PRED_VS_TRUE_FILE,
+    for `dvc plots show`); all of them but the gallery on one page, reports/report.html."""
     from agegender.report.figures import write_figures
     from agegender.report.html import REPORT_FILE, write_report
     from agegender.report.tables import write_tables
@@ -56,6 +63,7 @@ def run(params: Params, paths: ProjectPaths) -> list[Path]:
         model_names=cfg.model_names,
         gallery_dir=fresh_dir(paths.gallery),
         history=_mivolo_history(params, paths),
+        pred_vs_true_file=paths(PRED_VS_TRUE_FILE),
     )
     # the gallery shows crops of the photos, which are never committed: the page names it instead of embedding it
     charts = [f for f in figures if f.parent == paths.figures]
