@@ -301,6 +301,23 @@ def test_pred_vs_true_draws_only_ok_rows(samples, predictions):
     assert sorted(np.asarray(offsets)[:, 1].tolist()) == [8.0, 23.0, 29.0, 44.0]
 
 
+@pytest.mark.parametrize("figure", [pred_vs_true_figure, gender_confusion_figure])
+def test_long_model_names_wrap_inside_their_panel(samples, predictions, figure):
+    """A panel title with a long display name stays inside the figure and clear of its neighbours (unwrapped, the
+    demo's "tiny LLaVA-1.5 (fine-tuned on bodies; last checkpoint) [Entire body]" ran off the left edge)."""
+    names = {"mivolo_d1_384": "a model with a long display name (fine-tuned on bodies; last checkpoint)"}
+    many = pd.concat([predictions.assign(model=m) for m in ("mivolo_d1_384", "x", "y", "z")], ignore_index=True)
+    fig = figure(_joined(samples, validate_predictions(many)), "nanodemo", model_names=names)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    titles = [ax.title.get_window_extent(renderer) for ax in fig.axes if ax.get_title()]
+    assert len(titles) >= 4
+    for i, box in enumerate(titles):
+        assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1, f"title {i} {box} leaves the figure {fig.bbox}"
+        assert not any(box.overlaps(other) for j, other in enumerate(titles) if j != i), f"title {i}"
+
+
 def test_gender_confusion_counts_in_cells(samples, predictions):
     fig = gender_confusion_figure(_joined(samples, predictions), "nanodemo")
     first = fig.axes[0]

@@ -40,6 +40,8 @@ GALLERY_MAX_SIDE = 256
 GALLERY_FONT = 6.5
 GALLERY_WRAP = 52
 GALLERY_MIN_PANEL = 1.4
+#: characters of a grid panel's title line (3 panels a row at 8 pt)
+PANEL_WRAP = 48
 #: the tallest gallery panel, as a multiple of its width (a very tall crop is shown smaller, not stretched).
 GALLERY_MAX_ASPECT = 1.6
 AGE_GROUP_COLUMNS: tuple[str, ...] = ("dataset", "input", "model", "age_lo", "age_hi", "group", "n", "mae")
@@ -65,6 +67,13 @@ def _title(text: str, caption_note: str | None) -> str:
 
 def _label(model: str, input_kind: str, model_names: Mapping[str, str] | None) -> str:
     return f"{model_display_name(model, dict(model_names or {}))} [{INPUT_NAMES.get(input_kind, input_kind)}]"
+
+
+def _panel_title(model: str, input_kind: str, model_names: Mapping[str, str] | None, stats: str) -> str:
+    """A grid panel's title: the model and input, broken at spaces to fit one panel of a 3-wide grid at 8 pt (a long
+    model name would otherwise run into its neighbours or off the figure), then `stats`."""
+    label = textwrap.wrap(_label(model, input_kind, model_names), width=PANEL_WRAP, break_on_hyphens=False)
+    return "\n".join([*label, stats])
 
 
 def _save(fig: Figure, out_dir: Path, name: str, *, tight: bool = False) -> list[Path]:
@@ -324,7 +333,7 @@ def pred_vs_true_figure(
         mae = _overall_mae(rows, str(dataset), model, input_kind)
         mae = age_mae(pred, true) if mae is None else mae
         title_mae = metric_def("age_mae").format(mae)
-        ax.set_title(f"{_label(model, input_kind, model_names)}\nMAE {title_mae}, n={len(part)}", fontsize=8)
+        ax.set_title(_panel_title(model, input_kind, model_names, f"MAE {title_mae}, n={len(part)}"), fontsize=8)
         ax.set_xlabel("true age")
         ax.set_ylabel("predicted age")
     for ax in axes[len(pairs) :]:
@@ -397,7 +406,7 @@ def gender_confusion_figure(
             annot_kws={"fontsize": 9},
         )
         acc = metric_def("gender_acc").format(float(np.trace(counts)) / max(1, int(counts.sum())))
-        ax.set_title(f"{_label(model, input_kind, model_names)}\nacc {acc}%, n={int(counts.sum())}", fontsize=8)
+        ax.set_title(_panel_title(model, input_kind, model_names, f"acc {acc}%, n={int(counts.sum())}"), fontsize=8)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
     for ax in axes[len(pairs) :]:
