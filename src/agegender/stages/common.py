@@ -21,6 +21,8 @@ EVALUATION_FILE = "reports/evaluation.json"
 AGE_GROUPS_FILE = "reports/age_groups.csv"
 #: the `evaluate` stage's refusal exclusion: the answers that removed samples for every model
 EXCLUSIONS_FILE = "reports/exclusions.csv"
+#: the `evaluate` stage's fairness view: age MAE and gender accuracy per gender and race group, which `report` reads
+FAIRNESS_FILE = "reports/fairness.csv"
 
 
 def setup(root: str | Path | None = None, params_file: str | Path = "params.yaml") -> tuple[Params, ProjectPaths]:
@@ -87,6 +89,7 @@ __all__ = [
     "AGE_GROUPS_FILE",
     "EVALUATION_FILE",
     "EXCLUSIONS_FILE",
+    "FAIRNESS_FILE",
     "digest",
     "fresh_dir",
     "prediction_dirs",
