@@ -25,7 +25,8 @@ TABLE_SUFFIXES = (".parquet", ".csv")
 
 @dataclass
 class EvaluationResult:
-    """Metric rows (one per dataset, input, model and view), MAE per age group, and the refusal exclusion."""
+    """Metric rows (one per dataset, input, model and view), MAE per age group, the refusal exclusion, and the
+    fairness view (`agegender.metrics.group_metrics`)."""
 
     rows: pd.DataFrame
     age_groups: pd.DataFrame
@@ -37,6 +38,8 @@ class EvaluationResult:
     )
     #: drawn, excluded and kept samples per data set with an exclusion (`agegender.exclusion.COUNT_COLUMNS`)
     exclusion_counts: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(exclusion.COUNT_COLUMNS)))
+    #: age MAE and gender accuracy per gender and race group (`agegender.metrics.FAIRNESS_COLUMNS`)
+    fairness: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(metrics.FAIRNESS_COLUMNS)))
 
 
 def prediction_files(paths: Iterable[str | Path]) -> list[Path]:
@@ -203,8 +206,49 @@ def evaluate_tables(
 
     With `exclude_refused`, the samples each named model refused leave their data set for every model (the
     ``kept`` view, `agegender.exclusion`), and the age groups are those of the ``kept`` view: the paper's
-    figure 3 is drawn on NanoLAGENDA after the removal (it equals ``answered`` where nothing is excluded).
+    figure 3 is drawn on NanoLAGENDA after the removal (it equals ``answered`` where nothing is excluded). The
+    fairness view is in that view too, with intervals whatever `ci` says (they are what it is read for).
     """
+    study = _study(samples, predictions, split, datasets, exclude_refused)
+    chosen, preds, excluded = study.samples, study.predictions, study.excluded
+    rows = metrics.evaluate(
+        chosen, preds, ci=ci, n_resamples=n_resamples, ci_level=ci_level, seed=seed, excluded=excluded
+    )
+    groups = metrics.age_group_mae(chosen, preds, width=age_group_width, view="kept", excluded=excluded)
+    fairness = metrics.group_metrics(
+        chosen, preds, view="kept", excluded=excluded, n_resamples=n_resamples, ci_level=ci_level, seed=seed
+    )
+    return EvaluationResult(
+        rows=rows,
+        age_groups=groups,
+        n_ignored=study.n_ignored,
+        exclusions=study.removed,
+        exclusion_counts=exclusion.exclusion_counts(chosen, study.removed, study.rules),
+        fairness=fairness,
+    )
+
+
+@dataclass
+class _Study:
+    """The evaluated samples, their predictions and the refusal exclusion laid on them."""
+
+    samples: pd.DataFrame
+    predictions: pd.DataFrame
+    rules: dict[str, RefusalExclusion]
+    removed: pd.DataFrame
+    excluded: dict[str, frozenset[str]]
+    n_ignored: int
+
+
+def _study(
+    samples: pd.DataFrame,
+    predictions: pd.DataFrame,
+    split: str | None,
+    datasets: Sequence[str] | None,
+    exclude_refused: Mapping[str, RefusalExclusion] | None,
+) -> _Study:
+    """Select the evaluated samples and their predictions and apply the refusal exclusion: what `evaluate_tables`
+    scores and `versus_best_tables` compares, so that both stand on the same samples."""
     chosen = select_samples(samples, split, datasets)
     inside = predictions["sample_id"].isin(chosen["sample_id"])
     preds = predictions[inside].reset_index(drop=True)
@@ -212,17 +256,41 @@ def evaluate_tables(
     rules = {d: rule for d, rule in (exclude_refused or {}).items() if d in studied}
     removed = exclusion.refusal_exclusions(chosen, preds, rules)
     excluded = exclusion.excluded_ids(removed, rules)
-    rows = metrics.evaluate(
-        chosen, preds, ci=ci, n_resamples=n_resamples, ci_level=ci_level, seed=seed, excluded=excluded
-    )
-    groups = metrics.age_group_mae(chosen, preds, width=age_group_width, view="kept", excluded=excluded)
-    return EvaluationResult(
-        rows=rows,
-        age_groups=groups,
-        n_ignored=int((~inside).sum()),
-        exclusions=removed,
-        exclusion_counts=exclusion.exclusion_counts(chosen, removed, rules),
-    )
+    return _Study(chosen, preds, rules, removed, excluded, int((~inside).sum()))
+
+
+def versus_best_tables(
+    samples: pd.DataFrame,
+    predictions: pd.DataFrame,
+    *,
+    split: str | None = "test",
+    datasets: Sequence[str] | None = None,
+    exclude_refused: Mapping[str, RefusalExclusion] | None = None,
+    metric_names: Sequence[str] = ("age_mae",),
+    n_resamples: int = 1000,
+    ci_level: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """`agegender.metrics.versus_best` on the samples `evaluate_tables` scores, in the ``answered`` view and, where
+    a data set has a refusal exclusion, the ``kept`` view: the two views the report's tables show.
+
+    Returns:
+        `agegender.metrics.VERSUS_BEST_COLUMNS` rows of both views (``kept`` rows only for the data sets with an
+        exclusion, as `evaluate` gives them).
+    """
+    study = _study(samples, predictions, split, datasets, exclude_refused)
+    settings = {"metrics": metric_names, "n_resamples": n_resamples, "ci_level": ci_level, "seed": seed}
+    frames = [metrics.versus_best(study.samples, study.predictions, **settings)]  # type: ignore[arg-type]
+    if study.rules:
+        kept = metrics.versus_best(
+            study.samples,
+            study.predictions,
+            view="kept",
+            excluded=study.excluded,
+            **settings,  # type: ignore[arg-type]
+        )
+        frames.append(kept[kept["dataset"].isin(list(study.rules))])
+    return pd.concat(frames, ignore_index=True)
 
 
 def evaluate_files(
@@ -273,9 +341,14 @@ def write_rows_json(rows: pd.DataFrame, path: str | Path, exclusion_counts: pd.D
 
 
 def write_age_groups(groups: pd.DataFrame, path: str | Path) -> Path:
-    """Write the MAE-per-age-group table as CSV, atomically; 6 significant digits, so that the same evaluation
-    gives the same bytes on machines whose float rounding differs in the last digits."""
-    return atomic_write_text(path, groups.to_csv(index=False, float_format="%.6g"))
+    """Write the MAE-per-age-group table as CSV (`write_result_csv`)."""
+    return write_result_csv(groups, path)
+
+
+def write_result_csv(frame: pd.DataFrame, path: str | Path) -> Path:
+    """Write a result table as CSV, atomically; 6 significant digits, so that the same evaluation gives the same
+    bytes on machines whose float rounding differs in the last digits."""
+    return atomic_write_text(path, frame.to_csv(index=False, float_format="%.6g"))
 
 
 def read_rows_json(path: str | Path) -> pd.DataFrame:

@@ -1181,26 +1181,37 @@ def paired_bootstrap(
         nan = float("nan")
         result.update(value_a=nan, value_b=nan, diff=nan, ci_low=nan, ci_high=nan, p_value=nan)
         return result
-    diff = float(a.mean() - b.mean())
-    # the key ignores the order of the two models: swapping them mirrors the interval exactly
-    key = "|".join(["paired", dataset, input, *sorted((model_a, model_b)), metric])
-    boot = bootstrap_ratios(a - b, n_resamples=n_resamples, seed=seed, key=key)[:, 0]
+    key = _paired_key(dataset, input, model_a, model_b, metric)
+    result.update(_paired_difference(a, b, key=key, n_resamples=n_resamples, ci_level=ci_level, seed=seed))
+    return result
 
+
+def _paired_key(dataset: str, input_kind: str, model_a: str, model_b: str, metric: str) -> str:
+    """The seed key of a paired bootstrap; it ignores the order of the two models, so that swapping them mirrors
+    the interval exactly, and it is the same wherever the pair is compared (`paired_bootstrap`, `versus_best`)."""
+    return "|".join(["paired", dataset, input_kind, *sorted((model_a, model_b)), metric])
+
+
+def _paired_difference(
+    a: np.ndarray, b: np.ndarray, *, key: str, n_resamples: int, ci_level: float, seed: int
+) -> dict[str, float]:
+    """Mean difference a - b of paired per-sample scores (n > 0), its percentile interval and two-sided p-value."""
+    diff = float(a.mean() - b.mean())
+    boot = bootstrap_ratios(a - b, n_resamples=n_resamples, seed=seed, key=key)[:, 0]
     low, high = _quantiles(boot[:, None], ci_level)
     if diff == 0.0:
         p = 1.0
     else:
         other_side = boot <= 0.0 if diff > 0 else boot >= 0.0
         p = min(1.0, 2.0 * float(other_side.mean()))
-    result.update(
-        value_a=float(a.mean()),
-        value_b=float(b.mean()),
-        diff=diff,
-        ci_low=float(low[0]),
-        ci_high=float(high[0]),
-        p_value=p,
-    )
-    return result
+    return {
+        "value_a": float(a.mean()),
+        "value_b": float(b.mean()),
+        "diff": diff,
+        "ci_low": float(low[0]),
+        "ci_high": float(high[0]),
+        "p_value": p,
+    }
 
 
 def age_group_mae(
@@ -1274,6 +1285,303 @@ def age_group_mae(
             "mae": err[cells] / n[cells],
         }
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# Fairness view: metrics per demographic group, and the spread between groups
+# --------------------------------------------------------------------------------------------------
+
+#: Sample columns the fairness view groups by: the ground-truth gender, and race where a data set labels it (the
+#: optional ``race`` column of `agegender.data.schema.OPTIONAL_SAMPLE_COLUMNS`; UTKFace and FairFace have it).
+FAIRNESS_ATTRIBUTES: tuple[str, ...] = ("gender", "race")
+
+#: Metrics of the fairness view: NIST IR 8525 reports age MAE by sex and region; gender accuracy is our other task.
+FAIRNESS_METRICS: tuple[str, ...] = ("age_mae", "gender_acc")
+
+#: Columns of `group_metrics`, in order: per metric its target's sample count, value and bootstrap interval.
+FAIRNESS_COLUMNS: tuple[str, ...] = (
+    "dataset",
+    "input",
+    "model",
+    "attribute",
+    "group",
+    *(
+        col
+        for name in FAIRNESS_METRICS
+        for col in (f"{metric_def(name).target}_n", name, f"{name}_ci_low", f"{name}_ci_high")
+    ),
+)
+
+#: Columns of `group_spread`, in order.
+SPREAD_COLUMNS: tuple[str, ...] = (
+    "dataset",
+    "input",
+    "model",
+    "attribute",
+    "metric",
+    "n_groups",
+    "min_group",
+    "min",
+    "max_group",
+    "max",
+    "difference",
+    "ratio",
+)
+
+
+def group_metrics(
+    samples: pd.DataFrame,
+    predictions: pd.DataFrame,
+    *,
+    attributes: Sequence[str] = FAIRNESS_ATTRIBUTES,
+    view: str = "answered",
+    excluded: Mapping[str, Collection[str]] | None = None,
+    n_resamples: int = 1000,
+    ci_level: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """`FAIRNESS_METRICS` per demographic group of every (dataset, input, model), with bootstrap intervals.
+
+    A group is one value of a sample column (``gender``, ``race``); a sample without a value of it is in no group
+    of that attribute, and an attribute that a data set never labels (or the sample table lacks) gives that data
+    set no rows for it, so a race-less data set has gender rows only. Each group's metric is the mean over the
+    group's samples that the view scores, exactly as `evaluate` computes it over all of them; its interval
+    resamples the group's samples (`bootstrap_ci`, seeded by the seed and the cell's name).
+
+    Args:
+        samples: validated sample table (evaluated samples).
+        predictions: validated prediction table.
+        attributes: sample columns to group by.
+        view: one of `VIEWS` (`age_group_mae`'s meaning).
+        excluded: data set -> the sample ids its refusal exclusion removes (`agegender.exclusion`).
+        n_resamples: bootstrap resamples per cell.
+        ci_level: confidence level of the intervals.
+        seed: bootstrap seed.
+
+    Returns:
+        Columns `FAIRNESS_COLUMNS`, one row per (dataset, input, model, attribute, group) with samples, sorted;
+        ``<target>_n`` counts the samples a metric stands on (NaN metric where it is 0).
+    """
+    if view not in VIEWS:
+        raise ValueError(f"view must be one of {list(VIEWS)}, got {view!r}")
+    empty = pd.DataFrame(
+        {
+            c: pd.Series(dtype="object" if c in ("dataset", "input", "model", "attribute", "group") else "float64")
+            for c in FAIRNESS_COLUMNS
+        }  # fmt: skip
+    )
+    present = [a for a in attributes if a in samples.columns]
+    if len(predictions) == 0 or not present:
+        return empty
+    prep = _prepare(samples, predictions)
+    mask = _view_mask(prep, view, _exclusion(prep, samples, excluded))
+    values = {name: prep.values(name) for name in FAIRNESS_METRICS}
+    num = np.stack([values[name][0] for name in FAIRNESS_METRICS], axis=1)
+    den = np.stack([values[name][1] for name in FAIRNESS_METRICS], axis=1).astype("float64")
+    frames = []
+    for attribute in present:
+        level_of_sample, levels = _codes(samples[attribute].astype("string"))  # missing -> -1
+        level = level_of_sample[prep.pos]
+        rows = np.flatnonzero(mask & (level >= 0))
+        if rows.size == 0:
+            continue
+        n_levels = len(levels)
+        cell = prep.group[rows] * n_levels + level[rows]
+        size = prep.n_groups * n_levels
+        cells = np.flatnonzero(np.bincount(cell, minlength=size))
+        d, i, m = prep.unpack(cells // n_levels)
+        names = (prep.datasets[d].astype(str), prep.inputs[i].astype(str), prep.models[m].astype(str))
+        group_names = levels[cells % n_levels].astype(str)
+        out: dict[str, object] = {
+            "dataset": names[0],
+            "input": names[1],
+            "model": names[2],
+            "attribute": np.full(len(cells), attribute, dtype=object),
+            "group": group_names,
+        }
+        order = np.argsort(cell, kind="stable")
+        starts, ends = np.searchsorted(cell[order], cells, "left"), np.searchsorted(cell[order], cells, "right")
+        lows = np.full((len(cells), len(FAIRNESS_METRICS)), np.nan)
+        highs = np.full_like(lows, np.nan)
+        for r in range(len(cells)):  # over output cells (models x groups), not samples
+            sel = rows[order[starts[r] : ends[r]]]
+            key = f"fairness|{_row_key(names[0][r], names[1][r], names[2][r], view)}|{attribute}|{group_names[r]}"
+            lows[r], highs[r] = bootstrap_ci(
+                num[sel], den[sel], n_resamples=n_resamples, ci_level=ci_level, seed=seed, key=key
+            )
+        for j, name in enumerate(FAIRNESS_METRICS):
+            n = np.bincount(cell, weights=den[rows, j], minlength=size)[cells]
+            value = _ratio(np.bincount(cell, weights=num[rows, j], minlength=size)[cells], n)
+            out[f"{metric_def(name).target}_n"] = n.astype(np.int64)
+            out[name] = value
+            out[f"{name}_ci_low"] = np.where(np.isnan(value), np.nan, lows[:, j])
+            out[f"{name}_ci_high"] = np.where(np.isnan(value), np.nan, highs[:, j])
+        frames.append(pd.DataFrame(out))
+    if not frames:
+        return empty
+    result = pd.concat(frames, ignore_index=True)[list(FAIRNESS_COLUMNS)]
+    keys = ["dataset", "input", "model", "attribute", "group"]
+    return result.sort_values(keys, kind="stable").reset_index(drop=True)
+
+
+def group_spread(groups: pd.DataFrame) -> pd.DataFrame:
+    """The spread of each metric between the groups of an attribute, as NIST IR 8525 compares demographic groups.
+
+    For every (dataset, input, model, attribute) and metric of `FAIRNESS_METRICS` with a value in at least two
+    groups: the groups with the lowest and highest value, their ``difference`` (max - min, in the metric's units)
+    and ``ratio`` (max / min; NaN where min is 0).
+
+    Args:
+        groups: `group_metrics` output (or the CSV it was written to).
+
+    Returns:
+        Columns `SPREAD_COLUMNS`, in the order of `groups` and then `FAIRNESS_METRICS`.
+    """
+    records = []
+    keys = ["dataset", "input", "model", "attribute"]
+    for key, block in groups.groupby(keys, sort=False):  # over (model, attribute) blocks, not samples
+        for name in FAIRNESS_METRICS:
+            scored = block[block[name].notna()]
+            if len(scored) < 2:
+                continue
+            values = scored[name].to_numpy(dtype="float64")
+            low, high = int(np.argmin(values)), int(np.argmax(values))
+            records.append(
+                (
+                    *key,
+                    name,
+                    len(scored),
+                    str(scored["group"].iloc[low]),
+                    values[low],
+                    str(scored["group"].iloc[high]),
+                    values[high],
+                    values[high] - values[low],
+                    values[high] / values[low] if values[low] > 0 else float("nan"),
+                )
+            )
+    return pd.DataFrame.from_records(records, columns=list(SPREAD_COLUMNS)).astype(
+        {"n_groups": "int64", "min": "float64", "max": "float64", "difference": "float64", "ratio": "float64"}
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Significance: each model against the best of its data set and input
+# --------------------------------------------------------------------------------------------------
+
+#: Columns of `versus_best`, in order.
+VERSUS_BEST_COLUMNS: tuple[str, ...] = (
+    "view",
+    "dataset",
+    "input",
+    "metric",
+    "model",
+    "best",
+    "n",
+    "value",
+    "best_value",
+    "diff",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "significant",
+)
+
+
+def versus_best(
+    samples: pd.DataFrame,
+    predictions: pd.DataFrame,
+    *,
+    metrics: Sequence[str] = ("age_mae",),
+    view: str = "answered",
+    excluded: Mapping[str, Collection[str]] | None = None,
+    n_resamples: int = 1000,
+    ci_level: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Compare every model of a (dataset, input) with the best one on the same samples (paired bootstrap).
+
+    Within each (dataset, input) and metric, the best model is the one with the best value (`MetricDef`'s
+    direction; the first name on a tie) on the samples the view scores, which is `evaluate`'s value of that
+    view. Every other model is compared with it as `paired_bootstrap` does, on the samples both have scored in
+    the view (the same resamples: `paired_bootstrap` in the ``answered`` view gives the same numbers). The
+    difference is significant when its interval excludes 0.
+
+    Args:
+        samples: validated sample table (evaluated samples).
+        predictions: validated prediction table.
+        metrics: metrics of `CI_METRICS` to compare on.
+        view: one of `VIEWS`.
+        excluded: data set -> the sample ids its refusal exclusion removes (`agegender.exclusion`).
+        n_resamples: bootstrap resamples per pair.
+        ci_level: confidence level of the difference's interval.
+        seed: bootstrap seed.
+
+    Returns:
+        Columns `VERSUS_BEST_COLUMNS`, one row per (dataset, input, metric, model) with a value, sorted; the best
+        model's own row has diff 0, no interval and ``significant`` False. ``value`` and ``best_value`` are each
+        model's own value; ``diff`` (model - best), its interval and p-value are on the ``n`` samples both scored.
+    """
+    bad = [m for m in metrics if m not in CI_METRICS]
+    if bad:
+        raise ValueError(f"unknown metrics {bad}; expected some of {list(CI_METRICS)}")
+    if view not in VIEWS:
+        raise ValueError(f"view must be one of {list(VIEWS)}, got {view!r}")
+    records: list[tuple] = []
+    if len(predictions):
+        prep = _prepare(samples, predictions)
+        mask = _view_mask(prep, view, _exclusion(prep, samples, excluded))
+        pair = prep.ds * len(prep.inputs) + prep.inp
+        for p in np.unique(pair):  # over (dataset, input) pairs and their models, not samples
+            dataset, input_kind = str(prep.datasets[p // len(prep.inputs)]), str(prep.inputs[p % len(prep.inputs)])
+            for metric in metrics:
+                score, valid = prep.values(metric)
+                per_model: dict[str, np.ndarray] = {}
+                for model_code in np.unique(prep.mod[pair == p]):
+                    rows = np.flatnonzero((pair == p) & (prep.mod == model_code) & mask & valid)
+                    if rows.size:
+                        v = np.full(prep.n_samples, np.nan)
+                        v[prep.pos[rows]] = score[rows]
+                        per_model[str(prep.models[model_code])] = v
+                records += _versus_best_rows(
+                    per_model, view, dataset, input_kind, metric, n_resamples=n_resamples, ci_level=ci_level, seed=seed
+                )
+    out = pd.DataFrame.from_records(records, columns=list(VERSUS_BEST_COLUMNS))
+    return out.astype({"n": "int64", "significant": "bool"}).reset_index(drop=True)
+
+
+def _versus_best_rows(
+    per_model: Mapping[str, np.ndarray],
+    view: str,
+    dataset: str,
+    input_kind: str,
+    metric: str,
+    **bootstrap: int | float,
+) -> list[tuple]:
+    """`versus_best`'s rows of one (dataset, input, metric): per model its per-sample scores (NaN: not scored)."""
+    if not per_model:
+        return []
+    names = sorted(per_model)
+    means = np.array([np.nanmean(per_model[name]) for name in names])
+    top = int(np.argmax(means) if metric_def(metric).higher_is_better else np.argmin(means))
+    best, best_value, best_scores = names[top], float(means[top]), per_model[names[top]]
+    nan = float("nan")
+    rows = []
+    for name, value in zip(names, means, strict=True):
+        head = (view, dataset, input_kind, metric, name, best)
+        if name == best:
+            n = int((~np.isnan(best_scores)).sum())
+            rows.append((*head, n, best_value, best_value, 0.0, nan, nan, 1.0, False))
+            continue
+        both = ~np.isnan(per_model[name]) & ~np.isnan(best_scores)
+        if not both.any():  # nothing to pair: no evidence either way
+            rows.append((*head, 0, float(value), best_value, nan, nan, nan, nan, False))
+            continue
+        key = _paired_key(dataset, input_kind, name, best, metric)
+        paired = _paired_difference(per_model[name][both], best_scores[both], key=key, **bootstrap)  # type: ignore[arg-type]
+        significant = paired["ci_low"] > 0.0 or paired["ci_high"] < 0.0
+        stats = (paired["diff"], paired["ci_low"], paired["ci_high"], paired["p_value"], significant)
+        rows.append((*head, int(both.sum()), float(value), best_value, *stats))
+    return rows
 
 
 def flat_metrics(table: pd.DataFrame, *, views: Sequence[str] = ("answered",)) -> dict[str, float | int]:

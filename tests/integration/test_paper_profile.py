@@ -225,6 +225,17 @@ def test_nanolagenda_is_built_from_gpt4v_refusals(project):
     assert "('kept' view)" in table8.splitlines()[0] and f"{kept:,} kept" in table8.splitlines()[0]
 
 
+def test_report_writes_the_fairness_view_and_significance_marks(project):
+    """evaluate writes the fairness view, report renders it and marks the paper tables' cells (issue 15)."""
+    root, *_ = project
+    fairness = pd.read_csv(root / "reports" / "fairness.csv")
+    # the stand-ins carry no race column: gender groups only, with the n each group stands on
+    assert set(fairness["attribute"]) == {"gender"} and (fairness["gender_n"] >= 0).all()
+    assert "No race labels in" in (root / "reports" / "tables" / "fairness.md").read_text().splitlines()[0]
+    table8 = (root / "reports" / "tables" / "table8.md").read_text()
+    assert "★" in table8 and "paired bootstrap difference" in table8.splitlines()[0]
+
+
 def test_the_api_key_is_never_written(project):
     root, *_ = project
     for path in root.rglob("*"):

@@ -616,3 +616,130 @@ def test_age_group_mae() -> None:
         ("A", "30-35", 10.0),
         ("B", "20-25", 25.0),
     ]
+
+
+# ---------------------------------------------------------------- fairness view and significance
+
+
+def _raced_samples() -> pd.DataFrame:
+    """`_samples` with race labelled on the "lag" data set only (s3 unlabelled); "adi" has no race."""
+    frame = _samples()
+    frame["race"] = pd.array(["white", "black", None, "white", "black", None, None, None, None], dtype="string")
+    return validate_samples(frame)
+
+
+def test_group_metrics_by_gender_and_race() -> None:
+    out = metrics.group_metrics(_raced_samples(), _predictions(), n_resamples=50)
+    assert list(out.columns) == list(metrics.FAIRNESS_COLUMNS)
+    got = {
+        (r.dataset, r.model, r.attribute, r.group): (r.age_n, r.age_mae, r.gender_n, r.gender_acc)
+        for r in out.itertuples()
+    }
+    nan = float("nan")
+    # lag / A: s1 male (err 5, right), s2 female (err 10, right), s4 male (no gt age, wrong gender)
+    # lag / B: s1 male (err 25, wrong), s2 female (no age_pred, right), s3 (no gender, err 0), s5 female (err 2)
+    expected = {
+        ("lag", "A", "gender", "female"): (1, 10.0, 1, 1.0),
+        ("lag", "A", "gender", "male"): (1, 5.0, 2, 0.5),
+        ("lag", "A", "race", "black"): (1, 10.0, 1, 1.0),
+        ("lag", "A", "race", "white"): (1, 5.0, 2, 0.5),
+        ("lag", "B", "gender", "female"): (1, 2.0, 2, 1.0),
+        ("lag", "B", "gender", "male"): (1, 25.0, 1, 0.0),
+        ("lag", "B", "race", "black"): (1, 2.0, 2, 1.0),
+        ("lag", "B", "race", "white"): (1, 25.0, 1, 0.0),
+        # the race-less data set: gender groups only (class data: no age MAE)
+        ("adi", "A", "gender", "female"): (0, nan, 1, 0.0),
+        ("adi", "A", "gender", "male"): (0, nan, 2, 1.0),
+    }
+    assert set(got) == set(expected)
+    for key, values in expected.items():
+        assert got[key] == pytest.approx(values, nan_ok=True), key
+    # one sample per cell: the interval is the value itself; no samples: no interval
+    lag_a = out[(out["dataset"] == "lag") & (out["model"] == "A")]
+    a_male = lag_a[(lag_a["attribute"] == "gender") & (lag_a["group"] == "male")].iloc[0]
+    assert a_male["age_mae_ci_low"] == a_male["age_mae_ci_high"] == 5.0
+    assert 0.0 <= a_male["gender_acc_ci_low"] <= 0.5 <= a_male["gender_acc_ci_high"] <= 1.0
+    adi = out[out["dataset"] == "adi"]
+    assert adi["age_mae_ci_low"].isna().all() and adi["age_mae_ci_high"].isna().all()
+    again = metrics.group_metrics(_raced_samples(), _predictions(), n_resamples=50)
+    pd.testing.assert_frame_equal(out, again)
+
+
+def test_group_metrics_without_race_column_and_views() -> None:
+    out = metrics.group_metrics(_samples(), _predictions(), n_resamples=20)
+    assert set(out["attribute"]) == {"gender"}
+    # the common view: lag/body samples both A and B answered (s1, s2); s3 refused by A
+    common = metrics.group_metrics(_raced_samples(), _predictions(), view="common", n_resamples=20)
+    lag_b = common[(common["dataset"] == "lag") & (common["model"] == "B") & (common["attribute"] == "gender")]
+    assert list(lag_b["group"]) == ["female", "male"] and list(lag_b["gender_n"]) == [1, 1]
+    empty = metrics.group_metrics(_samples(), _predictions().iloc[:0])
+    assert list(empty.columns) == list(metrics.FAIRNESS_COLUMNS) and empty.empty
+    with pytest.raises(ValueError, match="view"):
+        metrics.group_metrics(_samples(), _predictions(), view="x")
+
+
+def test_group_spread() -> None:
+    groups = metrics.group_metrics(_raced_samples(), _predictions(), n_resamples=20)
+    spread = metrics.group_spread(groups)
+    assert list(spread.columns) == list(metrics.SPREAD_COLUMNS)
+    got = {(r.dataset, r.model, r.attribute, r.metric): r for r in spread.itertuples()}
+    b_race = got[("lag", "B", "race", "age_mae")]
+    assert (b_race.n_groups, b_race.min_group, b_race.min, b_race.max_group, b_race.max) == (
+        2,
+        "black",
+        2.0,
+        "white",
+        25.0,
+    )
+    assert b_race.difference == 23.0 and b_race.ratio == pytest.approx(12.5)
+    a_gender = got[("lag", "A", "gender", "gender_acc")]
+    assert (a_gender.min_group, a_gender.difference, a_gender.ratio) == ("male", 0.5, 2.0)
+    # a zero minimum has no ratio; a metric with one scored group has no spread
+    assert math.isnan(got[("lag", "B", "gender", "gender_acc")].ratio)
+    assert ("adi", "A", "gender", "age_mae") not in got
+    assert metrics.group_spread(groups.iloc[:0]).empty
+
+
+def test_versus_best_marks_significant_and_insignificant_pairs() -> None:
+    samples, preds = _random_tables()
+    # "twin" is "good" with the same errors on every sample: it cannot differ significantly from it
+    twin = preds[preds["model"] == "good"].assign(model="twin")
+    both = validate_predictions(pd.concat([preds, twin], ignore_index=True))
+    out = metrics.versus_best(samples, both, metrics=["age_mae", "gender_acc"], n_resamples=300)
+    assert list(out.columns) == list(metrics.VERSUS_BEST_COLUMNS)
+    mae = out[out["metric"] == "age_mae"].set_index("model")
+    assert set(mae["best"]) == {"good"}  # tie with twin: the first name wins
+    assert not mae.loc["good", "significant"] and mae.loc["good", "diff"] == 0.0
+    assert not mae.loc["twin", "significant"] and mae.loc["twin", "diff"] == 0.0
+    assert mae.loc["bad", "significant"] and mae.loc["bad", "ci_low"] > 0
+    # the same numbers as paired_bootstrap on the answered view
+    ref = paired_bootstrap(
+        samples, both, dataset="rnd", input="face", model_a="bad", model_b="good", metric="age_mae", n_resamples=300
+    )
+    assert (mae.loc["bad", "n"], mae.loc["bad", "diff"], mae.loc["bad", "ci_low"], mae.loc["bad", "ci_high"]) == (
+        ref["n"],
+        pytest.approx(ref["diff"]),
+        pytest.approx(ref["ci_low"]),
+        pytest.approx(ref["ci_high"]),
+    )
+    assert mae.loc["bad", "value"] == pytest.approx(
+        evaluate(samples, both, views=["answered"]).set_index("model").loc["bad", "age_mae"]
+    )
+    gender = out[out["metric"] == "gender_acc"]
+    assert gender["best"].iloc[0] in {"good", "twin", "bad"}  # highest accuracy wins
+    pd.testing.assert_frame_equal(
+        out, metrics.versus_best(samples, both, metrics=["age_mae", "gender_acc"], n_resamples=300)
+    )
+    with pytest.raises(ValueError, match="unknown metrics"):
+        metrics.versus_best(samples, both, metrics=["coverage"])
+
+
+def test_versus_best_small_table() -> None:
+    out = metrics.versus_best(_samples(), _predictions(), metrics=["age_mae", "class_mae"], n_resamples=50)
+    lag = out[(out["dataset"] == "lag") & (out["metric"] == "age_mae")].set_index("model")
+    # A: MAE 7.5 on s1, s2; B: 9 on s1, s3, s5: A is best; only s1 is paired (5 vs 25) -> diff 20, always
+    assert lag.loc["A", "best"] == "A" and lag.loc["B", "value"] == pytest.approx(9.0)
+    assert (lag.loc["B", "n"], lag.loc["B", "diff"], lag.loc["B", "significant"]) == (1, 20.0, True)
+    # C answered nothing on adi: it has no class MAE, so A is compared with nobody
+    adi = out[(out["dataset"] == "adi") & (out["metric"] == "class_mae")]
+    assert list(adi["model"]) == ["A"]

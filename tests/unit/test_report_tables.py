@@ -9,14 +9,19 @@ import pytest
 
 from agegender.data.schema import validate_predictions, validate_samples
 from agegender.errors import InputError
-from agegender.evaluate import evaluate_tables
-from agegender.metrics import metric_def
+from agegender.evaluate import evaluate_tables, versus_best_tables
+from agegender.metrics import group_metrics, metric_def
 from agegender.report.tables import (
     ALL_ANSWERED,
+    BEST_MARK,
     NO_PREDICTIONS,
     SAME_IN_BOTH_VIEWS,
+    SIGNIFICANCE_METRICS,
+    SPREAD_LABEL,
+    TIED_MARK,
     latex_escape,
     render_markdown,
+    write_fairness_table,
     write_tables,
 )
 
@@ -258,6 +263,12 @@ LAG_AGES = [20.0, 30.0, 40.0, 50.0]
 
 
 def _evaluated(gpt_refuses: bool) -> pd.DataFrame:
+    samples, predictions = _evaluation_tables(gpt_refuses)
+    return evaluate_tables(samples, predictions, ci=True, n_resamples=50, seed=0).rows
+
+
+def _evaluation_tables(gpt_refuses: bool, worse_model: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Samples and predictions of `_evaluated`; `worse_model` adds LLaVA 1.5 7B on the body, 10 years off."""
     samples = [(f"n{i}", "nanolagenda", age, "male" if i % 2 else "female") for i, age in enumerate(NANO_AGES)]
     samples += [(f"l{i}", "lagenda", age, "female") for i, age in enumerate(LAG_AGES)]
     frame = pd.DataFrame(samples, columns=["sample_id", "dataset", "age", "gender"])
@@ -273,12 +284,13 @@ def _evaluated(gpt_refuses: bool) -> pd.DataFrame:
         preds.append((f"n{i}", "gpt-4o", "body", None if refused else age + 3.0, None if refused else gender,
                       "refused" if refused else "ok"))  # fmt: skip
         preds.append((f"n{i}", "mivolo_d1_384", "face_body", age - 4.0, gender, "ok"))
+        if worse_model:
+            preds.append((f"n{i}", "llava15-7b", "body", age + 10.0, gender, "ok"))
     for i, age in enumerate(LAG_AGES):
         # no gender answers: the gender cell must read "-", never 0
         preds.append((f"l{i}", "mivolo_d1_384", "face_body", age + (2.0 if i % 2 else -4.0), None, "ok"))
     columns = ["sample_id", "model", "input", "age_pred", "gender_pred", "status"]
-    predictions = validate_predictions(pd.DataFrame(preds, columns=columns))
-    return evaluate_tables(validate_samples(frame), predictions, ci=True, n_resamples=50, seed=0).rows
+    return validate_samples(frame), validate_predictions(pd.DataFrame(preds, columns=columns))
 
 
 def _cells(line: str) -> list[str]:
@@ -358,3 +370,91 @@ def test_missing_counts_are_not_zero(tmp_path):
     line = next(_cells(x) for x in _table_lines(tmp_path / "table8.md") if x.startswith("| ChatGPT4O | Entire body"))
     assert line[5] == "-; paper 98.66"
     assert line[6] == "-"
+
+
+# --------------------------------------------------------------------------------------------- significance marks
+
+
+def test_cells_marked_against_the_best_of_their_data_set_and_input(tmp_path):
+    samples, predictions = _evaluation_tables(gpt_refuses=False, worse_model=True)
+    rows = evaluate_tables(samples, predictions, ci=True, n_resamples=50, seed=0).rows
+    comparisons = versus_best_tables(samples, predictions, metric_names=SIGNIFICANCE_METRICS, n_resamples=200, seed=0)
+    assert set(comparisons["view"]) == {"answered"}  # no refusal exclusion: no kept view
+    write_tables(rows, tmp_path, comparisons=comparisons)
+    lines = _table_lines(tmp_path / "table8.md")
+    cells = {tuple(c[:2]): c for c in map(_cells, lines) if c[1] == "Entire body" and c[6] != "-"}
+    gpt, ft, llava = (
+        cells[("ChatGPT4O", "Entire body")],
+        cells[("ShareGPT4V 7B FT", "Entire body")],
+        cells[("LLaVA 1.5 7B", "Entire body")],
+    )
+    # MAE (column 3): ChatGPT4O (3.00) is best; the fine-tuned model (3.33) differs by +3 on two of six samples and
+    # -1 on four, an interval around 0; LLaVA is 10 years off everywhere: 7 worse on every resample
+    assert re.fullmatch(rf"3\.00 \[3\.00, 3\.00\] {BEST_MARK}; paper .*", gpt[3])
+    assert re.fullmatch(rf"3\.33 \[\d+\.\d\d, \d+\.\d\d\] {TIED_MARK}; paper 4\.22 \(Δ -0\.89\)", ft[3])
+    assert BEST_MARK not in llava[3] and llava[3].startswith("10.00 [10.00, 10.00]; paper")
+    # CS@5 is not marked; gender accuracy is 100% for all three: the first name is best, the others tie with it
+    assert BEST_MARK not in gpt[4] + ft[4] + llava[4]
+    assert gpt[5].split(";")[0].endswith(BEST_MARK) and ft[5].split(";")[0].endswith(TIED_MARK)
+    # MiVOLO is alone on its input: the best of its column
+    mivolo = next(_cells(line) for line in lines if line.startswith("| MiVOLO-384 | Body & face |"))
+    assert mivolo[3].split(";")[0].endswith(BEST_MARK)
+    text = (tmp_path / "table8.md").read_text(encoding="utf-8")
+    assert "paired bootstrap difference" in text.splitlines()[0]
+    tex = (tmp_path / "table8.tex").read_text(encoding="utf-8")
+    assert r"\ensuremath{\approx}\ensuremath{\star}" in tex and "$$" not in tex
+    # without comparisons nothing is marked and the caption says nothing of it
+    write_tables(rows, tmp_path / "plain")
+    plain = (tmp_path / "plain" / "table8.md").read_text(encoding="utf-8")
+    assert BEST_MARK not in plain and "paired bootstrap" not in plain
+    again = versus_best_tables(samples, predictions, metric_names=SIGNIFICANCE_METRICS, n_resamples=200, seed=0)
+    pd.testing.assert_frame_equal(comparisons, again)
+
+
+def test_marks_of_a_table_in_the_kept_view(tmp_path):
+    from agegender.params import RefusalExclusion
+
+    samples, predictions = _evaluation_tables(gpt_refuses=True, worse_model=True)
+    rules = {"nanolagenda": RefusalExclusion(model="gpt-4o")}
+    rows = evaluate_tables(samples, predictions, exclude_refused=rules, n_resamples=50).rows
+    comparisons = versus_best_tables(samples, predictions, exclude_refused=rules, n_resamples=100)
+    kept = comparisons[comparisons["view"] == "kept"]
+    assert set(kept["dataset"]) == {"nanolagenda"}
+    # on the 4 kept samples the fine-tuned model errs by 2, ChatGPT4O by 3: the fine-tuned model is best there
+    body = kept[(kept["input"] == "body")].set_index("model")
+    assert (body.loc["gpt-4o", "best"], body.loc["gpt-4o", "n"]) == ("sharegpt4v-7b-ft", 4)
+    assert body.loc["gpt-4o", "significant"] and body.loc["gpt-4o", "diff"] == pytest.approx(1.0)
+    write_tables(rows, tmp_path, comparisons=comparisons)
+    ft = next(_cells(x) for x in _table_lines(tmp_path / "table8.md") if x.startswith("| ShareGPT4V 7B FT | Entire"))
+    assert ft[3].startswith(f"2.00 {BEST_MARK}; paper")  # evaluated without intervals
+
+
+# --------------------------------------------------------------------------------------------- fairness table
+
+
+def test_fairness_table(tmp_path):
+    samples, predictions = _evaluation_tables(gpt_refuses=False)
+    samples["race"] = pd.array(["a", "b", "a", "b", "a", "b"] + [None] * len(LAG_AGES), dtype="string")
+    groups = group_metrics(validate_samples(samples), predictions, n_resamples=50)
+    written = write_fairness_table(groups, tmp_path, caption_note="demo data", model_names={"gpt-4o": "GPT-4o"})
+    assert [p.name for p in written] == ["fairness.md", "fairness.tex"]
+    text = written[0].read_text(encoding="utf-8")
+    caption = text.splitlines()[0]
+    assert caption.startswith("Fairness view (demo data):") and "max / min" in caption
+    assert "No race labels in lagenda" in caption
+    lines = [_cells(x) for x in _table_lines(written[0])]
+    rows = {tuple(c[:5]): c for c in lines}
+    # the fine-tuned model errs by 6 on n0 (female, a) and n5 (male, b), by 2 elsewhere: each group 10/3
+    ft_female = rows[("nanolagenda", "Entire body", "ShareGPT4V 7B FT", "Gender", "female")]
+    assert ft_female[5] == "3" and ft_female[6].startswith("3.33 [") and ft_female[7] == "3"
+    assert ft_female[8].startswith("100.00 [100.00, 100.00]")
+    # MiVOLO on lagenda: no gender answers, no race labels: gender rows only, gender accuracy "-"
+    lag = [c for c in lines if c[0] == "lagenda"]
+    assert {c[3] for c in lag} == {"Gender"} and lag[0][8] == "-"
+    assert len(lag) == 1  # one group (female): no spread row
+    # the spread row: max - min and max / min
+    spread = rows[("nanolagenda", "Entire body", "GPT-4o", "Race", SPREAD_LABEL)]
+    assert spread[5] == "-" and spread[6] == "0.00 (1.00x)" and spread[8] == "0.00 (1.00x)"
+    assert "\\begin{tabular}" in written[1].read_text(encoding="utf-8")
+    empty = write_fairness_table(groups.iloc[:0], tmp_path / "none")
+    assert "No predictions exist yet." in empty[0].read_text(encoding="utf-8")

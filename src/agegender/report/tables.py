@@ -31,7 +31,15 @@ import pandas as pd
 from agegender.errors import InputError
 from agegender.exclusion import PAPER_NANOLAGENDA_COUNTS, describe_counts
 from agegender.files import atomic_write_text
-from agegender.metrics import COUNT_COLUMNS, EVAL_COLUMNS, METRICS_BY_NAME, VIEWS, metric_def
+from agegender.metrics import (
+    COUNT_COLUMNS,
+    EVAL_COLUMNS,
+    FAIRNESS_METRICS,
+    METRICS_BY_NAME,
+    VIEWS,
+    group_spread,
+    metric_def,
+)
 from agegender.report.paper import (
     DATASET_NAMES,
     INPUT_NAMES,
@@ -67,6 +75,14 @@ VIEW_WORDS = {
     "model's refusals for every model ('kept' view)",
     "common": "every model of a data set and input on the kept samples all of them answered ('common' view)",
 }
+#: the metrics whose cells carry significance marks (`agegender.metrics.versus_best`): the MAEs and gender accuracy
+SIGNIFICANCE_METRICS: tuple[str, ...] = ("age_mae", "class_mae", "gender_acc")
+#: marks the best value of a column among every model of the row's data set and input
+BEST_MARK = "★"
+#: marks a value whose paired difference to that best is not significant (its interval includes 0)
+TIED_MARK = "≈★"
+#: (view, our data set, input, model, metric) -> the mark of that cell
+Marks = Mapping[tuple[str, str, str, str, str], str]
 
 
 # --------------------------------------------------------------------------------------------- formatting
@@ -82,13 +98,15 @@ def _num(value: object) -> float | None:
     return None if math.isnan(out) else out
 
 
-def _our_cell(row: Mapping[str, object], metric: str, paper: float | None = None) -> str:
+def _our_cell(row: Mapping[str, object], metric: str, paper: float | None = None, mark: str = "") -> str:
     definition = metric_def(metric)
     value = _num(row.get(metric))
     text = definition.format(value)
     lo, hi = _num(row.get(f"{metric}_ci_low")), _num(row.get(f"{metric}_ci_high"))
     if value is not None and lo is not None and hi is not None:
         text += f" [{definition.format(lo)}, {definition.format(hi)}]"
+    if mark and value is not None:
+        text += f" {mark}"
     if paper is not None:
         text += f"; paper {definition.format(paper)}"
         if value is not None:
@@ -180,6 +198,8 @@ class BuiltTable:
     common_n: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
     views: str = "none"
     view_of: dict[str, str] = field(default_factory=dict)
+    #: whether a cell carries a significance mark (`BEST_MARK`, `TIED_MARK`)
+    marked: bool = False
 
 
 def _key_cells(
@@ -231,6 +251,7 @@ def build_table(
     paper: pd.DataFrame,
     roles: Mapping[str, str | None],
     model_names: Mapping[str, str] | None = None,
+    marks: Marks | None = None,
 ) -> BuiltTable:
     """Fill one paper table's layout with our rows (both views) and the paper's numbers.
 
@@ -242,6 +263,8 @@ def build_table(
         paper: `load_paper_results()`.
         roles: paper data set id -> our data set id (None: nothing plays that role).
         model_names: extra display names.
+        marks: `significance_marks` of the evaluation; our rows' cells (not the all-answered ones, which the
+            comparison does not score) carry the mark of their view, data set, input, model and metric.
 
     Returns:
         The header, body and view summary, all cells as text.
@@ -270,12 +293,16 @@ def build_table(
     # whether to mark coinciding rows depends on whether any row of the table differs.
     entries: list[list[str]] = []
     same_rows: list[int] = []
+    marked: list[bool] = []
     common_n: dict[tuple[str, str], tuple[int, int]] = {}
 
     def add_ours(key: RowKey, keys: list[str], common_keys: list[str], source: str, pvals: Mapping[str, float]) -> None:
         """Our answered row, then its all-answered row unless the two are the same samples."""
         row = ours[key]
-        entries.append(keys + [_our_cell(row, m, pvals.get(m)) for m in table.metrics] + [_coverage_cell(row), source])
+        cell_marks = [(marks or {}).get((view_of[key[0]], *key, m), "") for m in table.metrics]
+        cells = [_our_cell(row, m, pvals.get(m), mark) for m, mark in zip(table.metrics, cell_marks, strict=True)]
+        entries.append(keys + cells + [_coverage_cell(row), source])
+        marked.append(any(cell_marks))
         common = commons.get(key)
         if common is None:
             return
@@ -345,7 +372,39 @@ def build_table(
         sorted(common_n.items(), key=lambda kv: (dataset_order.get(kv[0][0], 99), input_order.get(kv[0][1], 99), kv[0]))
     )
     have = sorted({k[0] for k in ours})
-    return BuiltTable(header, entries, have, ordered_n, views, {d: view_of[d] for d in have})
+    return BuiltTable(header, entries, have, ordered_n, views, {d: view_of[d] for d in have}, any(marked))
+
+
+def significance_marks(comparisons: pd.DataFrame | None) -> dict[tuple[str, str, str, str, str], str]:
+    """The cells' marks from `agegender.metrics.versus_best` rows: `BEST_MARK` for each column's best model,
+    `TIED_MARK` for a model whose paired difference to it is not significant, nothing for a significantly worse
+    one or one that shares no sample with the best (no evidence either way is no tie).
+
+    Returns:
+        (view, dataset, input, model, metric) -> mark, for the marked cells only.
+    """
+    marks: dict[tuple[str, str, str, str, str], str] = {}
+    if comparisons is None:
+        return marks
+    for r in comparisons.itertuples(index=False):  # over (model, metric) rows, not samples
+        key = (str(r.view), str(r.dataset), str(r.input), str(r.model), str(r.metric))
+        if r.model == r.best:
+            marks[key] = BEST_MARK
+        elif r.n > 0 and not r.significant:
+            marks[key] = TIED_MARK
+    return marks
+
+
+def _significance_text(built: BuiltTable) -> str:
+    """The caption's sentence on the significance marks, where the table has any."""
+    if not built.marked:
+        return ""
+    return (
+        f" {BEST_MARK} marks the best value of a column among every model evaluated on that data set and input (not "
+        f"only those in this table); {TIED_MARK} marks a value whose paired bootstrap difference to that best, on "
+        "the samples both were scored on, has a confidence interval that includes 0 (not significantly different); "
+        "an unmarked value is significantly worse than the best (MAEs and gender accuracy only)."
+    )
 
 
 def _rows_view_text(table: PaperTable, built: BuiltTable) -> str:
@@ -431,7 +490,7 @@ def table_caption(
     text = f"{head}: {table.caption}"
     text += " Our cells: value [95% CI]; rates in %; Δ = ours - paper; '-' = no value."
     if built is not None:
-        text += _rows_view_text(table, built) + _views_text(built)
+        text += _rows_view_text(table, built) + _views_text(built) + _significance_text(built)
     counts = exclusion_counts if exclusion_counts is not None else pd.DataFrame(columns=["dataset"])
     counts = counts[counts["dataset"].isin([m for m in mapped if m is not None])]
     if len(counts):
@@ -491,6 +550,9 @@ _LATEX_CHARS = {
     "↑": r"$\uparrow$",
     "Δ": r"$\Delta$",
     "±": r"$\pm$",
+    # \ensuremath, not $...$: two marks side by side ("≈★") would otherwise open display math with "$$"
+    "★": r"\ensuremath{\star}",
+    "≈": r"\ensuremath{\approx}",
 }
 
 
@@ -576,6 +638,7 @@ def write_tables(
     caption_note: str | None = None,
     model_names: Mapping[str, str] | None = None,
     exclusion_counts: pd.DataFrame | None = None,
+    comparisons: pd.DataFrame | None = None,
 ) -> list[Path]:
     """Write paper tables 1-10 (markdown and LaTeX) filled with our rows, and `summary.md`.
 
@@ -590,6 +653,8 @@ def write_tables(
         model_names: display names for model ids the paper does not have (or overrides).
         exclusion_counts: the evaluation's refusal-exclusion counts (`agegender.evaluate.read_exclusion_counts`),
             stated in the captions of the tables on those data sets.
+        comparisons: `agegender.evaluate.versus_best_tables` of the evaluation: the cells of
+            `SIGNIFICANCE_METRICS` are marked by it (`significance_marks`); None marks nothing.
 
     Returns:
         The files written, in order: table1.md, table1.tex, ..., table10.tex, summary.md.
@@ -603,12 +668,114 @@ def write_tables(
     checked = _check_rows(rows)
     role_map = resolve_roles(roles)
     paper = load_paper_results()
+    marks = significance_marks(comparisons)
     written: list[Path] = []
     for number, table in PAPER_TABLES.items():
-        built = build_table(table, checked, paper, role_map, model_names)
+        built = build_table(table, checked, paper, role_map, model_names, marks)
         caption = table_caption(table, role_map, built.have, caption_note, built, exclusion_counts)
         written.append(_write(out / f"table{number}.md", render_markdown(built.header, built.body, caption)))
         latex = render_latex(built.header, built.body, caption, f"tab:paper-table{number}")
         written.append(_write(out / f"table{number}.tex", latex))
     written.append(_write(out / "summary.md", _summary(checked, caption_note)))
     return written
+
+
+# --------------------------------------------------------------------------------------------- fairness view
+
+#: the file stem of the fairness table (`write_fairness_table`)
+FAIRNESS_TABLE = "fairness"
+#: what an attribute's values are, for the fairness table
+_ATTRIBUTE_NAMES = {"gender": "Gender", "race": "Race"}
+#: the Group cell of the row that gives the spread between an attribute's groups
+SPREAD_LABEL = "spread: max - min (max / min)"
+
+
+def _spread_cell(spread: pd.DataFrame, metric: str) -> str:
+    """max - min in the metric's display units (percentage points for rates), then the ratio max / min."""
+    hit = spread[spread["metric"] == metric]
+    if hit.empty:
+        return "-"
+    row = hit.iloc[0]
+    definition = metric_def(metric)
+    ratio = _num(row["ratio"])
+    return f"{definition.format(row['difference'])} ({'-' if ratio is None else f'{ratio:.2f}'}x)"
+
+
+def fairness_table(
+    groups: pd.DataFrame, caption_note: str | None = None, model_names: Mapping[str, str] | None = None
+) -> tuple[list[str], list[list[str]], str]:
+    """The fairness view as a table: per model, input and attribute, its groups, then the spread between them.
+
+    Args:
+        groups: `agegender.metrics.group_metrics` rows (as `reports/fairness.csv` holds them).
+        caption_note: text the caption carries, e.g. "demo data".
+        model_names: extra display names.
+
+    Returns:
+        (header, body, caption), all cells as text.
+    """
+    header = ["Dataset", "Input", "Model", "Attribute", "Group"]
+    for name in FAIRNESS_METRICS:
+        header += [f"{metric_def(name).target.capitalize()} n", metric_def(name).column_label]  # type: ignore[union-attr]
+    body: list[list[str]] = []
+    keys = ["dataset", "input", "model", "attribute"]
+    for key, block in groups.groupby(keys, sort=False):  # over (model, attribute) blocks, not samples
+        dataset, input_kind, model, attribute = (str(k) for k in key)
+        head = [
+            dataset,
+            INPUT_NAMES.get(input_kind, input_kind),
+            model_display_name(model, dict(model_names or {})),
+            _ATTRIBUTE_NAMES.get(attribute, attribute),
+        ]
+        for row in block.to_dict("records"):
+            cells = [str(row["group"])]
+            for name in FAIRNESS_METRICS:
+                n = _num(row.get(f"{metric_def(name).target}_n"))
+                cells += ["-" if n is None else str(int(n)), _our_cell(row, name)]
+            body.append(head + cells)
+        spread = group_spread(block)
+        if len(spread):  # a single group has no spread
+            body.append(head + [SPREAD_LABEL] + [c for m in FAIRNESS_METRICS for c in ("-", _spread_cell(spread, m))])
+    return header, body, _fairness_caption(groups, caption_note)
+
+
+def _fairness_caption(groups: pd.DataFrame, caption_note: str | None) -> str:
+    datasets = sorted(set(groups["dataset"].astype(str)))
+    raced = set(groups.loc[groups["attribute"] == "race", "dataset"].astype(str))
+    text = "Fairness view" + (f" ({caption_note})" if caption_note else "")
+    text += (
+        ": age MAE and gender accuracy per ground-truth gender and, where a data set labels it, race; each model "
+        "on the samples it answered (among those kept after a refusal exclusion, where one is set). Cells: value "
+        "[95% CI]; rates in %; n = the samples a metric stands on; a sample without a label of an attribute is in "
+        f"none of its groups. The row '{SPREAD_LABEL}' gives the difference between the largest and the smallest "
+        "group value (percentage points for accuracy) and, in parentheses, their ratio (largest / smallest; '-' "
+        "where the smallest is 0): the between-group comparison that NIST IR 8525 makes of age MAE by sex and "
+        "region."
+    )
+    if not datasets:
+        return text + " No predictions exist yet."
+    no_race = [d for d in datasets if d not in raced]
+    if no_race:
+        text += f" No race labels in {', '.join(no_race)}: rows by gender only."
+    return text
+
+
+def write_fairness_table(
+    groups: pd.DataFrame,
+    out_dir: str | Path,
+    *,
+    caption_note: str | None = None,
+    model_names: Mapping[str, str] | None = None,
+) -> list[Path]:
+    """Write the fairness view (`fairness_table`) as `fairness.md` and `fairness.tex`.
+
+    Returns:
+        The two files written.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    header, body, caption = fairness_table(groups, caption_note, model_names)
+    return [
+        _write(out / f"{FAIRNESS_TABLE}.md", render_markdown(header, body, caption)),
+        _write(out / f"{FAIRNESS_TABLE}.tex", render_latex(header, body, caption, "tab:fairness")),
+    ]

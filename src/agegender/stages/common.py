@@ -23,6 +23,8 @@ AGE_GROUPS_FILE = "reports/age_groups.csv"
 PRED_VS_TRUE_FILE = "reports/pred_vs_true.csv"
 #: the `evaluate` stage's refusal exclusion: the answers that removed samples for every model
 EXCLUSIONS_FILE = "reports/exclusions.csv"
+#: the `evaluate` stage's fairness view: age MAE and gender accuracy per gender and race group, which `report` reads
+FAIRNESS_FILE = "reports/fairness.csv"
 
 
 def setup(root: str | Path | None = None, params_file: str | Path = "params.yaml") -> tuple[Params, ProjectPaths]:
@@ -89,6 +91,7 @@ __all__ = [
     "AGE_GROUPS_FILE",
     "EVALUATION_FILE",
     "EXCLUSIONS_FILE",
+    "FAIRNESS_FILE",
     "PRED_VS_TRUE_FILE",
     "digest",
     "fresh_dir",

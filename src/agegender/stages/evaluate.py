@@ -15,6 +15,7 @@ from agegender.evaluate import (
     load_predictions,
     select_samples,
     write_age_groups,
+    write_result_csv,
     write_rows_json,
 )
 from agegender.exclusion import flat_exclusion_metrics, write_exclusions
@@ -25,6 +26,7 @@ from agegender.stages.common import (
     AGE_GROUPS_FILE,
     EVALUATION_FILE,
     EXCLUSIONS_FILE,
+    FAIRNESS_FILE,
     prediction_dirs,
     write_metrics,
 )
@@ -36,7 +38,8 @@ NAME = "evaluate"
 
 
 def run(params: Params, paths: ProjectPaths) -> EvaluationResult:
-    """Metric rows with CIs -> reports/evaluation.json, age groups, the refusal exclusion, metrics/evaluate.json."""
+    """Metric rows with CIs -> reports/evaluation.json, age groups, the refusal exclusion, the fairness view
+    (reports/fairness.csv), metrics/evaluate.json."""
     data = load_prepared(params, paths)
     study = params.study
     targets = select_samples(data.samples, study.split, study.datasets)
@@ -62,6 +65,7 @@ def run(params: Params, paths: ProjectPaths) -> EvaluationResult:
     write_rows_json(result.rows, paths(EVALUATION_FILE), result.exclusion_counts)
     write_age_groups(result.age_groups, paths(AGE_GROUPS_FILE))
     write_exclusions(result.exclusions, paths(EXCLUSIONS_FILE))
+    write_result_csv(result.fairness, paths(FAIRNESS_FILE))
     write_metrics(paths, NAME, flat_metrics(result.rows, views=VIEWS) | flat_exclusion_metrics(result.exclusion_counts))
     return result
 

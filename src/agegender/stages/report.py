@@ -8,12 +8,13 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from agegender.data.prepare import load_prepared
-from agegender.evaluate import load_predictions, read_exclusion_counts, read_rows_json
+from agegender.evaluate import load_predictions, read_exclusion_counts, read_rows_json, versus_best_tables
 from agegender.params import Params
 from agegender.paths import ProjectPaths
 from agegender.stages.common import (
     AGE_GROUPS_FILE,
     EVALUATION_FILE,
+    FAIRNESS_FILE,
     PRED_VS_TRUE_FILE,
     fresh_dir,
     prediction_dirs,
@@ -27,18 +28,31 @@ NAME = "report"
 
 
 def run(params: Params, paths: ProjectPaths) -> list[Path]:
-    """The paper's tables 1-10 in their layouts and the figures -> reports/tables, reports/figures
-    (and the gallery of crops -> reports/gallery, git-ignored; the pred_vs_true figure's points -> PRED_VS_TRUE_FILE,
-    for `dvc plots show`); all of them but the gallery on one page, reports/report.html."""
+    """The paper's tables 1-10 in their layouts (each model's MAEs and gender accuracy marked against the best of
+    its data set and input, `evaluate`'s bootstrap settings), the fairness table and the figures -> reports/tables,
+    reports/figures (and the gallery of crops -> reports/gallery, git-ignored; the pred_vs_true figure's points ->
+    PRED_VS_TRUE_FILE, for `dvc plots show`); all of them but the gallery on one page, reports/report.html."""
     from agegender.report.figures import write_figures
     from agegender.report.html import REPORT_FILE, write_report
-    from agegender.report.tables import write_tables
+    from agegender.report.tables import SIGNIFICANCE_METRICS, write_fairness_table, write_tables
 
     cfg = params.report
     rows, age_groups = read_rows_json(paths(EVALUATION_FILE)), pd.read_csv(paths(AGE_GROUPS_FILE))
     data = load_prepared(params, paths)
     predictions = load_predictions(prediction_dirs(params, paths), data.samples["sample_id"])
     roots = data.image_roots(paths)
+    evaluation = params.evaluate
+    comparisons = versus_best_tables(
+        data.samples,
+        predictions,
+        split=params.study.split,
+        datasets=params.study.datasets,
+        exclude_refused=evaluation.exclude_refused,
+        metric_names=SIGNIFICANCE_METRICS,
+        n_resamples=evaluation.n_resamples,
+        ci_level=evaluation.ci_level,
+        seed=evaluation.seed,
+    )
     tables = write_tables(
         rows,
         fresh_dir(paths.tables),
@@ -46,6 +60,10 @@ def run(params: Params, paths: ProjectPaths) -> list[Path]:
         caption_note=cfg.caption_note,
         model_names=cfg.model_names,
         exclusion_counts=read_exclusion_counts(paths(EVALUATION_FILE)),
+        comparisons=comparisons,
+    )
+    tables += write_fairness_table(
+        pd.read_csv(paths(FAIRNESS_FILE)), paths.tables, caption_note=cfg.caption_note, model_names=cfg.model_names
     )
     figures = write_figures(
         data.samples[data.samples["split"] == params.study.split],
