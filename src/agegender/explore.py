@@ -193,27 +193,27 @@ def status_counts(table: pd.DataFrame) -> pd.DataFrame:
     return counts.reindex(columns=[s for s in STATUSES if s in counts.columns]).reset_index()
 
 
-def error_by(table: pd.DataFrame, column: str) -> pd.DataFrame:
-    """Age MAE and gender accuracy of every (data set, model, input) per value of a sample column.
+def error_by(run: RunOutputs, attribute: str) -> pd.DataFrame:
+    """Age MAE and gender accuracy of every (data set, input, model) per group of a sample column, with intervals.
+
+    `metrics.group_metrics` on what each model answered (the `answered` view) with the study's bootstrap: the
+    evaluate stage's `reports/fairness.csv` is the same computation in the `kept` view, after the refusal exclusion.
 
     Args:
-        table: a `scored` table.
-        column: `gender_true`, `race` (where the data set labels it) or any other column of `table`.
+        run: `load_run`'s outputs.
+        attribute: `gender`, `race` (where a data set labels it) or any other sample column.
 
     Returns:
-        `dataset, model, input, <column>, n (answered with an age label), age_mae, gender_acc`; a column the
-        table lacks (no data set labels race) gives an empty table with these columns.
+        `metrics.FAIRNESS_COLUMNS`; no rows for an attribute no data set labels.
     """
-    keys = ["dataset", "model", "input", column]
-    out_columns = [*keys, "n", "age_mae", "gender_acc"]
-    if column not in table.columns:
-        return pd.DataFrame(columns=out_columns)
-    labelled = table[table[column].notna()].assign(
-        _err=lambda t: t["abs_error"].astype("float64"), _ok=lambda t: t["gender_correct"].astype("float64")
+    return metrics.group_metrics(
+        run.samples,
+        run.predictions,
+        attributes=(attribute,),
+        n_resamples=run.n_resamples,
+        ci_level=run.ci_level,
+        seed=run.seed,
     )
-    grouped = labelled.groupby(keys, observed=True)
-    out = grouped.agg(n=("_err", "count"), age_mae=("_err", "mean"), gender_acc=("_ok", "mean")).reset_index()
-    return out[out_columns]
 
 
 def error_by_age_group(run: RunOutputs, width: float = 5.0) -> pd.DataFrame:

@@ -1,5 +1,7 @@
 """agegender.explore on hand-made samples and predictions (the notebook itself runs in tests/integration)."""
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -89,14 +91,16 @@ def test_unanswered_keep_their_raw_text_and_statuses_are_counted():
     assert list(counts.columns) == ["dataset", "ok", "refused", "unparsed"]
 
 
-def test_error_by_gender_and_race():
-    table = explore.scored(_samples(), _predictions())
-    race = explore.error_by(table, "race").set_index(["model", "input", "race"])
-    assert race.loc[("A", "face", "asian"), "n"] == 1 and race.loc[("A", "face", "asian"), "age_mae"] == 5
+def test_error_by_gender_and_race_is_the_fairness_view_on_answers():
+    run = _run()
+    race = explore.error_by(run, "race").set_index(["model", "input", "group"])
+    assert race.loc[("A", "face", "asian"), "age_n"] == 1 and race.loc[("A", "face", "asian"), "age_mae"] == 5
     assert race.loc[("B", "face", "black"), "gender_acc"] == 1.0
-    gender = explore.error_by(table, "gender_true").set_index(["model", "input", "gender_true"])
-    assert gender.loc[("B", "face", "female"), "age_mae"] == 1 and gender.loc[("B", "body", "female"), "n"] == 1
-    assert explore.error_by(table.drop(columns="race"), "race").empty
+    gender = explore.error_by(run, "gender").set_index(["model", "input", "group"])
+    assert gender.loc[("B", "face", "female"), "age_mae"] == 1 and gender.loc[("B", "body", "female"), "age_n"] == 1
+    expected = metrics.group_metrics(run.samples, run.predictions, attributes=("gender",), n_resamples=50, seed=3)
+    pd.testing.assert_frame_equal(explore.error_by(run, "gender"), expected)
+    assert explore.error_by(replace(run, samples=run.samples.drop(columns="race")), "race").empty
 
 
 def test_error_by_age_group_is_the_metrics_one():
