@@ -18,7 +18,8 @@ from agegender import exclusion, metrics
 from agegender.data.schema import _first_bad, read_table, validate_predictions, validate_samples
 from agegender.errors import InputError
 from agegender.files import atomic_write_text
-from agegender.params import RefusalExclusion
+from agegender.assurance import assurance_metrics
+from agegender.params import AssuranceParams, RefusalExclusion
 
 TABLE_SUFFIXES = (".parquet", ".csv")
 
@@ -198,12 +199,14 @@ def evaluate_tables(
     seed: int = 0,
     age_group_width: float = 5.0,
     exclude_refused: Mapping[str, RefusalExclusion] | None = None,
+    assurance: AssuranceParams | None = None,
 ) -> EvaluationResult:
     """Evaluate validated tables: metric rows for every (dataset, input, model, view) and per-age-group MAE.
 
     With `exclude_refused`, the samples each named model refused leave their data set for every model (the
     ``kept`` view, `agegender.exclusion`), and the age groups are those of the ``kept`` view: the paper's
     figure 3 is drawn on NanoLAGENDA after the removal (it equals ``answered`` where nothing is excluded).
+    With `assurance`, the rows also hold the age-assurance rates under its limits (`agegender.assurance`).
     """
     chosen = select_samples(samples, split, datasets)
     inside = predictions["sample_id"].isin(chosen["sample_id"])
@@ -213,7 +216,14 @@ def evaluate_tables(
     removed = exclusion.refusal_exclusions(chosen, preds, rules)
     excluded = exclusion.excluded_ids(removed, rules)
     rows = metrics.evaluate(
-        chosen, preds, ci=ci, n_resamples=n_resamples, ci_level=ci_level, seed=seed, excluded=excluded
+        chosen,
+        preds,
+        ci=ci,
+        n_resamples=n_resamples,
+        ci_level=ci_level,
+        seed=seed,
+        excluded=excluded,
+        extra_metrics=assurance_metrics(assurance) if assurance is not None else (),
     )
     groups = metrics.age_group_mae(chosen, preds, width=age_group_width, view="kept", excluded=excluded)
     return EvaluationResult(

@@ -58,6 +58,7 @@ def run(params: Params, paths: ProjectPaths) -> EvaluationResult:
         seed=cfg.seed,
         age_group_width=cfg.age_group_width,
         exclude_refused=cfg.exclude_refused,
+        assurance=cfg.assurance,
     )
     write_rows_json(result.rows, paths(EVALUATION_FILE), result.exclusion_counts)
     write_age_groups(result.age_groups, paths(AGE_GROUPS_FILE))
