@@ -35,6 +35,13 @@ def in_range(values: np.ndarray, low: float, high: float) -> np.ndarray:
         return (values >= low) & (values < high)
 
 
+def too_few_text(n: float | None, min_n: int) -> str:
+    """What a table or figure says instead of a rate on fewer than `min_n` people (`MetricDef.min_n`): a rate a
+    handful of people decide would read as a finding."""
+    count = 0 if n is None else int(n)
+    return "no people" if count == 0 else f"too few (n={count} < {min_n})"
+
+
 def _estimated_in(pred: np.ndarray, gt: np.ndarray, low: float, high: float) -> np.ndarray:
     """Per-sample 1.0 where the estimate lies in [low, high): the score a rate averages over its population."""
     return in_range(pred, low, high).astype("float64")

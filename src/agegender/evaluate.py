@@ -18,8 +18,7 @@ from agegender import exclusion, metrics
 from agegender.data.schema import _first_bad, read_table, validate_predictions, validate_samples
 from agegender.errors import InputError
 from agegender.files import atomic_write_text
-from agegender.assurance import assurance_metrics
-from agegender.params import AssuranceParams, RefusalExclusion
+from agegender.params import RefusalExclusion
 
 TABLE_SUFFIXES = (".parquet", ".csv")
 
@@ -199,14 +198,14 @@ def evaluate_tables(
     seed: int = 0,
     age_group_width: float = 5.0,
     exclude_refused: Mapping[str, RefusalExclusion] | None = None,
-    assurance: AssuranceParams | None = None,
+    extra_metrics: Sequence[metrics.MetricDef] = (),
 ) -> EvaluationResult:
     """Evaluate validated tables: metric rows for every (dataset, input, model, view) and per-age-group MAE.
 
     With `exclude_refused`, the samples each named model refused leave their data set for every model (the
     ``kept`` view, `agegender.exclusion`), and the age groups are those of the ``kept`` view: the paper's
     figure 3 is drawn on NanoLAGENDA after the removal (it equals ``answered`` where nothing is excluded).
-    With `assurance`, the rows also hold the age-assurance rates under its limits (`agegender.assurance`).
+    `extra_metrics` add columns to the rows (the age-assurance rates, `agegender.assurance.assurance_metrics`).
     """
     chosen = select_samples(samples, split, datasets)
     inside = predictions["sample_id"].isin(chosen["sample_id"])
@@ -223,7 +222,7 @@ def evaluate_tables(
         ci_level=ci_level,
         seed=seed,
         excluded=excluded,
-        extra_metrics=assurance_metrics(assurance) if assurance is not None else (),
+        extra_metrics=extra_metrics,
     )
     groups = metrics.age_group_mae(chosen, preds, width=age_group_width, view="kept", excluded=excluded)
     return EvaluationResult(

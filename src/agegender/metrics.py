@@ -1088,9 +1088,9 @@ def evaluate(
             counts[f"{target}_n"] = np.bincount(g[valid[rows]], minlength=prep.n_groups)[groups].astype(np.int64)
             out[f"{target}_n"] = counts[f"{target}_n"]
         for m in extra_metrics:  # an age-assurance rate counts the people of its population
-            counts[m.count_column] = np.bincount(
-                g[metric_values[m.name][1][rows]], minlength=prep.n_groups
-            )[groups].astype(np.int64)
+            counts[m.count_column] = np.bincount(g[metric_values[m.name][1][rows]], minlength=prep.n_groups)[
+                groups
+            ].astype(np.int64)
             out[m.count_column] = counts[m.count_column]
         for definition in scored:
             # values are 0 off their target's mask, so summing over all rows of the view sums the scored ones

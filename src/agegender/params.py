@@ -435,7 +435,7 @@ class AssuranceParams:
         if not self.challenge_thresholds or len(set(self.challenge_thresholds)) != len(self.challenge_thresholds):
             raise ValueError(f"evaluate.assurance.challenge_thresholds: distinct ages, got {self.challenge_thresholds}")
         if self.adult_age <= 0 or self.min_n < 1:
-            raise ValueError(f"evaluate.assurance: adult_age and min_n must be >= 1, got {self.adult_age}, {self.min_n}")
+            raise ValueError(f"evaluate.assurance: adult_age, min_n must be >= 1, got {self.adult_age}, {self.min_n}")
 
 
 @dataclass(frozen=True)

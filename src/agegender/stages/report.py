@@ -20,8 +20,9 @@ NAME = "report"
 
 
 def run(params: Params, paths: ProjectPaths) -> list[Path]:
-    """The paper's tables 1-10 in their layouts and the figures -> reports/tables, reports/figures
-    (and the gallery of crops -> reports/gallery, git-ignored)."""
+    """The paper's tables 1-10 in their layouts, the age-assurance table and the figures -> reports/tables,
+    reports/figures (and the gallery of crops -> reports/gallery, git-ignored)."""
+    from agegender.assurance import assurance_metrics
     from agegender.report.figures import write_figures
     from agegender.report.tables import write_tables
 
@@ -37,6 +38,7 @@ def run(params: Params, paths: ProjectPaths) -> list[Path]:
         caption_note=cfg.caption_note,
         model_names=cfg.model_names,
         exclusion_counts=read_exclusion_counts(paths(EVALUATION_FILE)),
+        assurance=assurance_metrics(params.evaluate.assurance),
     )
     figures = write_figures(
         data.samples[data.samples["split"] == params.study.split],
@@ -54,6 +56,7 @@ def run(params: Params, paths: ProjectPaths) -> list[Path]:
         model_names=cfg.model_names,
         gallery_dir=fresh_dir(paths.gallery),
         history=_mivolo_history(params, paths),
+        assurance=assurance_metrics(params.evaluate.assurance),
     )
     written = [*tables, *figures]
     write_metrics(paths, NAME, {"tables": len(tables), "figures": len(figures)})
