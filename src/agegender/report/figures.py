@@ -522,7 +522,8 @@ def assurance_figure(
     model_names: Mapping[str, str] | None = None,
 ) -> Figure:
     """The age-assurance rates (`agegender.assurance`), one panel per rate: a bar with its 95% CI per (data set,
-    model, input) of the answered view; where a rate stands on too few people the bar's place says so.
+    model, input) of the answered view; where a rate stands on too few people the bar's place says so. Rows with
+    no person of known age in any population (class-only data sets) are left out: they would only say "no people".
 
     Args:
         rows: evaluation rows holding the rates' columns; None or empty: a figure that says so.
@@ -538,8 +539,10 @@ def assurance_figure(
     if rows is None or not assurance or not needed <= set(rows.columns):
         return _message_figure(title, NO_PREDICTIONS)
     data = rows[rows["view"] == "answered"].sort_values(["dataset", "model", "input"], kind="stable")
+    counts = data[list(dict.fromkeys(d.count_column for d in assurance))].fillna(0).to_numpy()
+    data = data[(counts > 0).any(axis=1)]  # no labelled age in any population (a class data set): nothing to draw
     if data.empty:
-        return _message_figure(title, NO_PREDICTIONS)
+        return _message_figure(title, "no answered person with a true age" if len(counts) else NO_PREDICTIONS)
     keys = zip(data["dataset"], data["model"], data["input"], strict=True)
     labels = [f"{d}: {_label(m, i, model_names)}" for d, m, i in keys]
     nrows, ncols = _grid(len(assurance), max_cols=2)
@@ -560,7 +563,7 @@ def assurance_figure(
             ax.text(1.0, y[k], too_few_text(counts[k], definition.min_n), va="center", fontsize=7, color="tab:gray")
         ax.set_xlim(0, 100)
         ax.set_yticks(y, labels if k_ax % ncols == 0 else [""] * len(labels), fontsize=7)  # the left column names
-        ax.invert_yaxis()
+        ax.set_ylim(len(labels) - 0.4, -0.6)  # top to bottom, the first bar clear of the title
         ax.set_xlabel("share of its people, %", fontsize=8)
         ax.set_title(definition.label, fontsize=8)
     for ax in axes[len(assurance) :]:
