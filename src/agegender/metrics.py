@@ -1048,9 +1048,12 @@ def evaluate(
     clash = [m.name for m in extra_metrics if m.name in METRICS_BY_NAME or m.per_sample is None]
     if clash:
         raise ValueError(f"extra_metrics {clash} clash with METRICS or have no per-sample score")
-    ci_columns = [f"{m.name}_ci_{s}" for m in scored for s in ("low", "high")] if ci else []
+
+    def bounds(defs: Iterable[MetricDef]) -> list[str]:
+        return [f"{m.name}_ci_{side}" for m in defs for side in ("low", "high")] if ci else []
+
     extra_columns = list(dict.fromkeys(c for m in extra_metrics for c in (m.count_column, m.name)))
-    columns = list(EVAL_COLUMNS) + ci_columns[: 2 * len(CI_METRICS)] + extra_columns + ci_columns[2 * len(CI_METRICS) :]
+    columns = [*EVAL_COLUMNS, *bounds(scored[: len(CI_METRICS)]), *extra_columns, *bounds(extra_metrics)]
     if len(predictions) == 0:
         return _empty_rows(columns)
 
