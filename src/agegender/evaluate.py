@@ -201,6 +201,7 @@ def evaluate_tables(
     seed: int = 0,
     age_group_width: float = 5.0,
     exclude_refused: Mapping[str, RefusalExclusion] | None = None,
+    extra_metrics: Sequence[metrics.MetricDef] = (),
 ) -> EvaluationResult:
     """Evaluate validated tables: metric rows for every (dataset, input, model, view) and per-age-group MAE.
 
@@ -208,11 +209,19 @@ def evaluate_tables(
     ``kept`` view, `agegender.exclusion`), and the age groups are those of the ``kept`` view: the paper's
     figure 3 is drawn on NanoLAGENDA after the removal (it equals ``answered`` where nothing is excluded). The
     fairness view is in that view too, with intervals whatever `ci` says (they are what it is read for).
+    `extra_metrics` add columns to the rows (the age-assurance rates, `agegender.assurance.assurance_metrics`).
     """
     study = _study(samples, predictions, split, datasets, exclude_refused)
     chosen, preds, excluded = study.samples, study.predictions, study.excluded
     rows = metrics.evaluate(
-        chosen, preds, ci=ci, n_resamples=n_resamples, ci_level=ci_level, seed=seed, excluded=excluded
+        chosen,
+        preds,
+        ci=ci,
+        n_resamples=n_resamples,
+        ci_level=ci_level,
+        seed=seed,
+        excluded=excluded,
+        extra_metrics=extra_metrics,
     )
     groups = metrics.age_group_mae(chosen, preds, width=age_group_width, view="kept", excluded=excluded)
     fairness = metrics.group_metrics(

@@ -221,6 +221,12 @@ class MetricDef:
         paper_label: the paper's wording where it differs from `label` (its tables call class accuracy
             "Age Acc").
         in_paper: whether the paper reports it (`paper_results.csv` may hold it).
+        population: ground truth -> whether a sample belongs to the people a rate is over (the age-assurance
+            rates of `agegender.assurance`: people aged 14-17, ...); None: every sample with the target's label.
+        count: the column counting the metric's samples; None: ``<target>_n``. Rates over the same population
+            share it.
+        min_n: the fewest samples the metric is given on; below it `evaluate` leaves it (and its interval)
+            NaN, so that no table prints a rate a handful of people decide.
     """
 
     name: str
@@ -233,6 +239,14 @@ class MetricDef:
     digits: int = 2
     paper_label: str | None = None
     in_paper: bool = True
+    population: Callable[[np.ndarray], np.ndarray] | None = None
+    count: str | None = None
+    min_n: int = 1
+
+    @property
+    def count_column(self) -> str:
+        """The column of `evaluate`'s table that counts the samples the metric stands on (``age_n``)."""
+        return self.count or f"{self.target}_n"
 
     @property
     def bootstrapped(self) -> bool:
@@ -726,13 +740,18 @@ class _Prepared:
         n_inp, n_mod = len(self.inputs), len(self.models)
         return group // (n_inp * n_mod), (group // n_mod) % n_inp, group % n_mod
 
-    def values(self, metric: str) -> tuple[np.ndarray, np.ndarray]:
-        """(per-row score, per-row validity) of a bootstrapped metric (`CI_METRICS`); scores are 0 where not valid."""
-        definition = metric_def(metric)
+    def values(self, metric: str | MetricDef) -> tuple[np.ndarray, np.ndarray]:
+        """(per-row score, per-row validity) of a bootstrapped metric (a name of `CI_METRICS`, or a definition
+        such as an age-assurance rate); scores are 0 where not valid."""
+        definition = metric if isinstance(metric, MetricDef) else metric_def(metric)
         if definition.per_sample is None or definition.target is None:
-            raise ValueError(f"metric {metric!r} has no per-sample score; expected one of {list(CI_METRICS)}")
+            raise ValueError(f"metric {definition.name!r} has no per-sample score; expected one of {list(CI_METRICS)}")
         target = definition.target
         valid = getattr(self, f"{target}_valid")
+        if definition.population is not None:
+            truth = getattr(self, f"{target}_gt")
+            with np.errstate(invalid="ignore"):  # NaN ground truth is off the target's mask anyway
+                valid = valid & definition.population(truth)
         with np.errstate(invalid="ignore", divide="ignore"):  # rows off the mask may hold NaN or -1 codes
             score = definition.per_sample(getattr(self, f"{target}_pred"), getattr(self, f"{target}_gt"))
         return np.where(valid, score, 0.0).astype("float64", copy=False), valid
@@ -986,6 +1005,7 @@ def evaluate(
     seed: int = 0,
     views: Sequence[str] = VIEWS,
     excluded: Mapping[str, Collection[str]] | None = None,
+    extra_metrics: Sequence[MetricDef] = (),
 ) -> pd.DataFrame:
     """Score every (dataset, input, model) of a prediction table against a sample table.
 
@@ -1007,10 +1027,14 @@ def evaluate(
         views: any of `VIEWS`.
         excluded: data set -> the sample ids its refusal exclusion removes (`agegender.exclusion`); the
             data sets named here get ``kept`` rows, even when nothing is removed.
+        extra_metrics: bootstrapped metrics outside `METRICS` whose definition depends on params (the
+            age-assurance rates, `agegender.assurance.assurance_metrics`); each adds its count column
+            (`MetricDef.count_column`, once per population), its value, and with `ci` its interval, after
+            the columns of `METRICS`. A value on fewer than its `min_n` samples is NaN.
 
     Returns:
-        One row per (dataset, input, model, view), sorted, with columns `EVAL_COLUMNS` (+ CI columns).
-        Rates are fractions; a metric without samples is NaN.
+        One row per (dataset, input, model, view), sorted, with columns `EVAL_COLUMNS` (+ CI columns, + the
+        extra metrics' columns). Rates are fractions; a metric without samples is NaN.
 
     Raises:
         InputError: unknown sample ids, duplicate prediction rows, unusable class labels.
@@ -1020,7 +1044,16 @@ def evaluate(
     bad = [v for v in views if v not in VIEWS]
     if bad or not views:
         raise ValueError(f"views must be a non-empty subset of {list(VIEWS)}, got {list(views)}")
-    columns = list(EVAL_COLUMNS) + ([f"{m}_ci_{s}" for m in CI_METRICS for s in ("low", "high")] if ci else [])
+    scored = (*(metric_def(name) for name in CI_METRICS), *extra_metrics)
+    clash = [m.name for m in extra_metrics if m.name in METRICS_BY_NAME or m.per_sample is None]
+    if clash:
+        raise ValueError(f"extra_metrics {clash} clash with METRICS or have no per-sample score")
+
+    def bounds(defs: Iterable[MetricDef]) -> list[str]:
+        return [f"{m.name}_ci_{side}" for m in defs for side in ("low", "high")] if ci else []
+
+    extra_columns = list(dict.fromkeys(c for m in extra_metrics for c in (m.count_column, m.name)))
+    columns = [*EVAL_COLUMNS, *bounds(scored[: len(CI_METRICS)]), *extra_columns, *bounds(extra_metrics)]
     if len(predictions) == 0:
         return _empty_rows(columns)
 
@@ -1028,7 +1061,7 @@ def evaluate(
     exclusion = _exclusion(prep, samples, excluded)
     present = np.bincount(prep.group, minlength=prep.n_groups) > 0
     all_groups = np.flatnonzero(present)  # dense codes increase with (dataset, input, model) names
-    metric_values = {name: prep.values(name) for name in CI_METRICS}
+    metric_values = {m.name: prep.values(m) for m in scored}
 
     frames = []
     for view in views:
@@ -1055,12 +1088,18 @@ def evaluate(
         counts = {}
         for target in TARGETS:  # the metrics of a target share its mask
             valid = getattr(prep, f"{target}_valid")
-            counts[target] = np.bincount(g[valid[rows]], minlength=prep.n_groups)[groups].astype(np.int64)
-            out[f"{target}_n"] = counts[target]
-        for name in CI_METRICS:
+            counts[f"{target}_n"] = np.bincount(g[valid[rows]], minlength=prep.n_groups)[groups].astype(np.int64)
+            out[f"{target}_n"] = counts[f"{target}_n"]
+        for m in extra_metrics:  # an age-assurance rate counts the people of its population
+            counts[m.count_column] = np.bincount(g[metric_values[m.name][1][rows]], minlength=prep.n_groups)[
+                groups
+            ].astype(np.int64)
+            out[m.count_column] = counts[m.count_column]
+        for definition in scored:
             # values are 0 off their target's mask, so summing over all rows of the view sums the scored ones
+            name, n = definition.name, counts[definition.count_column]
             total = np.bincount(g, weights=metric_values[name][0][rows], minlength=prep.n_groups)[groups]
-            out[name] = _ratio(total, counts[metric_def(name).target])
+            out[name] = np.where(n >= definition.min_n, _ratio(total, n), np.nan)
         # object dtype keeps None (pandas 3 would turn a str column's None into NaN)
         out["class_scheme"] = pd.Series(
             [None if (s := prep.scheme_of_dataset[k]) is None else s.name for k in d], dtype="object"
@@ -1068,7 +1107,7 @@ def evaluate(
         frame = pd.DataFrame(out)
         if ci:
             lows, highs = _row_intervals(prep, groups, mask, metric_values, n_resamples, ci_level, seed, view)
-            for j, name in enumerate(CI_METRICS):
+            for j, name in enumerate(metric_values):
                 defined = frame[name].notna().to_numpy()
                 frame[f"{name}_ci_low"] = np.where(defined, lows[:, j], np.nan)
                 frame[f"{name}_ci_high"] = np.where(defined, highs[:, j], np.nan)
@@ -1094,15 +1133,16 @@ def _row_intervals(
     seed: int,
     view: str,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Bootstrap every output row of one view over its answered rows; returns (rows, metrics) bounds."""
-    num = np.stack([metric_values[name][0] for name in CI_METRICS], axis=1)
-    den = np.stack([metric_values[name][1] for name in CI_METRICS], axis=1).astype("float64")
+    """Bootstrap every output row of one view over its answered rows; returns (rows, metrics) bounds, the metrics
+    in the order of `metric_values`."""
+    num = np.stack([score for score, _ in metric_values.values()], axis=1)
+    den = np.stack([valid for _, valid in metric_values.values()], axis=1).astype("float64")
     rows = np.flatnonzero(mask)
     order = rows[np.argsort(prep.group[rows], kind="stable")]
     starts = np.searchsorted(prep.group[order], groups, side="left")
     ends = np.searchsorted(prep.group[order], groups, side="right")
     d, i, m = prep.unpack(groups)
-    lows = np.full((len(groups), len(CI_METRICS)), np.nan)
+    lows = np.full((len(groups), len(metric_values)), np.nan)
     highs = np.full_like(lows, np.nan)
     for r in range(len(groups)):  # over output rows, not samples
         sel = order[starts[r] : ends[r]]
@@ -1599,6 +1639,8 @@ def flat_metrics(table: pd.DataFrame, *, views: Sequence[str] = ("answered",)) -
         A flat dict, keys sorted, ints for counts and floats for everything else.
     """
     names = [c for c in table.columns if c not in TEXT_COLUMNS]
+    # the extra metrics' population counts (`challenge_n`) are integer columns like `COUNT_COLUMNS`
+    counts = set(COUNT_COLUMNS) | {c for c in names if pd.api.types.is_integer_dtype(table[c])}
     out: dict[str, float | int] = {}
     rows = table[table["view"].isin(list(views))]
     for row in rows.itertuples(index=False):  # over table rows (models x inputs), not samples
@@ -1610,5 +1652,5 @@ def flat_metrics(table: pd.DataFrame, *, views: Sequence[str] = ("answered",)) -
             value = rec[name]
             if pd.isna(value):
                 continue
-            out[f"{prefix}.{name}"] = int(value) if name in COUNT_COLUMNS else float(value)
+            out[f"{prefix}.{name}"] = int(value) if name in counts else float(value)
     return dict(sorted(out.items()))

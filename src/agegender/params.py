@@ -407,6 +407,38 @@ class RefusalExclusion:
 
 
 @dataclass(frozen=True)
+class AssuranceParams:
+    """Section `evaluate.assurance`: the age-assurance rates' age limits (`agegender.assurance`).
+
+    The defaults are NIST IR 8525's (FATE Age Estimation and Verification): the Challenge-25 and -21 tests on
+    people aged 14-17, minors as adults at 18, and a 13-16 "child-only" band.
+    """
+
+    #: [low, high) true ages of the Challenge tests' people
+    challenge_ages: tuple[int, int] = (14, 18)
+    #: estimated ages at or above which a Challenge-test person passes as old enough: one rate each
+    challenge_thresholds: tuple[int, ...] = (25, 21)
+    #: under it a person is a minor; estimated at or above it, an adult
+    adult_age: int = 18
+    #: [low, high) ages of the child-only band, for true and estimated ages alike
+    child_band: tuple[int, int] = (13, 17)
+    #: the fewest people a rate is given on: with zero errors among 30 people the 95% upper bound of the rate is
+    #: still ~10% (the rule of three, 3/n), the largest that still separates systems; fewer people say nothing
+    min_n: int = 30
+
+    def __post_init__(self) -> None:
+        for name in ("challenge_ages", "child_band"):
+            pair = getattr(self, name)
+            low, high = (pair[0], pair[1]) if len(pair) == 2 else (0, 0)
+            if len(pair) != 2 or not 0 <= low < high:
+                raise ValueError(f"evaluate.assurance.{name}: needs [low, high) with 0 <= low < high, got {list(pair)}")
+        if not self.challenge_thresholds or len(set(self.challenge_thresholds)) != len(self.challenge_thresholds):
+            raise ValueError(f"evaluate.assurance.challenge_thresholds: distinct ages, got {self.challenge_thresholds}")
+        if self.adult_age <= 0 or self.min_n < 1:
+            raise ValueError(f"evaluate.assurance: adult_age, min_n must be >= 1, got {self.adult_age}, {self.min_n}")
+
+
+@dataclass(frozen=True)
 class EvaluateParams:
     """Section `evaluate`: bootstrap confidence intervals, refusal exclusions and where results go."""
 
@@ -418,6 +450,7 @@ class EvaluateParams:
     #: data set -> the model whose refusals remove samples from it for every model (the `kept` view); a data set
     #: outside `study.datasets` is not evaluated, and its exclusion is not applied
     exclude_refused: dict[str, RefusalExclusion] = field(default_factory=dict)
+    assurance: AssuranceParams = field(default_factory=AssuranceParams)
 
 
 @dataclass(frozen=True)

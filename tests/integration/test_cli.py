@@ -58,8 +58,11 @@ def test_evaluate_writes_rows(files):
     assert row["age_n"] == 4 and row["age_mae"] == pytest.approx((2 + 0 + 6 + 0) / 4)
     assert row["age_cs5"] == pytest.approx(0.75)
     assert row["gender_n"] == 3 and row["gender_acc"] == pytest.approx(2 / 3)
+    # the age-assurance counts with NIST IR 8525's limits; 4 answered ages are below min_n (30): no rate
+    assert row["minor_n"] + row["adult_n"] == 4 and row["minor_as_adult"] is None
     flat = json.loads((tmp / "f.json").read_text())
     assert flat["d.body.m.age_mae"] == pytest.approx(2.0)
+    assert isinstance(flat["d.body.m.adult_n"], int) and "d.body.m.minor_as_adult" not in flat
 
 
 def test_evaluate_with_ci(files):

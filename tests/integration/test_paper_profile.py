@@ -162,6 +162,8 @@ def test_every_model_answered_its_data_sets(project):
     }
     for key in expected:
         assert f"{key}.n_total" in flat, key
+        # the age-assurance populations are counted for every row (a rate only on evaluate.assurance.min_n people)
+        assert all(f"{key}.{n}" in flat for n in ("challenge_n", "minor_n", "child_band_n", "adult_n")), key
     # inputs_by_dataset: LLaVA-NeXT answered full LAGENDA with body crops only, as in the paper
     assert "lagenda.body_wo_face.llava-next-34b.n_total" not in flat
     for key in ("gpt-4v", "gpt-4o"):

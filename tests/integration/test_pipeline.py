@@ -95,8 +95,9 @@ def test_every_stage_ran_and_wrote_its_outputs(project):
     assert (root / "dvc.lock").is_file()
     tables = sorted(p.name for p in (root / "reports" / "tables").iterdir())
     assert "table8.md" in tables and "table8.tex" in tables
+    assert "assurance.md" in tables and "assurance.tex" in tables  # the age-assurance rates
     figures = {p.name for p in (root / "reports" / "figures").iterdir()}
-    assert {"age_group_mae.png", "age_group_mae.pdf"} <= figures
+    assert {"age_group_mae.png", "age_group_mae.pdf", "age_assurance.png", "age_assurance.pdf"} <= figures
     assert "gallery.png" not in figures  # crops of photos never land in a committed folder
     assert (root / "reports" / "gallery" / "gallery.png").is_file()
     # the page a person reads: every table and figure of the committed folders, the gallery's crops not embedded

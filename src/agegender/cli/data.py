@@ -15,9 +15,11 @@ STAGES = ("check", *_REGISTERED)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from agegender.assurance import assurance_metrics
     from agegender.evaluate import evaluate_files, write_age_groups, write_rows_json
     from agegender.files import atomic_write_text
     from agegender.metrics import flat_metrics
+    from agegender.params import AssuranceParams
 
     result = evaluate_files(
         args.samples,
@@ -28,6 +30,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         n_resamples=args.n_resamples,
         ci_level=args.ci_level,
         seed=args.seed,
+        # NIST IR 8525's limits; the pipeline takes them from evaluate.assurance
+        extra_metrics=assurance_metrics(AssuranceParams()),
     )
     # everything is computed before the first file is written; each file is replaced atomically
     flat = flat_metrics(result.rows, views=("answered", "common")) if args.flat else None

@@ -21,17 +21,25 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
+from agegender.assurance import too_few_text
 from agegender.data.crops import crop, load_image
 from agegender.data.schema import FACE_BOX, GENDERS, PERSON_BOX, validate_predictions, validate_samples
 from agegender.errors import InputError
 from agegender.files import write_table
-from agegender.metrics import age_mae, metric_def
+from agegender.metrics import MetricDef, age_mae, metric_def
 from agegender.report.paper import INPUT_NAMES, model_display_name
 
 log = logging.getLogger(__name__)
 
 DPI = 150
-FIGURE_NAMES: tuple[str, ...] = ("age_group_mae", "pred_vs_true", "gender_confusion", "learning_curve", "gallery")
+FIGURE_NAMES: tuple[str, ...] = (
+    "age_group_mae",
+    "pred_vs_true",
+    "gender_confusion",
+    "learning_curve",
+    "gallery",
+    "age_assurance",
+)
 #: above this many points a panel of pred_vs_true is a hexbin instead of a scatter (readability).
 HEXBIN_MIN_POINTS = 2000
 #: the longest side of a gallery crop after downscaling; keeps files small for large photos.
@@ -566,6 +574,64 @@ def gallery_figure(
     return fig
 
 
+def assurance_figure(
+    rows: pd.DataFrame | None,
+    assurance: Sequence[MetricDef],
+    *,
+    caption_note: str | None = None,
+    model_names: Mapping[str, str] | None = None,
+) -> Figure:
+    """The age-assurance rates (`agegender.assurance`), one panel per rate: a bar with its 95% CI per (data set,
+    model, input) of the answered view; where a rate stands on too few people the bar's place says so. Rows with
+    no person of known age in any population (class-only data sets) are left out: they would only say "no people".
+
+    Args:
+        rows: evaluation rows holding the rates' columns; None or empty: a figure that says so.
+        assurance: the rates (`agegender.assurance.assurance_metrics`).
+        caption_note: e.g. "demo data".
+        model_names: extra display names.
+
+    Returns:
+        The figure.
+    """
+    title = _title("Age assurance (NIST IR 8525), answered view", caption_note)
+    needed = {"dataset", "input", "model", "view", *(d.name for d in assurance)}
+    if rows is None or not assurance or not needed <= set(rows.columns):
+        return _message_figure(title, NO_PREDICTIONS)
+    data = rows[rows["view"] == "answered"].sort_values(["dataset", "model", "input"], kind="stable")
+    counts = data[list(dict.fromkeys(d.count_column for d in assurance))].fillna(0).to_numpy()
+    data = data[(counts > 0).any(axis=1)]  # no labelled age in any population (a class data set): nothing to draw
+    if data.empty:
+        return _message_figure(title, "no answered person with a true age" if len(counts) else NO_PREDICTIONS)
+    keys = zip(data["dataset"], data["model"], data["input"], strict=True)
+    labels = [f"{d}: {_label(m, i, model_names)}" for d, m, i in keys]
+    nrows, ncols = _grid(len(assurance), max_cols=2)
+    fig = Figure(figsize=(6.0 * ncols, 0.32 * len(labels) * nrows + 1.2 * nrows + 0.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    y = np.arange(len(labels))
+    for k_ax, (ax, definition) in enumerate(zip(axes, assurance, strict=False)):
+        value = 100.0 * pd.to_numeric(data[definition.name], errors="coerce").to_numpy(dtype=float)
+        low = 100.0 * pd.to_numeric(data.get(f"{definition.name}_ci_low"), errors="coerce").to_numpy(dtype=float)
+        high = 100.0 * pd.to_numeric(data.get(f"{definition.name}_ci_high"), errors="coerce").to_numpy(dtype=float)
+        shown = ~np.isnan(value)
+        ax.barh(y[shown], value[shown], color="tab:blue", alpha=0.7)
+        err = np.vstack([value - low, high - value])[:, shown]
+        if shown.any() and not np.isnan(err).all():
+            ax.errorbar(value[shown], y[shown], xerr=np.nan_to_num(err), fmt="none", ecolor="black", lw=1, capsize=2)
+        counts = data[definition.count_column].to_numpy()
+        for k in np.flatnonzero(~shown):
+            ax.text(1.0, y[k], too_few_text(counts[k], definition.min_n), va="center", fontsize=7, color="tab:gray")
+        ax.set_xlim(0, 100)
+        ax.set_yticks(y, labels if k_ax % ncols == 0 else [""] * len(labels), fontsize=7)  # the left column names
+        ax.set_ylim(len(labels) - 0.4, -0.6)  # top to bottom, the first bar clear of the title
+        ax.set_xlabel("share of its people, %", fontsize=8)
+        ax.set_title(definition.label, fontsize=8)
+    for ax in axes[len(assurance) :]:
+        ax.set_axis_off()
+    fig.suptitle(title, fontsize=11)
+    return fig
+
+
 # --------------------------------------------------------------------------------------------- writer
 
 
@@ -587,13 +653,14 @@ def write_figures(
     gallery_dir: str | Path | None = None,
     history: pd.DataFrame | None = None,
     pred_vs_true_file: str | Path | None = None,
+    assurance: Sequence[MetricDef] = (),
 ) -> list[Path]:
     """Write the report figures as png and pdf (and, where asked, the pred_vs_true figure's data as CSV).
 
     Figures: `age_group_mae` (the paper's figure 3), `pred_vs_true`, `gender_confusion` (all three
     on the data set `age_group_dataset`, default: the first data set whose id contains "nano", else
     the first one), `learning_curve` (MiVOLO's validation metrics per epoch) and `gallery` (figure 1 style,
-    on `gallery_dataset`, default the same data set).
+    on `gallery_dataset`, default the same data set) and `age_assurance` (the age-assurance rates of every row).
     A figure without data says "no predictions yet" instead of failing.
 
     Args:
@@ -611,6 +678,7 @@ def write_figures(
         seed: seed of the gallery draw.
         model_names: display names for model ids the paper does not have.
         history: MiVOLO's training history (the `train_mivolo` stage's `history.csv`) for `learning_curve`, or None.
+        assurance: the age-assurance rates `rows` holds, for `age_assurance` (none: it says "no predictions yet").
         gallery_dir: where the gallery goes (default `out_dir`). It shows crops of the photos, so for real
             data it must be a folder that is never committed (the pipeline gives `reports/gallery`).
         pred_vs_true_file: where to write `pred_vs_true_points` of the figure's data set (a .csv), or None.
@@ -650,6 +718,7 @@ def write_figures(
             caption_note=caption_note,
             model_names=model_names,
         ),
+        "age_assurance": assurance_figure(rows, assurance, caption_note=caption_note, model_names=model_names),
     }
     if pred_vs_true_file is not None:
         write_table(pred_vs_true_points(joined, main), pred_vs_true_file)

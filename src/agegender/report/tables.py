@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from agegender.assurance import too_few_text
 from agegender.errors import InputError
 from agegender.exclusion import PAPER_NANOLAGENDA_COUNTS, describe_counts
 from agegender.files import atomic_write_text
@@ -37,6 +38,7 @@ from agegender.metrics import (
     FAIRNESS_METRICS,
     METRICS_BY_NAME,
     VIEWS,
+    MetricDef,
     group_spread,
     metric_def,
 )
@@ -58,7 +60,8 @@ SUMMARY_COLUMNS: tuple[str, ...] = EVAL_COLUMNS
 #: headers of the summary's columns that are not metrics (those take `MetricDef.column_label`)
 _SUMMARY_HEADERS = {"dataset": "Dataset", "input": "Input", "model": "Model", "view": "View", "n_total": "n total",
                     "n_answered": "n answered", "age_n": "Age n", "gender_n": "Gender n",
-                    "class_scheme": "Class scheme", "class_n": "Class n"}  # fmt: skip
+                    "class_scheme": "Class scheme", "class_n": "Class n", "challenge_n": "Challenge n",
+                    "minor_n": "Minors n", "child_band_n": "Child band n", "adult_n": "Adults n"}  # fmt: skip
 
 _KEY_HEADERS = {"model": "Model", "train_dataset": "Train Dataset", "dataset": "Test Dataset", "input": "Input"}
 NO_PREDICTIONS = "paper only: no predictions yet"
@@ -98,8 +101,9 @@ def _num(value: object) -> float | None:
     return None if math.isnan(out) else out
 
 
-def _our_cell(row: Mapping[str, object], metric: str, paper: float | None = None, mark: str = "") -> str:
-    definition = metric_def(metric)
+def _our_cell(row: Mapping[str, object], metric: str | MetricDef, paper: float | None = None, mark: str = "") -> str:
+    definition = metric if isinstance(metric, MetricDef) else metric_def(metric)
+    metric = definition.name
     value = _num(row.get(metric))
     text = definition.format(value)
     lo, hi = _num(row.get(f"{metric}_ci_low")), _num(row.get(f"{metric}_ci_high"))
@@ -630,6 +634,64 @@ def _summary(rows: pd.DataFrame, caption_note: str | None) -> str:
     return render_markdown(header, body, caption)
 
 
+#: file name (without suffix) of the age-assurance table
+ASSURANCE_TABLE = "assurance"
+
+
+def _assurance_cell(row: Mapping[str, object], definition: MetricDef) -> str:
+    """The rate with its interval, or why it is not given (`too_few_text`)."""
+    n = _num(row.get(definition.count_column))
+    if _num(row.get(definition.name)) is None and (n or 0) < definition.min_n:
+        return too_few_text(n, definition.min_n)
+    return _our_cell(row, definition)
+
+
+def assurance_table(
+    rows: pd.DataFrame, assurance: Sequence[MetricDef], caption_note: str | None = None
+) -> tuple[list[str], list[list[str]], str]:
+    """The age-assurance table: per (dataset, input, model, view), each population's count and its rates.
+
+    Args:
+        rows: checked evaluation rows holding the rates' columns (`agegender.assurance.assurance_metrics`).
+        assurance: the rates, in column order; rates over one population follow its count.
+        caption_note: e.g. "demo data".
+
+    Returns:
+        (header, body, caption).
+    """
+    columns: list[str | MetricDef] = []
+    for definition in assurance:
+        if definition.count_column not in columns:
+            columns.append(definition.count_column)
+        columns.append(definition)
+    header = [*(_SUMMARY_HEADERS[c] for c in KEY_COLUMNS)]
+    header += [_SUMMARY_HEADERS[c] if isinstance(c, str) else c.column_label for c in columns]
+    view_order = {v: i for i, v in enumerate(VIEWS)}
+    ordered = sorted(
+        rows.to_dict("records"), key=lambda r: (r["dataset"], r["input"], r["model"], view_order[r["view"]])
+    )
+    body = []
+    for r in ordered:
+        cells = [str(r[c]) for c in KEY_COLUMNS]
+        for c in columns:
+            if isinstance(c, str):
+                n = _num(r.get(c))
+                cells.append("-" if n is None else str(int(n)))
+            else:
+                cells.append(_assurance_cell(r, c))
+        body.append(cells)
+    min_n = max((d.min_n for d in assurance), default=1)
+    title = "Age assurance (NIST IR 8525)" + (f" ({caption_note})" if caption_note else "")
+    caption = (
+        f"{title}: each rate is the share of the people counted beside it (true age from the labels) whose answered "
+        "age estimate falls in the rate's range; rates in %, 95% bootstrap CI in brackets; a rate on fewer than "
+        f"{min_n} people is not given. " + "; ".join(VIEW_WORDS[v] for v in VIEWS) + "."
+    )
+    if not body:
+        caption += " No predictions exist yet."
+    return header, body, caption
+
+
 def write_tables(
     rows: pd.DataFrame | None,
     out_dir: str | Path,
@@ -639,8 +701,10 @@ def write_tables(
     model_names: Mapping[str, str] | None = None,
     exclusion_counts: pd.DataFrame | None = None,
     comparisons: pd.DataFrame | None = None,
+    assurance: Sequence[MetricDef] = (),
 ) -> list[Path]:
-    """Write paper tables 1-10 (markdown and LaTeX) filled with our rows, and `summary.md`.
+    """Write paper tables 1-10 (markdown and LaTeX) filled with our rows, and `summary.md`; with `assurance`, the
+    age-assurance table too (`assurance.md`, `assurance.tex`).
 
     Args:
         rows: the evaluation table of `agegender.metrics.evaluate` (columns dataset, input, model, view,
@@ -655,9 +719,11 @@ def write_tables(
             stated in the captions of the tables on those data sets.
         comparisons: `agegender.evaluate.versus_best_tables` of the evaluation: the cells of
             `SIGNIFICANCE_METRICS` are marked by it (`significance_marks`); None marks nothing.
+        assurance: the age-assurance rates the rows hold (`agegender.assurance.assurance_metrics`).
 
     Returns:
-        The files written, in order: table1.md, table1.tex, ..., table10.tex, summary.md.
+        The files written, in order: table1.md, table1.tex, ..., table10.tex, summary.md (then assurance.md,
+        assurance.tex).
 
     Raises:
         InputError: for a malformed evaluation table (missing column, unknown view, duplicate row,
@@ -677,6 +743,10 @@ def write_tables(
         latex = render_latex(built.header, built.body, caption, f"tab:paper-table{number}")
         written.append(_write(out / f"table{number}.tex", latex))
     written.append(_write(out / "summary.md", _summary(checked, caption_note)))
+    if assurance:
+        header, body, caption = assurance_table(checked, assurance, caption_note)
+        written.append(_write(out / f"{ASSURANCE_TABLE}.md", render_markdown(header, body, caption)))
+        written.append(_write(out / f"{ASSURANCE_TABLE}.tex", render_latex(header, body, caption, "tab:assurance")))
     return written
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from agegender.assurance import assurance_metrics
 from agegender.data.prepare import load_prepared
 from agegender.evaluate import (
     EvaluationResult,
@@ -61,6 +62,7 @@ def run(params: Params, paths: ProjectPaths) -> EvaluationResult:
         seed=cfg.seed,
         age_group_width=cfg.age_group_width,
         exclude_refused=cfg.exclude_refused,
+        extra_metrics=assurance_metrics(cfg.assurance),
     )
     write_rows_json(result.rows, paths(EVALUATION_FILE), result.exclusion_counts)
     write_age_groups(result.age_groups, paths(AGE_GROUPS_FILE))

@@ -29,9 +29,11 @@ NAME = "report"
 
 def run(params: Params, paths: ProjectPaths) -> list[Path]:
     """The paper's tables 1-10 in their layouts (each model's MAEs and gender accuracy marked against the best of
-    its data set and input, `evaluate`'s bootstrap settings), the fairness table and the figures -> reports/tables,
-    reports/figures (and the gallery of crops -> reports/gallery, git-ignored; the pred_vs_true figure's points ->
-    PRED_VS_TRUE_FILE, for `dvc plots show`); all of them but the gallery on one page, reports/report.html."""
+    its data set and input, `evaluate`'s bootstrap settings), the fairness and age-assurance tables and the figures
+    -> reports/tables, reports/figures (and the gallery of crops -> reports/gallery, git-ignored; the pred_vs_true
+    figure's points -> PRED_VS_TRUE_FILE, for `dvc plots show`); all of them but the gallery on one page,
+    reports/report.html."""
+    from agegender.assurance import assurance_metrics
     from agegender.report.figures import write_figures
     from agegender.report.html import REPORT_FILE, write_report
     from agegender.report.tables import SIGNIFICANCE_METRICS, write_fairness_table, write_tables
@@ -42,6 +44,7 @@ def run(params: Params, paths: ProjectPaths) -> list[Path]:
     predictions = load_predictions(prediction_dirs(params, paths), data.samples["sample_id"])
     roots = data.image_roots(paths)
     evaluation = params.evaluate
+    assurance = assurance_metrics(evaluation.assurance)
     comparisons = versus_best_tables(
         data.samples,
         predictions,
@@ -61,6 +64,7 @@ def run(params: Params, paths: ProjectPaths) -> list[Path]:
         model_names=cfg.model_names,
         exclusion_counts=read_exclusion_counts(paths(EVALUATION_FILE)),
         comparisons=comparisons,
+        assurance=assurance,
     )
     tables += write_fairness_table(
         pd.read_csv(paths(FAIRNESS_FILE)), paths.tables, caption_note=cfg.caption_note, model_names=cfg.model_names
@@ -82,6 +86,7 @@ def run(params: Params, paths: ProjectPaths) -> list[Path]:
         gallery_dir=fresh_dir(paths.gallery),
         history=_mivolo_history(params, paths),
         pred_vs_true_file=paths(PRED_VS_TRUE_FILE),
+        assurance=assurance,
     )
     # the gallery shows crops of the photos, which are never committed: the page names it instead of embedding it
     charts = [f for f in figures if f.parent == paths.figures]
