@@ -685,7 +685,7 @@ def assurance_table(
     caption = (
         f"{title}: each rate is the share of the people counted beside it (true age from the labels) whose answered "
         "age estimate falls in the rate's range; rates in %, 95% bootstrap CI in brackets; a rate on fewer than "
-        f"{min_n} people is not given. " + "; ".join(VIEW_WORDS[v] for v in VIEWS) + "."
+        f"{min_n} people is not given. Views: " + "; ".join(VIEW_WORDS[v] for v in VIEWS) + "."
     )
     if not body:
         caption += " No predictions exist yet."
@@ -768,7 +768,7 @@ def _spread_cell(spread: pd.DataFrame, metric: str) -> str:
     row = hit.iloc[0]
     definition = metric_def(metric)
     ratio = _num(row["ratio"])
-    return f"{definition.format(row['difference'])} ({'-' if ratio is None else f'{ratio:.2f}'}x)"
+    return f"{definition.format(row['difference'])} ({'-' if ratio is None else f'{ratio:.2f}x'})"
 
 
 def fairness_table(
