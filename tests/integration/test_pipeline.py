@@ -16,6 +16,7 @@ from agegender.mllm.runner import RUN_FIELDS
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT / "tests"))
 
 pytestmark = pytest.mark.slow
 
@@ -105,6 +106,24 @@ def test_every_stage_ran_and_wrote_its_outputs(project):
     assert page.count("<table>") == sum(name.endswith(".md") for name in tables)
     assert page.count("data:image/png;base64,") == sum(name.endswith(".png") for name in figures)
     assert 'id="gallery-png"' not in page
+
+
+@pytest.mark.parametrize("width", [1280, 800])
+def test_the_demo_report_page_reads_in_chromium(project, tmp_path, width):
+    """The demo run's own report.html (every table, the wide summary, every figure): each figure loads, no text
+    overflows its box, the page does not scroll sideways."""
+    from browser import chromium, page_layout  # tests/browser.py
+
+    root, *_ = project
+    figures = sum(p.suffix == ".png" for p in (root / "reports" / "figures").iterdir())
+    driver = chromium()
+    try:
+        layout = page_layout(driver, root / "reports" / "report.html", width, tmp_path / f"report-{width}.png")
+    finally:
+        driver.quit()
+    print(f"demo report.html at {width} px: page {layout['width']} x {layout['height']} px, {layout['images']} images")
+    assert layout["images"] == figures and layout["broken"] == []
+    assert layout["overflowing"] == [] and not layout["page_overflows"]
 
 
 def test_baseline_numbers_are_the_hand_computed_ones(project):

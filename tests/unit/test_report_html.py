@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import base64
 import re
-import shutil
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from browser import chromium, page_layout  # noqa: E402
+
 from agegender.report.figures import _save, learning_curve_figure
 from agegender.report.html import render_report, section_heading, write_report
 from agegender.report.tables import write_tables
-
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 
 
 def _report_files(folder: Path) -> list[Path]:
@@ -61,53 +63,22 @@ def test_same_files_same_bytes(tmp_path):
     assert write_report(files, tmp_path / "b.html", title="t").read_bytes() == first
 
 
-# how the page lays out in a browser: images decoded, and no text container whose content is wider than its box.
-# Table wrappers (.table-wrap) may scroll sideways (a wide table stays readable there); nothing else may, the
-# page included.
-_LAYOUT_SCRIPT = """
-const broken = [...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.alt);
-const texts = document.querySelectorAll('h1, h2, p, li, th, td, figcaption, figure, section, nav');
-const overflowing = [...texts].filter(e => e.scrollWidth > e.clientWidth)
-    .map(e => `${e.tagName}: ${e.textContent.slice(0, 60)} (${e.scrollWidth} > ${e.clientWidth})`);
-const page = document.documentElement;
-return {images: document.images.length, broken: broken, overflowing: overflowing,
-        page_overflows: page.scrollWidth > page.clientWidth,
-        width: page.scrollWidth, height: page.scrollHeight};
-"""
-
-
-def _chromium():
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (the dev extra has it)")
-    if not CHROMEDRIVER.is_file() or shutil.which("chromium") is None:
-        pytest.skip("Chromium is absent: install Debian's chromium and chromium-driver (`make test` does as root)")
-    options = webdriver.ChromeOptions()
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars"):
-        options.add_argument(flag)
-    options.binary_location = shutil.which("chromium")
-    return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=str(CHROMEDRIVER)))
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("width", [1280, 800])
 def test_page_renders_in_chromium_with_every_figure_loaded_and_no_text_overflowing(tmp_path, width):
     files = _report_files(tmp_path)
     page = write_report(files, tmp_path / "report.html", title="agegender report (test data)")
-    driver = _chromium()
+    driver = chromium()
+    screenshot = tmp_path / f"report-{width}.png"
     try:
-        driver.set_window_size(width, 900)
-        driver.get(page.as_uri())
-        layout = driver.execute_script(_LAYOUT_SCRIPT)
-        shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True})
+        layout = page_layout(driver, page, width, screenshot)
         # the check itself sees overflow and a broken image where there are some
         control = tmp_path / "control.html"
         words = "word " * 40
         control.write_text(f'<p style="white-space: nowrap; width: 50px">{words}</p><img alt="x" src="x.png">')
-        driver.get(control.as_uri())
-        failing = driver.execute_script(_LAYOUT_SCRIPT)
+        failing = page_layout(driver, control, width)
     finally:
         driver.quit()
-    screenshot = tmp_path / f"report-{width}.png"
-    screenshot.write_bytes(base64.b64decode(shot["data"]))
     print(f"screenshot {screenshot}: page {layout['width']} x {layout['height']} px, {layout['images']} image(s)")
     assert layout["images"] == 1 and layout["broken"] == []
     assert layout["overflowing"] == []
