@@ -565,6 +565,11 @@ def build_tiny_llava(
 TinyFamilyName = Literal["qwen2_5_vl", "gemma3", "llava_onevision", "internvl", "qwen3_vl", "smolvlm"]
 
 
+def _toy_tower(num_layers: int) -> dict[str, int]:
+    """The toy size of a ViT-style vision tower (SigLIP, InternViT, SmolVLM's): width 32, MLP 64, 2 heads."""
+    return {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": num_layers, "num_attention_heads": 2}
+
+
 def _family_model_and_processor(family: str, tokenizer: Any, text_hidden: int, num_layers: int) -> tuple[Any, Any]:
     """The config-built model (random weights, drawn from the current torch RNG) and processor of a tiny family.
 
@@ -668,10 +673,7 @@ def _family_model_and_processor(family: str, tokenizer: Any, text_hidden: int, n
         tokens_per_tile = (tile // patch) ** 2 // 4  # pixel shuffle with downsample_ratio 0.5
         config = tf.InternVLConfig(
             vision_config=tf.InternVLVisionConfig(
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=num_layers,
-                num_attention_heads=2,
+                **_toy_tower(num_layers),
                 image_size=[tile, tile],
                 patch_size=[patch, patch],
             ),
@@ -698,10 +700,7 @@ def _family_model_and_processor(family: str, tokenizer: Any, text_hidden: int, n
         config = tf.Gemma3Config(
             text_config=tf.Gemma3TextConfig(**{**text, "head_dim": text_hidden // 4, "sliding_window": 512}),
             vision_config=tf.SiglipVisionConfig(
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=num_layers,
-                num_attention_heads=2,
+                **_toy_tower(num_layers),
                 image_size=image_size,
                 patch_size=patch,
             ),
@@ -726,10 +725,7 @@ def _family_model_and_processor(family: str, tokenizer: Any, text_hidden: int, n
         grid = [[tile, tile], [tile, 2 * tile], [2 * tile, tile], [2 * tile, 2 * tile]]
         config = tf.LlavaOnevisionConfig(
             vision_config=tf.SiglipVisionConfig(
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=num_layers,
-                num_attention_heads=2,
+                **_toy_tower(num_layers),
                 image_size=tile,
                 patch_size=patch,
             ),
@@ -757,10 +753,7 @@ def _family_model_and_processor(family: str, tokenizer: Any, text_hidden: int, n
         tokens_per_tile = (tile // patch) ** 2 // scale**2  # the connector's pixel shuffle
         config = tf.SmolVLMConfig(
             vision_config=tf.SmolVLMVisionConfig(
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=num_layers,
-                num_attention_heads=2,
+                **_toy_tower(num_layers),
                 image_size=tile,
                 patch_size=patch,
             ),
