@@ -60,6 +60,7 @@ from agegender.mllm.tools.tiny import (
     IMAGE_TOKEN,
     build_tiny_llava,
     default_corpus,
+    mrope_section,
     tiny_processor,
     train_tokenizer,
 )
@@ -367,12 +368,7 @@ def build_shaped_qwen(
     if text_layers is not None:
         text["num_hidden_layers"] = int(text_layers)
     head_dim = text["hidden_size"] // text["num_attention_heads"]
-    half = head_dim // 2  # Qwen2.5-VL's 16/24/24 split of 64 frequencies, for any head width
-    rope = {
-        "rope_type": "default",
-        "rope_theta": 1_000_000.0,
-        "mrope_section": [half // 4, 3 * half // 8, 3 * half // 8],
-    }
+    rope = {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": mrope_section(head_dim)}
     config = tf.Qwen2_5_VLConfig(
         text_config={
             **text,

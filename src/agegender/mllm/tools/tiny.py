@@ -598,7 +598,7 @@ def _family_model_and_processor(family: str, tokenizer: Any, text_hidden: int, n
     }
     if family == "qwen2_5_vl":
         head_dim = text_hidden // 4
-        rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": _mrope_section(head_dim)}
+        rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope_section(head_dim)}
         config = tf.Qwen2_5_VLConfig(
             text_config={**text, "rope_parameters": rope},
             vision_config={
@@ -631,7 +631,7 @@ def _family_model_and_processor(family: str, tokenizer: Any, text_hidden: int, n
         rope = {
             "rope_type": "default",
             "rope_theta": 10000.0,
-            "mrope_section": _mrope_section(head_dim),
+            "mrope_section": mrope_section(head_dim),
             "mrope_interleaved": True,
         }
         config = tf.Qwen3VLConfig(
@@ -778,7 +778,7 @@ def _family_model_and_processor(family: str, tokenizer: Any, text_hidden: int, n
     raise InputError(f"unknown tiny model family {family!r}; use one of {', '.join(FAMILY_TOKENS)}", field="family")
 
 
-def _mrope_section(head_dim: int) -> list[int]:
+def mrope_section(head_dim: int) -> list[int]:
     """Qwen's M-RoPE split of a head's rotary frequencies over (time, height, width): Qwen2.5-VL's 16/24/24 of 64,
     scaled to `head_dim // 2` frequencies."""
     half = head_dim // 2
