@@ -1119,8 +1119,9 @@ def evaluate(
     return result.sort_values(["dataset", "input", "model", "view"], kind="stable").reset_index(drop=True)
 
 
-def _empty_rows(columns: Sequence[str]) -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype="object" if c in TEXT_COLUMNS else "float64") for c in columns})
+def _empty_rows(columns: Sequence[str], text: Collection[str] = TEXT_COLUMNS) -> pd.DataFrame:
+    """A table with no rows and these columns: `text` ones hold strings, the others floats."""
+    return pd.DataFrame({c: pd.Series(dtype="object" if c in text else "float64") for c in columns})
 
 
 def _row_intervals(
@@ -1404,12 +1405,7 @@ def group_metrics(
     """
     if view not in VIEWS:
         raise ValueError(f"view must be one of {list(VIEWS)}, got {view!r}")
-    empty = pd.DataFrame(
-        {
-            c: pd.Series(dtype="object" if c in ("dataset", "input", "model", "attribute", "group") else "float64")
-            for c in FAIRNESS_COLUMNS
-        }  # fmt: skip
-    )
+    empty = _empty_rows(FAIRNESS_COLUMNS, text=("dataset", "input", "model", "attribute", "group"))
     present = [a for a in attributes if a in samples.columns]
     if len(predictions) == 0 or not present:
         return empty
